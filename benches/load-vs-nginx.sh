@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Load benchmark: the same fast backend behind nginx (as a reverse proxy) and behind prescale
+# (inline profiling on, then off), driven by wrk in one run on this machine.
+#
+# Usage: benches/load-vs-nginx.sh            (DURATION=10s CONNECTIONS=50 ROUNDS=3 to change)
+# The last line is exactly: ratio_rps=X ratio_p99=Y profiling_cost=Z
+#   ratio_rps      = prescale (profiling on) req/s ÷ nginx req/s
+#   ratio_p99      = prescale (profiling on) p99   ÷ nginx p99
+#   profiling_cost = 1 − (req/s with profiling ÷ req/s without)
+# Each proxy gets one worker thread pinned to CPU 1; wrk and the backend share CPU 0. Rounds
+# alternate nginx / prescale-on / prescale-off and the medians are reported.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+ROUNDS=${ROUNDS:-3}
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet --bin prescale
+PRESCALE=target/release/prescale
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pin() { if command -v taskset >/dev/null 2>&1; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+wait_port() {
+  for _ in $(seq 1 200); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 did not open" >&2; return 1
+}
+
+BACKEND_PORT=$(free_port)
+pin 0 "$PRESCALE" backend --listen "127.0.0.1:$BACKEND_PORT" --fixed-body --threads 1 >/dev/null &
+pids+=($!)
+wait_port "$BACKEND_PORT"
+
+NGINX_PORT=$(free_port)
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+error_log $work/nginx/logs/error.log warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+pin 1 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+wait_port "$NGINX_PORT"
+
+start_prescale() { # $1 = profiling true|false
+  local port admin
+  port=$(free_port); admin=$(free_port)
+  cat >"$work/prescale-$1.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$port"
+threads = 1
+[admin]
+listen = "127.0.0.1:$admin"
+[identity]
+secret = "bench-secret-0123456789"
+[[regions]]
+name = "local"
+[[fleets]]
+name = "web"
+region = "local"
+backends = ["127.0.0.1:$BACKEND_PORT"]
+[profiling]
+enabled = $1
+EOF
+  PRESCALE_LOG=warn pin 1 "$PRESCALE" proxy --config "$work/prescale-$1.toml" >/dev/null 2>"$work/prescale-$1.log" &
+  pids+=($!)
+  wait_port "$port"
+  echo "$port"
+}
+PRESCALE_ON_PORT=$(start_prescale true)
+PRESCALE_OFF_PORT=$(start_prescale false)
+
+# 100,000 distinct users, so the per-user table does real work.
+cat >"$work/users.lua" <<'EOF'
+math.randomseed(42)
+request = function()
+  return wrk.format("GET", "/", { ["X-User-Id"] = "user-" .. math.random(1, 100000) })
+end
+EOF
+
+# wrk prints e.g. "Requests/sec:  12345.67" and, with --latency, "99%    1.23ms".
+run_wrk() { # $1 = port → "rps p99_ms"
+  local out
+  out=$(pin 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/users.lua" "http://127.0.0.1:$1/" 2>&1)
+  python3 - "$out" <<'PY'
+import re, sys
+text = sys.argv[1]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if errors:
+    sys.stderr.write(f"warning: {errors.group(1)} non-2xx responses\n")
+print(rps, float(m.group(1)) * scale)
+PY
+}
+
+# Warm-up so connection pools and caches are filled.
+for port in "$NGINX_PORT" "$PRESCALE_ON_PORT" "$PRESCALE_OFF_PORT"; do
+  pin 0 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
+done
+
+declare -a n_rps n_p99 on_rps on_p99 off_rps off_p99
+for round in $(seq 1 "$ROUNDS"); do
+  read -r r p < <(run_wrk "$NGINX_PORT"); n_rps+=("$r"); n_p99+=("$p")
+  read -r r p < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p")
+  read -r r p < <(run_wrk "$PRESCALE_OFF_PORT"); off_rps+=("$r"); off_p99+=("$p")
+  echo "round $round: nginx ${n_rps[-1]} req/s p99 ${n_p99[-1]} ms | prescale ${on_rps[-1]} req/s p99 ${on_p99[-1]} ms | prescale (profiling off) ${off_rps[-1]} req/s p99 ${off_p99[-1]} ms" >&2
+done
+
+python3 - "${n_rps[*]}" "${n_p99[*]}" "${on_rps[*]}" "${on_p99[*]}" "${off_rps[*]}" "${off_p99[*]}" <<'PY'
+import statistics, sys
+vals = [list(map(float, a.split())) for a in sys.argv[1:]]
+n_rps, n_p99, on_rps, on_p99, off_rps, off_p99 = (statistics.median(v) for v in vals)
+print(f"nginx                     {n_rps:10.0f} req/s   p99 {n_p99:7.3f} ms")
+print(f"prescale (profiling on)   {on_rps:10.0f} req/s   p99 {on_p99:7.3f} ms")
+print(f"prescale (profiling off)  {off_rps:10.0f} req/s   p99 {off_p99:7.3f} ms")
+print(f"ratio_rps={on_rps / n_rps:.3f} ratio_p99={on_p99 / n_p99:.3f} profiling_cost={1 - on_rps / off_rps:.3f}")
+PY

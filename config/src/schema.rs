@@ -1,0 +1,513 @@
+//! The configuration schema: every section and key, with its default. Unknown keys are errors
+//! (`deny_unknown_fields` everywhere). Cross-key rules live in `validate.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub geo: GeoConfig,
+    /// At least one region.
+    pub regions: Vec<RegionConfig>,
+    /// At least one fleet in the node's region.
+    pub fleets: Vec<FleetConfig>,
+    /// Profile → fleet routing rules; a profile without a rule goes to its region's default fleet.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Per-profile revenue weight and priority; unlisted profiles get the defaults.
+    #[serde(default)]
+    pub profiles: Vec<ProfileConfig>,
+    #[serde(default)]
+    pub assignment: AssignmentConfig,
+    #[serde(default)]
+    pub profiling: ProfilingConfig,
+}
+
+/// This node's identity and the region whose fleets it serves.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name of this node in metrics and in the mesh.
+    #[serde(default = "default_node_id")]
+    pub id: String,
+    /// Region whose fleets this node routes to. Optional when exactly one region is configured.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: default_node_id(),
+            region: None,
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    "node-1".to_string()
+}
+
+/// The proxy listener and request-path limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    #[serde(default = "default_proxy_listen")]
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy service; 0 = one per available core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[serde(default = "default_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    /// Requests whose header block is larger are answered 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Served on the proxy listener with TLS when set (HTTP/2 negotiated by ALPN).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Accept cleartext HTTP/2 with prior knowledge (h2c, e.g. gRPC without TLS) beside
+    /// HTTP/1.1. Off by default: to tell the two apart the listener waits for the first 24 bytes
+    /// of a connection, so a client that sends less and waits holds its connection open.
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: default_proxy_listen(),
+            threads: 0,
+            shutdown_grace_secs: default_grace_secs(),
+            max_header_bytes: default_max_header_bytes(),
+            tls: None,
+            h2c: false,
+        }
+    }
+}
+
+fn default_proxy_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_grace_secs() -> u64 {
+    30
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The admin HTTP listener (JSON API, metrics, health, dashboard).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// When set, every admin request except `/healthz` and `/readyz` needs
+    /// `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Binding to a non-loopback address must be asked for explicitly.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token: None,
+            allow_non_loopback: false,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// How a request's user is identified. Raw identities are hashed with `secret` and never kept.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Key of the identity hash (at least 16 bytes). Rotating it re-keys every user.
+    pub secret: String,
+    /// Sources tried in order; the first that yields an identity wins.
+    #[serde(default = "default_identity_sources")]
+    pub sources: Vec<IdentitySource>,
+    /// Identities longer than this are rejected with 400.
+    #[serde(default = "default_max_identity_len")]
+    pub max_len: usize,
+}
+
+fn default_max_identity_len() -> usize {
+    256
+}
+
+pub fn default_identity_sources() -> Vec<IdentitySource> {
+    vec![
+        IdentitySource::Header {
+            name: "x-user-id".to_string(),
+        },
+        IdentitySource::Bearer { jwt: None },
+        IdentitySource::ClientIp,
+    ]
+}
+
+/// One place an identity can come from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdentitySource {
+    /// A request header holding the user id, e.g. `X-User-Id`.
+    Header { name: String },
+    /// A cookie holding a session or user id.
+    Cookie { name: String },
+    /// An API-key header; the key itself identifies the caller.
+    ApiKey { header: String },
+    /// `Authorization: Bearer <token>`: a JWT's `sub`, or the whole token when it is not a JWT.
+    /// With `jwt` set, the JWT's signature (and expiry) is verified and a bad token is a 401.
+    Bearer {
+        #[serde(default)]
+        jwt: Option<JwtVerification>,
+    },
+    /// The client address (after trusted X-Forwarded-For): every request has one.
+    ClientIp,
+}
+
+/// Key material for verifying bearer JWTs. Exactly one of the keys.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtVerification {
+    /// Shared secret for HS256/HS384/HS512.
+    #[serde(default)]
+    pub hmac_secret: Option<String>,
+    /// PEM file with an RSA public key for RS256/RS384/RS512.
+    #[serde(default)]
+    pub rsa_public_key_file: Option<PathBuf>,
+    /// PEM file with an EC public key for ES256/ES384.
+    #[serde(default)]
+    pub ec_public_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// Which peers may tell us the client address.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// `X-Forwarded-For` is honoured only when the connection comes from one of these CIDRs.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Country lookup of client addresses.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A MaxMind DB (GeoIP2/GeoLite2 Country or City, or a flat `country_code` database).
+    /// Without one, every request is attributed to the fallback region.
+    #[serde(default)]
+    pub database: Option<PathBuf>,
+    /// Region for addresses the database does not know and countries no region lists.
+    /// Defaults to the node's region.
+    #[serde(default)]
+    pub fallback_region: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: String,
+    /// ISO 3166-1 alpha-2 country codes, upper case.
+    #[serde(default)]
+    pub countries: Vec<String>,
+    /// Fleet for profiles without a route. Required when the region has several fleets.
+    #[serde(default)]
+    pub default_fleet: Option<String>,
+}
+
+/// A pool of interchangeable backends in one region.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    pub name: String,
+    pub region: String,
+    /// Static backends as `host:port`.
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    /// Extra attempts on another backend for idempotent requests that failed to connect or
+    /// got no response.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Consecutive failed requests after which a backend is ejected (passive health).
+    #[serde(default = "default_eject_after")]
+    pub eject_after_failures: u32,
+    /// How long an ejected backend stays out before it is tried again.
+    #[serde(default = "default_eject_secs")]
+    pub eject_secs: u64,
+    /// Requests/s one instance serves within the latency SLO.
+    #[serde(default = "default_capacity_rps")]
+    pub capacity_rps: f64,
+    /// Seconds from requesting an instance until it serves.
+    #[serde(default = "default_cold_start_secs")]
+    pub cold_start_secs: u64,
+    #[serde(default = "default_cost_per_instance_hour")]
+    pub cost_per_instance_hour: f64,
+    /// In-flight requests per healthy backend above which the fleet counts as saturated and
+    /// lower-priority profiles are shed first. 0 = no admission control.
+    #[serde(default)]
+    pub max_in_flight_per_backend: u32,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+fn default_eject_after() -> u32 {
+    3
+}
+fn default_eject_secs() -> u64 {
+    10
+}
+fn default_capacity_rps() -> f64 {
+    100.0
+}
+fn default_cold_start_secs() -> u64 {
+    60
+}
+fn default_cost_per_instance_hour() -> f64 {
+    0.10
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    /// Consistent hashing on the user key: a user sticks to one backend while it is healthy.
+    ConsistentHash,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// HTTP path probed with GET; a 2xx answer is healthy.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive successes to mark a backend healthy again.
+    #[serde(default = "default_one")]
+    pub healthy_threshold: usize,
+    /// Consecutive failures to mark it unhealthy.
+    #[serde(default = "default_two")]
+    pub unhealthy_threshold: usize,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: default_health_path(),
+            interval_ms: default_health_interval_ms(),
+            timeout_ms: default_health_timeout_ms(),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+fn default_health_path() -> String {
+    "/healthz".to_string()
+}
+fn default_health_interval_ms() -> u64 {
+    1000
+}
+fn default_health_timeout_ms() -> u64 {
+    500
+}
+fn default_one() -> usize {
+    1
+}
+fn default_two() -> usize {
+    2
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// Longest wait for the backend's response headers or each read of its body.
+    #[serde(default = "default_read_ms")]
+    pub read_ms: u64,
+    #[serde(default = "default_write_ms")]
+    pub write_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect_ms: default_connect_ms(),
+            read_ms: default_read_ms(),
+            write_ms: default_write_ms(),
+        }
+    }
+}
+
+fn default_connect_ms() -> u64 {
+    1000
+}
+fn default_read_ms() -> u64 {
+    30_000
+}
+fn default_write_ms() -> u64 {
+    30_000
+}
+
+/// Sends a profile's requests to a fleet (in every region that has a fleet of that name, or
+/// only in `region`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub profile: String,
+    pub fleet: String,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    pub name: String,
+    /// Relative revenue per request: capacity goes to the highest revenue-weighted demand
+    /// when a cap binds.
+    #[serde(default = "default_revenue_weight")]
+    pub revenue_weight: f64,
+    /// Higher is more important; under saturation the lowest priority is shed first.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+pub fn default_revenue_weight() -> f64 {
+    1.0
+}
+pub fn default_priority() -> u8 {
+    100
+}
+
+/// Profile assignment before (and besides) a learned model.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentConfig {
+    /// Tried in order until one matches; users matching none get `default_profile`.
+    #[serde(default)]
+    pub rules: Vec<AssignmentRule>,
+    #[serde(default = "default_profile_name")]
+    pub default_profile: String,
+    /// Users with fewer requests than this are in the `new` profile.
+    #[serde(default = "default_new_user_min_requests")]
+    pub new_user_min_requests: u32,
+}
+
+impl Default for AssignmentConfig {
+    fn default() -> Self {
+        AssignmentConfig {
+            rules: Vec::new(),
+            default_profile: default_profile_name(),
+            new_user_min_requests: default_new_user_min_requests(),
+        }
+    }
+}
+
+fn default_profile_name() -> String {
+    "default".to_string()
+}
+fn default_new_user_min_requests() -> u32 {
+    3
+}
+
+/// A rule matches when every condition it sets matches.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentRule {
+    pub profile: String,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub header: Option<HeaderMatch>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    /// Exact value; absent = the header only has to be present.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// The per-user feature table.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilingConfig {
+    /// Turn inline profiling off entirely (every request then counts as the default profile).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Memory ceiling of the per-user table in MiB; least-recently-seen users are evicted.
+    #[serde(default = "default_user_table_mib")]
+    pub user_table_mib: usize,
+    /// Idle seconds that end a session (for the session-gap feature).
+    #[serde(default = "default_session_gap_secs")]
+    pub session_gap_secs: u64,
+}
+
+impl Default for ProfilingConfig {
+    fn default() -> Self {
+        ProfilingConfig {
+            enabled: true,
+            user_table_mib: default_user_table_mib(),
+            session_gap_secs: default_session_gap_secs(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_user_table_mib() -> usize {
+    64
+}
+fn default_session_gap_secs() -> u64 {
+    1800
+}

@@ -1,0 +1,561 @@
+//! Cross-key rules: names resolve, numbers are in range, nothing ambiguous. Every problem names
+//! its key and says what is expected. Validation never stops at the first problem.
+
+use std::collections::HashSet;
+
+use crate::error::{KeyPath, Problem};
+use crate::schema::{Config, IdentitySource};
+
+/// Profiles that exist without being configured.
+pub const BUILTIN_PROFILES: [&str; 2] = ["new", "default"];
+
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut v = Validator {
+        problems: Vec::new(),
+    };
+    v.node_and_regions(config);
+    v.listeners(config);
+    v.identity(config);
+    v.fleets(config);
+    v.routes_and_profiles(config);
+    v.profiling(config);
+    v.problems
+}
+
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: KeyPath, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key,
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    fn node_and_regions(&mut self, config: &Config) {
+        let root = KeyPath::root();
+        if config.node.id.trim().is_empty() {
+            self.problem(root.key("node").key("id"), "must not be empty");
+        }
+        if config.regions.is_empty() {
+            self.problem(
+                root.key("regions"),
+                "at least one [[regions]] entry is required",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut countries = HashSet::new();
+        for (i, region) in config.regions.iter().enumerate() {
+            let at = root.key("regions").index(i);
+            if !is_name(&region.name) {
+                self.problem(at.key("name"), name_expectation(&region.name));
+            } else if !names.insert(region.name.as_str()) {
+                self.problem(
+                    at.key("name"),
+                    format!("region `{}` is defined twice", region.name),
+                );
+            }
+            for (j, country) in region.countries.iter().enumerate() {
+                let key = at.key("countries").index(j);
+                if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+                    self.problem(
+                        key,
+                        format!("`{country}` is not an ISO 3166-1 alpha-2 code (two upper-case letters, e.g. \"DE\")"),
+                    );
+                } else if !countries.insert(country.as_str()) {
+                    self.problem(
+                        key,
+                        format!("country `{country}` is listed in more than one region"),
+                    );
+                }
+            }
+            let fleets: Vec<&str> = config
+                .fleets
+                .iter()
+                .filter(|f| f.region == region.name)
+                .map(|f| f.name.as_str())
+                .collect();
+            match &region.default_fleet {
+                Some(fleet) if !fleets.contains(&fleet.as_str()) => self.problem(
+                    at.key("default_fleet"),
+                    format!("fleet `{fleet}` is not a fleet of region `{}` (its fleets: {})", region.name, list(&fleets)),
+                ),
+                None if fleets.len() > 1 => self.problem(
+                    at.key("default_fleet"),
+                    format!(
+                        "region `{}` has several fleets ({}); set default_fleet to the one for profiles without a route",
+                        region.name,
+                        list(&fleets)
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        let region_names: Vec<&str> = config.regions.iter().map(|r| r.name.as_str()).collect();
+        match &config.node.region {
+            Some(region) if !region_names.contains(&region.as_str()) => self.problem(
+                root.key("node").key("region"),
+                format!(
+                    "region `{region}` is not defined in [[regions]] (defined: {})",
+                    list(&region_names)
+                ),
+            ),
+            None if config.regions.len() > 1 => self.problem(
+                root.key("node").key("region"),
+                format!(
+                    "several regions are defined ({}); say which one this node serves",
+                    list(&region_names)
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(node_region) = config.node_region() {
+            if !config.fleets.iter().any(|f| f.region == node_region) {
+                self.problem(
+                    root.key("fleets"),
+                    format!("the node's region `{node_region}` has no fleet; add a [[fleets]] entry with region = \"{node_region}\""),
+                );
+            }
+        }
+        if let Some(fallback) = &config.geo.fallback_region {
+            if !region_names.contains(&fallback.as_str()) {
+                self.problem(
+                    root.key("geo").key("fallback_region"),
+                    format!(
+                        "region `{fallback}` is not defined in [[regions]] (defined: {})",
+                        list(&region_names)
+                    ),
+                );
+            }
+        }
+        if let Some(db) = &config.geo.database {
+            if db.as_os_str().is_empty() {
+                self.problem(
+                    root.key("geo").key("database"),
+                    "must be a path to a MaxMind DB file",
+                );
+            }
+        }
+    }
+
+    fn listeners(&mut self, config: &Config) {
+        let root = KeyPath::root();
+        if !config.admin.listen.ip().is_loopback() && !config.admin.allow_non_loopback {
+            self.problem(
+                root.key("admin").key("listen"),
+                format!(
+                    "{} is not a loopback address; the admin API stays on loopback unless admin.allow_non_loopback = true (and then set admin.token)",
+                    config.admin.listen
+                ),
+            );
+        }
+        if config.admin.allow_non_loopback && config.admin.token.is_none() {
+            self.problem(
+                root.key("admin").key("token"),
+                "required when admin.allow_non_loopback = true",
+            );
+        }
+        if let Some(token) = &config.admin.token {
+            if token.len() < 16 {
+                self.problem(
+                    root.key("admin").key("token"),
+                    "must be at least 16 characters",
+                );
+            }
+        }
+        if config.admin.listen == config.proxy.listen && config.proxy.listen.port() != 0 {
+            self.problem(
+                root.key("admin").key("listen"),
+                "must differ from proxy.listen",
+            );
+        }
+        if config.proxy.max_header_bytes < 1024 || config.proxy.max_header_bytes > 1024 * 1024 {
+            self.problem(
+                root.key("proxy").key("max_header_bytes"),
+                format!(
+                    "{} is out of range; expected 1024 to 1048576",
+                    config.proxy.max_header_bytes
+                ),
+            );
+        }
+        if config.proxy.threads > 1024 {
+            self.problem(
+                root.key("proxy").key("threads"),
+                "expected 0 (one per core) to 1024",
+            );
+        }
+    }
+
+    fn identity(&mut self, config: &Config) {
+        let at = KeyPath::root().key("identity");
+        if config.identity.secret.len() < 16 {
+            self.problem(at.key("secret"), "must be at least 16 bytes (it keys the identity hash; generate one with `openssl rand -hex 32`)");
+        }
+        if config.identity.sources.is_empty() {
+            self.problem(
+                at.key("sources"),
+                "at least one identity source is required (e.g. { kind = \"client_ip\" })",
+            );
+        }
+        if !(8..=4096).contains(&config.identity.max_len) {
+            self.problem(
+                at.key("max_len"),
+                format!(
+                    "{} is out of range; expected 8 to 4096",
+                    config.identity.max_len
+                ),
+            );
+        }
+        for (i, source) in config.identity.sources.iter().enumerate() {
+            let key = at.key("sources").index(i);
+            match source {
+                IdentitySource::Header { name } | IdentitySource::ApiKey { header: name } => {
+                    if !is_header_name(name) {
+                        self.problem(key, format!("`{name}` is not a valid HTTP header name"));
+                    }
+                }
+                IdentitySource::Cookie { name } => {
+                    if name.is_empty() || name.contains([';', '=', ' ']) {
+                        self.problem(
+                            key.key("name"),
+                            format!("`{name}` is not a valid cookie name"),
+                        );
+                    }
+                }
+                IdentitySource::Bearer { jwt: Some(jwt) } => {
+                    let keys = [
+                        jwt.hmac_secret.is_some(),
+                        jwt.rsa_public_key_file.is_some(),
+                        jwt.ec_public_key_file.is_some(),
+                    ]
+                    .iter()
+                    .filter(|set| **set)
+                    .count();
+                    if keys != 1 {
+                        self.problem(
+                            key.key("jwt"),
+                            "set exactly one of hmac_secret, rsa_public_key_file, ec_public_key_file",
+                        );
+                    }
+                    if let Some(secret) = &jwt.hmac_secret {
+                        if secret.len() < 16 {
+                            self.problem(
+                                key.key("jwt").key("hmac_secret"),
+                                "must be at least 16 bytes",
+                            );
+                        }
+                    }
+                }
+                IdentitySource::Bearer { jwt: None } | IdentitySource::ClientIp => {}
+            }
+        }
+    }
+
+    fn fleets(&mut self, config: &Config) {
+        let region_names: Vec<&str> = config.regions.iter().map(|r| r.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        for (i, fleet) in config.fleets.iter().enumerate() {
+            let at = KeyPath::root().key("fleets").index(i);
+            if !is_name(&fleet.name) {
+                self.problem(at.key("name"), name_expectation(&fleet.name));
+            } else if !seen.insert((fleet.region.as_str(), fleet.name.as_str())) {
+                self.problem(
+                    at.key("name"),
+                    format!(
+                        "fleet `{}` is defined twice in region `{}`",
+                        fleet.name, fleet.region
+                    ),
+                );
+            }
+            if !region_names.contains(&fleet.region.as_str()) {
+                self.problem(
+                    at.key("region"),
+                    format!(
+                        "region `{}` is not defined in [[regions]] (defined: {})",
+                        fleet.region,
+                        list(&region_names)
+                    ),
+                );
+            }
+            if fleet.backends.is_empty() {
+                self.problem(
+                    at.key("backends"),
+                    "at least one backend (\"host:port\") is required",
+                );
+            }
+            let mut backends = HashSet::new();
+            for (j, backend) in fleet.backends.iter().enumerate() {
+                let key = at.key("backends").index(j);
+                if let Err(why) = check_host_port(backend) {
+                    self.problem(
+                        key,
+                        format!(
+                            "`{backend}` {why}; expected \"host:port\", e.g. \"10.0.0.5:8080\""
+                        ),
+                    );
+                } else if !backends.insert(backend.as_str()) {
+                    self.problem(key, format!("backend `{backend}` is listed twice"));
+                }
+            }
+            let hc = &fleet.health_check;
+            if !hc.path.starts_with('/') {
+                self.problem(
+                    at.key("health_check").key("path"),
+                    format!("`{}` must start with '/'", hc.path),
+                );
+            }
+            if !(50..=3_600_000).contains(&hc.interval_ms) {
+                self.problem(
+                    at.key("health_check").key("interval_ms"),
+                    "expected 50 to 3600000",
+                );
+            }
+            if hc.timeout_ms == 0 || hc.timeout_ms > hc.interval_ms.max(1) * 10 {
+                self.problem(
+                    at.key("health_check").key("timeout_ms"),
+                    "expected 1 to 10 × interval_ms",
+                );
+            }
+            if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+                let key = if hc.healthy_threshold == 0 {
+                    "healthy_threshold"
+                } else {
+                    "unhealthy_threshold"
+                };
+                self.problem(at.key("health_check").key(key), "must be at least 1");
+            }
+            for (name, value) in [
+                ("connect_ms", fleet.timeouts.connect_ms),
+                ("read_ms", fleet.timeouts.read_ms),
+                ("write_ms", fleet.timeouts.write_ms),
+            ] {
+                if !(1..=3_600_000).contains(&value) {
+                    self.problem(
+                        at.key("timeouts").key(name),
+                        format!("{value} is out of range; expected 1 to 3600000 ms"),
+                    );
+                }
+            }
+            if fleet.retries > 10 {
+                self.problem(
+                    at.key("retries"),
+                    format!("{} is out of range; expected 0 to 10", fleet.retries),
+                );
+            }
+            if fleet.eject_after_failures == 0 {
+                self.problem(at.key("eject_after_failures"), "must be at least 1");
+            }
+            if !(fleet.capacity_rps.is_finite() && fleet.capacity_rps > 0.0) {
+                self.problem(
+                    at.key("capacity_rps"),
+                    format!(
+                        "{} must be a number > 0 (requests/s per instance)",
+                        fleet.capacity_rps
+                    ),
+                );
+            }
+            if !(fleet.cost_per_instance_hour.is_finite() && fleet.cost_per_instance_hour >= 0.0) {
+                self.problem(
+                    at.key("cost_per_instance_hour"),
+                    format!("{} must be a number >= 0", fleet.cost_per_instance_hour),
+                );
+            }
+            if fleet.cold_start_secs > 86_400 {
+                self.problem(at.key("cold_start_secs"), "expected 0 to 86400 seconds");
+            }
+        }
+    }
+
+    fn routes_and_profiles(&mut self, config: &Config) {
+        let mut profile_names = HashSet::new();
+        for (i, profile) in config.profiles.iter().enumerate() {
+            let at = KeyPath::root().key("profiles").index(i);
+            if !is_name(&profile.name) {
+                self.problem(at.key("name"), name_expectation(&profile.name));
+            } else if !profile_names.insert(profile.name.as_str()) {
+                self.problem(
+                    at.key("name"),
+                    format!("profile `{}` is defined twice", profile.name),
+                );
+            }
+            if !(profile.revenue_weight.is_finite() && profile.revenue_weight >= 0.0) {
+                self.problem(
+                    at.key("revenue_weight"),
+                    format!("{} must be a number >= 0", profile.revenue_weight),
+                );
+            }
+        }
+        let region_names: Vec<&str> = config.regions.iter().map(|r| r.name.as_str()).collect();
+        let mut routed = HashSet::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            let at = KeyPath::root().key("routes").index(i);
+            if !is_name(&route.profile) {
+                self.problem(at.key("profile"), name_expectation(&route.profile));
+            }
+            if !routed.insert((route.profile.as_str(), route.region.as_deref())) {
+                self.problem(
+                    at.key("profile"),
+                    format!(
+                        "profile `{}` has two routes for the same region",
+                        route.profile
+                    ),
+                );
+            }
+            let regions: Vec<&str> = match &route.region {
+                Some(region) if !region_names.contains(&region.as_str()) => {
+                    self.problem(
+                        at.key("region"),
+                        format!(
+                            "region `{region}` is not defined in [[regions]] (defined: {})",
+                            list(&region_names)
+                        ),
+                    );
+                    continue;
+                }
+                Some(region) => vec![region.as_str()],
+                None => region_names.clone(),
+            };
+            let missing: Vec<&str> = regions
+                .iter()
+                .copied()
+                .filter(|r| {
+                    !config
+                        .fleets
+                        .iter()
+                        .any(|f| f.region == *r && f.name == route.fleet)
+                })
+                .collect();
+            if !missing.is_empty() {
+                self.problem(
+                    at.key("fleet"),
+                    format!(
+                        "fleet `{}` does not exist in region(s) {}; define it there or set routes.region",
+                        route.fleet,
+                        list(&missing)
+                    ),
+                );
+            }
+        }
+        let assignment = KeyPath::root().key("assignment");
+        if !is_name(&config.assignment.default_profile) {
+            self.problem(
+                assignment.key("default_profile"),
+                name_expectation(&config.assignment.default_profile),
+            );
+        }
+        if config.assignment.new_user_min_requests > 1_000_000 {
+            self.problem(
+                assignment.key("new_user_min_requests"),
+                "expected 0 to 1000000",
+            );
+        }
+        for (i, rule) in config.assignment.rules.iter().enumerate() {
+            let at = assignment.key("rules").index(i);
+            if !is_name(&rule.profile) {
+                self.problem(at.key("profile"), name_expectation(&rule.profile));
+            }
+            if rule.path_prefix.is_none() && rule.method.is_none() && rule.header.is_none() {
+                self.problem(
+                    at.clone(),
+                    "a rule needs at least one of path_prefix, method, header",
+                );
+            }
+            if let Some(prefix) = &rule.path_prefix {
+                if !prefix.starts_with('/') {
+                    self.problem(
+                        at.key("path_prefix"),
+                        format!("`{prefix}` must start with '/'"),
+                    );
+                }
+            }
+            if let Some(method) = &rule.method {
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    self.problem(
+                        at.key("method"),
+                        format!("`{method}` is not an HTTP method in upper case (e.g. \"POST\")"),
+                    );
+                }
+            }
+            if let Some(header) = &rule.header {
+                if !is_header_name(&header.name) {
+                    self.problem(
+                        at.key("header").key("name"),
+                        format!("`{}` is not a valid HTTP header name", header.name),
+                    );
+                }
+            }
+        }
+    }
+
+    fn profiling(&mut self, config: &Config) {
+        let at = KeyPath::root().key("profiling");
+        if !(1..=65_536).contains(&config.profiling.user_table_mib) {
+            self.problem(
+                at.key("user_table_mib"),
+                format!(
+                    "{} is out of range; expected 1 to 65536 MiB",
+                    config.profiling.user_table_mib
+                ),
+            );
+        }
+        if !(60..=7 * 86_400).contains(&config.profiling.session_gap_secs) {
+            self.problem(at.key("session_gap_secs"), "expected 60 to 604800 seconds");
+        }
+    }
+}
+
+/// Names of regions, fleets and profiles appear in metrics labels and URLs.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn name_expectation(name: &str) -> String {
+    format!("`{name}` is not a valid name; expected 1 to 64 of a-z, 0-9, '-', '_', starting with a letter or digit")
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_host_port(value: &str) -> Result<(), &'static str> {
+    let (host, port) = value.rsplit_once(':').ok_or("has no port")?;
+    let port: u16 = port.parse().map_err(|_| "has an invalid port")?;
+    if port == 0 {
+        return Err("has port 0");
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if host.parse::<std::net::IpAddr>().is_err()
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err("has an invalid host");
+    }
+    Ok(())
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

@@ -1,0 +1,406 @@
+//! The admin HTTP listener: routing to JSON handlers, `/metrics` assembled from every registered
+//! source, `/healthz`, `/readyz`, the dashboard at `/`, and bearer-token checks.
+//!
+//! Handlers are plain functions of a request to an optional response, so the proxy and the
+//! forecaster can each contribute routes without knowing about each other (and tests can call
+//! them without a socket). Invariants: with a token configured, nothing but `/healthz` and
+//! `/readyz` answers without it (401); a handler's panic-free `None` means "not mine"; unknown
+//! paths are 404 with a JSON error.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Largest admin request body accepted (personas and events are small JSON documents).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A request as handlers see it: method, path, query and the whole (bounded) body.
+pub struct AdminRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl AdminRequest {
+    /// The value of query parameter `name`, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query.as_deref()?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key) == name).then(|| percent_decode(value))
+        })
+    }
+}
+
+pub type AdminResponse = Response<Full<Bytes>>;
+
+/// Answers the requests it owns, `None` for the rest.
+pub type Handler = Arc<dyn Fn(&AdminRequest) -> Option<AdminResponse> + Send + Sync>;
+/// Appends Prometheus text exposition lines.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// Whether the node is ready to serve (e.g. at least one healthy backend per fleet).
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Everything the admin listener serves.
+#[derive(Clone, Default)]
+pub struct AdminRoutes {
+    pub handlers: Vec<Handler>,
+    pub metrics: Vec<MetricsSource>,
+    pub readiness: Vec<Readiness>,
+    pub dashboard: Option<&'static str>,
+    pub token: Option<String>,
+}
+
+impl AdminRoutes {
+    /// Answers one request; the routing the listener applies, callable without a socket.
+    pub fn respond(&self, request: &AdminRequest) -> AdminResponse {
+        match (request.method.clone(), request.path.as_str()) {
+            (Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+            (Method::GET, "/readyz") => {
+                let problems: Vec<String> = self
+                    .readiness
+                    .iter()
+                    .filter_map(|check| check().err())
+                    .collect();
+                return if problems.is_empty() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("not ready: {}\n", problems.join("; ")),
+                    )
+                };
+            }
+            _ => {}
+        }
+        if let Some(token) = &self.token {
+            if !bearer_matches(&request.headers, token) {
+                let mut response =
+                    json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                return response;
+            }
+        }
+        match (request.method.clone(), request.path.as_str()) {
+            (Method::GET, "/metrics") => {
+                let mut out = String::with_capacity(16 * 1024);
+                for source in &self.metrics {
+                    source(&mut out);
+                }
+                let mut response = Response::new(Full::new(Bytes::from(out)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return response;
+            }
+            (Method::GET, "/") => {
+                if let Some(page) = self.dashboard {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from_static(page.as_bytes())));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
+                    return response;
+                }
+            }
+            _ => {}
+        }
+        for handler in &self.handlers {
+            if let Some(response) = handler(request) {
+                return response;
+            }
+        }
+        json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no admin endpoint {} {}", request.method, request.path),
+        )
+    }
+}
+
+/// Serves `routes` on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Arc<AdminRoutes>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, _peer): (_, SocketAddr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let routes = Arc::clone(&routes);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let routes = Arc::clone(&routes);
+                handle(routes, req)
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn handle(
+    routes: Arc<AdminRoutes>,
+    req: Request<Incoming>,
+) -> Pin<Box<dyn Future<Output = Result<AdminResponse, Infallible>> + Send>> {
+    Box::pin(async move {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return Ok(json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body larger than {MAX_BODY_BYTES} bytes"),
+                ))
+            }
+        };
+        let request = AdminRequest {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers,
+            body,
+        };
+        // Handlers may touch SQLite or build models: keep them off the async workers.
+        let answered = tokio::task::spawn_blocking(move || routes.respond(&request)).await;
+        Ok(answered.unwrap_or_else(|_| {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "admin handler failed")
+        }))
+    })
+}
+
+fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON response with status 200.
+pub fn json<T: Serialize>(value: &T) -> AdminResponse {
+    json_with_status(StatusCode::OK, value)
+}
+
+pub fn json_with_status<T: Serialize>(status: StatusCode, value: &T) -> AdminResponse {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode response: {e}"),
+        ),
+    }
+}
+
+/// `{"error": message}` with `status`.
+pub fn json_error(status: StatusCode, message: &str) -> AdminResponse {
+    #[derive(Serialize)]
+    struct ErrorBody<'a> {
+        error: &'a str,
+    }
+    let body = serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> AdminResponse {
+    let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        token: Option<&str>,
+    ) -> AdminRequest {
+        let mut headers = http::HeaderMap::new();
+        if let Some(token) = token {
+            headers.insert(
+                header::AUTHORIZATION,
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        AdminRequest {
+            method,
+            path: path.into(),
+            query: query.map(str::to_string),
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn token_guards_everything_but_health() {
+        let routes = AdminRoutes {
+            token: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            routes
+                .respond(&request(Method::GET, "/healthz", None, None))
+                .status(),
+            200
+        );
+        assert_eq!(
+            routes
+                .respond(&request(Method::GET, "/metrics", None, None))
+                .status(),
+            401
+        );
+        assert_eq!(
+            routes
+                .respond(&request(Method::GET, "/metrics", None, Some("wrong")))
+                .status(),
+            401
+        );
+        assert_eq!(
+            routes
+                .respond(&request(
+                    Method::GET,
+                    "/metrics",
+                    None,
+                    Some("0123456789abcdef")
+                ))
+                .status(),
+            200
+        );
+        assert_eq!(
+            routes
+                .respond(&request(
+                    Method::GET,
+                    "/nope",
+                    None,
+                    Some("0123456789abcdef")
+                ))
+                .status(),
+            404
+        );
+    }
+
+    #[test]
+    fn readiness_reports_problems() {
+        let routes = AdminRoutes {
+            readiness: vec![Arc::new(|| {
+                Err("fleet web has no healthy backend".to_string())
+            })],
+            ..Default::default()
+        };
+        assert_eq!(
+            routes
+                .respond(&request(Method::GET, "/readyz", None, None))
+                .status(),
+            503
+        );
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        let r = request(
+            Method::GET,
+            "/x",
+            Some("region=eu%2Dwest&profile=a+b&bad=%zz&end=%"),
+            None,
+        );
+        assert_eq!(r.query_param("region").as_deref(), Some("eu-west"));
+        assert_eq!(r.query_param("profile").as_deref(), Some("a b"));
+        assert_eq!(r.query_param("bad").as_deref(), Some("%zz"));
+        assert_eq!(r.query_param("end").as_deref(), Some("%"));
+        assert_eq!(r.query_param("missing"), None);
+    }
+}

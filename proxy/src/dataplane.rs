@@ -1,0 +1,665 @@
+//! The node's data-plane state and its two per-request operations: [`DataPlane::admit`] (who is
+//! this, where from, which profile, which fleet — or why not) and [`DataPlane::record`] (what
+//! happened). Also what the admin listener shows of it: profiles, fleets, metrics, readiness.
+//!
+//! Invariants: `admit` and `record` do no IO; the routing table always has an entry for every
+//! profile index the registry has handed out (rebuilt when a model adds names); a request is
+//! recorded under the same meter key it was admitted with.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use pingora::http::RequestHeader;
+use prescale_config::Config;
+use prescale_gossip::model::ProfileModel;
+use serde::Serialize;
+
+use crate::admin::{self, AdminRequest, Handler, MetricsSource, Readiness};
+use crate::client_ip::ClientIpResolver;
+use crate::error::ProxyError;
+use crate::features::{FeatureTable, RequestTraits};
+use crate::fleet::{FleetIdx, Fleets};
+use crate::geo::{GeoResolver, RegionId};
+use crate::identity::IdentityResolver;
+use crate::meters::{MeterFleet, MeterKey, MeterSnapshot, Meters, Observation};
+use crate::profiles::{
+    ModelSwap, ModelSwapError, ProfileAssigner, ProfileIdx, ProfileRegistry, RequestFacts,
+    MAX_PROFILES,
+};
+
+/// How far back `/api/v1/profiles` looks for request rates.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A request the proxy will forward.
+#[derive(Clone, Copy, Debug)]
+pub struct Admitted {
+    pub user: u64,
+    pub meter: MeterKey,
+    pub fleet: FleetIdx,
+}
+
+/// A request the proxy answers itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Rejection {
+    pub status: u16,
+    pub message: &'static str,
+    pub retry_after_secs: Option<u32>,
+    /// Where it is counted (known once the request got as far as a fleet).
+    pub meter: Option<MeterKey>,
+    pub user: u64,
+}
+
+impl Rejection {
+    fn early(status: u16, message: &'static str) -> Self {
+        Rejection {
+            status,
+            message,
+            retry_after_secs: None,
+            meter: None,
+            user: 0,
+        }
+    }
+}
+
+pub struct DataPlane {
+    pub node_id: String,
+    pub region: String,
+    identity: IdentityResolver,
+    client_ips: ClientIpResolver,
+    pub geo: GeoResolver,
+    features: Option<FeatureTable>,
+    pub assigner: ProfileAssigner,
+    pub meters: Meters,
+    pub fleets: Fleets,
+    /// Fleet per profile index.
+    routes: ArcSwap<Vec<FleetIdx>>,
+    /// Priority per profile index (admission under saturation).
+    priorities: ArcSwap<Vec<u8>>,
+    config: Arc<Config>,
+    max_header_bytes: usize,
+    pub tls: bool,
+    rate_samples: Mutex<VecDeque<(Instant, MeterSnapshot)>>,
+}
+
+impl DataPlane {
+    pub fn new(config: &Config) -> Result<Self, ProxyError> {
+        let region = config
+            .node_region()
+            .ok_or_else(|| ProxyError::UnknownRegion {
+                key: "node.region",
+                region: String::new(),
+            })?
+            .to_string();
+        let registry =
+            Arc::new(
+                ProfileRegistry::from_config(config).map_err(|e| ProxyError::Startup {
+                    what: "profile registry",
+                    reason: e.to_string(),
+                })?,
+            );
+        let assigner = ProfileAssigner::new(&config.assignment, registry).map_err(|e| {
+            ProxyError::Startup {
+                what: "profile assignment",
+                reason: e.to_string(),
+            }
+        })?;
+        let fleet_configs: Vec<_> = config
+            .fleets
+            .iter()
+            .filter(|f| f.region == region)
+            .collect();
+        let fleets = Fleets::new(&fleet_configs)?;
+        let config = Arc::new(config.clone());
+        let plane = DataPlane {
+            node_id: config.node.id.clone(),
+            identity: IdentityResolver::new(&config.identity)?,
+            client_ips: ClientIpResolver::new(&config.network),
+            geo: GeoResolver::open(&config)?,
+            features: config
+                .profiling
+                .enabled
+                .then(|| FeatureTable::new(&config.profiling)),
+            assigner,
+            meters: Meters::new(),
+            fleets,
+            routes: ArcSwap::from_pointee(Vec::new()),
+            priorities: ArcSwap::from_pointee(Vec::new()),
+            max_header_bytes: config.proxy.max_header_bytes,
+            tls: config.proxy.tls.is_some(),
+            rate_samples: Mutex::new(VecDeque::new()),
+            region,
+            config,
+        };
+        plane.rebuild_routes()?;
+        Ok(plane)
+    }
+
+    /// Recomputes profile → fleet and profile → priority for every registered profile.
+    fn rebuild_routes(&self) -> Result<(), ProxyError> {
+        let names = self.assigner.registry().names();
+        let mut routes = Vec::with_capacity(names.len());
+        let mut priorities = Vec::with_capacity(names.len());
+        for name in names.iter() {
+            let fleet = self
+                .config
+                .fleet_for(&self.region, name)
+                .and_then(|f| self.fleets.index_of(&f.name))
+                .ok_or_else(|| ProxyError::Startup {
+                    what: "routing table",
+                    reason: format!("no fleet for profile `{name}` in region `{}`", self.region),
+                })?;
+            routes.push(fleet);
+            priorities.push(self.config.profile_settings(name).1);
+        }
+        self.routes.store(Arc::new(routes));
+        self.priorities.store(Arc::new(priorities));
+        Ok(())
+    }
+
+    /// Installs a profile model published by the forecaster and routes its profiles.
+    pub fn install_model(&self, model: ProfileModel) -> Result<ModelSwap, ModelSwapError> {
+        let swap = self.assigner.install_model(model)?;
+        if let Err(e) = self.rebuild_routes() {
+            tracing::error!(error = %e, "routing table not rebuilt after model install");
+        }
+        Ok(swap)
+    }
+
+    /// Whether `ip` may tell us the client address (X-Forwarded-For).
+    pub fn trusts(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.client_ips.is_trusted(ip))
+    }
+
+    /// Decides what happens to a request: forward (to which fleet, counted under which key) or
+    /// answer it here.
+    pub fn admit(
+        &self,
+        request: &RequestHeader,
+        peer: Option<IpAddr>,
+    ) -> Result<Admitted, Rejection> {
+        let headers = &request.headers;
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > self.max_header_bytes {
+            return Err(Rejection::early(431, "request header fields too large\n"));
+        }
+        let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let client_ip = self
+            .client_ips
+            .client_ip(peer, headers)
+            .map_err(|e| Rejection::early(e.status(), "malformed X-Forwarded-For\n"))?;
+        let user = self
+            .identity
+            .resolve(headers, client_ip)
+            .map_err(|e| Rejection::early(e.status(), identity_message(e.status())))?;
+        let origin = self.geo.region_of(client_ip);
+        let facts = RequestFacts {
+            method: &request.method,
+            path: request.uri.path(),
+            headers,
+        };
+        let profile = match &self.features {
+            Some(table) => {
+                let traits = RequestTraits::classify(&request.method, facts.path, headers);
+                table
+                    .on_request(user, unix_now(), traits, |view| {
+                        self.assigner
+                            .assign(view.requests(), || view.features(), &facts)
+                    })
+                    .profile
+            }
+            None => self.assigner.assign_by_rules(&facts),
+        };
+        let routes = self.routes.load();
+        let fleet_idx = routes
+            .get(usize::from(profile.0))
+            .copied()
+            .unwrap_or(FleetIdx(0));
+        let meter = MeterKey {
+            profile,
+            region: origin,
+            fleet: MeterFleet(fleet_idx.0),
+        };
+        let fleet = self.fleets.get(fleet_idx);
+        let per_backend = fleet.config.max_in_flight_per_backend;
+        if per_backend > 0 {
+            let priority = self
+                .priorities
+                .load()
+                .get(usize::from(profile.0))
+                .copied()
+                .unwrap_or(100);
+            let capacity = f64::from(per_backend) * fleet.available() as f64;
+            // Low priorities see a smaller share of the fleet, so they are shed first as it fills.
+            let admit_below = capacity * (0.6 + 0.4 * f64::from(priority) / 255.0);
+            if f64::from(fleet.in_flight()) >= admit_below {
+                return Err(Rejection {
+                    status: 503,
+                    message:
+                        "fleet saturated: lower-priority traffic is shed first; retry shortly\n",
+                    retry_after_secs: Some(1),
+                    meter: Some(meter),
+                    user: user.0,
+                });
+            }
+        }
+        Ok(Admitted {
+            user: user.0,
+            meter,
+            fleet: fleet_idx,
+        })
+    }
+
+    /// Records a finished request.
+    pub fn record(&self, user: u64, meter: MeterKey, observation: Observation) {
+        self.meters.record(meter, &observation);
+        if let Some(table) = &self.features {
+            table.on_response(
+                crate::identity::UserKey(user),
+                observation.bytes_in,
+                observation.bytes_out,
+                observation.is_error(),
+            );
+        }
+    }
+
+    /// Requests currently being forwarded.
+    pub fn in_flight_requests(&self) -> u32 {
+        self.fleets.iter().map(|f| f.in_flight()).sum()
+    }
+
+    /// Keeps the last minute of meter snapshots for request rates; call every few seconds.
+    pub fn sample_rates(&self) {
+        let now = Instant::now();
+        let snapshot = self.meters.snapshot();
+        let mut samples = self.rate_samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.push_back((now, snapshot));
+        while samples.len() > 2
+            && samples
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+    }
+
+    fn profile_name(&self, profile: ProfileIdx) -> Arc<str> {
+        self.assigner.name(profile)
+    }
+
+    fn region_name(&self, region: RegionId) -> &str {
+        if region.0 == u16::MAX {
+            "other"
+        } else {
+            self.geo.name(region)
+        }
+    }
+
+    fn fleet_name(&self, fleet: MeterFleet) -> &str {
+        if usize::from(fleet.0) < self.fleets.len() {
+            &self.fleets.get(FleetIdx(fleet.0)).name
+        } else {
+            "other"
+        }
+    }
+
+    /// Per-profile summary for `/api/v1/profiles`.
+    pub fn profiles_report(&self) -> ProfilesReport {
+        let snapshot = self.meters.snapshot();
+        let oldest = {
+            let samples = self.rate_samples.lock().unwrap_or_else(|p| p.into_inner());
+            samples.front().map(|(t, s)| (t.elapsed(), s.clone()))
+        };
+        let users = self
+            .features
+            .as_ref()
+            .map(|t| t.profile_user_counts())
+            .unwrap_or_else(|| vec![0; MAX_PROFILES]);
+        let model = self.assigner.model();
+        let names = self.assigner.registry().names();
+        let mut profiles = Vec::with_capacity(names.len());
+        for (index, name) in names.iter().enumerate() {
+            let profile = ProfileIdx(index as u16);
+            let entries: Vec<_> = snapshot
+                .entries
+                .iter()
+                .filter(|e| e.key.profile == profile)
+                .collect();
+            let requests: u64 = entries.iter().map(|e| e.counts.requests).sum();
+            let errors: u64 = entries.iter().map(|e| e.counts.errors).sum();
+            let mut histogram: Option<hdrhistogram::Histogram<u64>> = None;
+            for entry in &entries {
+                let h = entry.histogram();
+                match &mut histogram {
+                    Some(total) => {
+                        let _ = total.add(&h);
+                    }
+                    None => histogram = Some(h),
+                }
+            }
+            let quantile = |q: f64| {
+                histogram
+                    .as_ref()
+                    .filter(|h| !h.is_empty())
+                    .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+            };
+            let request_rate = match &oldest {
+                Some((age, earlier)) if age.as_secs_f64() >= 1.0 => {
+                    let before: u64 = earlier
+                        .entries
+                        .iter()
+                        .filter(|e| e.key.profile == profile)
+                        .map(|e| e.counts.requests)
+                        .sum();
+                    Some(requests.saturating_sub(before) as f64 / age.as_secs_f64())
+                }
+                _ => None,
+            };
+            let centroid = model.as_ref().and_then(|m| {
+                m.profile_of_centroid
+                    .iter()
+                    .position(|p| *p == profile)
+                    .map(|i| m.model.centroids[i].center.clone())
+            });
+            profiles.push(ProfileSummary {
+                id: index as u16,
+                name: name.to_string(),
+                model_version: model.as_ref().map(|m| m.model.version),
+                users: users.get(index).copied().unwrap_or(0),
+                requests,
+                request_rate,
+                error_rate: if requests == 0 {
+                    0.0
+                } else {
+                    errors as f64 / requests as f64
+                },
+                latency_ms: LatencySummary {
+                    p50: quantile(0.5),
+                    p95: quantile(0.95),
+                    p99: quantile(0.99),
+                },
+                centroid,
+            });
+        }
+        ProfilesReport {
+            node: self.node_id.clone(),
+            region: self.region.clone(),
+            model_version: model.as_ref().map(|m| m.model.version),
+            feature_names: prescale_gossip::model::FEATURE_NAMES.to_vec(),
+            users_tracked: self.features.as_ref().map(|t| t.len()).unwrap_or(0),
+            user_capacity: self.features.as_ref().map(|t| t.capacity()).unwrap_or(0),
+            profiles,
+        }
+    }
+
+    /// The admin routes of the data plane.
+    pub fn admin_handlers(self: &Arc<Self>) -> Vec<Handler> {
+        let plane = Arc::clone(self);
+        vec![Arc::new(move |request: &AdminRequest| {
+            if request.method != http::Method::GET {
+                return None;
+            }
+            match request.path.as_str() {
+                "/api/v1/profiles" => Some(admin::json(&plane.profiles_report())),
+                "/api/v1/fleets" => Some(admin::json(&FleetsReport {
+                    region: plane.region.clone(),
+                    fleets: plane.fleets.iter().map(|f| f.status()).collect(),
+                })),
+                _ => None,
+            }
+        })]
+    }
+
+    /// Readiness: every fleet has at least one healthy backend.
+    pub fn readiness(self: &Arc<Self>) -> Readiness {
+        let plane = Arc::clone(self);
+        Arc::new(move || {
+            let empty: Vec<&str> = plane
+                .fleets
+                .iter()
+                .filter(|f| f.available() == 0)
+                .map(|f| f.name.as_str())
+                .collect();
+            if empty.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no healthy backend in fleet(s) {}",
+                    empty.join(", ")
+                ))
+            }
+        })
+    }
+
+    pub fn metrics_source(self: &Arc<Self>) -> MetricsSource {
+        let plane = Arc::clone(self);
+        Arc::new(move |out: &mut String| plane.write_metrics(out))
+    }
+
+    /// Prometheus text exposition of the data plane.
+    pub fn write_metrics(&self, out: &mut String) {
+        let snapshot = self.meters.snapshot();
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let labels = |key: MeterKey| {
+            format!(
+                "profile=\"{}\",region=\"{}\",fleet=\"{}\"",
+                self.profile_name(key.profile),
+                self.region_name(key.region),
+                self.fleet_name(key.fleet)
+            )
+        };
+        out.push_str("# HELP prescale_requests_total Requests by profile, origin region, fleet and status class.\n");
+        out.push_str("# TYPE prescale_requests_total counter\n");
+        for entry in &snapshot.entries {
+            let l = labels(entry.key);
+            let mut classified = 0;
+            for (class, count) in CLASSES.iter().zip(entry.counts.status_classes) {
+                classified += count;
+                if count > 0 {
+                    let _ = writeln!(
+                        out,
+                        "prescale_requests_total{{{l},status=\"{class}\"}} {count}"
+                    );
+                }
+            }
+            let unanswered = entry.counts.requests.saturating_sub(classified);
+            if unanswered > 0 {
+                let _ = writeln!(
+                    out,
+                    "prescale_requests_total{{{l},status=\"none\"}} {unanswered}"
+                );
+            }
+        }
+        out.push_str("# HELP prescale_request_errors_total Requests that got a 5xx or no response from upstream.\n");
+        out.push_str("# TYPE prescale_request_errors_total counter\n");
+        for entry in &snapshot.entries {
+            let _ = writeln!(
+                out,
+                "prescale_request_errors_total{{{}}} {}",
+                labels(entry.key),
+                entry.counts.errors
+            );
+        }
+        out.push_str("# HELP prescale_request_bytes_total Request body bytes received.\n");
+        out.push_str("# TYPE prescale_request_bytes_total counter\n");
+        for entry in &snapshot.entries {
+            let _ = writeln!(
+                out,
+                "prescale_request_bytes_total{{{}}} {}",
+                labels(entry.key),
+                entry.counts.bytes_in
+            );
+        }
+        out.push_str("# HELP prescale_response_bytes_total Response body bytes sent.\n");
+        out.push_str("# TYPE prescale_response_bytes_total counter\n");
+        for entry in &snapshot.entries {
+            let _ = writeln!(
+                out,
+                "prescale_response_bytes_total{{{}}} {}",
+                labels(entry.key),
+                entry.counts.bytes_out
+            );
+        }
+        const BOUNDS: [f64; 16] = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
+        out.push_str("# HELP prescale_request_duration_seconds Time from request arrival to the end of the response.\n");
+        out.push_str("# TYPE prescale_request_duration_seconds histogram\n");
+        for entry in &snapshot.entries {
+            let l = labels(entry.key);
+            let mut cumulative = [0u64; BOUNDS.len()];
+            let mut sum = 0.0;
+            let mut count = 0u64;
+            for (nanos, n) in entry.latency_buckets() {
+                let seconds = nanos as f64 / 1e9;
+                sum += seconds * n as f64;
+                count += n;
+                for (slot, bound) in cumulative.iter_mut().zip(BOUNDS) {
+                    if seconds <= bound {
+                        *slot += n;
+                    }
+                }
+            }
+            for (bound, c) in BOUNDS.iter().zip(cumulative) {
+                let _ = writeln!(
+                    out,
+                    "prescale_request_duration_seconds_bucket{{{l},le=\"{bound}\"}} {c}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "prescale_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(out, "prescale_request_duration_seconds_sum{{{l}}} {sum}");
+            let _ = writeln!(
+                out,
+                "prescale_request_duration_seconds_count{{{l}}} {count}"
+            );
+        }
+        out.push_str("# HELP prescale_profile_users Users in the per-user table currently assigned to each profile.\n");
+        out.push_str("# TYPE prescale_profile_users gauge\n");
+        if let Some(table) = &self.features {
+            let counts = table.profile_user_counts();
+            for (index, name) in self.assigner.registry().names().iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "prescale_profile_users{{profile=\"{name}\"}} {}",
+                    counts.get(index).copied().unwrap_or(0)
+                );
+            }
+            out.push_str(
+                "# HELP prescale_user_table_entries Users resident in the per-user table.\n",
+            );
+            out.push_str("# TYPE prescale_user_table_entries gauge\n");
+            let _ = writeln!(out, "prescale_user_table_entries {}", table.len());
+            out.push_str("# HELP prescale_user_table_capacity Most users the table holds (its memory ceiling).\n");
+            out.push_str("# TYPE prescale_user_table_capacity gauge\n");
+            let _ = writeln!(out, "prescale_user_table_capacity {}", table.capacity());
+        }
+        out.push_str("# HELP prescale_profile_model_version Version of the installed profile model (0: rules only).\n");
+        out.push_str("# TYPE prescale_profile_model_version gauge\n");
+        let _ = writeln!(
+            out,
+            "prescale_profile_model_version {}",
+            self.assigner.model_version().unwrap_or(0)
+        );
+        out.push_str("# HELP prescale_backend_healthy Whether a backend passes active health checks and is not ejected.\n");
+        out.push_str("# TYPE prescale_backend_healthy gauge\n");
+        for fleet in self.fleets.iter() {
+            for (i, backend) in fleet.backends().iter().enumerate() {
+                let up = u8::from(fleet.is_healthy(i) && !fleet.is_ejected(i));
+                let _ = writeln!(
+                    out,
+                    "prescale_backend_healthy{{fleet=\"{}\",backend=\"{}\"}} {up}",
+                    fleet.name, backend.addr
+                );
+            }
+        }
+        out.push_str("# HELP prescale_backend_in_flight Requests being forwarded to a backend.\n");
+        out.push_str("# TYPE prescale_backend_in_flight gauge\n");
+        for fleet in self.fleets.iter() {
+            for backend in fleet.backends() {
+                let n = backend.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "prescale_backend_in_flight{{fleet=\"{}\",backend=\"{}\"}} {n}",
+                    fleet.name, backend.addr
+                );
+            }
+        }
+        out.push_str("# HELP prescale_backend_failures_total Failed attempts (connect, timeout, broken response) per backend.\n");
+        out.push_str("# TYPE prescale_backend_failures_total counter\n");
+        for fleet in self.fleets.iter() {
+            for backend in fleet.backends() {
+                let n = backend.failures.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "prescale_backend_failures_total{{fleet=\"{}\",backend=\"{}\"}} {n}",
+                    fleet.name, backend.addr
+                );
+            }
+        }
+    }
+}
+
+fn identity_message(status: u16) -> &'static str {
+    match status {
+        401 => "identity token rejected\n",
+        431 => "identity too long\n",
+        _ => "malformed identity\n",
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProfilesReport {
+    pub node: String,
+    pub region: String,
+    pub model_version: Option<u64>,
+    pub feature_names: Vec<&'static str>,
+    pub users_tracked: usize,
+    pub user_capacity: usize,
+    pub profiles: Vec<ProfileSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProfileSummary {
+    pub id: u16,
+    pub name: String,
+    pub model_version: Option<u64>,
+    pub users: u64,
+    /// Requests since the node started.
+    pub requests: u64,
+    /// Requests/s over the last minute (null until a few seconds of samples exist).
+    pub request_rate: Option<f64>,
+    pub error_rate: f64,
+    pub latency_ms: LatencySummary,
+    /// The profile's centroid in the model's scaled feature space (null without a model).
+    pub centroid: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatencySummary {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct FleetsReport {
+    region: String,
+    fleets: Vec<crate::fleet::FleetStatus>,
+}

@@ -1,0 +1,23 @@
+//! prescale-proxy: the pingora data plane. Per request: identity → keyed hash → `UserKey`;
+//! client address → region; per-user features → profile; profile → fleet → backend; and, when
+//! the response is done, lock-free meters. Also the node's admin HTTP and the sketch exporter.
+//!
+//! Invariants: raw identities never leave `identity` (only `UserKey`s do); the request path takes
+//! no lock and allocates nothing in `meters` once a meter key exists; this crate never forecasts
+//! or plans, it applies the models and plans it is given.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod client_ip;
+pub mod dashboard;
+pub mod dataplane;
+pub mod error;
+pub mod features;
+pub mod fleet;
+pub mod geo;
+pub mod identity;
+pub mod meters;
+pub mod profiles;
+pub mod server;
+pub mod service;

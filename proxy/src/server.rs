@@ -1,0 +1,209 @@
+//! Running the data plane: the pingora server on its own thread and runtimes, the control tasks
+//! (active health checks) and the admin listener on a separate tokio runtime, and a graceful
+//! shutdown that this process owns (pingora's `run_forever` would exit the process).
+//!
+//! Shutdown order: stop accepting on the proxy listener, wait until in-flight requests finish
+//! (bounded by `proxy.shutdown_grace_secs`), then stop the control tasks and the admin listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use prescale_config::Config;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminRoutes};
+use crate::dataplane::DataPlane;
+use crate::error::ProxyError;
+use crate::service::ProxyService;
+
+/// A running proxy: pingora thread + control runtime.
+pub struct RunningProxy {
+    pub plane: Arc<DataPlane>,
+    pingora_stop: watch::Sender<bool>,
+    pingora_thread: Option<JoinHandle<()>>,
+    grace: Duration,
+}
+
+/// Starts the proxy listener for `plane` (on its own threads). Health checks run on `control`.
+pub fn start_proxy(
+    config: &Config,
+    plane: Arc<DataPlane>,
+    control: &tokio::runtime::Handle,
+) -> Result<RunningProxy, ProxyError> {
+    // Fail early, with a clear message, when the port is taken (pingora would panic later).
+    check_bindable(config.proxy.listen, "proxy")?;
+
+    let mut conf = ServerConf::default();
+    conf.threads = if config.proxy.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        config.proxy.threads
+    };
+    conf.work_stealing = true;
+    conf.grace_period_seconds = Some(config.proxy.shutdown_grace_secs);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    conf.upstream_keepalive_pool_size = 1024;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        ProxyService {
+            plane: Arc::clone(&plane),
+        },
+        "prescale proxy",
+    );
+    let addr = config.proxy.listen.to_string();
+    match &config.proxy.tls {
+        Some(tls) => {
+            let cert = tls.cert.to_string_lossy().into_owned();
+            let key = tls.key.to_string_lossy().into_owned();
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
+                .map_err(|e| ProxyError::Tls {
+                    reason: format!("cannot load {cert} / {key}: {e}"),
+                })?;
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&addr, None, settings);
+        }
+        None => {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = config.proxy.h2c;
+            proxy
+                .app_logic_mut()
+                .ok_or_else(|| ProxyError::Startup {
+                    what: "proxy service",
+                    reason: "pingora service has no application logic".to_string(),
+                })?
+                .server_options = Some(options);
+            proxy.add_tcp(&addr);
+        }
+    }
+    server.add_service(proxy);
+
+    for fleet in plane.fleets.iter() {
+        let fleet = Arc::clone(fleet);
+        control.spawn(async move {
+            loop {
+                fleet.check_health().await;
+                tokio::time::sleep(fleet.health_interval()).await;
+            }
+        });
+    }
+
+    let sampled = Arc::clone(&plane);
+    control.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            sampled.sample_rates();
+        }
+    });
+
+    let (pingora_stop, stop_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("pingora".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(StopWatch(stop_rx)),
+            });
+        })
+        .map_err(|e| ProxyError::Startup {
+            what: "proxy thread",
+            reason: e.to_string(),
+        })?;
+    Ok(RunningProxy {
+        plane,
+        pingora_stop,
+        pingora_thread: Some(thread),
+        grace: Duration::from_secs(config.proxy.shutdown_grace_secs),
+    })
+}
+
+impl RunningProxy {
+    /// Stops accepting, then waits until in-flight requests are done or the grace period ends.
+    /// Returns the number of requests still in flight when it gave up (0 = clean).
+    pub fn drain(&mut self) -> u32 {
+        let _ = self.pingora_stop.send(true);
+        let deadline = Instant::now() + self.grace;
+        // pingora stops its listeners as soon as it sees the signal; give it a moment before the
+        // first count so a request accepted just before still shows as in flight.
+        std::thread::sleep(Duration::from_millis(100));
+        loop {
+            let in_flight = self.plane.in_flight_requests();
+            if in_flight == 0 || Instant::now() >= deadline {
+                return in_flight;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the pingora thread is still running (it exits on its own after the grace period).
+    pub fn is_running(&self) -> bool {
+        self.pingora_thread
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+}
+
+/// Binds the admin listener and serves `routes` on `control` until `shutdown`.
+pub fn start_admin(
+    listen: SocketAddr,
+    routes: AdminRoutes,
+    control: &tokio::runtime::Handle,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SocketAddr, ProxyError> {
+    let std_listener =
+        std::net::TcpListener::bind(listen).map_err(|source| ProxyError::Listen {
+            what: "admin",
+            addr: listen,
+            source,
+        })?;
+    let local = std_listener
+        .local_addr()
+        .map_err(|source| ProxyError::Listen {
+            what: "admin",
+            addr: listen,
+            source,
+        })?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| ProxyError::Listen {
+            what: "admin",
+            addr: listen,
+            source,
+        })?;
+    let _guard = control.enter();
+    let listener =
+        tokio::net::TcpListener::from_std(std_listener).map_err(|source| ProxyError::Listen {
+            what: "admin",
+            addr: listen,
+            source,
+        })?;
+    control.spawn(admin::serve(listener, Arc::new(routes), shutdown));
+    Ok(local)
+}
+
+fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), ProxyError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| ProxyError::Listen { what, addr, source })
+}
+
+struct StopWatch(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        // A closed channel means the owner is gone: shut down as well.
+        let _ = rx.wait_for(|stop| *stop).await;
+        ShutdownSignal::GracefulTerminate
+    }
+}

@@ -1,0 +1,338 @@
+//! The pingora `ProxyHttp` implementation: each hook does one step of the data flow and calls the
+//! plain functions of the other modules.
+//!
+//! | phase                    | what happens here                                                  |
+//! |--------------------------|--------------------------------------------------------------------|
+//! | `request_filter`         | header limits, client address, identity → `UserKey`, origin region, |
+//! |                          | feature update → profile, profile → fleet; early 4xx/503 answers     |
+//! | `upstream_peer`          | a healthy, non-ejected, untried backend of the fleet               |
+//! | `upstream_request_filter`| `X-Forwarded-For` / `X-Forwarded-Proto`                             |
+//! | `fail_to_connect`        | passive ejection bookkeeping, retry on another backend             |
+//! | `error_while_proxy`      | retry idempotent requests that got no response yet                 |
+//! | `fail_to_proxy`          | 502 / 503 / 504 with a short body                                  |
+//! | `logging`                | meters and the user's response features                            |
+//!
+//! Invariants: every request that reaches `logging` is counted exactly once in the meters; raw
+//! identities never reach this module (only `UserKey`s); nothing here blocks or takes a lock on
+//! the common path.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::dataplane::DataPlane;
+use crate::fleet::{Attempt, FleetIdx, InFlight};
+use crate::meters::{MeterKey, Observation};
+
+/// Per-request state carried between hooks.
+pub struct RequestCtx {
+    started: Instant,
+    routed: Option<Routed>,
+    /// Backend index of the current attempt.
+    backend: Option<usize>,
+    /// Backends already tried, as a bit set of indexes.
+    tried: u64,
+    attempts: u32,
+    response_started: bool,
+    in_flight: Option<InFlight>,
+    /// No usable response came from a backend (connect/read failure, timeout).
+    upstream_failed: bool,
+    /// Status we answered ourselves (rejections), when the request never reached a backend.
+    local_status: Option<u16>,
+}
+
+#[derive(Clone, Copy)]
+struct Routed {
+    user: u64,
+    meter: MeterKey,
+    fleet: FleetIdx,
+}
+
+pub struct ProxyService {
+    pub plane: Arc<DataPlane>,
+}
+
+const FORWARDED_FOR: &str = "x-forwarded-for";
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+#[async_trait]
+impl ProxyHttp for ProxyService {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            started: Instant::now(),
+            routed: None,
+            backend: None,
+            tried: 0,
+            attempts: 0,
+            response_started: false,
+            in_flight: None,
+            upstream_failed: false,
+            local_status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let peer_ip = peer_ip(session);
+        match self.plane.admit(session.req_header(), peer_ip) {
+            Ok(admitted) => {
+                ctx.routed = Some(Routed {
+                    user: admitted.user,
+                    meter: admitted.meter,
+                    fleet: admitted.fleet,
+                });
+                Ok(false)
+            }
+            Err(rejection) => {
+                ctx.local_status = Some(rejection.status);
+                if let Some(meter) = rejection.meter {
+                    ctx.routed = Some(Routed {
+                        user: rejection.user,
+                        meter,
+                        fleet: meter_fleet(meter),
+                    });
+                }
+                respond(
+                    session,
+                    rejection.status,
+                    rejection.message,
+                    rejection.retry_after_secs,
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(routed) = ctx.routed else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request was not routed",
+            ));
+        };
+        let fleet = self.plane.fleets.get(routed.fleet);
+        let Some(index) = fleet.select(routed.user, ctx.tried) else {
+            // After a failed attempt the client should learn that the backend failed (502), not
+            // that the fleet is empty.
+            let status = if ctx.attempts > 0 { 502 } else { 503 };
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "no healthy backend left to try",
+            );
+            e.set_retry(false);
+            return Err(e);
+        };
+        ctx.tried |= 1u64 << (index % 64);
+        ctx.attempts += 1;
+        ctx.backend = Some(index);
+        // Replacing the guard ends the previous attempt's in-flight count.
+        ctx.in_flight = Some(fleet.begin(index));
+        let timeouts = &fleet.config.timeouts;
+        let mut peer = HttpPeer::new(fleet.backend(index).addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(timeouts.read_ms));
+        peer.options.write_timeout = Some(Duration::from_millis(timeouts.write_ms));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let peer_ip = peer_ip(session);
+        let forwarded_for = match (peer_ip, self.plane.trusts(peer_ip)) {
+            (Some(ip), true) => match upstream_request
+                .headers
+                .get(FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
+                _ => ip.to_string(),
+            },
+            // An untrusted peer cannot tell the backend who the client is.
+            (Some(ip), false) => ip.to_string(),
+            (None, _) => String::new(),
+        };
+        if forwarded_for.is_empty() {
+            upstream_request.remove_header(FORWARDED_FOR);
+        } else {
+            upstream_request.insert_header(FORWARDED_FOR, forwarded_for)?;
+        }
+        let proto = if self.plane.tls { "https" } else { "http" };
+        upstream_request.insert_header(FORWARDED_PROTO, proto)?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        if let (Some(routed), Some(index)) = (ctx.routed, ctx.backend) {
+            self.plane
+                .fleets
+                .get(routed.fleet)
+                .record(index, Attempt::Succeeded);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream_failed = true;
+        if let (Some(routed), Some(index)) = (ctx.routed, ctx.backend) {
+            let fleet = self.plane.fleets.get(routed.fleet);
+            fleet.record(index, Attempt::Failed);
+            // Nothing was sent: any request may go to another backend.
+            e.set_retry(ctx.attempts <= fleet.config.retries);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("backend {}", peer._address));
+        let Some(routed) = ctx.routed else { return e };
+        let fleet = self.plane.fleets.get(routed.fleet);
+        if e.esource() == &ErrorSource::Upstream {
+            ctx.upstream_failed = true;
+            if let Some(index) = ctx.backend {
+                fleet.record(index, Attempt::Failed);
+            }
+        }
+        let idempotent = session.req_header().method.is_idempotent();
+        let retryable = idempotent
+            && !ctx.response_started
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.attempts <= fleet.config.retries
+            && e.esource() == &ErrorSource::Upstream;
+        e.set_retry(retryable);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let (code, message, retry_after) = match e.etype() {
+            ErrorType::HTTPStatus(503) => (503, "no healthy backend in the fleet\n", Some(1)),
+            ErrorType::HTTPStatus(502) => (502, "backend failed to answer\n", None),
+            ErrorType::HTTPStatus(code) => (*code, "request failed\n", None),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                (504, "backend timed out\n", None)
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "backend failed to answer\n", None),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "", None)
+                    }
+                    _ => (400, "bad request\n", None),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => (500, "internal proxy error\n", None),
+            },
+        };
+        ctx.local_status = Some(code);
+        if code > 0 && !ctx.response_started {
+            if let Err(write_error) = respond(session, code, message, retry_after).await {
+                tracing::debug!(error = %write_error, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        ctx.in_flight = None;
+        let Some(routed) = ctx.routed else { return };
+        let status = ctx
+            .local_status
+            .filter(|_| !ctx.response_started)
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
+        let observation = Observation {
+            status,
+            upstream_failed: ctx.upstream_failed && !ctx.response_started,
+            latency: ctx.started.elapsed(),
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+        };
+        self.plane.record(routed.user, routed.meter, observation);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        // 503 "no healthy backend" is counted in metrics; logging each one would flood the log.
+        matches!(error.etype(), ErrorType::HTTPStatus(503))
+    }
+}
+
+fn meter_fleet(meter: MeterKey) -> FleetIdx {
+    FleetIdx(meter.fleet.0)
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .map(|a| a.ip())
+}
+
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    message: &'static str,
+    retry_after: Option<u32>,
+) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("content-type", "text/plain; charset=utf-8")?;
+    header.insert_header("content-length", message.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    if let Some(seconds) = retry_after {
+        header.insert_header("retry-after", seconds.to_string())?;
+    }
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from_static(message.as_bytes())), true)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! `prescale proxy`, `prescale up` and `prescale check-config`: load the config, build the data
+//! plane, start the proxy and admin listeners, and shut down gracefully on SIGTERM/SIGINT.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use prescale_config::Config;
+use prescale_proxy::admin::AdminRoutes;
+use prescale_proxy::dataplane::DataPlane;
+use prescale_proxy::server::{start_admin, start_proxy};
+
+use crate::exit::CliError;
+
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// The configuration file (TOML); see the README's configuration reference.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckConfigArgs {
+    /// The configuration file to validate.
+    file: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Proxy listener (default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    proxy_listen: SocketAddr,
+    /// Admin listener: API, metrics, dashboard (default 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    /// Demo backends to start.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    backends: u16,
+}
+
+pub fn check_config(args: CheckConfigArgs) -> Result<(), CliError> {
+    let config = prescale_config::load_file(&args.file).map_err(CliError::input)?;
+    // Things only the data plane can check (GeoIP database, JWT keys) are part of validity too.
+    DataPlane::new(&config)
+        .map_err(|e| CliError::input(anyhow!("{}: {e}", args.file.display())))?;
+    println!(
+        "{}: ok — node `{}` in region `{}`, {} region(s), {} fleet(s), {} route(s)",
+        args.file.display(),
+        config.node.id,
+        config.node_region().unwrap_or("?"),
+        config.regions.len(),
+        config.fleets.len(),
+        config.routes.len()
+    );
+    Ok(())
+}
+
+pub fn proxy(args: ProxyArgs) -> Result<(), CliError> {
+    let config = prescale_config::load_file(&args.config).map_err(CliError::input)?;
+    run_node(config, None)
+}
+
+pub fn up(args: UpArgs) -> Result<(), CliError> {
+    let mut children = DemoBackends::default();
+    let mut addresses = Vec::new();
+    for i in 0..args.backends {
+        let (child, addr) =
+            spawn_demo_backend(&format!("demo-{}", i + 1)).map_err(CliError::runtime)?;
+        children.0.push(child);
+        addresses.push(addr.to_string());
+    }
+    let mut config = prescale_config::embedded_default(&addresses).map_err(CliError::input)?;
+    config.proxy.listen = args.proxy_listen;
+    config.admin.listen = args.admin_listen;
+    prescale_config::check(&config, "embedded default").map_err(CliError::input)?;
+    let banner = where_to_look(&config, &addresses);
+    run_node(config, Some(banner))
+    // `children` drops here: the demo backends are stopped with the node.
+}
+
+/// Child processes started by `up`, stopped (SIGTERM, then kill) when dropped.
+#[derive(Default)]
+struct DemoBackends(Vec<Child>);
+
+impl Drop for DemoBackends {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        for child in &mut self.0 {
+            for _ in 0..50 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_demo_backend(name: &str) -> anyhow::Result<(Child, SocketAddr)> {
+    let exe = std::env::current_exe().context("cannot find the prescale executable")?;
+    let mut child = Command::new(exe)
+        .args([
+            "backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--latency-ms",
+            "2",
+            "--grace-secs",
+            "5",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start a demo backend")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("demo backend has no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("cannot read the demo backend's address")?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow!("demo backend printed {line:?} instead of its address"))?;
+    Ok((child, addr))
+}
+
+fn where_to_look(config: &Config, backends: &[String]) -> String {
+    let proxy = config.proxy.listen;
+    let admin = config.admin.listen;
+    format!(
+        "prescale is up.\n\
+         \x20 proxy      http://{proxy}/  → fleet `web` with demo backends {}\n\
+         \x20 dashboard  http://{admin}/\n\
+         \x20 try:\n\
+         \x20   curl -H 'X-User-Id: alice' http://{proxy}/api/items\n\
+         \x20   curl -H 'X-User-Id: bob' http://{proxy}/batch/export\n\
+         \x20   prescale load --target http://{proxy}/ --rps 50 --users 200 --duration 30s\n\
+         \x20   curl http://{admin}/api/v1/profiles\n\
+         \x20   curl http://{admin}/api/v1/fleets\n\
+         \x20   curl http://{admin}/metrics\n\
+         \x20 stop with Ctrl-C.",
+        backends.join(", ")
+    )
+}
+
+/// Runs proxy + admin until SIGTERM/SIGINT, then drains.
+fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
+    let plane = Arc::new(DataPlane::new(&config).map_err(CliError::input)?);
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("prescale-control")
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    let (stop_admin, admin_stop_rx) = tokio::sync::watch::channel(false);
+    let routes = AdminRoutes {
+        handlers: plane.admin_handlers(),
+        metrics: vec![plane.metrics_source()],
+        readiness: vec![plane.readiness()],
+        dashboard: Some(prescale_proxy::dashboard::PAGE),
+        token: config.admin.token.clone(),
+    };
+    let admin_addr = start_admin(config.admin.listen, routes, control.handle(), admin_stop_rx)
+        .map_err(CliError::input)?;
+    let mut proxy =
+        start_proxy(&config, Arc::clone(&plane), control.handle()).map_err(CliError::input)?;
+    tracing::info!(proxy = %config.proxy.listen, admin = %admin_addr, node = %config.node.id, "prescale node running");
+    if let Some(banner) = banner {
+        println!("{banner}");
+        let _ = std::io::stdout().flush();
+    }
+
+    control
+        .block_on(wait_for_signal())
+        .map_err(CliError::runtime)?;
+    tracing::info!("shutting down: draining in-flight requests");
+    let left = proxy.drain();
+    if left > 0 {
+        tracing::warn!(
+            in_flight = left,
+            "grace period over with requests still in flight"
+        );
+    }
+    let _ = stop_admin.send(true);
+    control.shutdown_timeout(Duration::from_secs(1));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! End-to-end tests of the data plane through the real binary: routing by identity, region and
+//! profile; metrics and profiles in the admin API; passive ejection and recovery; graceful
+//! shutdown; hostile requests; HTTP/2.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Node {
+    proc: Proc,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn metrics(&self) -> String {
+        get(self.admin, "/metrics", &[]).text()
+    }
+}
+
+/// Two fleets in region `eu` (web, batch), GeoIP test database, loopback trusted for XFF.
+fn config(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    web: &[SocketAddr],
+    batch: &[SocketAddr],
+    extra: &str,
+) -> String {
+    let list = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let geo = repo_path("tests/data/geoip/GeoIP2-Country-Test.mmdb");
+    format!(
+        r#"
+[node]
+id = "e2e-1"
+region = "eu"
+
+[proxy]
+listen = "{proxy}"
+threads = 2
+shutdown_grace_secs = 20
+
+[admin]
+listen = "{admin}"
+
+[identity]
+secret = "e2e-secret-0123456789"
+
+[network]
+trusted_proxies = ["127.0.0.0/8"]
+
+[geo]
+database = "{geo}"
+
+[[regions]]
+name = "eu"
+countries = ["GB", "DE", "FR"]
+default_fleet = "web"
+
+[[regions]]
+name = "us"
+countries = ["US"]
+
+[[fleets]]
+name = "web"
+region = "eu"
+backends = [{web}]
+health_check = {{ interval_ms = 200, timeout_ms = 200 }}
+eject_after_failures = 1
+eject_secs = 1
+timeouts = {{ connect_ms = 300, read_ms = 10000 }}
+
+[[fleets]]
+name = "batch"
+region = "eu"
+backends = [{batch}]
+health_check = {{ interval_ms = 200, timeout_ms = 200 }}
+
+[[fleets]]
+name = "web"
+region = "us"
+backends = ["127.0.0.1:9"]
+
+[[routes]]
+profile = "batch"
+fleet = "batch"
+region = "eu"
+
+[[profiles]]
+name = "batch"
+revenue_weight = 0.5
+priority = 10
+
+[assignment]
+new_user_min_requests = 0
+rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api", profile = "interactive" }}]
+{extra}
+"#,
+        geo = geo.display(),
+        web = list(web),
+        batch = list(batch),
+    )
+}
+
+fn start_node(config_text: &str) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("prescale.toml");
+    std::fs::write(&path, config_text).expect("write config");
+    let parsed: toml_addrs::Addrs = toml_addrs::parse(config_text);
+    let log = dir.path().join("node.log");
+    let proc = start(
+        "proxy",
+        &["proxy", "--config", path.to_str().expect("utf8 path")],
+        &log,
+    );
+    wait_for_status(parsed.admin, "/healthz", 200, Duration::from_secs(20), &log);
+    wait_for_status(parsed.admin, "/readyz", 200, Duration::from_secs(20), &log);
+    wait_for_listener(parsed.proxy, Duration::from_secs(20), &log);
+    Node {
+        proc,
+        proxy: parsed.proxy,
+        admin: parsed.admin,
+        log,
+        _dir: dir,
+    }
+}
+
+/// Just enough TOML reading to find the listeners back in a test config.
+mod toml_addrs {
+    use std::net::SocketAddr;
+    pub struct Addrs {
+        pub proxy: SocketAddr,
+        pub admin: SocketAddr,
+    }
+    pub fn parse(text: &str) -> Addrs {
+        let mut listens = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("listen = \""))
+            .map(|l| {
+                l.trim_end_matches('"')
+                    .parse::<SocketAddr>()
+                    .expect("listen address")
+            });
+        let proxy = listens.next().expect("proxy listen");
+        let admin = listens.next().expect("admin listen");
+        Addrs { proxy, admin }
+    }
+}
+
+fn addrs() -> (SocketAddr, SocketAddr) {
+    (
+        format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+        format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+    )
+}
+
+#[test]
+fn requests_land_in_the_right_fleets_and_counters() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[web], &[batch], ""));
+
+    // alice browses the API from Germany, bob runs batch jobs from the US, carol has no id.
+    let germany = "2a02:d180::1";
+    let us = "214.78.120.1";
+    for _ in 0..5 {
+        let r = get(
+            node.proxy,
+            "/api/items",
+            &[("X-User-Id", "alice"), ("X-Forwarded-For", germany)],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let body = r.json();
+        assert_eq!(body["backend"], "web-1", "{body}");
+        // The backend sees the client address chain and the protocol.
+        let xff = body["headers"]["x-forwarded-for"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            xff.starts_with(germany) && xff.ends_with("127.0.0.1"),
+            "x-forwarded-for was {xff:?}"
+        );
+        assert_eq!(body["headers"]["x-forwarded-proto"], "http");
+    }
+    for _ in 0..3 {
+        let r = get(
+            node.proxy,
+            "/batch/export",
+            &[("X-User-Id", "bob"), ("X-Forwarded-For", us)],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["backend"], "batch-1");
+    }
+    for _ in 0..2 {
+        let r = get(node.proxy, "/index.html", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["backend"], "web-1");
+    }
+
+    let metrics = node.metrics();
+    let count = |labels: &[(&str, &str)]| metric_sum(&metrics, "prescale_requests_total", labels);
+    assert_eq!(
+        count(&[
+            ("profile", "interactive"),
+            ("region", "eu"),
+            ("fleet", "web")
+        ]),
+        5.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[("profile", "batch"), ("region", "us"), ("fleet", "batch")]),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[("profile", "default"), ("region", "eu"), ("fleet", "web")]),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(count(&[("status", "2xx")]), 10.0, "{metrics}");
+    assert!(
+        metric_sum(
+            &metrics,
+            "prescale_request_duration_seconds_count",
+            &[("profile", "batch")]
+        ) == 3.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains("prescale_profile_users{"), "{metrics}");
+
+    let profiles = get(node.admin, "/api/v1/profiles", &[]).json();
+    let list = profiles["profiles"].as_array().expect("profiles array");
+    let batch_profile = list
+        .iter()
+        .find(|p| p["name"] == "batch")
+        .expect("batch profile listed");
+    assert_eq!(batch_profile["users"], 1, "{batch_profile}");
+    assert!(
+        batch_profile["latency_ms"]["p99"].as_f64().is_some(),
+        "{batch_profile}"
+    );
+    let interactive = list
+        .iter()
+        .find(|p| p["name"] == "interactive")
+        .expect("interactive listed");
+    assert_eq!(interactive["requests"], 5, "{interactive}");
+
+    let fleets = get(node.admin, "/api/v1/fleets", &[]).json();
+    let names: Vec<&str> = fleets["fleets"]
+        .as_array()
+        .expect("fleets")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web", "batch"], "{fleets}");
+    assert_eq!(
+        fleets["fleets"][0]["backends"][0]["healthy"], true,
+        "{fleets}"
+    );
+}
+
+#[test]
+fn dead_backend_gives_502_then_is_ejected_and_recovers() {
+    let (web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[web], &[batch], ""));
+    assert_eq!(get(node.proxy, "/", &[("X-User-Id", "u1")]).status, 200);
+
+    drop(web_proc); // SIGKILL
+    let first = get(node.proxy, "/", &[("X-User-Id", "u1")]);
+    assert_eq!(first.status, 502, "{}", first.text());
+    // Ejected (passively, and soon by the active check too): a fast 503 with Retry-After.
+    let second = get(node.proxy, "/", &[("X-User-Id", "u1")]);
+    assert_eq!(second.status, 503, "{}", second.text());
+    assert!(second.header("retry-after").is_some(), "{second:?}");
+
+    let (_web_again, _) = start_backend("web-1-again", Some(web.port()), &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(node.proxy, "/", &[("X-User-Id", "u1")]);
+        if r.status == 200 {
+            assert_eq!(r.json()["backend"], "web-1-again");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend did not come back: {} {}",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = node.metrics();
+    assert!(
+        metric_sum(&metrics, "prescale_requests_total", &[("status", "5xx")]) >= 2.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn idempotent_requests_retry_on_another_backend() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[dead, web], &[batch], ""));
+    for i in 0..6 {
+        let r = get(node.proxy, "/", &[("X-User-Id", &format!("user-{i}"))]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.json()["backend"], "web-1");
+    }
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let mut node = start_node(&config(proxy, admin, &[web], &[batch], ""));
+    let target = node.proxy;
+    let slow =
+        std::thread::spawn(move || get(target, "/slow?sleep_ms=1500", &[("X-User-Id", "patient")]));
+    std::thread::sleep(Duration::from_millis(400));
+    node.proc.signal("TERM");
+    let response = slow.join().expect("slow request thread");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let status = node.proc.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        std::fs::read_to_string(&node.log).unwrap_or_default()
+    );
+    // And it no longer accepts connections.
+    assert!(try_request(target, "GET", "/", &[], b"").is_err());
+}
+
+#[test]
+fn hostile_requests_get_4xx_and_the_proxy_stays_up() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[web], &[batch], ""));
+
+    let long_id = "x".repeat(300);
+    let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("identity longer than max_len", vec![("X-User-Id", long_id)]),
+        ("empty identity", vec![("X-User-Id", String::new())]),
+        (
+            "malformed forwarded-for",
+            vec![("X-Forwarded-For", "not-an-ip".to_string())],
+        ),
+        ("huge header block", vec![("X-Padding", "p".repeat(20_000))]),
+        (
+            "empty bearer token",
+            vec![("Authorization", "Bearer ".to_string())],
+        ),
+    ];
+    for (what, headers) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        match try_request(node.proxy, "GET", "/", &headers, b"") {
+            Ok(r) => assert!(
+                (400..500).contains(&r.status),
+                "{what}: status {} {}",
+                r.status,
+                r.text()
+            ),
+            Err(e) => panic!("{what}: connection failed: {e}"),
+        }
+    }
+    // Garbage that is not HTTP at all.
+    for raw in [
+        &b"\x00\x01\x02garbage\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
+    ] {
+        if let Ok(r) = raw_request(node.proxy, raw) {
+            assert!((400..500).contains(&r.status), "raw {raw:?}: {}", r.status);
+        }
+    }
+    // Still serving.
+    assert_eq!(get(node.proxy, "/", &[("X-User-Id", "fine")]).status, 200);
+    assert_eq!(get(node.admin, "/healthz", &[]).status, 200);
+}
+
+#[test]
+fn http2_cleartext_is_proxied() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web], &[batch], "")
+        .replace("threads = 2\n", "threads = 2\nh2c = true\n");
+    let node = start_node(&text);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (status, body) = runtime.block_on(async move {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(node.proxy)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .uri(format!("http://{}/api/h2", node.proxy))
+            .header("x-user-id", "h2-user")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("h2 response");
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, body)
+    });
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["path"], "/api/h2", "{json}");
+}
+
+#[test]
+fn admin_token_is_required_when_configured() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web], &[batch], "").replace(
+        &format!("[admin]\nlisten = \"{admin}\"\n"),
+        &format!("[admin]\nlisten = \"{admin}\"\ntoken = \"admin-token-0123456789\"\n"),
+    );
+    assert!(text.contains("admin-token"), "token inserted");
+    let node = start_node(&text);
+    assert_eq!(get(node.admin, "/api/v1/profiles", &[]).status, 401);
+    assert_eq!(
+        get(
+            node.admin,
+            "/metrics",
+            &[("Authorization", "Bearer wrong-token-0123456789")]
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        get(
+            node.admin,
+            "/api/v1/profiles",
+            &[("Authorization", "Bearer admin-token-0123456789")]
+        )
+        .status,
+        200
+    );
+}
