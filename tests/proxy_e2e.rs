@@ -472,3 +472,79 @@ fn admin_token_is_required_when_configured() {
         200
     );
 }
+
+#[test]
+fn consistent_hashing_keeps_each_user_on_one_backend() {
+    let (_a_proc, a) = start_backend("web-a", None, &[]);
+    let (_b_proc, b) = start_backend("web-b", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[a, b], &[batch], "")
+        .replacen("backends = [", "load_balancing = \"consistent_hash\"\nbackends = [", 1);
+    let node = start_node(&text);
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..20 {
+        let id = format!("sticky-{user}");
+        let first = get(node.proxy, "/", &[("X-User-Id", &id)]).json()["backend"].as_str().map(str::to_string);
+        for _ in 0..3 {
+            let again = get(node.proxy, "/", &[("X-User-Id", &id)]).json()["backend"].as_str().map(str::to_string);
+            assert_eq!(again, first, "user {id} moved between backends");
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "20 users should spread over both backends: {seen:?}");
+}
+
+#[test]
+fn a_saturated_fleet_sheds_low_priority_profiles_first() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = format!(
+        r#"
+[proxy]
+listen = "{proxy}"
+[admin]
+listen = "{admin}"
+[identity]
+secret = "shed-secret-0123456789"
+[[regions]]
+name = "eu"
+[[fleets]]
+name = "web"
+region = "eu"
+backends = ["{web}"]
+max_in_flight_per_backend = 4
+[[profiles]]
+name = "batch"
+priority = 10
+[[profiles]]
+name = "interactive"
+priority = 250
+[assignment]
+new_user_min_requests = 0
+rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api", profile = "interactive" }}]
+"#
+    );
+    let node = start_node(&text);
+    let slow: Vec<_> = (0..3)
+        .map(|i| {
+            let target = node.proxy;
+            std::thread::spawn(move || get(target, "/api/slow?sleep_ms=2500", &[("X-User-Id", &format!("slow-{i}"))]))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_sum(&node.metrics(), "prescale_backend_in_flight", &[("fleet", "web")]) < 3.0 {
+        assert!(Instant::now() < deadline, "slow requests never got in flight");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shed = get(node.proxy, "/batch/job", &[("X-User-Id", "batch-user")]);
+    assert_eq!(shed.status, 503, "{}", shed.text());
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    let kept = get(node.proxy, "/api/fast", &[("X-User-Id", "vip")]);
+    assert_eq!(kept.status, 200, "{}", kept.text());
+    for handle in slow {
+        assert_eq!(handle.join().expect("slow request").status, 200);
+    }
+    let metrics = node.metrics();
+    assert_eq!(metric_sum(&metrics, "prescale_requests_total", &[("profile", "batch"), ("status", "5xx")]), 1.0, "{metrics}");
+}
