@@ -26,8 +26,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --quiet --bin prescale
-PRESCALE=target/release/prescale
+# PRESCALE_BIN=path skips the build (e.g. to compare two builds).
+if [ -n "${PRESCALE_BIN:-}" ]; then
+  PRESCALE=$PRESCALE_BIN
+else
+  cargo build --release --quiet --bin prescale
+  PRESCALE=target/release/prescale
+fi
 
 work=$(mktemp -d)
 pids=()

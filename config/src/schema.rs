@@ -36,6 +36,20 @@ pub struct Config {
     pub assignment: AssignmentConfig,
     #[serde(default)]
     pub profiling: ProfilingConfig,
+    /// This node's identity in the QUIC mesh (mutual TLS). Required by `[export]` and
+    /// `[forecaster]`.
+    #[serde(default)]
+    pub mesh: Option<MeshConfig>,
+    /// Shipping sketches from this proxy to its region's forecaster.
+    #[serde(default)]
+    pub export: Option<ExportConfig>,
+    /// Running a regional forecaster (`prescale forecaster`).
+    #[serde(default)]
+    pub forecaster: Option<ForecasterConfig>,
+    #[serde(default)]
+    pub forecast: crate::brain::ForecastConfig,
+    #[serde(default)]
+    pub planner: crate::brain::PlannerConfig,
 }
 
 /// This node's identity and the region whose fleets it serves.
@@ -510,4 +524,64 @@ fn default_user_table_mib() -> usize {
 }
 fn default_session_gap_secs() -> u64 {
     1800
+}
+
+/// Certificates of this node for the QUIC mesh (`prescale certs` writes a dev set).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// PEM file of the CA every peer's certificate must be signed by.
+    pub ca: PathBuf,
+    /// PEM certificate of this node (its name is the certificate's DNS name).
+    pub cert: PathBuf,
+    /// PEM private key of this node.
+    pub key: PathBuf,
+}
+
+/// Where and how often this proxy ships sketches.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// QUIC address of the region's forecaster.
+    pub forecaster: SocketAddr,
+    /// Name in the forecaster's certificate.
+    pub forecaster_name: String,
+    /// Seconds per sketch.
+    #[serde(default = "default_export_interval_secs")]
+    pub interval_secs: u64,
+    /// Directory of unacknowledged sketches (survives restarts).
+    pub spool_dir: PathBuf,
+    /// Most sketches kept unacknowledged; the oldest are dropped (and counted) beyond it.
+    #[serde(default = "default_spool_max_sketches")]
+    pub spool_max_sketches: usize,
+}
+
+fn default_export_interval_secs() -> u64 {
+    10
+}
+fn default_spool_max_sketches() -> usize {
+    8640
+}
+
+/// The regional forecaster.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecasterConfig {
+    /// QUIC address proxies send sketches to.
+    pub listen: SocketAddr,
+    /// SQLite file of series, created on first start.
+    pub database: PathBuf,
+    /// Days of minute series kept.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+    /// Seconds without a sketch after which a proxy is reported silent.
+    #[serde(default = "default_silent_after_secs")]
+    pub silent_after_secs: u64,
+}
+
+fn default_retention_days() -> u64 {
+    30
+}
+fn default_silent_after_secs() -> u64 {
+    60
 }

@@ -19,6 +19,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     v.fleets(config);
     v.routes_and_profiles(config);
     v.profiling(config);
+    v.mesh(config);
     v.problems
 }
 
@@ -486,6 +487,41 @@ impl Validator {
                         format!("`{}` is not a valid HTTP header name", header.name),
                     );
                 }
+            }
+        }
+    }
+
+    fn mesh(&mut self, config: &Config) {
+        let root = KeyPath::root();
+        if (config.export.is_some() || config.forecaster.is_some()) && config.mesh.is_none() {
+            let needed_by = if config.export.is_some() { "[export]" } else { "[forecaster]" };
+            self.problem(
+                root.key("mesh"),
+                format!("{needed_by} needs [mesh] with ca, cert and key (`prescale certs --out DIR --node NAME` writes a dev set)"),
+            );
+        }
+        if let Some(export) = &config.export {
+            let at = root.key("export");
+            if !(1..=60).contains(&export.interval_secs) || 60 % export.interval_secs != 0 {
+                self.problem(
+                    at.key("interval_secs"),
+                    format!("{} is not a divisor of 60 (sketches are merged into minutes): use 1, 2, 5, 10, 15, 20, 30 or 60", export.interval_secs),
+                );
+            }
+            if export.forecaster_name.trim().is_empty() {
+                self.problem(at.key("forecaster_name"), "must be the DNS name in the forecaster's certificate");
+            }
+            if !(1..=1_000_000).contains(&export.spool_max_sketches) {
+                self.problem(at.key("spool_max_sketches"), "expected 1 to 1000000");
+            }
+        }
+        if let Some(forecaster) = &config.forecaster {
+            let at = root.key("forecaster");
+            if forecaster.retention_days == 0 || forecaster.retention_days > 3650 {
+                self.problem(at.key("retention_days"), "expected 1 to 3650");
+            }
+            if forecaster.silent_after_secs == 0 {
+                self.problem(at.key("silent_after_secs"), "must be at least 1");
             }
         }
     }

@@ -1,0 +1,596 @@
+//! Cluster membership: who is alive among the proxies and forecasters of all regions, using
+//! foca's SWIM (with suspicion and infection-style dissemination) over QUIC datagrams.
+//!
+//! Every member runs one QUIC endpoint (mutual TLS with the same CA as the sketch transport),
+//! so only peers holding a certificate from the deployment's CA can exchange membership
+//! datagrams: a foreign peer's handshake fails and its datagrams never reach foca. foca is
+//! sans-IO; this module is its runtime: a single actor task owns the `Foca` instance and feeds it
+//! received datagrams and due timers; what foca wants sent goes out as a QUIC datagram on a
+//! connection to the member (opened on first use, reused after); timers are tokio sleeps that
+//! post back to the actor. Datagrams are unreliable, which is what SWIM expects.
+//!
+//! On top of membership, forecasters disseminate their per-region totals ([`RegionTotals`]) as
+//! foca custom broadcasts, so any forecaster can answer for the global view. A broadcast is
+//! kept and re-disseminated only if it is newer (by `version`) than what is known for that
+//! region.
+//!
+//! Invariants: the actor is the only code touching `Foca`; the member view is updated only from
+//! foca's notifications; a packet larger than the configured maximum is never sent.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use foca::{
+    AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec,
+    Timer,
+};
+use rand_pcg::rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::model::ProfileId;
+use crate::tls::{check_node_name, NodeIdentity};
+
+/// What a member does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Proxy,
+    Forecaster,
+}
+
+/// A member's identity as gossiped. Two identities with the same `name` are the same member;
+/// `bump` lets a restarted member rejoin under a fresh identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberId {
+    pub name: String,
+    pub role: Role,
+    pub region: String,
+    /// Where its membership endpoint listens (and the name in its certificate is `name`).
+    pub addr: SocketAddr,
+    pub bump: u16,
+}
+
+impl foca::Identity for MemberId {
+    type Addr = String;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Self {
+            bump: self.bump.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> String {
+        self.name.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}
+
+/// A forecaster's totals for its region over one period, disseminated to all members.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionTotals {
+    pub region: String,
+    /// The forecaster that computed them.
+    pub forecaster: String,
+    /// Monotonic per region (e.g. unix milliseconds of computation); newer replaces older.
+    pub version: u64,
+    /// Start of the period, unix milliseconds.
+    pub period_start_ms: u64,
+    /// Requests per profile in the period.
+    pub requests: Vec<(ProfileId, u64)>,
+    /// Proxies of the region that reported in the period.
+    pub proxies: u32,
+}
+
+/// Most profiles in one [`RegionTotals`] (so it fits one datagram).
+pub const MAX_TOTALS_PROFILES: usize = 64;
+
+/// A member as seen from here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberStatus {
+    pub id: MemberId,
+    pub alive: bool,
+    /// When it last changed state (as observed here).
+    pub since: Instant,
+}
+
+/// Membership settings.
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    pub name: String,
+    pub role: Role,
+    pub region: String,
+    /// Local address of the membership endpoint.
+    pub bind: SocketAddr,
+    /// Address others should use, if not the bound one (e.g. when binding 0.0.0.0).
+    pub advertise: Option<SocketAddr>,
+    pub identity: NodeIdentity,
+    /// SWIM timing; [`MembershipConfig::new`] uses foca's LAN defaults for ~16 members.
+    pub swim: foca::Config,
+}
+
+/// Largest foca packet: fits a QUIC datagram at the minimum 1200-byte path MTU.
+const MAX_PACKET: usize = 1024;
+
+impl MembershipConfig {
+    pub fn new(
+        name: impl Into<String>,
+        role: Role,
+        region: impl Into<String>,
+        bind: SocketAddr,
+        identity: NodeIdentity,
+    ) -> Self {
+        let mut swim = foca::Config::new_lan(std::num::NonZeroU32::MIN.saturating_add(15));
+        swim.max_packet_size = std::num::NonZeroUsize::MIN.saturating_add(MAX_PACKET - 1);
+        Self {
+            name: name.into(),
+            role,
+            region: region.into(),
+            bind,
+            advertise: None,
+            identity,
+            swim,
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+struct Stats {
+    packets_in: AtomicU64,
+    packets_out: AtomicU64,
+    bad_packets: AtomicU64,
+}
+
+/// A snapshot of the membership counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MembershipStats {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Datagrams foca could not decode (or that were not meant for it).
+    pub bad_packets: u64,
+}
+
+enum Input {
+    Data(Bytes),
+    Timer(Timer<MemberId>),
+    Announce(MemberId),
+    Broadcast(Vec<u8>),
+    Leave(tokio::sync::oneshot::Sender<()>),
+}
+
+type Totals = Arc<Mutex<HashMap<String, RegionTotals>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation; a poisoned map is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// foca's custom broadcast handler for [`RegionTotals`].
+struct TotalsHandler {
+    totals: Totals,
+}
+
+/// Identifies a totals broadcast for foca's dissemination backlog.
+struct TotalsKey {
+    region: String,
+    version: u64,
+}
+
+impl Invalidates for TotalsKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.region == other.region && self.version >= other.version
+    }
+}
+
+impl BroadcastHandler<MemberId> for TotalsHandler {
+    type Key = TotalsKey;
+    type Error = Error;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&MemberId>,
+    ) -> Result<Option<TotalsKey>> {
+        let (t, rest) =
+            postcard::take_from_bytes::<RegionTotals>(data).map_err(|e| Error::Malformed {
+                what: "region totals",
+                detail: e.to_string(),
+            })?;
+        if !rest.is_empty() {
+            return Err(Error::Malformed {
+                what: "region totals",
+                detail: "trailing bytes".into(),
+            });
+        }
+        crate::sketch::check_name("totals region", &t.region, false)?;
+        if t.requests.len() > MAX_TOTALS_PROFILES {
+            return Err(Error::invalid("region totals", "too many profiles"));
+        }
+        let mut totals = lock(&self.totals);
+        if totals
+            .get(&t.region)
+            .is_some_and(|cur| cur.version >= t.version)
+        {
+            return Ok(None);
+        }
+        let key = TotalsKey {
+            region: t.region.clone(),
+            version: t.version,
+        };
+        totals.insert(t.region.clone(), t);
+        Ok(Some(key))
+    }
+}
+
+struct Transport {
+    endpoint: quinn::Endpoint,
+    outgoing: Mutex<HashMap<String, quinn::Connection>>,
+    connecting: Mutex<HashSet<String>>,
+    input: mpsc::UnboundedSender<Input>,
+    stats: Stats,
+    readers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Transport {
+    fn send(self: &Arc<Self>, to: MemberId, data: Bytes) {
+        self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+        let existing = lock(&self.outgoing).get(&to.name).cloned();
+        if let Some(conn) = existing {
+            if conn.close_reason().is_none() {
+                let _ = conn.send_datagram(data);
+                return;
+            }
+            lock(&self.outgoing).remove(&to.name);
+        }
+        if !lock(&self.connecting).insert(to.name.clone()) {
+            return; // a connection is being set up; SWIM tolerates the lost packet
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let result = match this.endpoint.connect(to.addr, &to.name) {
+                Ok(connecting) => tokio::time::timeout(Duration::from_secs(5), connecting).await,
+                Err(e) => {
+                    tracing::debug!(member = %to.name, error = %e, "membership connect failed");
+                    lock(&this.connecting).remove(&to.name);
+                    return;
+                }
+            };
+            lock(&this.connecting).remove(&to.name);
+            match result {
+                Ok(Ok(conn)) => {
+                    let _ = conn.send_datagram(data);
+                    lock(&this.outgoing).insert(to.name.clone(), conn.clone());
+                    this.read_from(conn);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(member = %to.name, error = %e, "membership connect failed")
+                }
+                Err(_) => tracing::debug!(member = %to.name, "membership connect timed out"),
+            }
+        });
+        self.track(task);
+    }
+
+    fn read_from(self: &Arc<Self>, conn: quinn::Connection) {
+        let input = self.input.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(data) = conn.read_datagram().await {
+                if input.send(Input::Data(data)).is_err() {
+                    break;
+                }
+            }
+        });
+        self.track(task);
+    }
+
+    fn track(&self, task: JoinHandle<()>) {
+        let mut readers = lock(&self.readers);
+        readers.retain(|t| !t.is_finished());
+        readers.push(task);
+    }
+}
+
+/// A running membership agent. Dropping it stops it without leaving (like a crash); use
+/// [`Membership::leave`] to leave cleanly.
+pub struct Membership {
+    me: MemberId,
+    input: mpsc::UnboundedSender<Input>,
+    view: Arc<Mutex<HashMap<String, MemberStatus>>>,
+    totals: Totals,
+    transport: Arc<Transport>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Membership {
+    /// Bind the membership endpoint and start the SWIM agent. Must run within a tokio runtime.
+    pub fn start(config: MembershipConfig) -> Result<Self> {
+        check_node_name(&config.name)?;
+        // quinn's default transport config accepts datagrams (1.25 MB receive buffer).
+        let server = config.identity.server_config()?;
+        let mut endpoint = quinn::Endpoint::server(server, config.bind)
+            .map_err(|e| Error::Transport(format!("binding {}: {e}", config.bind)))?;
+        endpoint.set_default_client_config(config.identity.client_config()?);
+        let addr = match config.advertise {
+            Some(a) => a,
+            None => endpoint.local_addr().map_err(Error::transport)?,
+        };
+        if addr.ip().is_unspecified() {
+            return Err(Error::Argument(format!(
+                "membership: bound to {addr}; set an address to advertise"
+            )));
+        }
+        let me = MemberId {
+            name: config.name,
+            role: config.role,
+            region: config.region,
+            addr,
+            bump: 0,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let transport = Arc::new(Transport {
+            endpoint: endpoint.clone(),
+            outgoing: Mutex::new(HashMap::new()),
+            connecting: Mutex::new(HashSet::new()),
+            input: tx.clone(),
+            stats: Stats::default(),
+            readers: Mutex::new(Vec::new()),
+        });
+        let view = Arc::new(Mutex::new(HashMap::new()));
+        let totals: Totals = Arc::new(Mutex::new(HashMap::new()));
+        let rng = rand_pcg::Pcg64Mcg::seed_from_u64(rand::random());
+        let foca = Foca::with_custom_broadcast(
+            me.clone(),
+            config.swim,
+            rng,
+            PostcardCodec,
+            TotalsHandler {
+                totals: totals.clone(),
+            },
+        );
+        let actor = tokio::spawn(run_actor(
+            foca,
+            rx,
+            tx.clone(),
+            transport.clone(),
+            view.clone(),
+        ));
+        let accept = {
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                while let Some(incoming) = transport.endpoint.accept().await {
+                    let t = transport.clone();
+                    let task = tokio::spawn(async move {
+                        match incoming.await {
+                            Ok(conn) => t.read_from(conn),
+                            Err(e) => tracing::warn!(error = %e, "membership handshake refused"),
+                        }
+                    });
+                    transport.track(task);
+                }
+            })
+        };
+        Ok(Self {
+            me,
+            input: tx,
+            view,
+            totals,
+            transport,
+            tasks: vec![actor, accept],
+        })
+    }
+
+    /// This member's identity.
+    pub fn id(&self) -> &MemberId {
+        &self.me
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.transport
+            .endpoint
+            .local_addr()
+            .map_err(Error::transport)
+    }
+
+    /// Join the cluster through a known member (its certificate name and membership address).
+    pub fn join(&self, name: &str, addr: SocketAddr) -> Result<()> {
+        check_node_name(name)?;
+        // foca ignores the destination identity of a packet, so a seed only needs name + addr.
+        let seed = MemberId {
+            name: name.to_string(),
+            role: Role::Forecaster,
+            region: String::new(),
+            addr,
+            bump: 0,
+        };
+        self.input
+            .send(Input::Announce(seed))
+            .map_err(|_| Error::Transport("membership agent stopped".into()))
+    }
+
+    /// Every member known, alive or not, sorted by name (this member excluded).
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let mut v: Vec<MemberStatus> = lock(&self.view).values().cloned().collect();
+        v.sort_by(|a, b| a.id.name.cmp(&b.id.name));
+        v
+    }
+
+    /// Alive members, optionally of one role.
+    pub fn alive(&self, role: Option<Role>) -> Vec<MemberId> {
+        self.members()
+            .into_iter()
+            .filter(|m| m.alive && role.is_none_or(|r| m.id.role == r))
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// Proxies that were members and are now considered down (silent).
+    pub fn silent_proxies(&self) -> Vec<MemberStatus> {
+        self.members()
+            .into_iter()
+            .filter(|m| !m.alive && m.id.role == Role::Proxy)
+            .collect()
+    }
+
+    /// Disseminate this forecaster's totals for its region to every member.
+    pub fn publish_totals(&self, totals: RegionTotals) -> Result<()> {
+        if totals.requests.len() > MAX_TOTALS_PROFILES {
+            return Err(Error::Argument(format!(
+                "at most {MAX_TOTALS_PROFILES} profiles per region totals"
+            )));
+        }
+        let bytes = postcard::to_stdvec(&totals).map_err(|e| Error::Malformed {
+            what: "region totals",
+            detail: e.to_string(),
+        })?;
+        if bytes.len() > MAX_PACKET / 2 {
+            return Err(Error::Argument(format!(
+                "region totals take {} bytes, too many for one datagram",
+                bytes.len()
+            )));
+        }
+        self.input
+            .send(Input::Broadcast(bytes))
+            .map_err(|_| Error::Transport("membership agent stopped".into()))
+    }
+
+    /// The latest totals known for every region (own region included once published).
+    pub fn region_totals(&self) -> Vec<RegionTotals> {
+        let mut v: Vec<RegionTotals> = lock(&self.totals).values().cloned().collect();
+        v.sort_by(|a, b| a.region.cmp(&b.region));
+        v
+    }
+
+    pub fn stats(&self) -> MembershipStats {
+        let s = &self.transport.stats;
+        MembershipStats {
+            packets_in: s.packets_in.load(Ordering::Relaxed),
+            packets_out: s.packets_out.load(Ordering::Relaxed),
+            bad_packets: s.bad_packets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Tell a few members we are leaving, then stop.
+    pub async fn leave(self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.input.send(Input::Leave(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+            // Give the datagrams a moment to leave the socket.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop().await;
+    }
+
+    /// Stop without telling anyone (others will find out by probing).
+    pub async fn stop(mut self) {
+        self.abort_all();
+        self.transport.endpoint.close(0u32.into(), b"stopped");
+        self.transport.endpoint.wait_idle().await;
+    }
+
+    fn abort_all(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        for t in lock(&self.transport.readers).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.abort_all();
+        self.transport.endpoint.close(0u32.into(), b"stopped");
+    }
+}
+
+type Agent = Foca<MemberId, PostcardCodec, rand_pcg::Pcg64Mcg, TotalsHandler>;
+
+async fn run_actor(
+    mut foca: Agent,
+    mut rx: mpsc::UnboundedReceiver<Input>,
+    tx: mpsc::UnboundedSender<Input>,
+    transport: Arc<Transport>,
+    view: Arc<Mutex<HashMap<String, MemberStatus>>>,
+) {
+    let mut rt = AccumulatingRuntime::new();
+    while let Some(input) = rx.recv().await {
+        let mut leaving = None;
+        let result = match input {
+            Input::Data(data) => {
+                transport.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+                let r = foca.handle_data(&data, &mut rt);
+                if r.is_err() {
+                    transport.stats.bad_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }
+            Input::Timer(t) => foca.handle_timer(t, &mut rt),
+            Input::Announce(seed) => foca.announce(seed, &mut rt),
+            Input::Broadcast(bytes) => foca
+                .add_broadcast(&bytes)
+                .map(|_| ())
+                .and_then(|()| foca.broadcast(&mut rt)),
+            Input::Leave(done) => {
+                leaving = Some(done);
+                foca.leave_cluster(&mut rt)
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "membership: foca reported an error");
+        }
+        while let Some((to, data)) = rt.to_send() {
+            transport.send(to, data);
+        }
+        while let Some((after, timer)) = rt.to_schedule() {
+            let tx = tx.clone();
+            transport.track(tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(Input::Timer(timer));
+            }));
+        }
+        while let Some(n) = rt.to_notify() {
+            apply_notification(&view, n);
+        }
+        if let Some(done) = leaving {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+fn apply_notification(view: &Mutex<HashMap<String, MemberStatus>>, n: OwnedNotification<MemberId>) {
+    let mut view = lock(view);
+    let mut set = |id: MemberId, alive: bool| {
+        let changed = view
+            .get(&id.name)
+            .is_none_or(|m| m.alive != alive || m.id != id);
+        if changed {
+            tracing::info!(member = %id.name, role = ?id.role, region = %id.region, alive, "membership change");
+            view.insert(
+                id.name.clone(),
+                MemberStatus {
+                    id,
+                    alive,
+                    since: Instant::now(),
+                },
+            );
+        }
+    };
+    match n {
+        OwnedNotification::MemberUp(id) => set(id, true),
+        OwnedNotification::MemberDown(id) => set(id, false),
+        OwnedNotification::Rename(_, new) => set(new, true),
+        _ => {}
+    }
+}

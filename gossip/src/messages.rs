@@ -1,0 +1,148 @@
+//! Every message of the protocol. Proxies send [`Message::Sketch`]; the forecaster answers each
+//! with an [`Ack`] and pushes [`ModelUpdate`]s and [`PlanUpdate`]s the other way. Plans are
+//! generic data here: this crate carries them and does not interpret them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{ProfileId, ProfileModel};
+use crate::sketch::{check_name, Sketch};
+
+/// Longest reason string accepted in a plan.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// What the receiver did with a sketch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckOutcome {
+    /// The sink accepted it.
+    Stored,
+    /// It (or a later sequence of the same node) was already stored; nothing was done.
+    Duplicate,
+}
+
+/// The receiver's answer to one sketch, sent only after the sink accepted it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub node: String,
+    pub sequence: u64,
+    pub outcome: AckOutcome,
+}
+
+/// A new profile model, published by the forecaster of `region`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelUpdate {
+    pub region: String,
+    pub model: ProfileModel,
+}
+
+/// Desired instances of one tier (e.g. "baseline", "predictive", "burst", "warm").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierTarget {
+    pub tier: String,
+    pub instances: u32,
+}
+
+/// The plan for one fleet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetPlan {
+    pub fleet: String,
+    pub tiers: Vec<TierTarget>,
+    /// Profiles to shed first when the fleet is saturated, first shed first.
+    pub shed_order: Vec<ProfileId>,
+    /// Human-readable reasons for this plan.
+    pub reasons: Vec<String>,
+}
+
+/// A capacity plan for a region, versioned so proxies ignore stale ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanUpdate {
+    pub region: String,
+    /// Monotonic per region.
+    pub version: u64,
+    /// Unix milliseconds.
+    pub issued_at_ms: u64,
+    pub fleets: Vec<FleetPlan>,
+}
+
+/// Any message of the protocol.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Sketch(Sketch),
+    Ack(Ack),
+    ModelUpdate(ModelUpdate),
+    PlanUpdate(PlanUpdate),
+}
+
+impl Message {
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::Sketch(_) => MessageKind::Sketch,
+            Message::Ack(_) => MessageKind::Ack,
+            Message::ModelUpdate(_) => MessageKind::ModelUpdate,
+            Message::PlanUpdate(_) => MessageKind::PlanUpdate,
+        }
+    }
+
+    /// Check the invariants of the payload (the codec runs this after parsing).
+    pub fn validate(&self, max_entries: usize) -> Result<()> {
+        self.check(max_entries, true)
+    }
+
+    /// [`Message::validate`] without re-parsing locally built histograms (used when encoding).
+    pub(crate) fn check(&self, max_entries: usize, deep: bool) -> Result<()> {
+        match self {
+            Message::Sketch(s) => s.check(max_entries, deep),
+            Message::Ack(a) => check_name("ack node", &a.node, false),
+            Message::ModelUpdate(m) => {
+                check_name("model region", &m.region, false)?;
+                m.model
+                    .validate()
+                    .map_err(|e| Error::invalid("model", e.to_string()))?;
+                for c in &m.model.centroids {
+                    check_name("model centroid name", &c.name, true)?;
+                }
+                Ok(())
+            }
+            Message::PlanUpdate(p) => {
+                check_name("plan region", &p.region, false)?;
+                for f in &p.fleets {
+                    check_name("plan fleet", &f.fleet, false)?;
+                    for t in &f.tiers {
+                        check_name("plan tier", &t.tier, false)?;
+                    }
+                    if let Some(r) = f.reasons.iter().find(|r| r.len() > MAX_REASON_LEN) {
+                        return Err(Error::invalid(
+                            "plan reason",
+                            format!("{} bytes, at most {MAX_REASON_LEN}", r.len()),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The message kind byte of the envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageKind {
+    Sketch = 1,
+    Ack = 2,
+    ModelUpdate = 3,
+    PlanUpdate = 4,
+}
+
+impl TryFrom<u8> for MessageKind {
+    type Error = Error;
+
+    fn try_from(b: u8) -> Result<Self> {
+        Ok(match b {
+            1 => MessageKind::Sketch,
+            2 => MessageKind::Ack,
+            3 => MessageKind::ModelUpdate,
+            4 => MessageKind::PlanUpdate,
+            other => return Err(Error::UnknownKind(other)),
+        })
+    }
+}

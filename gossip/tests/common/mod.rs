@@ -1,0 +1,171 @@
+//! Shared helpers for the transport tests: an in-memory "durable" store standing in for the
+//! forecaster's database, and constructors for receivers and senders on loopback.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prescale_gossip::{
+    DevCa, EntryKey, Error, NodeIdentity, ReceiverConfig, SenderConfig, Sketch, SketchReceiver,
+    SketchSender, SketchSink,
+};
+
+pub const FORECASTER: &str = "fc-eu";
+
+/// The store: survives receiver restarts because tests keep it across them.
+#[derive(Default)]
+pub struct Store {
+    pub sketches: Mutex<BTreeMap<(String, u64), Sketch>>,
+    /// How many times `accept` stored each (node, sequence).
+    pub stores: Mutex<BTreeMap<(String, u64), u32>>,
+}
+
+impl Store {
+    pub fn sequences(&self, node: &str) -> Vec<u64> {
+        self.sketches
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(n, _)| n == node)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    pub fn max_stores(&self) -> u32 {
+        self.stores
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.sketches
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| s.total_requests())
+            .sum()
+    }
+}
+
+/// A sink over a [`Store`], with fault injection.
+pub struct TestSink {
+    pub store: Arc<Store>,
+    /// After storing this sequence, never return (the "receiver dies before acking" case).
+    pub hang_after_storing: Option<u64>,
+    /// Fail this many `accept` calls first.
+    pub fail_first: AtomicU64,
+    pub last_sequence_calls: AtomicU64,
+}
+
+impl TestSink {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            hang_after_storing: None,
+            fail_first: AtomicU64::new(0),
+            last_sequence_calls: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SketchSink for TestSink {
+    fn last_sequence(&self, node: &str) -> Result<Option<u64>, Error> {
+        self.last_sequence_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self.store.sequences(node).last().copied())
+    }
+
+    async fn accept(&self, sketch: Sketch) -> Result<(), Error> {
+        if self.fail_first.load(Ordering::SeqCst) > 0 {
+            self.fail_first.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::sink("database is locked"));
+        }
+        let key = (sketch.node.clone(), sketch.sequence);
+        let seq = sketch.sequence;
+        self.store
+            .sketches
+            .lock()
+            .unwrap()
+            .insert(key.clone(), sketch);
+        *self.store.stores.lock().unwrap().entry(key).or_default() += 1;
+        if self.hang_after_storing == Some(seq) {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Start a receiver. Rebinding the port of a receiver just shut down can race the release of its
+/// socket by the old endpoint's driver task, so a busy port is retried for up to 5 s.
+pub async fn receiver(ca: &DevCa, bind: SocketAddr, sink: TestSink) -> SketchReceiver<TestSink> {
+    let id = ca.identity(FORECASTER).unwrap();
+    let sink = Arc::new(sink);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match SketchReceiver::start(ReceiverConfig::new(bind, id.clone()), sink.clone()) {
+            Ok(rx) => return rx,
+            Err(e)
+                if tokio::time::Instant::now() < deadline && e.to_string().contains("in use") =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("receiver on {bind}: {e}"),
+        }
+    }
+}
+
+pub fn sender_config(
+    identity: NodeIdentity,
+    node: &str,
+    addr: SocketAddr,
+    spool: &Path,
+) -> SenderConfig {
+    let mut c = SenderConfig::new(node, "eu", addr, FORECASTER, identity, spool);
+    c.backoff_min = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(200);
+    c.ack_timeout = Duration::from_secs(5);
+    c
+}
+
+pub fn sender(ca: &DevCa, node: &str, addr: SocketAddr, spool: &Path) -> SketchSender {
+    SketchSender::start(sender_config(ca.identity(node).unwrap(), node, addr, spool)).unwrap()
+}
+
+/// A small sketch with `requests` requests in one entry.
+pub fn sketch(requests: u64) -> Sketch {
+    let mut s = Sketch::new("ignored", "ignored", 0, 10_000);
+    let e = s.entry(EntryKey {
+        profile: "profile-1".to_string(),
+        origin_region: "eu".into(),
+        fleet: "web".into(),
+    });
+    e.requests = requests;
+    for u in 0..requests.min(50) {
+        e.users.insert(u);
+    }
+    s
+}
+
+/// Poll `cond` every 10 ms for up to `secs` seconds.
+pub async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
