@@ -170,7 +170,7 @@ pub struct IdentityConfig {
     /// Sources tried in order; the first that yields an identity wins.
     #[serde(default = "default_identity_sources")]
     pub sources: Vec<IdentitySource>,
-    /// Identities longer than this are rejected with 400.
+    /// Identities longer than this are rejected with 431.
     #[serde(default = "default_max_identity_len")]
     pub max_len: usize,
 }

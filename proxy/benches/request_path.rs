@@ -1,0 +1,334 @@
+//! The per-request core of the proxy without sockets: identity hash → request classification →
+//! feature update + profile assignment (a model of 8 centroids) → meter record, per request.
+//!
+//! `one_thread`: ns per request on one core. `two_threads`: the same loop on two threads at
+//! once over shared tables, reported as time per request *per thread* — equal to the
+//! single-thread figure when throughput per thread does not drop.
+//!
+//! Like a proxy right after parsing a request, the header block is hot in cache (a small ring of
+//! prepared requests), while users are spread over `USERS` distinct keys so that their table
+//! entries are as cold as in production (the key from the identity hash is mixed with a user
+//! number). On a loaded machine, set `PRESCALE_BENCH_CPU_TIME=1`: instead of the criterion runs,
+//! it prints on-CPU ns per request (Linux `/proc/thread-self/schedstat`, over long runs) at 1 and
+//! 2 threads, which other processes sharing the cores do not inflate.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{HeaderMap, HeaderValue, Method};
+use prescale_config::{AssignmentConfig, AssignmentRule, IdentityConfig};
+use prescale_gossip::model::{Centroid, ProfileId, ProfileModel, FEATURE_DIM};
+use prescale_proxy::features::{FeatureTable, RequestTraits};
+use prescale_proxy::geo::RegionId;
+use prescale_proxy::identity::{IdentityResolver, UserKey};
+use prescale_proxy::meters::{MeterFleet, MeterKey, Meters, Observation};
+use prescale_proxy::profiles::{ProfileAssigner, ProfileIdx, ProfileRegistry, RequestFacts};
+
+const USERS: u64 = 200_000;
+/// Prepared requests (kept small so the headers stay in cache, as after parsing).
+const RING: usize = 256;
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+    "curl/8.5.0",
+    "python-requests/2.31.0",
+];
+const PATHS: [&str; 4] = [
+    "/api/v1/items",
+    "/static/app.js",
+    "/index.html",
+    "/batch/export",
+];
+
+struct Plane {
+    identity: IdentityResolver,
+    assigner: ProfileAssigner,
+    table: FeatureTable,
+    meters: Meters,
+}
+
+struct Request {
+    method: Method,
+    path: &'static str,
+    headers: HeaderMap,
+}
+
+fn plane() -> Plane {
+    let identity = IdentityResolver::new(&IdentityConfig {
+        secret: "bench-secret-0123456789abcdef".to_string(),
+        sources: prescale_config::default_identity_sources(),
+        max_len: 256,
+    })
+    .expect("identity config");
+    let registry = Arc::new(ProfileRegistry::with_builtins());
+    let assigner = ProfileAssigner::new(
+        &AssignmentConfig {
+            rules: vec![AssignmentRule {
+                profile: "batch".into(),
+                path_prefix: Some("/batch".into()),
+                method: None,
+                header: None,
+            }],
+            default_profile: "default".into(),
+            new_user_min_requests: 3,
+        },
+        registry,
+    )
+    .expect("assignment config");
+    let centroids = (0..8u32)
+        .map(|i| Centroid {
+            id: ProfileId(i),
+            name: format!("learned-{i}"),
+            center: (0..FEATURE_DIM)
+                .map(|d| ((i as usize * 7 + d) % 5) as f32 * 0.3 - 0.6)
+                .collect(),
+        })
+        .collect();
+    assigner
+        .install_model(ProfileModel {
+            format: ProfileModel::FORMAT,
+            version: 1,
+            built_at: 0,
+            mean: vec![0.5; FEATURE_DIM],
+            scale: vec![1.5; FEATURE_DIM],
+            centroids,
+        })
+        .expect("valid model");
+    Plane {
+        identity,
+        assigner,
+        table: FeatureTable::with_memory_ceiling(64 * 1024 * 1024, 1800),
+        meters: Meters::new(),
+    }
+}
+
+fn requests(seed: usize) -> Vec<Request> {
+    (0..RING)
+        .map(|i| {
+            let n = i * 31 + seed;
+            let mut headers = HeaderMap::new();
+            let id = format!("user-{seed}-{i:08}");
+            headers.insert("x-user-id", HeaderValue::from_str(&id).expect("ascii"));
+            headers.insert("user-agent", HeaderValue::from_static(USER_AGENTS[n % 4]));
+            headers.insert("accept", HeaderValue::from_static("*/*"));
+            headers.insert("host", HeaderValue::from_static("example.com"));
+            Request {
+                method: if n.is_multiple_of(5) {
+                    Method::POST
+                } else {
+                    Method::GET
+                },
+                path: PATHS[n % 4],
+                headers,
+            }
+        })
+        .collect()
+}
+
+/// One request through the core; returns the profile index so nothing is optimised away.
+/// `spread` picks one of `USERS` users (mixed into the identity's key).
+fn handle(plane: &Plane, request: &Request, spread: u64, now: u64, latency: Duration) -> u16 {
+    let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let Ok(user) = plane.identity.resolve(&request.headers, client) else {
+        return u16::MAX;
+    };
+    let user = UserKey(user.0 ^ spread.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let traits = RequestTraits::classify(&request.method, request.path, &request.headers);
+    let facts = RequestFacts {
+        method: &request.method,
+        path: request.path,
+        headers: &request.headers,
+    };
+    let outcome = plane.table.on_request(user, now, traits, |view| {
+        plane
+            .assigner
+            .assign(view.requests(), || view.features(), &facts)
+    });
+    let key = MeterKey {
+        profile: outcome.profile,
+        region: RegionId(0),
+        fleet: MeterFleet(0),
+    };
+    let observation = Observation {
+        status: 200,
+        upstream_failed: false,
+        latency,
+        bytes_in: 0,
+        bytes_out: 512,
+    };
+    plane.meters.record(key, &observation);
+    plane.table.on_response(user, 0, 512, false);
+    outcome.profile.0
+}
+
+/// This thread's on-CPU time (Linux).
+fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+fn run(plane: &Plane, requests: &[Request], iterations: u64, start: u64) -> Duration {
+    let began = Instant::now();
+    for i in 0..iterations {
+        let n = start.wrapping_add(i);
+        let request = &requests[(n as usize).wrapping_mul(7) % requests.len()];
+        let spread = n.wrapping_mul(0x2545_f491_4f6c_dd1d) % USERS;
+        let now = 1_704_067_200 + n / 1000;
+        let latency = Duration::from_micros(200 + n % 1000);
+        black_box(handle(plane, request, spread, now, latency));
+    }
+    began.elapsed()
+}
+
+/// Runs `iterations` requests on each of `threads` threads and returns the on-CPU ns per
+/// request of the slowest thread (`None` where schedstat is unavailable).
+fn cpu_ns_per_request(
+    plane: &Arc<Plane>,
+    per_thread: &[Arc<Vec<Request>>],
+    threads: usize,
+    iterations: u64,
+) -> Option<f64> {
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (plane, requests, barrier) = (
+                Arc::clone(plane),
+                Arc::clone(&per_thread[t]),
+                Arc::clone(&barrier),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                let before = thread_cpu_time()?;
+                run(&plane, &requests, iterations, t as u64 * USERS / 2);
+                let after = thread_cpu_time()?;
+                Some(after.saturating_sub(before).as_nanos() as f64 / iterations as f64)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().ok().flatten())
+        .try_fold(0f64, |worst, ns| Some(worst.max(ns?)))
+}
+
+fn bench(c: &mut Criterion) {
+    let plane = Arc::new(plane());
+    let per_thread: Vec<Arc<Vec<Request>>> = (0..2).map(|t| Arc::new(requests(t))).collect();
+    // Warm the table so most requests are from known users (the steady state of a proxy).
+    run(&plane, &per_thread[0], 3 * USERS, 0);
+    if std::env::var_os("PRESCALE_BENCH_CPU_TIME").is_some() {
+        for threads in [1, 2] {
+            match cpu_ns_per_request(&plane, &per_thread, threads, 5_000_000) {
+                Some(ns) => println!(
+                    "request_path on-CPU: {threads} thread(s): {ns:.0} ns/request per thread"
+                ),
+                None => {
+                    println!("request_path on-CPU: /proc/thread-self/schedstat is not available")
+                }
+            }
+        }
+        return;
+    }
+
+    let mut group = c.benchmark_group("request_path");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("one_thread", |b| {
+        let mut offset = 0u64;
+        b.iter_custom(|iterations| {
+            offset = offset.wrapping_add(iterations);
+            run(&plane, &per_thread[0], iterations, offset)
+        })
+    });
+    group.bench_function("two_threads", |b| {
+        let mut offset = 0u64;
+        b.iter_custom(|iterations| {
+            offset = offset.wrapping_add(iterations);
+            let barrier = Arc::new(Barrier::new(2));
+            let handles: Vec<_> = (0..2)
+                .map(|t| {
+                    let (plane, requests, barrier) = (
+                        Arc::clone(&plane),
+                        Arc::clone(&per_thread[t]),
+                        Arc::clone(&barrier),
+                    );
+                    let start = offset.wrapping_add(t as u64 * USERS / 2);
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        run(&plane, &requests, iterations, start)
+                    })
+                })
+                .collect();
+            // Time per request per thread: the slower of the two.
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .max()
+                .unwrap_or_default()
+        })
+    });
+    group.finish();
+
+    // Each stage alone over the same requests (where the time goes).
+    let mut parts = c.benchmark_group("request_path_parts");
+    parts.throughput(Throughput::Elements(1));
+    let requests = &per_thread[0];
+    let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let mut i = 0usize;
+    let mut next = || {
+        i = (i + 7) % requests.len();
+        &requests[i]
+    };
+    parts.bench_function("identity", |b| {
+        b.iter(|| plane.identity.resolve(&next().headers, client).ok())
+    });
+    parts.bench_function("classify", |b| {
+        b.iter(|| {
+            let r = next();
+            RequestTraits::classify(&r.method, r.path, &r.headers)
+        })
+    });
+    let mut user = 0u64;
+    parts.bench_function("features_and_assign", |b| {
+        b.iter(|| {
+            user = user.wrapping_add(1);
+            let r = next();
+            let facts = RequestFacts {
+                method: &r.method,
+                path: r.path,
+                headers: &r.headers,
+            };
+            let traits = RequestTraits::classify(&r.method, r.path, &r.headers);
+            let key = UserKey((user % USERS).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            plane
+                .table
+                .on_request(key, 1_704_067_200 + user / 1000, traits, |view| {
+                    plane
+                        .assigner
+                        .assign(view.requests(), || view.features(), &facts)
+                })
+        })
+    });
+    let key = MeterKey {
+        profile: ProfileIdx(3),
+        region: RegionId(0),
+        fleet: MeterFleet(0),
+    };
+    let observation = Observation {
+        status: 200,
+        upstream_failed: false,
+        latency: Duration::from_micros(250),
+        bytes_in: 0,
+        bytes_out: 512,
+    };
+    parts.bench_function("meter_record", |b| {
+        b.iter(|| plane.meters.record(black_box(key), &observation))
+    });
+    parts.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

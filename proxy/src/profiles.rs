@@ -1,0 +1,431 @@
+//! Behavior profiles: their names and small indexes ([`ProfileRegistry`]), and the assignment of
+//! a request's user to one ([`ProfileAssigner`]).
+//!
+//! Owns: the name ↔ [`ProfileIdx`] registry, the current [`ProfileModel`] (swapped atomically),
+//! and the assignment policy.
+//!
+//! Assignment, in order (documented policy):
+//! 1. a user with fewer than `assignment.new_user_min_requests` requests → `new`;
+//! 2. the first matching `[[assignment.rules]]` entry (path prefix, method, header [= value]):
+//!    rules are explicit operator intent, so they win over the learned model too;
+//! 3. with a model: the nearest centroid in the model's scaled space (`(x - mean) / scale`,
+//!    squared Euclidean distance, ties to the earlier centroid);
+//! 4. `assignment.default_profile`.
+//!
+//! Invariants:
+//! - a profile's index never changes and is never reused; the registry is append-only and
+//!   bounded ([`MAX_PROFILES`]); `new` is index 0 and `default` index 1;
+//! - only a model that passed [`ProfileModel::validate`] and is not older than the current one is
+//!   ever installed; readers see either the old or the new model, never a mix;
+//! - assignment takes no lock and does not allocate.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::{HeaderMap, HeaderName, Method};
+use prescale_config::{AssignmentConfig, Config};
+use prescale_gossip::model::{ModelError, ProfileModel, FEATURE_DIM};
+
+use crate::features::FeatureVector;
+
+/// A profile's small, stable index (for meter keys and per-profile gauges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ProfileIdx(pub u16);
+
+impl ProfileIdx {
+    /// The builtin `new` profile: users with too little history.
+    pub const NEW: ProfileIdx = ProfileIdx(0);
+    /// The builtin `default` profile.
+    pub const DEFAULT: ProfileIdx = ProfileIdx(1);
+}
+
+/// Most distinct profile names a node tracks (configured + learned, over its lifetime).
+pub const MAX_PROFILES: usize = 256;
+
+/// The registry is full: no more profile names can be indexed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("profile `{name}` cannot be registered: {max} profile names are already indexed")]
+pub struct RegistryFull {
+    pub name: String,
+    pub max: usize,
+}
+
+/// Every profile name the node knows, each with a stable [`ProfileIdx`]. Append-only.
+pub struct ProfileRegistry {
+    names: ArcSwap<Vec<Arc<str>>>,
+    append: Mutex<()>,
+}
+
+impl std::fmt::Debug for ProfileRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names.load().iter()).finish()
+    }
+}
+
+impl ProfileRegistry {
+    /// A registry with the builtins (`new`, `default`) and every profile the config names
+    /// (`[[profiles]]`, assignment rules and default, routes), in that order.
+    pub fn from_config(config: &Config) -> Result<Self, RegistryFull> {
+        let registry = ProfileRegistry::with_builtins();
+        let configured = config
+            .profiles
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(config.assignment.rules.iter().map(|r| r.profile.as_str()))
+            .chain(std::iter::once(config.assignment.default_profile.as_str()))
+            .chain(config.routes.iter().map(|r| r.profile.as_str()));
+        for name in configured {
+            registry.register(name)?;
+        }
+        Ok(registry)
+    }
+
+    /// Only `new` (0) and `default` (1).
+    pub fn with_builtins() -> Self {
+        ProfileRegistry {
+            names: ArcSwap::from_pointee(vec![Arc::from("new"), Arc::from("default")]),
+            append: Mutex::new(()),
+        }
+    }
+
+    /// The index of `name`, registering it if it is new.
+    pub fn register(&self, name: &str) -> Result<ProfileIdx, RegistryFull> {
+        if let Some(index) = self.index_of(name) {
+            return Ok(index);
+        }
+        let _guard = self
+            .append
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.names.load_full();
+        if let Some(position) = current.iter().position(|n| &**n == name) {
+            return Ok(ProfileIdx(position as u16));
+        }
+        if current.len() >= MAX_PROFILES {
+            return Err(RegistryFull {
+                name: name.to_string(),
+                max: MAX_PROFILES,
+            });
+        }
+        let mut next = Vec::with_capacity(current.len() + 1);
+        next.extend(current.iter().cloned());
+        next.push(Arc::from(name));
+        let index = ProfileIdx((next.len() - 1) as u16);
+        self.names.store(Arc::new(next));
+        Ok(index)
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<ProfileIdx> {
+        self.names
+            .load()
+            .iter()
+            .position(|n| &**n == name)
+            .map(|i| ProfileIdx(i as u16))
+    }
+
+    /// The name of a profile index (`None` for an index this registry never gave out).
+    pub fn name(&self, index: ProfileIdx) -> Option<Arc<str>> {
+        self.names.load().get(usize::from(index.0)).cloned()
+    }
+
+    /// All names, indexed by [`ProfileIdx`].
+    pub fn names(&self) -> Arc<Vec<Arc<str>>> {
+        self.names.load_full()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a model was not installed.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ModelSwapError {
+    #[error("profile model rejected: {0}")]
+    Invalid(#[from] ModelError),
+    #[error("profile model version {offered} is older than the installed version {installed}")]
+    Older { offered: u64, installed: u64 },
+    #[error("profile model rejected: {0}")]
+    Registry(#[from] RegistryFull),
+}
+
+/// What [`ProfileAssigner::install_model`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelSwap {
+    /// The model is now in use.
+    Installed { version: u64 },
+    /// The same version was already installed (a redelivery): nothing changed.
+    AlreadyInstalled { version: u64 },
+}
+
+/// A model prepared for fast assignment.
+pub struct CompiledModel {
+    /// The model as published (for admin output: version, centroids).
+    pub model: ProfileModel,
+    /// The registry index of each centroid's name, in `model.centroids` order.
+    pub profile_of_centroid: Vec<ProfileIdx>,
+    mean: [f32; FEATURE_DIM],
+    inverse_scale: [f32; FEATURE_DIM],
+    centers: Vec<[f32; FEATURE_DIM]>,
+}
+
+impl CompiledModel {
+    /// The index (into `model.centroids`) of the centroid nearest to `features`.
+    pub fn nearest_centroid(&self, features: &FeatureVector) -> Option<usize> {
+        let mut scaled = [0f32; FEATURE_DIM];
+        for (i, value) in scaled.iter_mut().enumerate() {
+            *value = (features.0[i] - self.mean[i]) * self.inverse_scale[i];
+        }
+        let mut best: Option<(usize, f32)> = None;
+        for (index, center) in self.centers.iter().enumerate() {
+            let mut distance = 0f32;
+            for i in 0..FEATURE_DIM {
+                let d = scaled[i] - center[i];
+                distance += d * d;
+            }
+            if distance.is_nan() {
+                continue;
+            }
+            if best.is_none_or(|(_, best_distance)| distance < best_distance) {
+                best = Some((index, distance));
+            }
+        }
+        best.map(|(index, _)| index)
+    }
+
+    /// The profile of the nearest centroid.
+    pub fn nearest_profile(&self, features: &FeatureVector) -> Option<ProfileIdx> {
+        self.nearest_centroid(features)
+            .map(|i| self.profile_of_centroid[i])
+    }
+}
+
+fn to_array(values: &[f32]) -> [f32; FEATURE_DIM] {
+    let mut out = [0f32; FEATURE_DIM];
+    for (slot, value) in out.iter_mut().zip(values) {
+        *slot = *value;
+    }
+    out
+}
+
+/// The parts of a request that assignment rules look at.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    /// The URI path (no query).
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+struct CompiledRule {
+    profile: ProfileIdx,
+    path_prefix: Option<String>,
+    method: Option<Method>,
+    header: Option<(HeaderName, Option<String>)>,
+}
+
+impl CompiledRule {
+    fn matches(&self, request: &RequestFacts<'_>) -> bool {
+        if let Some(prefix) = &self.path_prefix {
+            if !request.path.starts_with(prefix.as_str()) {
+                return false;
+            }
+        }
+        if let Some(method) = &self.method {
+            if method != request.method {
+                return false;
+            }
+        }
+        if let Some((name, value)) = &self.header {
+            let Some(actual) = request.headers.get(name) else {
+                return false;
+            };
+            if let Some(expected) = value {
+                if actual.as_bytes() != expected.as_bytes() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// An assignment rule of the config cannot be compiled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("assignment.rules[{index}].{field}: {reason}")]
+    Invalid {
+        index: usize,
+        field: &'static str,
+        reason: String,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryFull),
+}
+
+/// Assigns requests' users to profiles (see the module docs for the policy). Share one per node.
+pub struct ProfileAssigner {
+    registry: Arc<ProfileRegistry>,
+    model: ArcSwapOption<CompiledModel>,
+    install: Mutex<()>,
+    rules: Vec<CompiledRule>,
+    default_profile: ProfileIdx,
+    new_user_min_requests: u32,
+}
+
+impl ProfileAssigner {
+    /// An assigner with the config's rules and no model yet. Rule and default profile names are
+    /// registered in `registry`.
+    pub fn new(
+        config: &AssignmentConfig,
+        registry: Arc<ProfileRegistry>,
+    ) -> Result<Self, RuleError> {
+        let mut rules = Vec::with_capacity(config.rules.len());
+        for (index, rule) in config.rules.iter().enumerate() {
+            let method = match &rule.method {
+                Some(m) => Some(
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        RuleError::Invalid {
+                            index,
+                            field: "method",
+                            reason: format!("`{m}` is not an HTTP method"),
+                        }
+                    })?,
+                ),
+                None => None,
+            };
+            let header = match &rule.header {
+                Some(h) => Some((
+                    HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| RuleError::Invalid {
+                        index,
+                        field: "header.name",
+                        reason: format!("`{}` is not a valid header name", h.name),
+                    })?,
+                    h.value.clone(),
+                )),
+                None => None,
+            };
+            rules.push(CompiledRule {
+                profile: registry.register(&rule.profile)?,
+                path_prefix: rule.path_prefix.clone(),
+                method,
+                header,
+            });
+        }
+        let default_profile = registry.register(&config.default_profile)?;
+        Ok(ProfileAssigner {
+            registry,
+            model: ArcSwapOption::empty(),
+            install: Mutex::new(()),
+            rules,
+            default_profile,
+            new_user_min_requests: config.new_user_min_requests,
+        })
+    }
+
+    /// The profile for a request of a user with `requests` requests so far (this one included)
+    /// whose current features `features` computes (only called when a model is consulted).
+    pub fn assign(
+        &self,
+        requests: u32,
+        features: impl FnOnce() -> FeatureVector,
+        request: &RequestFacts<'_>,
+    ) -> ProfileIdx {
+        if requests < self.new_user_min_requests {
+            return ProfileIdx::NEW;
+        }
+        if let Some(rule) = self.rules.iter().find(|rule| rule.matches(request)) {
+            return rule.profile;
+        }
+        let model = self.model.load();
+        if let Some(model) = model.as_deref() {
+            if let Some(profile) = model.nearest_profile(&features()) {
+                return profile;
+            }
+        }
+        self.default_profile
+    }
+
+    /// Validates `model` and, unless it is older than the installed one, installs it atomically.
+    /// Its centroid names are registered first (so a full registry rejects the model whole).
+    pub fn install_model(&self, model: ProfileModel) -> Result<ModelSwap, ModelSwapError> {
+        model.validate()?;
+        let _guard = self
+            .install
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(current) = self.model.load().as_deref() {
+            let installed = current.model.version;
+            if model.version < installed {
+                return Err(ModelSwapError::Older {
+                    offered: model.version,
+                    installed,
+                });
+            }
+            if model.version == installed {
+                return Ok(ModelSwap::AlreadyInstalled { version: installed });
+            }
+        }
+        let mut profile_of_centroid = Vec::with_capacity(model.centroids.len());
+        for centroid in &model.centroids {
+            profile_of_centroid.push(self.registry.register(&centroid.name)?);
+        }
+        let mut inverse_scale = [0f32; FEATURE_DIM];
+        for (slot, scale) in inverse_scale.iter_mut().zip(&model.scale) {
+            *slot = 1.0 / scale;
+        }
+        let compiled = CompiledModel {
+            mean: to_array(&model.mean),
+            inverse_scale,
+            centers: model
+                .centroids
+                .iter()
+                .map(|c| to_array(&c.center))
+                .collect(),
+            profile_of_centroid,
+            model,
+        };
+        let version = compiled.model.version;
+        self.model.store(Some(Arc::new(compiled)));
+        Ok(ModelSwap::Installed { version })
+    }
+
+    /// The profile by the config rules alone (inline profiling off: no history, no model).
+    pub fn assign_by_rules(&self, request: &RequestFacts<'_>) -> ProfileIdx {
+        self.rules
+            .iter()
+            .find(|rule| rule.matches(request))
+            .map_or(self.default_profile, |rule| rule.profile)
+    }
+
+    /// The installed model, if any.
+    pub fn model(&self) -> Option<Arc<CompiledModel>> {
+        self.model.load_full()
+    }
+
+    pub fn model_version(&self) -> Option<u64> {
+        self.model.load().as_ref().map(|m| m.model.version)
+    }
+
+    pub fn registry(&self) -> &Arc<ProfileRegistry> {
+        &self.registry
+    }
+
+    pub fn default_profile(&self) -> ProfileIdx {
+        self.default_profile
+    }
+
+    /// The name of a profile index (`"unknown"` for one the registry never gave out).
+    pub fn name(&self, profile: ProfileIdx) -> Arc<str> {
+        self.registry
+            .name(profile)
+            .unwrap_or_else(|| Arc::from("unknown"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
