@@ -4,6 +4,7 @@
 mod backend_cmd;
 mod certs_cmd;
 mod exit;
+mod forecaster_cmd;
 mod load_cmd;
 mod node_cmd;
 mod replay_cmd;
@@ -31,6 +32,8 @@ enum Command {
     Up(node_cmd::UpArgs),
     /// Run the reverse proxy with a configuration file.
     Proxy(node_cmd::ProxyArgs),
+    /// Run a regional forecaster: receives proxies' sketches over QUIC and stores minute series.
+    Forecaster(forecaster_cmd::Args),
     /// Validate a configuration file; exit status 2 and a message per problem when invalid.
     CheckConfig(node_cmd::CheckConfigArgs),
     /// Simulate scaling policies (predictive, reactive HPA, oracle) on a request trace.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Up(args) => node_cmd::up(args),
         Command::Proxy(args) => node_cmd::proxy(args),
         Command::CheckConfig(args) => node_cmd::check_config(args),
+        Command::Forecaster(args) => forecaster_cmd::run(args),
         Command::Replay(args) => replay_cmd::run(args),
         Command::Certs(args) => certs_cmd::run(args),
         Command::Backend(args) => backend_cmd::run(args),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use prescale_config::Config;
+use prescale_gossip::{SenderConfig, SketchSender};
 use prescale_proxy::admin::AdminRoutes;
 use prescale_proxy::dataplane::DataPlane;
 use prescale_proxy::server::{start_admin, start_proxy};
@@ -40,6 +41,10 @@ pub struct UpArgs {
     /// Demo backends to start.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     backends: u16,
+    /// Where the forecaster's database, the sketch spool and dev certificates live (kept across
+    /// runs, so series continue). Default: the system temp directory's `prescale-up`.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 pub fn check_config(args: CheckConfigArgs) -> Result<(), CliError> {
@@ -76,10 +81,47 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
     let mut config = prescale_config::embedded_default(&addresses).map_err(CliError::input)?;
     config.proxy.listen = args.proxy_listen;
     config.admin.listen = args.admin_listen;
+    let state = args
+        .state_dir
+        .unwrap_or_else(|| std::env::temp_dir().join("prescale-up"));
+    attach_local_forecaster(&mut config, &state).map_err(CliError::runtime)?;
     prescale_config::check(&config, "embedded default").map_err(CliError::input)?;
     let banner = where_to_look(&config, &addresses);
     run_node(config, Some(banner))
     // `children` drops here: the demo backends are stopped with the node.
+}
+
+/// Gives the `up` node an in-process forecaster and points its exporter at it, with dev mesh
+/// certificates in `state/certs` (made once).
+fn attach_local_forecaster(config: &mut Config, state: &std::path::Path) -> anyhow::Result<()> {
+    let node = config.node.id.clone();
+    let certs = state.join("certs");
+    let cert = certs.join(format!("{node}.pem"));
+    let key = certs.join(format!("{node}.key.pem"));
+    if !(cert.exists() && key.exists() && certs.join("ca.pem").exists()) {
+        prescale_gossip::write_dev_certs(&certs, std::slice::from_ref(&node))
+            .with_context(|| format!("cannot write dev certificates to {}", certs.display()))?;
+    }
+    config.mesh = Some(prescale_config::MeshConfig {
+        ca: certs.join("ca.pem"),
+        cert,
+        key,
+    });
+    config.forecaster = Some(prescale_config::ForecasterConfig {
+        listen: "127.0.0.1:0".parse()?,
+        database: state.join("series.db"),
+        retention_days: 30,
+        silent_after_secs: 60,
+    });
+    config.export = Some(prescale_config::ExportConfig {
+        // Port 0: the in-process forecaster's address, known once it is bound.
+        forecaster: "127.0.0.1:0".parse()?,
+        forecaster_name: node,
+        interval_secs: 10,
+        spool_dir: state.join("spool"),
+        spool_max_sketches: 8640,
+    });
+    Ok(())
 }
 
 /// Child processes started by `up`, stopped (SIGTERM, then kill) when dropped.
@@ -161,7 +203,8 @@ fn where_to_look(config: &Config, backends: &[String]) -> String {
     )
 }
 
-/// Runs proxy + admin until SIGTERM/SIGINT, then drains.
+/// Runs proxy + admin (+ the sketch exporter, + an in-process forecaster for `up`) until
+/// SIGTERM/SIGINT, then drains.
 fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
     let plane = Arc::new(DataPlane::new(&config).map_err(CliError::input)?);
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -170,11 +213,62 @@ fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
+    let mut handlers = plane.admin_handlers();
+    let mut metrics = vec![plane.metrics_source()];
+    let mut readiness = vec![plane.readiness()];
+
+    // A forecaster in the same process (`up`, or a config with both roles).
+    let forecaster = match &config.forecaster {
+        Some(_) => {
+            let forecaster = Arc::new(crate::forecaster_cmd::start(&config, control.handle())?);
+            handlers.extend(forecaster.handlers());
+            metrics.push(forecaster.metrics());
+            readiness.push(forecaster.readiness());
+            Some(forecaster)
+        }
+        None => None,
+    };
+
+    let (stop_exporter, exporter_stop_rx) = tokio::sync::watch::channel(false);
+    let exporter = match &config.export {
+        Some(export) => {
+            let identity = crate::forecaster_cmd::mesh_identity(&config)?;
+            let forecaster_addr = match (&forecaster, export.forecaster.port()) {
+                (Some(f), 0) => f.quic_addr,
+                _ => export.forecaster,
+            };
+            let mut sender_config = SenderConfig::new(
+                config.node.id.clone(),
+                plane.region.clone(),
+                forecaster_addr,
+                export.forecaster_name.clone(),
+                identity,
+                export.spool_dir.clone(),
+            );
+            sender_config.spool_capacity = export.spool_max_sketches;
+            let sender = {
+                let _guard = control.enter();
+                Arc::new(SketchSender::start(sender_config).map_err(|e| {
+                    CliError::input(anyhow!("[export]: cannot start the sketch sender: {e}"))
+                })?)
+            };
+            metrics.push(sender_metrics(Arc::clone(&sender)));
+            let task = control.spawn(prescale_proxy::exporter::run(
+                Arc::clone(&plane),
+                Arc::clone(&sender),
+                Duration::from_secs(export.interval_secs),
+                exporter_stop_rx,
+            ));
+            Some((sender, task))
+        }
+        None => None,
+    };
+
     let (stop_admin, admin_stop_rx) = tokio::sync::watch::channel(false);
     let routes = AdminRoutes {
-        handlers: plane.admin_handlers(),
-        metrics: vec![plane.metrics_source()],
-        readiness: vec![plane.readiness()],
+        handlers,
+        metrics,
+        readiness,
         dashboard: Some(prescale_proxy::dashboard::PAGE),
         token: config.admin.token.clone(),
     };
@@ -199,13 +293,73 @@ fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
             "grace period over with requests still in flight"
         );
     }
+    if let Some((sender, task)) = exporter {
+        // The last partial interval is spooled, then we give delivery a moment; whatever is not
+        // acknowledged stays in the spool and is sent after the next start.
+        let _ = stop_exporter.send(true);
+        control.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            sender.flush(Duration::from_secs(3)).await
+        });
+    }
     let _ = stop_admin.send(true);
     control.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+fn sender_metrics(sender: Arc<SketchSender>) -> prescale_proxy::admin::MetricsSource {
+    Arc::new(move |out: &mut String| {
+        use std::fmt::Write as _;
+        let s = sender.stats();
+        let rows = [
+            (
+                "prescale_export_spooled",
+                "gauge",
+                "Sketches waiting in the spool for an acknowledgement.",
+                s.spooled,
+            ),
+            (
+                "prescale_export_dropped_total",
+                "counter",
+                "Sketches dropped because the spool was full.",
+                s.dropped,
+            ),
+            (
+                "prescale_export_corrupt_total",
+                "counter",
+                "Spooled sketches discarded as unreadable or rejected.",
+                s.corrupt,
+            ),
+            (
+                "prescale_export_sent_total",
+                "counter",
+                "Sketch send attempts, resends included.",
+                s.sent,
+            ),
+            (
+                "prescale_export_acked_total",
+                "counter",
+                "Acknowledgements received.",
+                s.acked,
+            ),
+            (
+                "prescale_export_send_failures_total",
+                "counter",
+                "Failed sends or connection attempts.",
+                s.send_failures,
+            ),
+        ];
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    })
+}
+
+pub async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

@@ -94,13 +94,45 @@ impl HyperLogLog {
 
     /// Record one (hashed) user.
     pub fn insert(&mut self, user: u64) {
+        let (index, rank) = Self::register_of(self.precision, user);
+        self.set_max(index as u32, rank);
+    }
+
+    /// The register `user` lands in and its rank at `precision` (4..=14), for callers that keep
+    /// registers elsewhere (e.g. atomically, on a request path) and build a sketch later with
+    /// [`HyperLogLog::from_registers`].
+    pub fn register_of(precision: u8, user: u64) -> (usize, u8) {
         let h = mix64(user);
-        let p = u32::from(self.precision);
-        let index = (h >> (64 - p)) as u32;
+        let p = u32::from(precision.clamp(Self::MIN_PRECISION, Self::MAX_PRECISION));
+        let index = (h >> (64 - p)) as usize;
         // A guard bit below the rank bits bounds the rank at 64 - p + 1.
         let w = (h << p) | (1u64 << (p - 1));
         let rank = (w.leading_zeros() + 1) as u8;
-        self.set_max(index, rank);
+        (index, rank)
+    }
+
+    /// A sketch from `2^precision` dense registers filled with [`HyperLogLog::register_of`].
+    pub fn from_registers(precision: u8, registers: &[u8]) -> Result<Self> {
+        let mut sketch = Self::new(precision)?;
+        if registers.len() != sketch.m() {
+            return Err(Error::Argument(format!(
+                "{} HyperLogLog registers given, precision {precision} needs {}",
+                registers.len(),
+                sketch.m()
+            )));
+        }
+        let max_rank = sketch.max_rank();
+        for (index, &rank) in registers.iter().enumerate() {
+            if rank > max_rank {
+                return Err(Error::Argument(format!(
+                    "HyperLogLog register {index} holds rank {rank}, at most {max_rank} is possible"
+                )));
+            }
+            if rank > 0 {
+                sketch.set_max(index as u32, rank);
+            }
+        }
+        Ok(sketch)
     }
 
     fn set_max(&mut self, index: u32, rank: u8) {
@@ -365,6 +397,24 @@ mod tests {
             h.insert(i ^ salt);
         }
         h
+    }
+
+    #[test]
+    fn registers_kept_elsewhere_give_the_same_sketch() {
+        let precision = HyperLogLog::DEFAULT_PRECISION;
+        let mut direct = HyperLogLog::new(precision).unwrap();
+        let mut registers = vec![0u8; 1 << precision];
+        for user in 0..5_000u64 {
+            direct.insert(user * 7919);
+            let (index, rank) = HyperLogLog::register_of(precision, user * 7919);
+            registers[index] = registers[index].max(rank);
+        }
+        let rebuilt = HyperLogLog::from_registers(precision, &registers).unwrap();
+        assert_eq!(rebuilt.estimate(), direct.estimate());
+        assert!(HyperLogLog::from_registers(precision, &registers[1..]).is_err());
+        let mut bad = registers.clone();
+        bad[0] = 64;
+        assert!(HyperLogLog::from_registers(precision, &bad).is_err());
     }
 
     #[test]

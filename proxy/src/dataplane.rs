@@ -258,7 +258,7 @@ impl DataPlane {
 
     /// Records a finished request.
     pub fn record(&self, user: u64, meter: MeterKey, observation: Observation) {
-        self.meters.record(meter, &observation);
+        self.meters.record_for_user(meter, &observation, user);
         if let Some(table) = &self.features {
             table.on_response(
                 crate::identity::UserKey(user),
@@ -287,6 +287,26 @@ impl DataPlane {
         {
             samples.pop_front();
         }
+    }
+
+    /// Profile, origin region and fleet names of a meter key (as sketches carry them).
+    pub fn meter_labels(&self, key: MeterKey) -> (String, String, String) {
+        (
+            self.profile_name(key.profile).to_string(),
+            self.region_name(key.region).to_string(),
+            self.fleet_name(key.fleet).to_string(),
+        )
+    }
+
+    /// A resident user's current features (for the exporter's sample).
+    pub fn user_features(
+        &self,
+        user: u64,
+        now_secs: u64,
+    ) -> Option<prescale_gossip::model::FeatureVector> {
+        self.features
+            .as_ref()?
+            .features_of(crate::identity::UserKey(user), now_secs)
     }
 
     fn profile_name(&self, profile: ProfileIdx) -> Arc<str> {

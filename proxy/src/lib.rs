@@ -13,6 +13,7 @@ pub mod client_ip;
 pub mod dashboard;
 pub mod dataplane;
 pub mod error;
+pub mod exporter;
 pub mod features;
 pub mod fleet;
 pub mod geo;

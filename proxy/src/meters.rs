@@ -14,13 +14,16 @@
 //!   come from [`MeterSnapshot::delta`];
 //! - latency buckets cover 1 µs to 60 s with [`SUB_BUCKETS`] linear sub-buckets per power of two:
 //!   a bucket's midpoint is within 0.79 % of any value in it; values outside the range are
-//!   clamped to the end buckets and counted (`clamped_low`, `clamped_high`).
+//!   clamped to the end buckets and counted (`clamped_low`, `clamped_high`);
+//! - unique users are HyperLogLog registers per key (atomic max, no lock), taken and reset by the
+//!   sketch exporter once per interval ([`Meters::take_unique_users`]).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use prescale_gossip::HyperLogLog;
 
 use crate::geo::RegionId;
 use crate::profiles::ProfileIdx;
@@ -170,10 +173,27 @@ impl Stripe {
     }
 }
 
-/// The meter of one key: one stripe per recording thread slot.
+/// Precision of the per-key unique-user HyperLogLog registers (1024 registers, ≈3 % error).
+pub const USER_HLL_PRECISION: u8 = HyperLogLog::DEFAULT_PRECISION;
+
+/// The meter of one key: one stripe per recording thread slot, plus the unique-user registers
+/// of the current export interval.
 struct MeterCell {
     key: MeterKey,
     stripes: Box<[Stripe]>,
+    users: Box<[AtomicU8]>,
+    /// A min-hash sample of this interval's users: slot `i` keeps the user with the smallest
+    /// hash among those hashing to `i` (0 = empty).
+    sample: [AtomicU64; USER_SAMPLE_SLOTS],
+}
+
+/// Users sampled per key and interval (for the forecaster's profile learning).
+pub const USER_SAMPLE_SLOTS: usize = 8;
+
+fn sample_hash(user: u64) -> u64 {
+    (user ^ 0x5851_f42d_4c95_7f2d)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(29)
 }
 
 impl MeterCell {
@@ -181,7 +201,53 @@ impl MeterCell {
         MeterCell {
             key,
             stripes: (0..stripes).map(|_| Stripe::new()).collect(),
+            users: (0..1usize << USER_HLL_PRECISION)
+                .map(|_| AtomicU8::new(0))
+                .collect(),
+            sample: Default::default(),
         }
+    }
+
+    fn sample_user(&self, user: u64) {
+        if user == 0 {
+            return;
+        }
+        let hash = sample_hash(user);
+        let slot = &self.sample[(hash % USER_SAMPLE_SLOTS as u64) as usize];
+        let mut current = slot.load(Ordering::Relaxed);
+        while current != user && (current == 0 || hash < sample_hash(current)) {
+            match slot.compare_exchange_weak(current, user, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn take_sample(&self) -> Vec<u64> {
+        self.sample
+            .iter()
+            .map(|slot| slot.swap(0, Ordering::Relaxed))
+            .filter(|u| *u != 0)
+            .collect()
+    }
+
+    fn record_user(&self, user: u64) {
+        let (index, rank) = HyperLogLog::register_of(USER_HLL_PRECISION, user);
+        let register = &self.users[index];
+        // Most requests come from users already counted: read before writing.
+        if register.load(Ordering::Relaxed) < rank {
+            register.fetch_max(rank, Ordering::Relaxed);
+        }
+    }
+
+    /// The unique-user registers since the last take, reset to zero (`None` when empty).
+    fn take_users(&self) -> Option<Vec<u8>> {
+        let registers: Vec<u8> = self
+            .users
+            .iter()
+            .map(|r| r.swap(0, Ordering::Relaxed))
+            .collect();
+        registers.iter().any(|r| *r > 0).then_some(registers)
     }
 
     fn read(&self) -> MeterEntry {
@@ -269,6 +335,41 @@ impl Meters {
         cell.stripes[stripe].record(observation);
     }
 
+    /// Records one finished request of `user` (also counted as a unique user of the key for
+    /// the current export interval).
+    pub fn record_for_user(&self, key: MeterKey, observation: &Observation, user: u64) {
+        let cell = self.cell(key);
+        let stripe = THREAD_STRIPE.with(|s| *s) % self.stripes;
+        cell.stripes[stripe].record(observation);
+        cell.record_user(user);
+        cell.sample_user(user);
+    }
+
+    /// Unique users per key since the previous call, as a HyperLogLog and a small sample of
+    /// user keys; resets both. (One caller: the sketch exporter.)
+    pub fn take_users(&self) -> Vec<IntervalUsers> {
+        let mut out = Vec::new();
+        let cells = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.get())
+            .map(|c| &**c);
+        for cell in cells.chain(std::iter::once(&self.overflow)) {
+            let sample = cell.take_sample();
+            if let Some(registers) = cell.take_users() {
+                // Registers only ever hold ranks from `register_of`: rebuilding cannot fail.
+                if let Ok(unique) = HyperLogLog::from_registers(USER_HLL_PRECISION, &registers) {
+                    out.push(IntervalUsers {
+                        key: cell.key,
+                        unique,
+                        sample,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Creates the cell of `key` ahead of traffic (e.g. for every configured route at start),
     /// so the first request of the key does not take the insert lock.
     pub fn register(&self, key: MeterKey) {
@@ -336,6 +437,15 @@ impl Meters {
         entries.sort_by_key(|e| e.key);
         MeterSnapshot { entries }
     }
+}
+
+/// The users of one key over one export interval.
+#[derive(Clone, Debug)]
+pub struct IntervalUsers {
+    pub key: MeterKey,
+    pub unique: HyperLogLog,
+    /// Up to [`USER_SAMPLE_SLOTS`] user keys, a uniform sample of the distinct users.
+    pub sample: Vec<u64>,
 }
 
 /// Counters of one key (cumulative in a snapshot, per interval in a delta).

@@ -1,0 +1,143 @@
+//! The sketch exporter: every interval (aligned to the wall clock, so intervals nest in
+//! minutes) it turns the meters' delta into a [`Sketch`] — counts, latency histogram, unique-user
+//! HyperLogLog and a sample of users' feature vectors per (profile, origin region, fleet) — and
+//! hands it to the QUIC sender, which spools it until the forecaster acknowledges it. Profile
+//! models pushed back by the forecaster are installed here.
+//!
+//! Invariants: every request recorded in the meters lands in exactly one sketch (the delta of
+//! consecutive cumulative snapshots); sketches carry hashed user keys only.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prescale_gossip::{EntryKey, Sketch, SketchSender};
+use tokio::sync::watch;
+
+use crate::dataplane::DataPlane;
+use crate::meters::{MeterKey, MeterSnapshot};
+
+/// Builds the sketch of `[start_ms, end_ms)` from the meters' delta and interval users.
+pub fn build_sketch(
+    plane: &DataPlane,
+    delta: &MeterSnapshot,
+    start_ms: u64,
+    end_ms: u64,
+) -> Sketch {
+    let mut sketch = Sketch::new(
+        plane.node_id.clone(),
+        plane.region.clone(),
+        start_ms,
+        end_ms,
+    );
+    let now_secs = end_ms / 1000;
+    for entry in &delta.entries {
+        let key = entry_key(plane, entry.key);
+        let stats = sketch.entry(key);
+        stats.requests = entry.counts.requests;
+        stats.errors = entry.counts.errors.min(entry.counts.requests);
+        stats.bytes_in = entry.counts.bytes_in;
+        stats.bytes_out = entry.counts.bytes_out;
+        if let Err(e) = stats.set_latency(&entry.histogram()) {
+            tracing::warn!(error = %e, "latency histogram left out of the sketch");
+        }
+    }
+    for users in plane.meters.take_users() {
+        // Users of a key whose requests are still in flight at the boundary are counted with the
+        // key once it has requests; a key without requests in this interval gets none.
+        if !delta.entries.iter().any(|e| e.key == users.key) {
+            continue;
+        }
+        let stats = sketch.entry(entry_key(plane, users.key));
+        stats.users = users.unique;
+        for user in users.sample {
+            if let Some(features) = plane.user_features(user, now_secs) {
+                stats.sample.offer(user, features);
+            }
+        }
+    }
+    sketch
+}
+
+fn entry_key(plane: &DataPlane, key: MeterKey) -> EntryKey {
+    let (profile, origin_region, fleet) = plane.meter_labels(key);
+    EntryKey {
+        profile,
+        origin_region,
+        fleet,
+    }
+}
+
+/// Runs until `shutdown`: one sketch per `interval`, then a last one for the partial interval.
+pub async fn run(
+    plane: Arc<DataPlane>,
+    sender: Arc<SketchSender>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval_ms = interval.as_millis().max(1) as u64;
+    let mut previous = plane.meters.snapshot();
+    let mut start_ms = unix_ms();
+    let mut models = sender.models();
+    loop {
+        let now = unix_ms();
+        let boundary = (now / interval_ms + 1) * interval_ms;
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(boundary - now)) => false,
+            _ = shutdown.changed() => true,
+            changed = models.changed() => {
+                if changed.is_ok() {
+                    install_latest_model(&plane, &models);
+                }
+                continue;
+            }
+        };
+        let end_ms = if stop { unix_ms() } else { boundary };
+        let current = plane.meters.snapshot();
+        let delta = current.delta(&previous);
+        let mut spooled = true;
+        if !delta.entries.is_empty() {
+            let sketch = build_sketch(&plane, &delta, start_ms, end_ms.max(start_ms + 1));
+            let submit_to = Arc::clone(&sender);
+            spooled = match tokio::task::spawn_blocking(move || submit_to.submit(sketch)).await {
+                Ok(Ok(sequence)) => {
+                    tracing::debug!(sequence, "sketch spooled");
+                    true
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "sketch could not be spooled; the next one will carry its counts");
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sketch spooling task failed; the next one will carry its counts");
+                    false
+                }
+            };
+        }
+        if spooled {
+            previous = current;
+            start_ms = end_ms;
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+fn install_latest_model(
+    plane: &DataPlane,
+    models: &watch::Receiver<Option<Arc<prescale_gossip::ModelUpdate>>>,
+) {
+    let update = models.borrow().clone();
+    let Some(update) = update else { return };
+    match plane.install_model(update.model.clone()) {
+        Ok(swap) => tracing::info!(?swap, "profile model from the forecaster"),
+        Err(e) => tracing::warn!(error = %e, "profile model from the forecaster rejected"),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

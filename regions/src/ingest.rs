@@ -1,0 +1,164 @@
+//! The forecaster's sketch sink: sketches accepted by the QUIC receiver are written to the
+//! series store by one writer thread in batches (one SQLite transaction per batch), and each
+//! sketch's acknowledgement waits for the commit that holds it.
+//!
+//! Invariants: an `Ok` from [`StoreSink::accept`] means the sketch is committed (so the proxy's
+//! ack follows durability); a batch that fails is retried sketch by sketch so one bad sketch
+//! cannot hold back the others; reads use their own connection (SQLite WAL), never the writer's.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prescale_gossip::{Sketch, SketchSink};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::store::{Ingested, NodeRecord, SeriesPoint, SeriesQuery, SeriesStore};
+
+/// Most sketches committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+type Reply = oneshot::Sender<std::result::Result<Ingested, String>>;
+
+/// Counters for the forecaster's `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub failed: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+pub struct StoreSink {
+    queue: mpsc::SyncSender<(Sketch, Reply)>,
+    reader: Mutex<SeriesStore>,
+    pub stats: Arc<IngestStats>,
+    path: PathBuf,
+}
+
+impl StoreSink {
+    /// Opens the store at `path` (creating it), starts the writer thread.
+    pub fn open(path: &Path) -> Result<Self> {
+        let writer = SeriesStore::open(path)?;
+        let reader = SeriesStore::open(path)?;
+        let (queue, receiver) = mpsc::sync_channel::<(Sketch, Reply)>(4 * MAX_BATCH);
+        let stats = Arc::new(IngestStats::default());
+        let writer_stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("series-writer".into())
+            .spawn(move || write_loop(writer, receiver, writer_stats))
+            .map_err(|e| Error::Store {
+                what: format!("start the writer thread: {e}"),
+                source: None,
+            })?;
+        Ok(StoreSink {
+            queue,
+            reader: Mutex::new(reader),
+            stats,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn series(
+        &self,
+        query: &SeriesQuery,
+    ) -> Result<std::collections::BTreeMap<String, Vec<SeriesPoint>>> {
+        self.reader().series(query)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.reader().nodes()
+    }
+
+    /// Deletes data older than the retention (run periodically).
+    pub fn prune(&self, now_secs: u64, retention_secs: u64) -> Result<usize> {
+        self.reader().prune(now_secs, retention_secs)
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, SeriesStore> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn write_loop(
+    mut store: SeriesStore,
+    receiver: mpsc::Receiver<(Sketch, Reply)>,
+    stats: Arc<IngestStats>,
+) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let sketches: Vec<Sketch> = batch.iter().map(|(s, _)| s.clone()).collect();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        match store.ingest(&sketches, now_ms) {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    count(&stats, Ok(outcome));
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(batch_error) => {
+                tracing::warn!(error = %batch_error, sketches = sketches.len(), "batch failed; storing one by one");
+                for (sketch, reply) in batch {
+                    let outcome = store
+                        .ingest(std::slice::from_ref(&sketch), now_ms)
+                        .map(|mut o| o.pop().unwrap_or(Ingested::Duplicate))
+                        .map_err(|e| format!("sketch {}#{}: {e}", sketch.node, sketch.sequence));
+                    count(&stats, outcome.as_ref().map(|o| *o).map_err(|_| ()));
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+fn count(stats: &IngestStats, outcome: std::result::Result<Ingested, ()>) {
+    let counter = match outcome {
+        Ok(Ingested::Stored) => &stats.stored,
+        Ok(Ingested::Duplicate) => &stats.duplicates,
+        Err(()) => &stats.failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl SketchSink for StoreSink {
+    fn last_sequence(&self, node: &str) -> prescale_gossip::Result<Option<u64>> {
+        self.reader()
+            .last_sequence(node)
+            .map_err(|e| prescale_gossip::Error::Sink(e.to_string()))
+    }
+
+    async fn accept(&self, sketch: Sketch) -> prescale_gossip::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue.clone();
+        // A full queue blocks: the receiver's stream waits (back-pressure to the proxies).
+        tokio::task::spawn_blocking(move || queue.send((sketch, reply)))
+            .await
+            .map_err(|e| prescale_gossip::Error::Sink(format!("writer queue task failed: {e}")))?
+            .map_err(|_| {
+                prescale_gossip::Error::Sink("the series writer has stopped".to_string())
+            })?;
+        match answer.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(message)) => Err(prescale_gossip::Error::Sink(message)),
+            Err(_) => Err(prescale_gossip::Error::Sink(
+                "the series writer dropped the sketch".to_string(),
+            )),
+        }
+    }
+}

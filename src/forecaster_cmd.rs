@@ -1,0 +1,319 @@
+//! `prescale forecaster`: the regional forecaster service — the QUIC receiver of proxies'
+//! sketches, the SQLite series store behind it, and its admin API (`/api/v1/series`,
+//! `/api/v1/nodes`, `/metrics`). Also used in-process by `prescale up`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use prescale_config::Config;
+use prescale_gossip::{NodeIdentity, ReceiverConfig, SketchReceiver};
+use prescale_proxy::admin::{self, AdminRequest, AdminRoutes, Handler, MetricsSource, Readiness};
+use prescale_regions::ingest::StoreSink;
+use prescale_regions::store::SeriesQuery;
+
+use crate::exit::CliError;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The configuration file; needs [mesh] and [forecaster] sections.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// A running forecaster: its receiver and store.
+pub struct Forecaster {
+    pub receiver: SketchReceiver<StoreSink>,
+    pub sink: Arc<StoreSink>,
+    pub quic_addr: SocketAddr,
+    silent_after: Duration,
+}
+
+/// Loads the mesh identity named by `[mesh]`.
+pub fn mesh_identity(config: &Config) -> Result<NodeIdentity, CliError> {
+    let mesh = config
+        .mesh
+        .as_ref()
+        .ok_or_else(|| CliError::input(anyhow!("[mesh] (ca, cert, key) is required here")))?;
+    NodeIdentity::load(&mesh.ca, &mesh.cert, &mesh.key).map_err(|e| {
+        CliError::input(anyhow!(
+            "[mesh]: cannot load {} / {} / {}: {e}",
+            mesh.ca.display(),
+            mesh.cert.display(),
+            mesh.key.display()
+        ))
+    })
+}
+
+/// Opens the store and starts the receiver on the current tokio runtime.
+pub fn start(config: &Config, control: &tokio::runtime::Handle) -> Result<Forecaster, CliError> {
+    let settings = config.forecaster.as_ref().ok_or_else(|| {
+        CliError::input(anyhow!(
+            "[forecaster] (listen, database) is required to run a forecaster"
+        ))
+    })?;
+    let identity = mesh_identity(config)?;
+    if let Some(parent) = settings
+        .database
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("forecaster.database: cannot create {}", parent.display()))
+            .map_err(CliError::input)?;
+    }
+    let sink = Arc::new(
+        StoreSink::open(&settings.database)
+            .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?,
+    );
+    let _guard = control.enter();
+    let receiver = SketchReceiver::start(
+        ReceiverConfig::new(settings.listen, identity),
+        Arc::clone(&sink),
+    )
+    .map_err(|e| CliError::input(anyhow!("forecaster.listen {}: {e}", settings.listen)))?;
+    let quic_addr = receiver
+        .local_addr()
+        .map_err(|e| CliError::runtime(anyhow!("forecaster address: {e}")))?;
+    let retention = Duration::from_secs(settings.retention_days * 86_400);
+    let pruned = Arc::clone(&sink);
+    control.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let sink = Arc::clone(&pruned);
+            let now = unix_secs();
+            match tokio::task::spawn_blocking(move || sink.prune(now, retention.as_secs())).await {
+                Ok(Ok(rows)) if rows > 0 => tracing::info!(rows, "pruned series past retention"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning the series store failed"),
+                _ => {}
+            }
+        }
+    });
+    tracing::info!(quic = %quic_addr, database = %settings.database.display(), "forecaster receiving sketches");
+    Ok(Forecaster {
+        receiver,
+        sink,
+        quic_addr,
+        silent_after: Duration::from_secs(settings.silent_after_secs),
+    })
+}
+
+impl Forecaster {
+    /// Admin routes: series and nodes.
+    pub fn handlers(self: &Arc<Self>) -> Vec<Handler> {
+        let forecaster = Arc::clone(self);
+        vec![Arc::new(move |request: &AdminRequest| {
+            if request.method != http::Method::GET {
+                return None;
+            }
+            match request.path.as_str() {
+                "/api/v1/series" => Some(forecaster.series(request)),
+                "/api/v1/nodes" => Some(forecaster.nodes()),
+                _ => None,
+            }
+        })]
+    }
+
+    fn series(&self, request: &AdminRequest) -> admin::AdminResponse {
+        let number = |name: &str| -> Result<Option<u64>, String> {
+            request
+                .query_param(name)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| format!("`{name}` must be unix seconds, got `{v}`"))
+                })
+                .transpose()
+        };
+        let (from, to) = match (number("from"), number("to")) {
+            (Ok(from), Ok(to)) => (from, to),
+            (Err(e), _) | (_, Err(e)) => {
+                return admin::json_error(http::StatusCode::BAD_REQUEST, &e)
+            }
+        };
+        let query = SeriesQuery {
+            region: request.query_param("region"),
+            profile: request.query_param("profile"),
+            fleet: request.query_param("fleet"),
+            from,
+            to,
+        };
+        match self.sink.series(&query) {
+            Ok(series) => admin::json(&serde_json::json!({
+                "resolution_secs": 60,
+                "series": series.into_iter().map(|(name, points)| {
+                    let mut parts = name.splitn(3, '/');
+                    serde_json::json!({
+                        "region": parts.next(),
+                        "profile": parts.next(),
+                        "fleet": parts.next(),
+                        "points": points,
+                    })
+                }).collect::<Vec<_>>(),
+            })),
+            Err(e) => admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    fn nodes(&self) -> admin::AdminResponse {
+        let stored = match self.sink.nodes() {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                return admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            }
+        };
+        let now = SystemTime::now();
+        let connected: Vec<String> = self.receiver.nodes().into_iter().map(|n| n.node).collect();
+        let silent: Vec<String> = self
+            .receiver
+            .silent_nodes(now, self.silent_after)
+            .into_iter()
+            .map(|n| n.node)
+            .collect();
+        let now_ms = unix_secs() * 1000;
+        let nodes: Vec<_> = stored
+            .into_iter()
+            .map(|n| {
+                let quiet_ms = now_ms.saturating_sub(n.last_seen_ms);
+                serde_json::json!({
+                    "node": n.node,
+                    "region": n.region,
+                    "last_seen_ms": n.last_seen_ms,
+                    "last_sequence": n.last_sequence,
+                    "sketches": n.sketches,
+                    "spool_backlog": n.spooled,
+                    "spool_dropped": n.dropped,
+                    "seen_since_start": connected.contains(&n.node),
+                    "silent": silent.contains(&n.node) || quiet_ms > self.silent_after.as_millis() as u64,
+                })
+            })
+            .collect();
+        admin::json(&serde_json::json!({ "nodes": nodes }))
+    }
+
+    pub fn metrics(self: &Arc<Self>) -> MetricsSource {
+        let forecaster = Arc::clone(self);
+        Arc::new(move |out: &mut String| {
+            let r = forecaster.receiver.stats();
+            let s = &forecaster.sink.stats;
+            let counters = [
+                (
+                    "prescale_forecaster_sketches_accepted_total",
+                    "Sketches accepted from proxies.",
+                    r.accepted,
+                ),
+                (
+                    "prescale_forecaster_sketches_duplicate_total",
+                    "Sketches received again and skipped.",
+                    r.duplicates,
+                ),
+                (
+                    "prescale_forecaster_frames_rejected_total",
+                    "Malformed, oversized or unexpected frames rejected.",
+                    r.rejected,
+                ),
+                (
+                    "prescale_forecaster_wrong_node_total",
+                    "Sketches whose node name did not match the sender's certificate.",
+                    r.wrong_node,
+                ),
+                (
+                    "prescale_forecaster_sink_errors_total",
+                    "Sketches the store could not take (resent by the proxy).",
+                    r.sink_errors,
+                ),
+                (
+                    "prescale_forecaster_handshake_failures_total",
+                    "QUIC/TLS handshakes refused (e.g. certificate not from the CA).",
+                    r.handshake_failures,
+                ),
+                (
+                    "prescale_forecaster_connections_total",
+                    "QUIC connections accepted.",
+                    r.connections,
+                ),
+                (
+                    "prescale_forecaster_sketches_stored_total",
+                    "Sketches committed to the series store.",
+                    s.stored.load(Ordering::Relaxed),
+                ),
+                (
+                    "prescale_forecaster_store_batches_total",
+                    "Store transactions.",
+                    s.batches.load(Ordering::Relaxed),
+                ),
+                (
+                    "prescale_forecaster_store_failures_total",
+                    "Sketches the store failed to write.",
+                    s.failed.load(Ordering::Relaxed),
+                ),
+            ];
+            for (name, help, value) in counters {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP prescale_forecaster_connected_nodes Proxies connected now.\n# TYPE prescale_forecaster_connected_nodes gauge\nprescale_forecaster_connected_nodes {}",
+                forecaster.receiver.connected()
+            );
+        })
+    }
+
+    pub fn readiness(self: &Arc<Self>) -> Readiness {
+        let forecaster = Arc::clone(self);
+        Arc::new(move || {
+            forecaster
+                .sink
+                .nodes()
+                .map(|_| ())
+                .map_err(|e| format!("series store: {e}"))
+        })
+    }
+}
+
+pub fn run(args: Args) -> Result<(), CliError> {
+    let config = prescale_config::load_file(&args.config).map_err(CliError::input)?;
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("prescale-forecaster")
+        .enable_all()
+        .build()
+        .context("cannot start the forecaster runtime")?;
+    let forecaster = Arc::new(start(&config, control.handle())?);
+    let (stop_admin, admin_stop_rx) = tokio::sync::watch::channel(false);
+    let routes = AdminRoutes {
+        handlers: forecaster.handlers(),
+        metrics: vec![forecaster.metrics()],
+        readiness: vec![forecaster.readiness()],
+        dashboard: None,
+        token: config.admin.token.clone(),
+    };
+    let admin_addr = prescale_proxy::server::start_admin(
+        config.admin.listen,
+        routes,
+        control.handle(),
+        admin_stop_rx,
+    )
+    .map_err(CliError::input)?;
+    tracing::info!(admin = %admin_addr, quic = %forecaster.quic_addr, "prescale forecaster running");
+    control
+        .block_on(crate::node_cmd::wait_for_signal())
+        .map_err(CliError::runtime)?;
+    let _ = stop_admin.send(true);
+    control.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
