@@ -479,20 +479,31 @@ fn consistent_hashing_keeps_each_user_on_one_backend() {
     let (_b_proc, b) = start_backend("web-b", None, &[]);
     let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
     let (proxy, admin) = addrs();
-    let text = config(proxy, admin, &[a, b], &[batch], "")
-        .replacen("backends = [", "load_balancing = \"consistent_hash\"\nbackends = [", 1);
+    let text = config(proxy, admin, &[a, b], &[batch], "").replacen(
+        "backends = [",
+        "load_balancing = \"consistent_hash\"\nbackends = [",
+        1,
+    );
     let node = start_node(&text);
     let mut seen = std::collections::HashSet::new();
     for user in 0..20 {
         let id = format!("sticky-{user}");
-        let first = get(node.proxy, "/", &[("X-User-Id", &id)]).json()["backend"].as_str().map(str::to_string);
+        let first = get(node.proxy, "/", &[("X-User-Id", &id)]).json()["backend"]
+            .as_str()
+            .map(str::to_string);
         for _ in 0..3 {
-            let again = get(node.proxy, "/", &[("X-User-Id", &id)]).json()["backend"].as_str().map(str::to_string);
+            let again = get(node.proxy, "/", &[("X-User-Id", &id)]).json()["backend"]
+                .as_str()
+                .map(str::to_string);
             assert_eq!(again, first, "user {id} moved between backends");
         }
         seen.insert(first);
     }
-    assert_eq!(seen.len(), 2, "20 users should spread over both backends: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "20 users should spread over both backends: {seen:?}"
+    );
 }
 
 #[test]
@@ -529,12 +540,26 @@ rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api
     let slow: Vec<_> = (0..3)
         .map(|i| {
             let target = node.proxy;
-            std::thread::spawn(move || get(target, "/api/slow?sleep_ms=2500", &[("X-User-Id", &format!("slow-{i}"))]))
+            std::thread::spawn(move || {
+                get(
+                    target,
+                    "/api/slow?sleep_ms=2500",
+                    &[("X-User-Id", &format!("slow-{i}"))],
+                )
+            })
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric_sum(&node.metrics(), "prescale_backend_in_flight", &[("fleet", "web")]) < 3.0 {
-        assert!(Instant::now() < deadline, "slow requests never got in flight");
+    while metric_sum(
+        &node.metrics(),
+        "prescale_backend_in_flight",
+        &[("fleet", "web")],
+    ) < 3.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "slow requests never got in flight"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let shed = get(node.proxy, "/batch/job", &[("X-User-Id", "batch-user")]);
@@ -546,5 +571,13 @@ rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api
         assert_eq!(handle.join().expect("slow request").status, 200);
     }
     let metrics = node.metrics();
-    assert_eq!(metric_sum(&metrics, "prescale_requests_total", &[("profile", "batch"), ("status", "5xx")]), 1.0, "{metrics}");
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "prescale_requests_total",
+            &[("profile", "batch"), ("status", "5xx")]
+        ),
+        1.0,
+        "{metrics}"
+    );
 }

@@ -494,7 +494,11 @@ impl Validator {
     fn mesh(&mut self, config: &Config) {
         let root = KeyPath::root();
         if (config.export.is_some() || config.forecaster.is_some()) && config.mesh.is_none() {
-            let needed_by = if config.export.is_some() { "[export]" } else { "[forecaster]" };
+            let needed_by = if config.export.is_some() {
+                "[export]"
+            } else {
+                "[forecaster]"
+            };
             self.problem(
                 root.key("mesh"),
                 format!("{needed_by} needs [mesh] with ca, cert and key (`prescale certs --out DIR --node NAME` writes a dev set)"),
@@ -509,7 +513,10 @@ impl Validator {
                 );
             }
             if export.forecaster_name.trim().is_empty() {
-                self.problem(at.key("forecaster_name"), "must be the DNS name in the forecaster's certificate");
+                self.problem(
+                    at.key("forecaster_name"),
+                    "must be the DNS name in the forecaster's certificate",
+                );
             }
             if !(1..=1_000_000).contains(&export.spool_max_sketches) {
                 self.problem(at.key("spool_max_sketches"), "expected 1 to 1000000");

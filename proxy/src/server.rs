@@ -38,18 +38,21 @@ pub fn start_proxy(
     // Fail early, with a clear message, when the port is taken (pingora would panic later).
     check_bindable(config.proxy.listen, "proxy")?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = if config.proxy.threads == 0 {
+    let threads = if config.proxy.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     } else {
         config.proxy.threads
     };
-    conf.work_stealing = true;
-    conf.grace_period_seconds = Some(config.proxy.shutdown_grace_secs);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
-    conf.upstream_keepalive_pool_size = 1024;
+    let conf = ServerConf {
+        threads,
+        work_stealing: true,
+        grace_period_seconds: Some(config.proxy.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
