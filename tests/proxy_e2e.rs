@@ -22,6 +22,19 @@ impl Node {
     fn metrics(&self) -> String {
         get(self.admin, "/metrics", &[]).text()
     }
+
+    /// Metrics once `ready` holds: requests are counted in the logging phase, just after their
+    /// response went out, so a scrape right after a response may not include it yet.
+    fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = self.metrics();
+            if ready(&metrics) || Instant::now() > deadline {
+                return metrics;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Two fleets in region `eu` (web, batch), GeoIP test database, loopback trusted for XFF.
@@ -210,7 +223,7 @@ fn requests_land_in_the_right_fleets_and_counters() {
         assert_eq!(r.json()["backend"], "web-1");
     }
 
-    let metrics = node.metrics();
+    let metrics = node.metrics_when(|m| metric_sum(m, "prescale_requests_total", &[]) >= 10.0);
     let count = |labels: &[(&str, &str)]| metric_sum(&metrics, "prescale_requests_total", labels);
     assert_eq!(
         count(&[
@@ -305,7 +318,8 @@ fn dead_backend_gives_502_then_is_ejected_and_recovers() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let metrics = node.metrics();
+    let metrics = node
+        .metrics_when(|m| metric_sum(m, "prescale_requests_total", &[("status", "5xx")]) >= 2.0);
     assert!(
         metric_sum(&metrics, "prescale_requests_total", &[("status", "5xx")]) >= 2.0,
         "{metrics}"
@@ -570,7 +584,14 @@ rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api
     for handle in slow {
         assert_eq!(handle.join().expect("slow request").status, 200);
     }
-    let metrics = node.metrics();
+    let batch_shed = |m: &str| {
+        metric_sum(
+            m,
+            "prescale_requests_total",
+            &[("profile", "batch"), ("status", "5xx")],
+        )
+    };
+    let metrics = node.metrics_when(|m| batch_shed(m) >= 1.0);
     assert_eq!(
         metric_sum(
             &metrics,
@@ -580,4 +601,40 @@ rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api
         1.0,
         "{metrics}"
     );
+}
+
+#[test]
+fn a_backend_slower_than_the_read_timeout_gives_504() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text =
+        config(proxy, admin, &[web], &[batch], "").replace("read_ms = 10000", "read_ms = 300");
+    let node = start_node(&text);
+    let started = Instant::now();
+    let r = get(
+        node.proxy,
+        "/slow?sleep_ms=3000",
+        &[("X-User-Id", "impatient")],
+    );
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout did not cut the request short"
+    );
+    // The request is counted in the logging phase, just after the response went out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_sum(
+        &node.metrics(),
+        "prescale_request_errors_total",
+        &[("fleet", "web")],
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out request was not counted as an error: {}",
+            node.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -45,6 +45,8 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     /// No usable response came from a backend (connect/read failure, timeout).
     upstream_failed: bool,
+    /// Status for the client if the last failed attempt turns out to be the final one.
+    failure_status: u16,
     /// Status we answered ourselves (rejections), when the request never reached a backend.
     local_status: Option<u16>,
 }
@@ -77,6 +79,7 @@ impl ProxyHttp for ProxyService {
             response_started: false,
             in_flight: None,
             upstream_failed: false,
+            failure_status: 502,
             local_status: None,
         }
     }
@@ -126,9 +129,13 @@ impl ProxyHttp for ProxyService {
         };
         let fleet = self.plane.fleets.get(routed.fleet);
         let Some(index) = fleet.select(routed.user, ctx.tried) else {
-            // After a failed attempt the client should learn that the backend failed (502), not
-            // that the fleet is empty.
-            let status = if ctx.attempts > 0 { 502 } else { 503 };
+            // After a failed attempt the client should learn how the backend failed (502, or
+            // 504 for a timeout), not that the fleet is empty.
+            let status = if ctx.attempts > 0 {
+                ctx.failure_status
+            } else {
+                503
+            };
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
                 "no healthy backend left to try",
@@ -204,6 +211,7 @@ impl ProxyHttp for ProxyService {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.upstream_failed = true;
+        ctx.failure_status = failure_status(&e);
         if let (Some(routed), Some(index)) = (ctx.routed, ctx.backend) {
             let fleet = self.plane.fleets.get(routed.fleet);
             fleet.record(index, Attempt::Failed);
@@ -226,6 +234,7 @@ impl ProxyHttp for ProxyService {
         let fleet = self.plane.fleets.get(routed.fleet);
         if e.esource() == &ErrorSource::Upstream {
             ctx.upstream_failed = true;
+            ctx.failure_status = failure_status(&e);
             if let Some(index) = ctx.backend {
                 fleet.record(index, Attempt::Failed);
             }
@@ -252,6 +261,7 @@ impl ProxyHttp for ProxyService {
         let (code, message, retry_after) = match e.etype() {
             ErrorType::HTTPStatus(503) => (503, "no healthy backend in the fleet\n", Some(1)),
             ErrorType::HTTPStatus(502) => (502, "backend failed to answer\n", None),
+            ErrorType::HTTPStatus(504) => (504, "backend timed out\n", None),
             ErrorType::HTTPStatus(code) => (*code, "request failed\n", None),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 (504, "backend timed out\n", None)
@@ -300,6 +310,13 @@ impl ProxyHttp for ProxyService {
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
         // 503 "no healthy backend" is counted in metrics; logging each one would flood the log.
         matches!(error.etype(), ErrorType::HTTPStatus(503))
+    }
+}
+
+fn failure_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ => 502,
     }
 }
 
