@@ -45,6 +45,16 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pin() { if command -v taskset >/dev/null 2>&1; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+# Starts a pinned server in the background; its pid is remembered for cleanup.
+spawn_pinned() { # $1 = cpu, $2 = log file, rest = command
+  local cpu=$1 log=$2; shift 2
+  if command -v taskset >/dev/null 2>&1; then
+    taskset -c "$cpu" "$@" >/dev/null 2>"$log" &
+  else
+    "$@" >/dev/null 2>"$log" &
+  fi
+  pids+=($!)
+}
 wait_port() {
   for _ in $(seq 1 200); do
     if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
@@ -54,8 +64,7 @@ wait_port() {
 }
 
 BACKEND_PORT=$(free_port)
-pin 0 "$PRESCALE" backend --listen "127.0.0.1:$BACKEND_PORT" --fixed-body --threads 1 >/dev/null &
-pids+=($!)
+spawn_pinned 0 "$work/backend.log" "$PRESCALE" backend --listen "127.0.0.1:$BACKEND_PORT" --fixed-body --threads 1
 wait_port "$BACKEND_PORT"
 
 NGINX_PORT=$(free_port)
@@ -80,11 +89,10 @@ http {
   }
 }
 EOF
-pin 1 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
+spawn_pinned 1 "$work/nginx.log" "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf"
 wait_port "$NGINX_PORT"
 
-start_prescale() { # $1 = profiling true|false
+start_prescale() { # $1 = profiling true|false; sets STARTED_PORT
   local port admin
   port=$(free_port); admin=$(free_port)
   cat >"$work/prescale-$1.toml" <<EOF
@@ -104,13 +112,12 @@ backends = ["127.0.0.1:$BACKEND_PORT"]
 [profiling]
 enabled = $1
 EOF
-  PRESCALE_LOG=warn pin 1 "$PRESCALE" proxy --config "$work/prescale-$1.toml" >/dev/null 2>"$work/prescale-$1.log" &
-  pids+=($!)
+  PRESCALE_LOG=warn spawn_pinned 1 "$work/prescale-$1.log" "$PRESCALE" proxy --config "$work/prescale-$1.toml"
   wait_port "$port"
-  echo "$port"
+  STARTED_PORT=$port
 }
-PRESCALE_ON_PORT=$(start_prescale true)
-PRESCALE_OFF_PORT=$(start_prescale false)
+start_prescale true; PRESCALE_ON_PORT=$STARTED_PORT
+start_prescale false; PRESCALE_OFF_PORT=$STARTED_PORT
 
 # 100,000 distinct users, so the per-user table does real work.
 cat >"$work/users.lua" <<'EOF'

@@ -1,0 +1,673 @@
+//! The brain: the sans-IO, clock-free state machine at the core of the regional forecaster.
+//!
+//! It is fed observations and operator input, each carrying its time, and returns decisions as
+//! values; timers are data ([`Brain::next_wakeup`]), never sleeps. The live forecaster drives it
+//! with the wall clock, sockets and real provisioners; `prescale replay` drives the very same
+//! code with a simulated clock and fleet. Nothing here reads a clock, a file or a socket.
+//!
+//! ```text
+//! brain.observe(now, region, profile, minute_start, requests)
+//! brain.set_event(event) / brain.remove_event(id)
+//! brain.poll(now) -> Vec<Decision>
+//! brain.next_wakeup() -> Option<UnixSeconds>
+//! ```
+
+use std::collections::BTreeMap;
+
+use prescale_config::brain::{ForecastConfig, PlannerConfig};
+use serde::Serialize;
+
+use crate::forecast::{ForecastPoint, SeriesForecaster};
+use crate::planner::{
+    self, allocate_under_cap, CapacityModel, PlanInput, ProfileNeed, Step, Tiers,
+};
+
+/// Time as unix seconds; the brain never reads a clock, every input carries one of these.
+pub type UnixSeconds = i64;
+
+/// A (region, profile) series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SeriesKey {
+    pub region: String,
+    pub profile: String,
+}
+
+/// A fleet in a region.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct FleetKey {
+    pub region: String,
+    pub fleet: String,
+}
+
+/// A profile a fleet serves, with its revenue weight.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetProfile {
+    pub name: String,
+    pub revenue_weight: f64,
+}
+
+/// What the brain needs to know about a fleet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetSpec {
+    pub key: FleetKey,
+    /// Profiles routed to this fleet; empty means every profile of the region.
+    pub profiles: Vec<FleetProfile>,
+    pub capacity: CapacityModel,
+    /// Most instances the fleet may run.
+    pub max_instances: Option<u32>,
+    /// Most the fleet may cost per hour (with `capacity.cost_per_instance_hour`).
+    pub budget_per_hour: Option<f64>,
+    /// Instances running when the brain takes over.
+    pub initial_instances: u32,
+}
+
+impl FleetSpec {
+    fn serves(&self, region: &str, profile: &str) -> bool {
+        self.key.region == region
+            && (self.profiles.is_empty() || self.profiles.iter().any(|p| p.name == profile))
+    }
+
+    fn cap(&self) -> Option<u32> {
+        let budget = self.budget_per_hour.and_then(|b| {
+            let per = self.capacity.cost_per_instance_hour;
+            (per > 0.0).then(|| (b / per).floor().clamp(0.0, u32::MAX as f64) as u32)
+        });
+        match (self.max_instances, budget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Which series a scheduled event touches.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventScope {
+    All,
+    Region { region: String },
+    Profile { profile: String },
+    RegionProfile { region: String, profile: String },
+}
+
+impl EventScope {
+    fn matches(&self, region: &str, profile: &str) -> bool {
+        match self {
+            EventScope::All => true,
+            EventScope::Region { region: r } => r == region,
+            EventScope::Profile { profile: p } => p == profile,
+            EventScope::RegionProfile {
+                region: r,
+                profile: p,
+            } => r == region && p == profile,
+        }
+    }
+}
+
+/// How an event changes demand.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventEffect {
+    /// Demand is multiplied by this factor while the event runs.
+    Multiplier { factor: f64 },
+    /// Use the ratio of observed to forecast demand of the last finished event with the same tag.
+    LearnFromTag,
+}
+
+/// A scheduled event (a launch, a sale, a batch window).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduledEvent {
+    pub id: String,
+    pub tag: String,
+    pub scope: EventScope,
+    pub start: UnixSeconds,
+    pub end: UnixSeconds,
+    pub effect: EventEffect,
+}
+
+/// What a decision asks the provisioner to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Start instances so that `to` run (routed as soon as ready).
+    ScaleUp { from: u32, to: u32 },
+    /// Stop routing new requests to `count` instances; they are removed after draining.
+    Drain { from: u32, to: u32, count: u32 },
+    /// Remove `count` drained instances.
+    Remove { count: u32 },
+}
+
+/// A change of plan, with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub at: UnixSeconds,
+    pub fleet: FleetKey,
+    pub action: Action,
+    pub tiers: Tiers,
+    /// Profiles to shed first when the cap binds (lowest revenue first), else empty.
+    pub shed_order: Vec<String>,
+    pub reason: String,
+}
+
+/// The latest plan of a fleet, changed or not (for the admin API and reports).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetStatus {
+    pub at: UnixSeconds,
+    pub running: u32,
+    pub draining: u32,
+    pub tiers: Tiers,
+    pub shed_order: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+struct FleetState {
+    spec: FleetSpec,
+    total: SeriesForecaster,
+    running: u32,
+    draining: Vec<(u32, UnixSeconds)>,
+    down_held_minutes: i64,
+    /// The forecast made for the running minute at the last tick: (minute, point, SLO bound).
+    last_bound: Option<(i64, f64, f64)>,
+    /// Consecutive observed minutes above their SLO bound.
+    above_bound_streak: u32,
+    status: Option<FleetStatus>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct EventLearning {
+    actual: f64,
+    forecast: f64,
+}
+
+#[derive(Debug, Clone)]
+struct ProfileState {
+    forecaster: SeriesForecaster,
+    /// The last minute whose running events were measured (each minute counts once).
+    learned_through: Option<i64>,
+}
+
+/// The forecasting and planning state machine of one region (or several).
+#[derive(Debug, Clone)]
+pub struct Brain {
+    forecast_config: ForecastConfig,
+    planner_config: PlannerConfig,
+    profiles: BTreeMap<SeriesKey, ProfileState>,
+    fleets: BTreeMap<FleetKey, FleetState>,
+    events: Vec<ScheduledEvent>,
+    event_learning: BTreeMap<String, EventLearning>,
+    learned: BTreeMap<String, f64>,
+    next_tick: Option<UnixSeconds>,
+}
+
+impl Brain {
+    /// A brain with no fleets and no history.
+    pub fn new(forecast_config: ForecastConfig, planner_config: PlannerConfig) -> Self {
+        Self {
+            forecast_config,
+            planner_config,
+            profiles: BTreeMap::new(),
+            fleets: BTreeMap::new(),
+            events: Vec::new(),
+            event_learning: BTreeMap::new(),
+            learned: BTreeMap::new(),
+            next_tick: None,
+        }
+    }
+
+    /// Add (or replace) a fleet to plan.
+    pub fn add_fleet(&mut self, spec: FleetSpec) {
+        let total = SeriesForecaster::new(&self.forecast_config, self.planner_config.slo_target);
+        let running = spec.initial_instances;
+        self.fleets.insert(
+            spec.key.clone(),
+            FleetState {
+                spec,
+                total,
+                running,
+                draining: Vec::new(),
+                down_held_minutes: 0,
+                last_bound: None,
+                above_bound_streak: 0,
+                status: None,
+            },
+        );
+    }
+
+    /// Tell the brain how many instances a fleet actually runs (e.g. after a provisioner failed).
+    pub fn set_fleet_instances(&mut self, fleet: &FleetKey, running: u32) {
+        if let Some(state) = self.fleets.get_mut(fleet) {
+            state.running = running;
+        }
+    }
+
+    /// Record `requests` of `profile` in `region` during the minute starting at `minute_start`.
+    /// Several reporters may add to the same minute.
+    pub fn observe(
+        &mut self,
+        _now: UnixSeconds,
+        region: &str,
+        profile: &str,
+        minute_start: UnixSeconds,
+        requests: f64,
+    ) {
+        let minute = minute_start.div_euclid(60);
+        let key = SeriesKey {
+            region: region.to_string(),
+            profile: profile.to_string(),
+        };
+        let forecast_config = &self.forecast_config;
+        let slo = self.planner_config.slo_target;
+        self.profiles
+            .entry(key)
+            .or_insert_with(|| ProfileState {
+                forecaster: SeriesForecaster::new(forecast_config, slo),
+                learned_through: None,
+            })
+            .forecaster
+            .observe(minute, requests);
+        for fleet in self
+            .fleets
+            .values_mut()
+            .filter(|f| f.spec.serves(region, profile))
+        {
+            fleet.total.observe(minute, requests);
+        }
+    }
+
+    /// Add or replace (by id) a scheduled event.
+    pub fn set_event(&mut self, event: ScheduledEvent) {
+        self.events.retain(|e| e.id != event.id);
+        self.events.push(event);
+    }
+
+    /// Remove a scheduled event.
+    pub fn remove_event(&mut self, id: &str) {
+        self.events.retain(|e| e.id != id);
+    }
+
+    /// The multiplier learned from the last finished event with `tag`, if any.
+    pub fn learned_multiplier(&self, tag: &str) -> Option<f64> {
+        self.learned.get(tag).copied()
+    }
+
+    /// When to call [`poll`](Brain::poll) next.
+    pub fn next_wakeup(&self) -> Option<UnixSeconds> {
+        let drains = self
+            .fleets
+            .values()
+            .flat_map(|f| f.draining.iter().map(|d| d.1))
+            .min();
+        match (self.next_tick, drains) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Each candidate model's recent error on a fleet's total (the rolling-origin backtest).
+    pub fn fleet_model_errors(
+        &self,
+        fleet: &FleetKey,
+    ) -> Vec<(crate::forecast::Model, Option<f64>)> {
+        self.fleets
+            .get(fleet)
+            .map(|f| f.total.model_errors())
+            .unwrap_or_default()
+    }
+
+    /// The latest plan of a fleet.
+    pub fn fleet_status(&self, fleet: &FleetKey) -> Option<&FleetStatus> {
+        self.fleets.get(fleet).and_then(|f| f.status.as_ref())
+    }
+
+    /// Forecast of a fleet's total requests in `target` (absolute minute) from the data before
+    /// `now`, events applied.
+    pub fn fleet_forecast(
+        &mut self,
+        fleet: &FleetKey,
+        now: UnixSeconds,
+        target: i64,
+    ) -> Option<ForecastPoint> {
+        let now_minute = now.div_euclid(60);
+        let state = self.fleets.get_mut(fleet)?;
+        let origin = state.total.origin(now_minute)?;
+        let base = state.total.forecast(origin, target);
+        let spec = state.spec.clone();
+        Some(self.with_events(&spec, now_minute, base))
+    }
+
+    /// Forecast of a (region, profile) series in `target` from the data before `now`, events
+    /// applied.
+    pub fn series_forecast(
+        &mut self,
+        key: &SeriesKey,
+        now: UnixSeconds,
+        target: i64,
+    ) -> Option<ForecastPoint> {
+        let now_minute = now.div_euclid(60);
+        let state = self.profiles.get_mut(key)?;
+        let origin = state.forecaster.origin(now_minute)?;
+        let base = state.forecaster.forecast(origin, target);
+        let factor = self.event_factor(&key.region, &key.profile, target);
+        Some(scale_point(base, factor))
+    }
+
+    /// Advance to `now`: remove drained instances that are due and, on a planning tick, update
+    /// every forecast and plan every fleet. Returns the decisions, each with its reason.
+    pub fn poll(&mut self, now: UnixSeconds) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for (key, fleet) in self.fleets.iter_mut() {
+            let due: u32 = fleet
+                .draining
+                .iter()
+                .filter(|d| d.1 <= now)
+                .map(|d| d.0)
+                .sum();
+            if due > 0 {
+                fleet.draining.retain(|d| d.1 > now);
+                decisions.push(Decision {
+                    at: now,
+                    fleet: key.clone(),
+                    action: Action::Remove { count: due },
+                    tiers: fleet.status.as_ref().map(|s| s.tiers).unwrap_or_default(),
+                    shed_order: Vec::new(),
+                    reason: format!(
+                        "remove {due}: drained for {} s",
+                        self.planner_config.drain_seconds
+                    ),
+                });
+            }
+        }
+        if self.next_tick.is_some_and(|t| now < t) {
+            return decisions;
+        }
+        let tick = self.planner_config.tick_seconds as i64;
+        self.next_tick = Some(now - now.rem_euclid(tick) + tick);
+        let now_minute = now.div_euclid(60);
+        self.update_profiles(now_minute);
+        let keys: Vec<FleetKey> = self.fleets.keys().cloned().collect();
+        for key in keys {
+            if let Some(decision) = self.plan_fleet(&key, now, now_minute) {
+                decisions.push(decision);
+            }
+        }
+        decisions
+    }
+
+    fn update_profiles(&mut self, now_minute: i64) {
+        let active: Vec<ScheduledEvent> = self.events.clone();
+        for (key, state) in self.profiles.iter_mut() {
+            state.forecaster.update(now_minute);
+            let Some(origin) = state.forecaster.origin(now_minute) else {
+                continue;
+            };
+            // Measure running events against the forecast made just before each one started
+            // (a forecast made during the event would already have adapted to it).
+            if state.learned_through != Some(origin) {
+                state.learned_through = Some(origin);
+                if let Some(actual) = state.forecaster.series().get(origin) {
+                    for e in active.iter().filter(|e| {
+                        in_event(e, origin) && e.scope.matches(&key.region, &key.profile)
+                    }) {
+                        let before = e.start.div_euclid(60) - 1;
+                        if state.forecaster.series().get(before).is_none() {
+                            continue;
+                        }
+                        let base = state.forecaster.forecast(before, origin).point;
+                        let learning = self.event_learning.entry(e.id.clone()).or_default();
+                        learning.actual += actual;
+                        learning.forecast += base;
+                    }
+                }
+            }
+        }
+        // Events that have ended teach their tag.
+        let origin_minute = now_minute - 1;
+        let (ended, running): (Vec<ScheduledEvent>, Vec<ScheduledEvent>) = self
+            .events
+            .drain(..)
+            .partition(|e| e.end.div_euclid(60) <= origin_minute);
+        self.events = running;
+        for e in ended {
+            if let Some(l) = self.event_learning.remove(&e.id) {
+                if l.forecast > 0.0 && l.actual.is_finite() {
+                    self.learned
+                        .insert(e.tag.clone(), (l.actual / l.forecast).clamp(0.0, 1000.0));
+                }
+            }
+        }
+    }
+
+    fn event_factor(&self, region: &str, profile: &str, minute: i64) -> f64 {
+        self.events
+            .iter()
+            .filter(|e| in_event(e, minute) && e.scope.matches(region, profile))
+            .map(|e| match &e.effect {
+                EventEffect::Multiplier { factor } if factor.is_finite() && *factor >= 0.0 => {
+                    *factor
+                }
+                EventEffect::Multiplier { .. } => 1.0,
+                EventEffect::LearnFromTag => self.learned.get(&e.tag).copied().unwrap_or(1.0),
+            })
+            .product()
+    }
+
+    /// Apply events to a fleet total: events covering the whole fleet scale it; events on some of
+    /// its profiles scale those profiles' share.
+    fn with_events(
+        &mut self,
+        spec: &FleetSpec,
+        now_minute: i64,
+        base: ForecastPoint,
+    ) -> ForecastPoint {
+        if !self.events.iter().any(|e| in_event(e, base.minute)) {
+            return base;
+        }
+        let region = spec.key.region.clone();
+        let whole = self.event_factor_whole(spec, base.minute);
+        let mut point = base.point * whole;
+        if !spec.profiles.is_empty() {
+            for profile in &spec.profiles {
+                let own = self.event_factor(&region, &profile.name, base.minute) / whole.max(1e-12);
+                if (own - 1.0).abs() > 1e-12 {
+                    let key = SeriesKey {
+                        region: region.clone(),
+                        profile: profile.name.clone(),
+                    };
+                    if let Some(state) = self.profiles.get_mut(&key) {
+                        if let Some(origin) = state.forecaster.origin(now_minute) {
+                            point += (own - 1.0)
+                                * whole
+                                * state.forecaster.forecast(origin, base.minute).point;
+                        }
+                    }
+                }
+            }
+        }
+        let factor = if base.point > 0.0 {
+            point.max(0.0) / base.point
+        } else {
+            whole
+        };
+        scale_point(base, factor)
+    }
+
+    fn event_factor_whole(&self, spec: &FleetSpec, minute: i64) -> f64 {
+        self.events
+            .iter()
+            .filter(|e| in_event(e, minute))
+            .filter(|e| match &e.scope {
+                EventScope::All => true,
+                EventScope::Region { region } => *region == spec.key.region,
+                EventScope::Profile { profile } | EventScope::RegionProfile { profile, .. } => {
+                    spec.profiles.is_empty() && e.scope.matches(&spec.key.region, profile)
+                }
+            })
+            .map(|e| match &e.effect {
+                EventEffect::Multiplier { factor } if factor.is_finite() && *factor >= 0.0 => {
+                    *factor
+                }
+                EventEffect::Multiplier { .. } => 1.0,
+                EventEffect::LearnFromTag => self.learned.get(&e.tag).copied().unwrap_or(1.0),
+            })
+            .product()
+    }
+
+    fn plan_fleet(
+        &mut self,
+        key: &FleetKey,
+        now: UnixSeconds,
+        now_minute: i64,
+    ) -> Option<Decision> {
+        let config = self.planner_config.clone();
+        let state = self.fleets.get_mut(key)?;
+        state.total.update(now_minute);
+        let spec = state.spec.clone();
+        let origin = state.total.origin(now_minute);
+        let last_observed = origin.and_then(|o| state.total.series().get(o));
+        // A surprise: the last minute beat its SLO bound twice in a row, or far beyond it. One
+        // minute just over the bound is the expected tail, not a surprise.
+        let anomaly_excess = match (state.last_bound, origin, last_observed) {
+            (Some((minute, point, bound)), Some(o), Some(obs)) if minute == o && obs > bound => {
+                state.above_bound_streak += 1;
+                let far = obs - point > 2.0 * (bound - point).max(0.0);
+                if state.above_bound_streak >= 2 || far {
+                    obs - bound
+                } else {
+                    0.0
+                }
+            }
+            _ => {
+                state.above_bound_streak = 0;
+                0.0
+            }
+        };
+        let window = spec.capacity.lead_minutes() + config.stabilization_minutes as i64;
+        let mut path = Vec::with_capacity(window as usize + 1);
+        if let Some(origin) = origin {
+            for k in 0..=window {
+                let state = self.fleets.get_mut(key)?;
+                let base = state.total.forecast(origin, now_minute + k);
+                path.push(self.with_events(&spec, now_minute, base));
+            }
+        }
+        let state = self.fleets.get_mut(key)?;
+        let cap = spec.cap();
+        let input = PlanInput {
+            current: state.running,
+            path: &path,
+            last_observed,
+            anomaly_excess,
+            cap,
+            down_held_minutes: state.down_held_minutes,
+        };
+        let plan = planner::plan_fleet(&config, &spec.capacity, &input);
+        state.last_bound = path.first().map(|p| (p.minute, p.point, p.slo_upper));
+        let lead = spec.capacity.lead_minutes() as usize;
+        let capped = cap.is_some_and(|c| {
+            plan.tiers
+                .baseline
+                .max(plan.tiers.predictive + plan.tiers.burst)
+                .max(plan.tiers.guard)
+                > c
+        });
+        let shed_order = if capped {
+            self.shed_order(&spec, now_minute, lead, cap.unwrap_or(0))
+        } else {
+            Vec::new()
+        };
+        let state = self.fleets.get_mut(key)?;
+        state.down_held_minutes = if plan.down_condition {
+            state.down_held_minutes + 1
+        } else {
+            0
+        };
+        let mut reason = plan.reason.clone();
+        if !shed_order.is_empty() {
+            reason.push_str(&format!(
+                "; cap {} binds, shed first: {}",
+                cap.unwrap_or(0),
+                shed_order.join(", ")
+            ));
+        }
+        let decision = match plan.step {
+            Step::Hold => None,
+            Step::ScaleUp { from, to } => {
+                state.running = to;
+                Some(Action::ScaleUp { from, to })
+            }
+            Step::ScaleDown { from, to } => {
+                state.running = to;
+                state.down_held_minutes = 0;
+                state
+                    .draining
+                    .push((from - to, now + config.drain_seconds as i64));
+                Some(Action::Drain {
+                    from,
+                    to,
+                    count: from - to,
+                })
+            }
+        };
+        let draining = state.draining.iter().map(|d| d.0).sum();
+        state.status = Some(FleetStatus {
+            at: now,
+            running: state.running,
+            draining,
+            tiers: plan.tiers,
+            shed_order: shed_order.clone(),
+            reason: reason.clone(),
+        });
+        decision.map(|action| Decision {
+            at: now,
+            fleet: key.clone(),
+            action,
+            tiers: plan.tiers,
+            shed_order,
+            reason,
+        })
+    }
+
+    fn shed_order(
+        &mut self,
+        spec: &FleetSpec,
+        now_minute: i64,
+        lead: usize,
+        cap: u32,
+    ) -> Vec<String> {
+        let mut needs = Vec::new();
+        for profile in &spec.profiles {
+            let key = SeriesKey {
+                region: spec.key.region.clone(),
+                profile: profile.name.clone(),
+            };
+            let instances = self
+                .series_forecast(&key, now_minute * 60, now_minute + lead as i64)
+                .map_or(0.0, |p| p.slo_upper / 60.0 / spec.capacity.rps_per_instance);
+            needs.push(ProfileNeed {
+                profile: profile.name.clone(),
+                instances,
+                revenue_weight: profile.revenue_weight,
+            });
+        }
+        allocate_under_cap(&needs, cap as f64).shed_order
+    }
+}
+
+fn in_event(event: &ScheduledEvent, minute: i64) -> bool {
+    let start = event.start.div_euclid(60);
+    let end = event.end.div_euclid(60);
+    (start..end).contains(&minute)
+}
+
+fn scale_point(p: ForecastPoint, factor: f64) -> ForecastPoint {
+    if (factor - 1.0).abs() < 1e-12 || !factor.is_finite() {
+        return p;
+    }
+    ForecastPoint {
+        point: p.point * factor,
+        lower: p.lower * factor,
+        upper: p.upper * factor,
+        slo_upper: p.slo_upper * factor,
+        ..p
+    }
+}

@@ -1,0 +1,353 @@
+//! The capacity planner: pure functions from a fleet's forecast path, its capacity model and its
+//! current size to a tiered plan and one scaling step with a human-readable reason.
+//!
+//! Tiers: `baseline` (always on), `predictive` (the interval's upper bound at the cold-start lead
+//! time, plus the margin), `burst` (the extra the recent forecast errors' SLO tail and any anomaly
+//! ask for), `guard` (the reactive guard: observed load at the guard utilization, so a surprise
+//! never waits for the model) and `warm_pool` (instances started now for arrivals expected within
+//! the lead time, beyond what the current minute needs). Scale-up is immediate; scale-down only
+//! when the point forecast over the lead time plus the stabilization window stays below the
+//! threshold share of capacity, after it has done so for the stabilization window, never below
+//! the baseline, and by draining first.
+
+pub mod allocation;
+
+use prescale_config::brain::PlannerConfig;
+use serde::Serialize;
+
+pub use allocation::{allocate_under_cap, Allocation, ProfileNeed};
+
+use crate::forecast::ForecastPoint;
+
+/// What one instance of a fleet is worth and costs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CapacityModel {
+    /// Requests per second one instance serves within the latency SLO.
+    pub rps_per_instance: f64,
+    /// Seconds from requesting an instance until it serves.
+    pub cold_start_seconds: f64,
+    /// Cost of one instance for an hour (any currency).
+    pub cost_per_instance_hour: f64,
+}
+
+impl CapacityModel {
+    /// Whole minutes from a request until the instance serves a full minute (at least one: a
+    /// decision at a minute's start cannot change that minute's ready capacity).
+    pub fn lead_minutes(&self) -> i64 {
+        ((self.cold_start_seconds / 60.0).ceil() as i64).max(1)
+    }
+
+    /// Instances needed to serve `requests_per_minute`.
+    pub fn instances_for(&self, requests_per_minute: f64) -> u32 {
+        let rps = requests_per_minute.max(0.0) / 60.0;
+        let n = (rps / self.rps_per_instance - 1e-9).ceil();
+        if n.is_finite() {
+            n.clamp(0.0, u32::MAX as f64) as u32
+        } else {
+            0
+        }
+    }
+}
+
+/// Instance counts per tier (the total is what the fleet should run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Tiers {
+    pub baseline: u32,
+    pub predictive: u32,
+    pub burst: u32,
+    pub guard: u32,
+    pub warm_pool: u32,
+    pub total: u32,
+}
+
+/// The planner's inputs for one fleet at one tick.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    /// Instances running or booting now (not draining).
+    pub current: u32,
+    /// Forecasts for the minutes from the running one through the lead time plus the
+    /// stabilization window, in order (already carrying event multipliers).
+    pub path: &'a [ForecastPoint],
+    /// Requests in the last complete minute, if observed.
+    pub last_observed: Option<f64>,
+    /// How far the last minute beat its own SLO bound, in requests (0 when it did not).
+    pub anomaly_excess: f64,
+    /// Most instances the fleet may run (instance cap and budget), if bounded.
+    pub cap: Option<u32>,
+    /// Minutes the scale-down condition has held so far.
+    pub down_held_minutes: i64,
+}
+
+/// The step the planner takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Step {
+    Hold,
+    ScaleUp { from: u32, to: u32 },
+    ScaleDown { from: u32, to: u32 },
+}
+
+/// A plan: tiers, the step, whether the scale-down condition holds now, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub tiers: Tiers,
+    pub step: Step,
+    pub down_condition: bool,
+    pub reason: String,
+}
+
+/// Plan one fleet for one tick.
+pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &PlanInput<'_>) -> Plan {
+    let lead = (capacity.lead_minutes() as usize).min(input.path.len().saturating_sub(1));
+    let margin = 1.0 + config.margin;
+    let cap = input.cap.unwrap_or(u32::MAX);
+    let baseline = config.baseline_instances.min(cap);
+    let need =
+        |p: &ForecastPoint| capacity.instances_for((p.slo_upper + input.anomaly_excess) * margin);
+    let Some(at_lead) = input.path.get(lead) else {
+        let tiers = Tiers {
+            baseline,
+            total: input.current.max(baseline).min(cap),
+            ..Tiers::default()
+        };
+        let step = if tiers.total > input.current {
+            Step::ScaleUp {
+                from: input.current,
+                to: tiers.total,
+            }
+        } else {
+            Step::Hold
+        };
+        return Plan {
+            tiers,
+            step,
+            down_condition: false,
+            reason: format!("hold {}: no forecast yet", input.current),
+        };
+    };
+    let predictive = capacity.instances_for(at_lead.upper * margin);
+    let burst = need(at_lead).saturating_sub(predictive);
+    // The reactive guard acts on a surprise: the last minute beat its own SLO bound.
+    let guard = match input.last_observed {
+        Some(obs) if input.anomaly_excess > 0.0 => {
+            capacity.instances_for(obs / config.reactive_guard_utilization)
+        }
+        _ => 0,
+    };
+    let wanted = baseline.max(predictive + burst).max(guard);
+    let total_up = wanted.min(cap);
+    let need_now = input.path.first().map_or(0, need);
+    let warm_pool = total_up.saturating_sub(need_now.max(baseline));
+    let tiers = Tiers {
+        baseline,
+        predictive,
+        burst,
+        guard,
+        warm_pool,
+        total: total_up,
+    };
+    let capacity_rpm = |n: u32| n as f64 * capacity.rps_per_instance * 60.0;
+    let describe = |p: &ForecastPoint, value: f64, label: &str| {
+        format!(
+            "{label} forecast {:.1} req/s for {}",
+            value / 60.0,
+            clock(p.minute)
+        )
+    };
+    let slo_label = format!("p{}", trim_percent(config.slo_target * 100.0));
+
+    if total_up > input.current {
+        let driver = if guard >= predictive + burst && guard >= baseline {
+            format!(
+                "observed {:.1} req/s > {:.0} % of capacity {:.1} req/s (reactive guard)",
+                input.last_observed.unwrap_or(0.0) / 60.0,
+                config.reactive_guard_utilization * 100.0,
+                capacity_rpm(input.current) / 60.0
+            )
+        } else if baseline >= predictive + burst {
+            format!("baseline is {baseline}")
+        } else {
+            format!(
+                "{} > capacity {:.1} req/s",
+                describe(
+                    at_lead,
+                    at_lead.slo_upper + input.anomaly_excess,
+                    &slo_label
+                ),
+                capacity_rpm(input.current) / 60.0
+            )
+        };
+        let capped = if wanted > cap {
+            format!(" (capped at {cap}, wanted {wanted})")
+        } else {
+            String::new()
+        };
+        return Plan {
+            tiers,
+            step: Step::ScaleUp {
+                from: input.current,
+                to: total_up,
+            },
+            down_condition: false,
+            reason: format!(
+                "predictive {}→{}: {driver}{capped}",
+                input.current, total_up
+            ),
+        };
+    }
+
+    let keep = input
+        .path
+        .iter()
+        .map(need)
+        .max()
+        .unwrap_or(0)
+        .max(guard)
+        .max(baseline)
+        .min(cap);
+    let (peak_index, peak_point) = input
+        .path
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.slo_upper + input.anomaly_excess))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0));
+    let threshold_rpm = config.scale_down_threshold * capacity_rpm(input.current);
+    let down_condition = keep < input.current && peak_point < threshold_rpm;
+    if down_condition && input.down_held_minutes + 1 >= config.stabilization_minutes as i64 {
+        let peak = &input.path[peak_index];
+        return Plan {
+            tiers: Tiers { total: keep, warm_pool: keep.saturating_sub(need_now.max(baseline)), ..tiers },
+            step: Step::ScaleDown { from: input.current, to: keep },
+            down_condition,
+            reason: format!(
+                "scale-down {}→{}: {} (peak of the next {} min) < {:.0} % of capacity {:.1} req/s for {} min; {} needs {keep}",
+                input.current,
+                keep,
+                describe(peak, peak_point, &slo_label),
+                input.path.len(),
+                config.scale_down_threshold * 100.0,
+                capacity_rpm(input.current) / 60.0,
+                config.stabilization_minutes,
+                slo_label,
+            ),
+        };
+    }
+    let why = if down_condition {
+        format!(
+            "below {:.0} % of capacity for {} of {} min before scaling down",
+            config.scale_down_threshold * 100.0,
+            input.down_held_minutes + 1,
+            config.stabilization_minutes
+        )
+    } else {
+        format!(
+            "{} within capacity {:.1} req/s",
+            describe(at_lead, at_lead.slo_upper, &slo_label),
+            capacity_rpm(input.current) / 60.0
+        )
+    };
+    Plan {
+        tiers: Tiers {
+            total: input.current,
+            ..tiers
+        },
+        step: Step::Hold,
+        down_condition,
+        reason: format!("hold {}: {why}", input.current),
+    }
+}
+
+/// `HH:MM` (UTC) of an absolute minute.
+pub fn clock(minute: i64) -> String {
+    let of_day = minute.rem_euclid(1440);
+    format!("{:02}:{:02}", of_day / 60, of_day % 60)
+}
+
+fn trim_percent(p: f64) -> String {
+    let text = format!("{p:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::Model;
+
+    fn capacity() -> CapacityModel {
+        CapacityModel {
+            rps_per_instance: 1.0,
+            cold_start_seconds: 120.0,
+            cost_per_instance_hour: 1.0,
+        }
+    }
+
+    fn flat(rpm: f64, n: usize) -> Vec<ForecastPoint> {
+        (0..n)
+            .map(|i| ForecastPoint {
+                minute: 540 + i as i64,
+                point: rpm,
+                lower: rpm * 0.9,
+                upper: rpm * 1.1,
+                slo_upper: rpm * 1.2,
+                model: Model::Profile,
+            })
+            .collect()
+    }
+
+    fn input(current: u32, path: &[ForecastPoint]) -> PlanInput<'_> {
+        PlanInput {
+            current,
+            path,
+            last_observed: None,
+            anomaly_excess: 0.0,
+            cap: None,
+            down_held_minutes: 0,
+        }
+    }
+
+    #[test]
+    fn scale_up_names_the_forecast_and_the_capacity() {
+        let path = flat(600.0, 13);
+        let plan = plan_fleet(&PlannerConfig::default(), &capacity(), &input(4, &path));
+        assert_eq!(plan.step, Step::ScaleUp { from: 4, to: 12 });
+        assert_eq!(plan.tiers.predictive, 11);
+        assert_eq!(plan.tiers.burst, 1);
+        assert!(
+            plan.reason.starts_with(
+                "predictive 4→12: p99 forecast 12.0 req/s for 09:02 > capacity 4.0 req/s"
+            ),
+            "{}",
+            plan.reason
+        );
+    }
+
+    #[test]
+    fn the_reactive_guard_answers_a_surprise() {
+        let path = flat(60.0, 13);
+        let mut i = input(2, &path);
+        i.last_observed = Some(600.0);
+        i.anomaly_excess = 600.0 - 72.0;
+        let plan = plan_fleet(&PlannerConfig::default(), &capacity(), &i);
+        assert_eq!(plan.step, Step::ScaleUp { from: 2, to: 12 });
+        assert!(plan.reason.contains("reactive guard"), "{}", plan.reason);
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_stabilization_window() {
+        let path = flat(60.0, 13);
+        let config = PlannerConfig::default();
+        let mut i = input(10, &path);
+        let plan = plan_fleet(&config, &capacity(), &i);
+        assert_eq!(plan.step, Step::Hold);
+        assert!(plan.down_condition);
+        i.down_held_minutes = config.stabilization_minutes as i64 - 1;
+        let plan = plan_fleet(&config, &capacity(), &i);
+        assert_eq!(plan.step, Step::ScaleDown { from: 10, to: 2 });
+        assert!(
+            plan.reason.starts_with("scale-down 10→2"),
+            "{}",
+            plan.reason
+        );
+    }
+}

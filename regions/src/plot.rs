@@ -1,0 +1,137 @@
+//! Plot of a replay: demand, each policy's ready capacity, and each policy's violation minutes
+//! (a mark under the axis), as SVG or PNG chosen by the file's extension. Long traces are
+//! bucketed for drawing: peak demand and lowest capacity per bucket, so nothing is hidden.
+//! PNG carries no text (no font is bundled); SVG has the title, axes and legend.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::replay::ReplayOutcome;
+
+/// At most this many points per line.
+const MAX_POINTS: usize = 2000;
+const WIDTH: u32 = 1400;
+const HEIGHT: u32 = 600;
+const COLORS: [RGBColor; 3] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+];
+
+/// Draw `outcome` to `path` (`.svg` or `.png`).
+pub fn draw(outcome: &ReplayOutcome, capacity_rps: f64, title: &str, path: &Path) -> Result<()> {
+    let fail = |message: String| Error::Plot {
+        path: path.to_path_buf(),
+        message,
+    };
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("svg") => {
+            let area = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+            render(&area, outcome, capacity_rps, title, true).map_err(fail)?;
+            area.present().map_err(|e| fail(e.to_string()))
+        }
+        Some("png") => {
+            let area = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+            render(&area, outcome, capacity_rps, title, false).map_err(fail)?;
+            area.present().map_err(|e| fail(e.to_string()))
+        }
+        _ => Err(fail("the file name must end in .svg or .png".into())),
+    }
+}
+
+fn render<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    outcome: &ReplayOutcome,
+    capacity_rps: f64,
+    title: &str,
+    text: bool,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    area.fill(&WHITE).map_err(err)?;
+    let n = outcome.demand_rps.len();
+    let bucket = n.div_ceil(MAX_POINTS).max(1);
+    let buckets = n.div_ceil(bucket);
+    let demand: Vec<(f64, f64)> = (0..buckets)
+        .map(|b| {
+            let slice = &outcome.demand_rps[b * bucket..((b + 1) * bucket).min(n)];
+            (
+                (b * bucket) as f64 / 60.0,
+                slice.iter().copied().fold(0.0, f64::max),
+            )
+        })
+        .collect();
+    let top = outcome
+        .runs
+        .iter()
+        .flat_map(|r| r.ready.iter().map(|&x| x as f64 * capacity_rps))
+        .chain(demand.iter().map(|d| d.1))
+        .fold(1.0, f64::max)
+        * 1.05;
+    let hours = n as f64 / 60.0;
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(10);
+    if text {
+        builder
+            .caption(title, ("sans-serif", 20))
+            .x_label_area_size(35)
+            .y_label_area_size(55);
+    }
+    let floor = -top * 0.04 * (outcome.runs.len() as f64 + 1.0);
+    let mut chart = builder
+        .build_cartesian_2d(0.0..hours.max(1.0 / 60.0), floor..top)
+        .map_err(err)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("hours from the start of the trace")
+            .y_desc("requests per second");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(demand, BLACK.stroke_width(1)))
+        .map_err(err)?
+        .label("demand")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    for (i, run) in outcome.runs.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let capacity: Vec<(f64, f64)> = (0..buckets)
+            .map(|b| {
+                let slice = &run.ready[b * bucket..((b + 1) * bucket).min(n)];
+                let low = slice.iter().copied().min().unwrap_or(0);
+                ((b * bucket) as f64 / 60.0, low as f64 * capacity_rps)
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(capacity, color.stroke_width(1)))
+            .map_err(err)?
+            .label(format!("{} ready capacity", run.policy))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        let lane = -top * 0.04 * (i as f64 + 1.0);
+        let marks = outcome
+            .demand_rps
+            .iter()
+            .zip(&run.ready)
+            .enumerate()
+            .filter(|(_, (d, r))| **d > **r as f64 * capacity_rps + 1e-9)
+            .map(|(m, _)| Circle::new((m as f64 / 60.0, lane), 2, color.filled()));
+        chart.draw_series(marks).map_err(err)?;
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}

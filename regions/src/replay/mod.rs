@@ -1,0 +1,258 @@
+//! `prescale replay`: simulate scaling policies on a request trace with a simulated clock and
+//! fleet, and score them under the contract in DESIGN.md (violation minutes, unserved fraction,
+//! instance-minutes, cost against the oracle, forecast MASE).
+//!
+//! The `predictive` policy drives the same [`Brain`](crate::brain::Brain) the live forecaster
+//! runs; it only ever sees minutes that have ended.
+
+pub mod fleet;
+pub mod oracle;
+pub mod predictive;
+pub mod progress;
+pub mod reactive;
+
+use prescale_config::brain::{ForecastConfig, PlannerConfig};
+use serde::Serialize;
+
+use crate::brain::Decision;
+use crate::error::{Error, Result};
+use crate::trace::Trace;
+
+/// Minutes in a day: the lag of the seasonal-naive forecast MASE is scaled by.
+const DAY_MINUTES: usize = 1440;
+
+/// The policies `prescale replay` can simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Predictive,
+    Reactive,
+    Oracle,
+}
+
+impl Policy {
+    /// All policies, in output order.
+    pub const ALL: [Policy; 3] = [Policy::Predictive, Policy::Reactive, Policy::Oracle];
+
+    /// The policy's name on the command line and in the output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Predictive => "predictive",
+            Policy::Reactive => "reactive",
+            Policy::Oracle => "oracle",
+        }
+    }
+}
+
+/// What the simulated fleet looks like and how the policies are configured.
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    /// Requests per second one instance serves.
+    pub capacity_rps: f64,
+    /// Seconds from requesting an instance until it is ready.
+    pub cold_start_seconds: f64,
+    /// The reactive policy's target utilization.
+    pub target_utilization: f64,
+    /// The predictive policy's forecasting settings.
+    pub forecast: ForecastConfig,
+    /// The predictive policy's planner settings.
+    pub planner: PlannerConfig,
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        Self {
+            capacity_rps: 1.0,
+            cold_start_seconds: 60.0,
+            target_utilization: 0.7,
+            forecast: ForecastConfig::default(),
+            planner: PlannerConfig::default(),
+        }
+    }
+}
+
+impl ReplaySettings {
+    /// Reject settings that cannot be simulated, naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key, message: String| Err(Error::Setting { key, message });
+        if !(self.capacity_rps.is_finite() && self.capacity_rps > 0.0) {
+            return bad(
+                "--capacity-rps",
+                format!(
+                    "{} is not a positive number of requests per second",
+                    self.capacity_rps
+                ),
+            );
+        }
+        if !(self.cold_start_seconds.is_finite()
+            && (0.0..=86_400.0).contains(&self.cold_start_seconds))
+        {
+            return bad(
+                "--cold-start",
+                format!(
+                    "{} is not between 0 and 86400 seconds",
+                    self.cold_start_seconds
+                ),
+            );
+        }
+        if !(self.target_utilization > 0.0 && self.target_utilization <= 1.0) {
+            return bad(
+                "--target-utilization",
+                format!("{} is not in (0, 1]", self.target_utilization),
+            );
+        }
+        if let Some(problem) = self
+            .forecast
+            .problems()
+            .into_iter()
+            .chain(self.planner.problems())
+            .next()
+        {
+            return bad("config", problem);
+        }
+        Ok(())
+    }
+}
+
+/// One policy's simulated fleet over the trace.
+#[derive(Debug, Clone)]
+pub struct PolicyRun {
+    /// The policy's name.
+    pub policy: &'static str,
+    /// Instances ready at the start of each minute.
+    pub ready: Vec<usize>,
+    /// Cost: instance-minutes from request to stop, booting instances included.
+    pub instance_minutes: f64,
+    /// The brain's decisions (predictive only).
+    pub decisions: Vec<Decision>,
+    /// The 30-minute-ahead point forecast of each minute's requests (predictive only).
+    pub forecast_30: Option<Vec<Option<f64>>>,
+}
+
+impl PolicyRun {
+    fn new(policy: &'static str, ready: Vec<usize>, instance_minutes: f64) -> Self {
+        Self {
+            policy,
+            ready,
+            instance_minutes,
+            decisions: Vec::new(),
+            forecast_30: None,
+        }
+    }
+}
+
+/// A policy's score under the replay contract (the JSON output's objects).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PolicyScore {
+    pub policy: String,
+    pub slo_violation_minutes: usize,
+    pub unserved_fraction: f64,
+    pub instance_minutes: f64,
+    pub cost_vs_oracle: f64,
+    pub forecast_mase: Option<f64>,
+}
+
+/// The outcome of a replay: scores and the runs behind them (for plots).
+#[derive(Debug, Clone)]
+pub struct ReplayOutcome {
+    pub scores: Vec<PolicyScore>,
+    pub runs: Vec<PolicyRun>,
+    pub demand_rps: Vec<f64>,
+}
+
+/// Simulate `policies` on `trace`. `progress` is called with the number of minutes simulated so
+/// far (summed over policies) out of `trace.len() * policies.len()`.
+pub fn replay(
+    trace: &Trace,
+    policies: &[Policy],
+    settings: &ReplaySettings,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayOutcome> {
+    settings.validate()?;
+    let demand = trace.demand_rps();
+    let oracle_run = oracle::run(&demand, settings);
+    let mut runs = Vec::new();
+    let mut done = 0u64;
+    for &policy in policies {
+        let run = match policy {
+            Policy::Oracle => oracle_run.clone(),
+            Policy::Reactive => reactive::run(&demand, settings, |m| progress(done + m as u64 + 1)),
+            Policy::Predictive => {
+                predictive::run(trace, settings, |m| progress(done + m as u64 + 1))
+            }
+        };
+        done += trace.len() as u64;
+        progress(done);
+        runs.push(run);
+    }
+    let scores = runs
+        .iter()
+        .map(|run| {
+            score(
+                run,
+                &demand,
+                settings.capacity_rps,
+                oracle_run.instance_minutes,
+                trace,
+            )
+        })
+        .collect();
+    Ok(ReplayOutcome {
+        scores,
+        runs,
+        demand_rps: demand,
+    })
+}
+
+/// Score a run against the contract.
+pub fn score(
+    run: &PolicyRun,
+    demand: &[f64],
+    capacity_rps: f64,
+    oracle_cost: f64,
+    trace: &Trace,
+) -> PolicyScore {
+    let mut violations = 0;
+    let mut unserved = 0.0;
+    for (&d, &r) in demand.iter().zip(&run.ready) {
+        let capacity = r as f64 * capacity_rps;
+        if d > capacity + 1e-9 {
+            violations += 1;
+        }
+        unserved += (d - capacity).max(0.0);
+    }
+    let total: f64 = demand.iter().sum();
+    PolicyScore {
+        policy: run.policy.to_string(),
+        slo_violation_minutes: violations,
+        unserved_fraction: if total > 0.0 { unserved / total } else { 0.0 },
+        instance_minutes: run.instance_minutes,
+        cost_vs_oracle: if oracle_cost > 0.0 {
+            run.instance_minutes / oracle_cost
+        } else {
+            f64::NAN
+        },
+        forecast_mase: run.forecast_30.as_ref().and_then(|f| mase(f, trace)),
+    }
+}
+
+/// Mean absolute error of the forecasts over that of "same minute yesterday", over the minutes
+/// that have both a forecast and a day of history. Minutes missing from the trace (outages), and
+/// minutes whose previous day is missing, are left out: they are not demand either forecast
+/// could be judged on.
+pub fn mase(forecast: &[Option<f64>], trace: &Trace) -> Option<f64> {
+    let (mut model, mut naive) = (0.0, 0.0);
+    let scored = forecast
+        .iter()
+        .enumerate()
+        .take(trace.len())
+        .skip(DAY_MINUTES);
+    for (m, f) in scored {
+        let Some(f) = *f else { continue };
+        if !(trace.present[m] && trace.present[m - DAY_MINUTES]) {
+            continue;
+        }
+        model += (trace.requests[m] - f).abs();
+        naive += (trace.requests[m] - trace.requests[m - DAY_MINUTES]).abs();
+    }
+    (naive > 0.0).then(|| model / naive)
+}

@@ -1,0 +1,116 @@
+//! `prescale replay`: simulate scaling policies on a request trace and score them (the logic is
+//! in `prescale_regions::replay`; this only parses arguments and prints).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use prescale_regions::replay::{self, Policy, PolicyScore, ReplaySettings};
+use prescale_regions::trace::Trace;
+
+use crate::exit::CliError;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyArg {
+    Predictive,
+    Reactive,
+    Oracle,
+    All,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Trace file: CSV `timestamp,requests` (unix seconds, requests in that step; the step is
+    /// inferred), or the wide Azure Functions per-function sample (summed).
+    #[arg(long)]
+    trace: PathBuf,
+    /// Policy to simulate.
+    #[arg(long, value_enum, default_value = "all")]
+    policy: PolicyArg,
+    /// Requests per second one instance serves.
+    #[arg(long)]
+    capacity_rps: f64,
+    /// Seconds from requesting an instance until it is ready.
+    #[arg(long)]
+    cold_start: f64,
+    /// The reactive (HPA) policy's target utilization.
+    #[arg(long, default_value_t = 0.7)]
+    target_utilization: f64,
+    /// Print the scores as a JSON array, one object per policy.
+    #[arg(long)]
+    json: bool,
+    /// Draw demand, ready capacity per policy and violation minutes to FILE (.svg or .png).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<(), CliError> {
+    let trace = Trace::from_path(&args.trace).map_err(CliError::input)?;
+    let policies: Vec<Policy> = match args.policy {
+        PolicyArg::Predictive => vec![Policy::Predictive],
+        PolicyArg::Reactive => vec![Policy::Reactive],
+        PolicyArg::Oracle => vec![Policy::Oracle],
+        PolicyArg::All => Policy::ALL.to_vec(),
+    };
+    let settings = ReplaySettings {
+        capacity_rps: args.capacity_rps,
+        cold_start_seconds: args.cold_start,
+        target_utilization: args.target_utilization,
+        ..ReplaySettings::default()
+    };
+    settings.validate().map_err(CliError::input)?;
+    let bar = replay::progress::terminal_bar(trace.len() as u64 * policies.len() as u64);
+    let outcome = replay::replay(&trace, &policies, &settings, |done| {
+        if let Some(bar) = &bar {
+            if done % 256 == 0 {
+                bar.set_position(done);
+            }
+        }
+    })
+    .map_err(CliError::input)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "{}: {} req/s per instance, {} s cold start",
+            args.trace.file_name().map_or_else(
+                || args.trace.display().to_string(),
+                |n| n.to_string_lossy().into_owned()
+            ),
+            args.capacity_rps,
+            args.cold_start
+        );
+        prescale_regions::plot::draw(&outcome, args.capacity_rps, &title, path)
+            .map_err(CliError::runtime)?;
+    }
+    if args.json {
+        let text =
+            serde_json::to_string_pretty(&outcome.scores).context("encoding the scores as JSON")?;
+        println!("{text}");
+    } else {
+        print_table(&outcome.scores, trace.len());
+    }
+    Ok(())
+}
+
+fn print_table(scores: &[PolicyScore], minutes: usize) {
+    println!("{minutes} minutes simulated");
+    println!(
+        "{:<11} {:>15} {:>11} {:>17} {:>15} {:>6}",
+        "policy", "violation min", "unserved", "instance-minutes", "cost vs oracle", "MASE"
+    );
+    for s in scores {
+        let mase = s
+            .forecast_mase
+            .map_or_else(|| "-".to_string(), |m| format!("{m:.3}"));
+        println!(
+            "{:<11} {:>15} {:>10.4}% {:>17.1} {:>15.3} {:>6}",
+            s.policy,
+            s.slo_violation_minutes,
+            s.unserved_fraction * 100.0,
+            s.instance_minutes,
+            s.cost_vs_oracle,
+            mase
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! End-to-end tests of `prescale replay`: the real binary on real and synthetic traces, its JSON
+//! output, its agreement with the independent reference of the reactive and oracle policies, and
+//! exit status 2 with a message naming the line on bad traces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn traces() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/traces")
+}
+
+fn replay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("run prescale replay")
+}
+
+fn json_scores(output: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        output.status.success(),
+        "status {:?}, stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stdout is a JSON array")
+}
+
+fn policy<'a>(scores: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    scores
+        .iter()
+        .find(|s| s["policy"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {scores:?}"))
+}
+
+fn write_trace(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write trace");
+    path
+}
+
+fn within(actual: f64, expected: f64, share: f64) -> bool {
+    (actual - expected).abs() <= share * expected.abs().max(1.0)
+}
+
+/// Reactive and oracle on the Azure one-day sample (all functions summed) agree with the
+/// independent reference (`replay_reference.py TRACE 10 120`: reactive 25 violation minutes,
+/// 37,638.75 instance-minutes; oracle 23,839 instance-minutes).
+#[test]
+fn azure_summed_matches_the_reference_and_prints_every_field() {
+    let trace = traces().join("azure-functions-2019-1day-summed.per-minute.csv");
+    let out = replay(&[
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+        "--capacity-rps",
+        "10",
+        "--cold-start",
+        "120",
+        "--json",
+    ]);
+    let scores = json_scores(&out);
+    assert_eq!(scores.len(), 3);
+    for s in &scores {
+        for field in [
+            "policy",
+            "slo_violation_minutes",
+            "unserved_fraction",
+            "instance_minutes",
+            "cost_vs_oracle",
+            "forecast_mase",
+        ] {
+            assert!(s.get(field).is_some(), "{field} missing in {s}");
+        }
+    }
+    let reactive = policy(&scores, "reactive");
+    assert!(
+        within(
+            reactive["slo_violation_minutes"].as_f64().unwrap_or(-1.0),
+            25.0,
+            0.05
+        ),
+        "{reactive}"
+    );
+    assert!(
+        within(
+            reactive["instance_minutes"].as_f64().unwrap_or(-1.0),
+            37_638.75,
+            0.02
+        ),
+        "{reactive}"
+    );
+    assert!(reactive["forecast_mase"].is_null());
+    let oracle = policy(&scores, "oracle");
+    assert_eq!(oracle["slo_violation_minutes"], 0);
+    assert!(
+        within(
+            oracle["instance_minutes"].as_f64().unwrap_or(-1.0),
+            23_839.0,
+            0.001
+        ),
+        "{oracle}"
+    );
+    assert!(within(
+        oracle["cost_vs_oracle"].as_f64().unwrap_or(-1.0),
+        1.0,
+        1e-9
+    ));
+}
+
+/// On NASA July 1995 (`replay_reference.py TRACE 1 120`: reactive 189 violation minutes,
+/// 76,534.75 instance-minutes; oracle 57,533), reactive and oracle only, which is quick.
+#[test]
+fn nasa_reactive_and_oracle_match_the_reference() {
+    let trace = traces().join("nasa-1995-07.per-minute.csv");
+    let path = trace.to_str().expect("utf-8 path");
+    for (name, violations, cost) in [("reactive", 189.0, 76_534.75), ("oracle", 0.0, 57_533.0)] {
+        let out = replay(&[
+            "--trace",
+            path,
+            "--policy",
+            name,
+            "--capacity-rps",
+            "1",
+            "--cold-start",
+            "120",
+            "--json",
+        ]);
+        let scores = json_scores(&out);
+        assert_eq!(scores.len(), 1);
+        let s = policy(&scores, name);
+        assert!(
+            within(
+                s["slo_violation_minutes"].as_f64().unwrap_or(-1.0),
+                violations,
+                0.05
+            ),
+            "{s}"
+        );
+        assert!(
+            within(s["instance_minutes"].as_f64().unwrap_or(-1.0), cost, 0.02),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn a_synthetic_step_has_known_answers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut text = String::from("timestamp,requests\n");
+    for m in 0..600 {
+        text.push_str(&format!(
+            "{},{}\n",
+            1_700_000_000 + m * 60,
+            if m < 300 { 300 } else { 1200 }
+        ));
+    }
+    let trace = write_trace(dir.path(), "step.csv", &text);
+    let out = replay(&[
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+        "--capacity-rps",
+        "1",
+        "--cold-start",
+        "180",
+        "--json",
+    ]);
+    let scores = json_scores(&out);
+    let reactive = policy(&scores, "reactive")["slo_violation_minutes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        (3..=5).contains(&reactive),
+        "reactive violated {reactive} minutes"
+    );
+    // Oracle: 5 instances for 600 minutes, 15 more for the last 300, each with a 3-minute boot.
+    let oracle = policy(&scores, "oracle")["instance_minutes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(within(oracle, 5.0 * 603.0 + 15.0 * 303.0, 1e-9), "{oracle}");
+    assert!(
+        policy(&scores, "predictive")["forecast_mase"].is_null(),
+        "one day has no yesterday to compare with"
+    );
+}
+
+#[test]
+fn the_human_table_and_a_plot_are_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = traces().join("azure-functions-2019-1day-summed.per-minute.csv");
+    let plot = dir.path().join("replay.svg");
+    let out = replay(&[
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+        "--capacity-rps",
+        "10",
+        "--cold-start",
+        "120",
+        "--plot",
+        plot.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in ["predictive", "reactive", "oracle", "violation"] {
+        assert!(stdout.contains(name), "{stdout}");
+    }
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("reactive ready capacity"),
+        "{}",
+        &svg[..svg.len().min(200)]
+    );
+    let png = dir.path().join("replay.png");
+    let out = replay(&[
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+        "--policy",
+        "oracle",
+        "--capacity-rps",
+        "10",
+        "--cold-start",
+        "120",
+        "--plot",
+        png.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).expect("png written");
+    assert_eq!(&bytes[..4], b"\x89PNG");
+}
+
+#[test]
+fn bad_traces_exit_2_naming_the_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        ("empty.csv", "", "line 1"),
+        ("header-only.csv", "timestamp,requests\n", "line 2"),
+        (
+            "malformed.csv",
+            "timestamp,requests\n0,5\n60,five\n",
+            "line 3",
+        ),
+        (
+            "unsorted.csv",
+            "timestamp,requests\n0,5\n120,5\n60,5\n",
+            "line 4",
+        ),
+        ("wrong-header.csv", "time,count\n0,5\n", "line 1"),
+    ];
+    for (name, text, line) in cases {
+        let trace = write_trace(dir.path(), name, text);
+        let out = replay(&[
+            "--trace",
+            trace.to_str().expect("utf-8 path"),
+            "--capacity-rps",
+            "1",
+            "--cold-start",
+            "60",
+            "--json",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(line) && stderr.contains(name),
+            "{name}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{name}: no scores on bad input");
+    }
+    let missing = dir.path().join("missing.csv");
+    let out = replay(&[
+        "--trace",
+        missing.to_str().expect("utf-8 path"),
+        "--capacity-rps",
+        "1",
+        "--cold-start",
+        "60",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.csv"));
+    let ok = write_trace(dir.path(), "ok.csv", "timestamp,requests\n0,5\n");
+    let out = replay(&[
+        "--trace",
+        ok.to_str().expect("utf-8 path"),
+        "--capacity-rps",
+        "0",
+        "--cold-start",
+        "60",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--capacity-rps"));
+}
