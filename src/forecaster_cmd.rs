@@ -288,8 +288,26 @@ pub fn run(args: Args) -> Result<(), CliError> {
         .context("cannot start the forecaster runtime")?;
     let forecaster = Arc::new(start(&config, control.handle())?);
     let (stop_admin, admin_stop_rx) = tokio::sync::watch::channel(false);
+    let mut handlers = forecaster.handlers();
+    let region = config.node_region().unwrap_or_default().to_string();
+    if let Some(membership) = crate::membership_cmd::start(
+        &config,
+        prescale_gossip::Role::Forecaster,
+        &region,
+        control.handle(),
+    )? {
+        handlers.extend(crate::membership_cmd::handlers(&membership));
+        crate::membership_cmd::publish_totals(
+            membership,
+            Arc::clone(&forecaster.sink),
+            config.node.id.clone(),
+            region,
+            Duration::from_secs(10),
+            control.handle(),
+        );
+    }
     let routes = AdminRoutes {
-        handlers: forecaster.handlers(),
+        handlers,
         metrics: vec![forecaster.metrics()],
         readiness: vec![forecaster.readiness()],
         dashboard: None,

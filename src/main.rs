@@ -6,6 +6,7 @@ mod certs_cmd;
 mod exit;
 mod forecaster_cmd;
 mod load_cmd;
+mod membership_cmd;
 mod node_cmd;
 mod replay_cmd;
 

@@ -106,6 +106,8 @@ fn attach_local_forecaster(config: &mut Config, state: &std::path::Path) -> anyh
         ca: certs.join("ca.pem"),
         cert,
         key,
+        membership_listen: None,
+        seeds: Vec::new(),
     });
     config.forecaster = Some(prescale_config::ForecasterConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -228,6 +230,27 @@ fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
         }
         None => None,
     };
+
+    let role = if forecaster.is_some() {
+        prescale_gossip::Role::Forecaster
+    } else {
+        prescale_gossip::Role::Proxy
+    };
+    if let Some(membership) =
+        crate::membership_cmd::start(&config, role, &plane.region, control.handle())?
+    {
+        handlers.extend(crate::membership_cmd::handlers(&membership));
+        if let Some(forecaster) = &forecaster {
+            crate::membership_cmd::publish_totals(
+                membership,
+                Arc::clone(&forecaster.sink),
+                config.node.id.clone(),
+                plane.region.clone(),
+                Duration::from_secs(10),
+                control.handle(),
+            );
+        }
+    }
 
     let (stop_exporter, exporter_stop_rx) = tokio::sync::watch::channel(false);
     let exporter = match &config.export {

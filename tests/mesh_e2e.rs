@@ -37,9 +37,24 @@ fn write_certs(dir: &Path, nodes: &[&str]) {
 struct Paths {
     certs: PathBuf,
     root: PathBuf,
+    /// Membership addresses of the two forecasters, the seeds every node joins through.
+    seed: SocketAddr,
+    us_seed: SocketAddr,
 }
 
-fn common_sections(node: &str, region: &str, backend: SocketAddr, certs: &Path) -> String {
+fn common_sections(
+    node: &str,
+    region: &str,
+    backend: SocketAddr,
+    certs: &Path,
+    seeds: (SocketAddr, SocketAddr),
+) -> String {
+    let (seed, us_seed) = seeds;
+    let membership: SocketAddr = match node {
+        "fc-eu" => seed,
+        "fc-us" => us_seed,
+        _ => format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
+    };
     format!(
         r#"
 [node]
@@ -78,6 +93,8 @@ rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api
 ca = "{ca}"
 cert = "{cert}"
 key = "{key}"
+membership_listen = "{membership}"
+seeds = [{{ name = "fc-eu", addr = "{seed}" }}, {{ name = "fc-us", addr = "{us_seed}" }}]
 "#,
         ca = certs.join("ca.pem").display(),
         cert = certs.join(format!("{node}.pem")).display(),
@@ -104,7 +121,7 @@ fn start_forecaster(
     let quic = quic.unwrap_or_else(|| format!("127.0.0.1:{}", udp_port()).parse().expect("addr"));
     let text = format!(
         "{}\n[admin]\nlisten = \"{admin}\"\n\n[forecaster]\nlisten = \"{quic}\"\ndatabase = \"{}\"\nsilent_after_secs = 5\n",
-        common_sections(node, region, backend, &paths.certs),
+        common_sections(node, region, backend, &paths.certs, (paths.seed, paths.us_seed)),
         paths.root.join(format!("{node}.db")).display()
     );
     let config = paths.root.join(format!("{node}.toml"));
@@ -181,7 +198,7 @@ fn start_proxy_node(
     let admin = loopback();
     let text = format!(
         "{}\n[proxy]\nlisten = \"{proxy}\"\nthreads = 1\n\n[admin]\nlisten = \"{admin}\"\n\n[export]\nforecaster = \"{}\"\nforecaster_name = \"{forecaster_name}\"\ninterval_secs = 1\nspool_dir = \"{}\"\n",
-        common_sections(node, region, backend, certs),
+        common_sections(node, region, backend, certs, (paths.seed, paths.us_seed)),
         forecaster.quic,
         paths.root.join(format!("{node}-spool")).display()
     );
@@ -229,9 +246,12 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 #[test]
 fn series_add_up_exactly_across_a_forecaster_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let seed: SocketAddr = format!("127.0.0.1:{}", udp_port()).parse().expect("addr");
     let paths = Paths {
         certs: dir.path().join("certs"),
         root: dir.path().to_path_buf(),
+        seed,
+        us_seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
     };
     write_certs(
         &paths.certs,
@@ -278,6 +298,31 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
     wait_until("first series", Duration::from_secs(30), || {
         fc_eu.stored("batch") == eu_batch && fc_eu.stored("interactive") == eu_interactive
     });
+
+    // Membership: every member is known everywhere, and each forecaster's region totals reach
+    // the other one (the global view).
+    let alive_members = |admin| {
+        let members = get(admin, "/api/v1/members", &[]).json();
+        members["members"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["alive"] == true).count())
+    };
+    wait_until(
+        "the other members alive at the US forecaster",
+        Duration::from_secs(30),
+        || alive_members(fc_us.admin) >= 4,
+    );
+    wait_until(
+        "EU totals at the US forecaster",
+        Duration::from_secs(40),
+        || {
+            let regions = get(fc_us.admin, "/api/v1/regions", &[]).json();
+            regions["regions"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|t| t["region"] == "eu" && t["forecaster"] == "fc-eu")
+            })
+        },
+    );
 
     // Crash the EU forecaster, keep serving, bring it back on the same address and database.
     fc_eu.proc.signal("KILL");

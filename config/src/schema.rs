@@ -536,6 +536,21 @@ pub struct MeshConfig {
     pub cert: PathBuf,
     /// PEM private key of this node.
     pub key: PathBuf,
+    /// UDP address of this node's membership endpoint (SWIM over QUIC datagrams). Without it
+    /// the node takes no part in membership.
+    #[serde(default)]
+    pub membership_listen: Option<SocketAddr>,
+    /// Members to join through at start (any live member will do).
+    #[serde(default)]
+    pub seeds: Vec<SeedConfig>,
+}
+
+/// A member known in advance: its certificate name and membership address.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedConfig {
+    pub name: String,
+    pub addr: SocketAddr,
 }
 
 /// Where and how often this proxy ships sketches.

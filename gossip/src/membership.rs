@@ -34,7 +34,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::model::ProfileId;
 use crate::tls::{check_node_name, NodeIdentity};
 
 /// What a member does.
@@ -85,8 +84,8 @@ pub struct RegionTotals {
     pub version: u64,
     /// Start of the period, unix milliseconds.
     pub period_start_ms: u64,
-    /// Requests per profile in the period.
-    pub requests: Vec<(ProfileId, u64)>,
+    /// Requests per profile (by name) in the period.
+    pub requests: Vec<(String, u64)>,
     /// Proxies of the region that reported in the period.
     pub proxies: u32,
 }
@@ -329,12 +328,18 @@ impl Membership {
                 "membership: bound to {addr}; set an address to advertise"
             )));
         }
+        // A restarted member must not look like the incarnation the others declared down: start
+        // from a clock-derived bump (it wraps after ~18 h, far beyond any failure-detection time).
+        let bump = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.as_secs() % u64::from(u16::MAX)) as u16)
+            .unwrap_or(0);
         let me = MemberId {
             name: config.name,
             role: config.role,
             region: config.region,
             addr,
-            bump: 0,
+            bump,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let transport = Arc::new(Transport {
@@ -572,6 +577,13 @@ async fn run_actor(
 fn apply_notification(view: &Mutex<HashMap<String, MemberStatus>>, n: OwnedNotification<MemberId>) {
     let mut view = lock(view);
     let mut set = |id: MemberId, alive: bool| {
+        // A notification about an older incarnation (e.g. the down of the process a member
+        // restarted from) must not override what is known of the newer one.
+        if let Some(known) = view.get(&id.name) {
+            if known.id.bump != id.bump && !foca::Identity::win_addr_conflict(&id, &known.id) {
+                return;
+            }
+        }
         let changed = view
             .get(&id.name)
             .is_none_or(|m| m.alive != alive || m.id != id);

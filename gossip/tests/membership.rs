@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use prescale_gossip::membership::{Membership, MembershipConfig, RegionTotals, Role};
-use prescale_gossip::model::ProfileId;
 use prescale_gossip::DevCa;
 
 fn fast(mut c: MembershipConfig) -> MembershipConfig {
@@ -78,7 +77,7 @@ async fn members_discover_exchange_totals_and_detect_silence() {
         forecaster: format!("fc-{region}"),
         version: 1,
         period_start_ms: 1_700_000_000_000,
-        requests: vec![(ProfileId(1), n), (ProfileId(2), n * 2)],
+        requests: vec![("interactive".to_string(), n), ("batch".to_string(), n * 2)],
         proxies: 1,
     };
     fc_eu.publish_totals(totals("eu", 100)).unwrap();

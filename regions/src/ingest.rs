@@ -72,6 +72,15 @@ impl StoreSink {
         self.reader().series(query)
     }
 
+    pub fn totals_by_profile(
+        &self,
+        region: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(String, u64)>> {
+        self.reader().totals_by_profile(region, from, to)
+    }
+
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
         self.reader().nodes()
     }

@@ -310,6 +310,29 @@ impl SeriesStore {
         Ok(out)
     }
 
+    /// Requests per profile of `region` in minutes `[from, to)` (unix seconds), most first.
+    pub fn totals_by_profile(
+        &self,
+        region: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT profile, SUM(requests) FROM series WHERE region = ?1 AND minute >= ?2 AND minute < ?3
+                 GROUP BY profile ORDER BY SUM(requests) DESC, profile",
+            )
+            .map_err(|e| store_error("prepare totals query", e))?;
+        let rows = statement
+            .query_map(params![region, from as i64, to as i64], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| store_error("run totals query", e))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| store_error("read totals row", e))
+    }
+
     /// Every node that has sent a sketch.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
         let mut statement = self

@@ -1,0 +1,162 @@
+//! Wiring of cluster membership into `proxy`, `forecaster` and `up`: start the SWIM member when
+//! `[mesh] membership_listen` is set, join the seeds, let forecasters publish their region's
+//! totals, and serve `/api/v1/members` and `/api/v1/regions`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::anyhow;
+use prescale_config::Config;
+use prescale_gossip::{Membership, MembershipConfig, NodeIdentity, RegionTotals, Role};
+use prescale_proxy::admin::{self, AdminRequest, Handler};
+use prescale_regions::ingest::StoreSink;
+
+use crate::exit::CliError;
+
+/// Starts this node's member, if configured. Seeds that are this node are skipped.
+pub fn start(
+    config: &Config,
+    role: Role,
+    region: &str,
+    control: &tokio::runtime::Handle,
+) -> Result<Option<Arc<Membership>>, CliError> {
+    let Some(mesh) = &config.mesh else {
+        return Ok(None);
+    };
+    let Some(bind) = mesh.membership_listen else {
+        return Ok(None);
+    };
+    let identity = NodeIdentity::load(&mesh.ca, &mesh.cert, &mesh.key).map_err(|e| {
+        CliError::input(anyhow!("[mesh]: cannot load the membership identity: {e}"))
+    })?;
+    let membership = {
+        let _guard = control.enter();
+        Membership::start(MembershipConfig::new(
+            config.node.id.clone(),
+            role,
+            region,
+            bind,
+            identity,
+        ))
+        .map_err(|e| CliError::input(anyhow!("mesh.membership_listen {bind}: {e}")))?
+    };
+    for seed in mesh.seeds.iter().filter(|s| s.name != config.node.id) {
+        if let Err(e) = membership.join(&seed.name, seed.addr) {
+            tracing::warn!(seed = %seed.name, error = %e, "cannot join membership seed");
+        }
+    }
+    Ok(Some(Arc::new(membership)))
+}
+
+/// Every `every`, the forecaster publishes its region's requests per profile over the last
+/// complete minute.
+pub fn publish_totals(
+    membership: Arc<Membership>,
+    sink: Arc<StoreSink>,
+    node: String,
+    region: String,
+    every: Duration,
+    control: &tokio::runtime::Handle,
+) {
+    control.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let to = now_ms / 60_000 * 60;
+            let from = to.saturating_sub(60);
+            let sink = Arc::clone(&sink);
+            let own = region.clone();
+            let totals = tokio::task::spawn_blocking(move || {
+                let requests = sink.totals_by_profile(&own, from, to)?;
+                let proxies = sink
+                    .nodes()?
+                    .iter()
+                    .filter(|n| n.region == own && n.last_seen_ms >= from * 1000)
+                    .count() as u32;
+                Ok::<_, prescale_regions::Error>((requests, proxies))
+            })
+            .await;
+            let (mut requests, proxies) = match totals {
+                Ok(Ok(totals)) => totals,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "region totals not computed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            // One datagram: the busiest profiles first, as many as fit.
+            requests.truncate(prescale_gossip::membership::MAX_TOTALS_PROFILES.min(16));
+            let totals = RegionTotals {
+                region: region.clone(),
+                forecaster: node.clone(),
+                version: now_ms,
+                period_start_ms: from * 1000,
+                requests,
+                proxies,
+            };
+            if let Err(e) = membership.publish_totals(totals) {
+                tracing::warn!(error = %e, "region totals not published");
+            }
+        }
+    });
+}
+
+/// `/api/v1/members` and `/api/v1/regions`.
+pub fn handlers(membership: &Arc<Membership>) -> Vec<Handler> {
+    let membership = Arc::clone(membership);
+    vec![Arc::new(move |request: &AdminRequest| {
+        if request.method != http::Method::GET {
+            return None;
+        }
+        match request.path.as_str() {
+            "/api/v1/members" => {
+                let members: Vec<_> = membership
+                    .members()
+                    .into_iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "name": m.id.name,
+                            "role": format!("{:?}", m.id.role).to_lowercase(),
+                            "region": m.id.region,
+                            "address": m.id.addr.to_string(),
+                            "alive": m.alive,
+                            "state_for_secs": m.since.elapsed().as_secs(),
+                        })
+                    })
+                    .collect();
+                let silent: Vec<String> = membership
+                    .silent_proxies()
+                    .into_iter()
+                    .map(|m| m.id.name)
+                    .collect();
+                Some(admin::json(&serde_json::json!({
+                    "self": membership.id().name,
+                    "members": members,
+                    "silent_proxies": silent,
+                })))
+            }
+            "/api/v1/regions" => {
+                let regions: Vec<_> = membership
+                    .region_totals()
+                    .into_iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "region": t.region,
+                            "forecaster": t.forecaster,
+                            "period_start_ms": t.period_start_ms,
+                            "proxies": t.proxies,
+                            "requests": t.requests.iter().map(|(_, n)| n).sum::<u64>(),
+                            "requests_by_profile": t.requests.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                        })
+                    })
+                    .collect();
+                Some(admin::json(&serde_json::json!({ "regions": regions })))
+            }
+            _ => None,
+        }
+    })]
+}
