@@ -10,4 +10,4 @@ up: deps
 	cargo run --release -- up
 
 test: deps
-	cargo test --workspace --all-targets
+	cargo test --workspace --all-targets --no-fail-fast

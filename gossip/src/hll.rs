@@ -300,7 +300,7 @@ impl From<HyperLogLog> for HllWire {
             }
             Registers::Dense(regs) => {
                 let mut enc =
-                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
                 // Writing to a Vec cannot fail; an error would surface at decode as a bad length.
                 let _ = std::io::Write::write_all(&mut enc, &regs);
                 let zlib = enc.finish().unwrap_or_default();
