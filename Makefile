@@ -10,4 +10,4 @@ up: deps
 	cargo run --release -- up
 
 test: deps
-	cargo test --workspace --all-targets --no-fail-fast
+	cargo test --workspace --lib --bins --tests --no-fail-fast
