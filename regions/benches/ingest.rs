@@ -48,22 +48,28 @@ fn ingest(c: &mut Criterion) {
     let batch = 512u64;
     let mut next = 0u64;
     let mut total = 0u64;
-    let started = Instant::now();
+    let mut ingest_time = std::time::Duration::ZERO;
     c.bench_function(
         "ingest 512 sketches (4 entries each) in one transaction",
         |b| {
-            b.iter(|| {
-                let batch_sketches = sketches(next, batch);
-                next += batch / NODES + 1;
-                store.ingest(&batch_sketches, 0).expect("ingest");
-                total += batch;
-            })
+            b.iter_batched(
+                || {
+                    let prepared = sketches(next, batch);
+                    next += batch / NODES + 1;
+                    prepared
+                },
+                |prepared| {
+                    let started = Instant::now();
+                    store.ingest(&prepared, 0).expect("ingest");
+                    ingest_time += started.elapsed();
+                    total += batch;
+                },
+                criterion::BatchSize::LargeInput,
+            )
         },
     );
-    let rate = total as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "ingest rate (including building the sketches): {rate:.0} sketches/s over {total} sketches"
-    );
+    let rate = total as f64 / ingest_time.as_secs_f64();
+    println!("ingest rate: {rate:.0} sketches/s merged and committed ({total} sketches)");
 }
 
 criterion_group!(benches, ingest);

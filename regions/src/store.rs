@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use prescale_gossip::{HyperLogLog, LatencyHistogram, Sketch};
+use prescale_gossip::{EntryStats, HyperLogLog, LatencyHistogram, Sketch};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
@@ -184,9 +184,13 @@ impl SeriesStore {
             .transaction()
             .map_err(|e| store_error("begin ingest", e))?;
         let mut outcomes = Vec::with_capacity(sketches.len());
+        // Entries of the batch are merged in memory first, so each series row is read and
+        // written once per batch however many sketches touch it.
+        let mut rows: BTreeMap<RowKey, RowAcc> = BTreeMap::new();
         for sketch in sketches {
-            outcomes.push(ingest_one(&tx, sketch, now_ms)?);
+            outcomes.push(record_sketch(&tx, sketch, now_ms, &mut rows)?);
         }
+        write_rows(&tx, rows)?;
         tx.commit().map_err(|e| store_error("commit ingest", e))?;
         Ok(outcomes)
     }
@@ -381,7 +385,61 @@ impl SeriesStore {
     }
 }
 
-fn ingest_one(tx: &Transaction<'_>, sketch: &Sketch, now_ms: u64) -> Result<Ingested> {
+/// A series row: (region, origin, profile, fleet, minute).
+type RowKey = (String, String, String, String, i64);
+
+/// A series row's additions from one batch, histograms kept decoded while they accumulate.
+struct RowAcc {
+    requests: u64,
+    errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    latency: hdrhistogram::Histogram<u64>,
+    users: HyperLogLog,
+}
+
+impl RowAcc {
+    fn from_stats(stats: &EntryStats) -> Result<Self> {
+        Ok(RowAcc {
+            requests: stats.requests,
+            errors: stats.errors,
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+            latency: stats
+                .latency
+                .to_histogram()
+                .map_err(|e| sketch_error("sketch latency histogram", e))?,
+            users: stats.users.clone(),
+        })
+    }
+
+    fn add(&mut self, stats: &EntryStats) -> Result<()> {
+        let latency = stats
+            .latency
+            .to_histogram()
+            .map_err(|e| sketch_error("sketch latency histogram", e))?;
+        self.latency.add(&latency).map_err(|e| Error::Store {
+            what: format!("merge latency histograms: {e:?}"),
+            source: None,
+        })?;
+        self.users
+            .merge(&stats.users)
+            .map_err(|e| sketch_error("merge user counts", e))?;
+        self.requests = self.requests.saturating_add(stats.requests);
+        self.errors = self.errors.saturating_add(stats.errors);
+        self.bytes_in = self.bytes_in.saturating_add(stats.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(stats.bytes_out);
+        Ok(())
+    }
+}
+
+/// Records the sketch as received (dedup) and its node; when new, merges its entries into `rows`.
+fn record_sketch(
+    tx: &Transaction<'_>,
+    sketch: &Sketch,
+    now_ms: u64,
+    rows: &mut BTreeMap<RowKey, RowAcc>,
+) -> Result<Ingested> {
     let inserted = tx
         .execute(
             "INSERT OR IGNORE INTO received (node, sequence, interval_start_ms) VALUES (?1, ?2, ?3)",
@@ -410,30 +468,53 @@ fn ingest_one(tx: &Transaction<'_>, sketch: &Sketch, now_ms: u64) -> Result<Inge
     let minute = (sketch.interval_start_ms / 60_000 * 60) as i64;
     for entry in &sketch.entries {
         let key = &entry.key;
-        let stats = &entry.stats;
+        let row = (
+            sketch.region.clone(),
+            key.origin_region.clone(),
+            key.profile.clone(),
+            key.fleet.clone(),
+            minute,
+        );
+        match rows.get_mut(&row) {
+            Some(total) => total.add(&entry.stats)?,
+            None => {
+                rows.insert(row, RowAcc::from_stats(&entry.stats)?);
+            }
+        }
+    }
+    Ok(Ingested::Stored)
+}
+
+/// Adds the batch's merged entries to their series rows.
+fn write_rows(tx: &Transaction<'_>, rows: BTreeMap<RowKey, RowAcc>) -> Result<()> {
+    for ((region, origin, profile, fleet, minute), mut stats) in rows {
         let existing: Option<(Vec<u8>, Vec<u8>)> = tx
             .query_row(
                 "SELECT latency, users FROM series WHERE region = ?1 AND profile = ?2 AND fleet = ?3 AND origin = ?4 AND minute = ?5",
-                params![sketch.region, key.profile, key.fleet, key.origin_region, minute],
+                params![region, profile, fleet, origin, minute],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()
             .map_err(|e| store_error("read series row", e))?;
         let (latency, users) = match existing {
             Some((latency, users)) => {
-                let mut latency = LatencyHistogram::from_bytes(latency)
+                let stored = LatencyHistogram::from_bytes(latency)
+                    .and_then(|h| h.to_histogram())
                     .map_err(|e| sketch_error("stored latency histogram", e))?;
-                latency
-                    .merge(&stats.latency)
-                    .map_err(|e| sketch_error("merge latency histograms", e))?;
+                stats.latency.add(&stored).map_err(|e| Error::Store {
+                    what: format!("merge latency histograms: {e:?}"),
+                    source: None,
+                })?;
                 let mut merged = decode_hll(&users)?;
                 merged
                     .merge(&stats.users)
                     .map_err(|e| sketch_error("merge user counts", e))?;
-                (latency, merged)
+                (stats.latency, merged)
             }
-            None => (stats.latency.clone(), stats.users.clone()),
+            None => (stats.latency, stats.users),
         };
+        let latency = LatencyHistogram::from_histogram(&latency)
+            .map_err(|e| sketch_error("encode latency histogram", e))?;
         let users = postcard::to_allocvec(&users).map_err(|e| Error::Store {
             what: format!("encode user count: {e}"),
             source: None,
@@ -445,10 +526,10 @@ fn ingest_one(tx: &Transaction<'_>, sketch: &Sketch, now_ms: u64) -> Result<Inge
                 requests = requests + ?6, errors = errors + ?7, bytes_in = bytes_in + ?8, bytes_out = bytes_out + ?9,
                 latency = ?10, users = ?11",
             params![
-                sketch.region,
-                key.origin_region,
-                key.profile,
-                key.fleet,
+                region,
+                origin,
+                profile,
+                fleet,
                 minute,
                 stats.requests as i64,
                 stats.errors as i64,
@@ -460,7 +541,7 @@ fn ingest_one(tx: &Transaction<'_>, sketch: &Sketch, now_ms: u64) -> Result<Inge
         )
         .map_err(|e| store_error("write series row", e))?;
     }
-    Ok(Ingested::Stored)
+    Ok(())
 }
 
 fn decode_hll(bytes: &[u8]) -> Result<HyperLogLog> {
