@@ -406,8 +406,22 @@ fn hostile_requests_get_4xx_and_the_proxy_stays_up() {
             assert!((400..500).contains(&r.status), "raw {raw:?}: {}", r.status);
         }
     }
-    // Still serving.
+    // Still serving, and the rejections are counted.
     assert_eq!(get(node.proxy, "/", &[("X-User-Id", "fine")]).status, 200);
+    let metrics = node.metrics();
+    assert!(
+        metric_sum(&metrics, "prescale_rejected_requests_total", &[]) >= 5.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "prescale_rejected_requests_total",
+            &[("status", "431")]
+        ),
+        2.0,
+        "{metrics}"
+    );
     assert_eq!(get(node.admin, "/healthz", &[]).status, 200);
 }
 

@@ -54,7 +54,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn early(status: u16, message: &'static str) -> Self {
+    pub(crate) fn early(status: u16, message: &'static str) -> Self {
         Rejection {
             status,
             message,
@@ -83,7 +83,11 @@ pub struct DataPlane {
     max_header_bytes: usize,
     pub tls: bool,
     rate_samples: Mutex<VecDeque<(Instant, MeterSnapshot)>>,
+    /// Requests answered before they had a user or a profile (400, 401, 431, other 4xx).
+    rejected_early: [std::sync::atomic::AtomicU64; 4],
 }
+
+const EARLY_STATUSES: [u16; 3] = [400, 401, 431];
 
 impl DataPlane {
     pub fn new(config: &Config) -> Result<Self, ProxyError> {
@@ -131,6 +135,7 @@ impl DataPlane {
             max_header_bytes: config.proxy.max_header_bytes,
             tls: config.proxy.tls.is_some(),
             rate_samples: Mutex::new(VecDeque::new()),
+            rejected_early: Default::default(),
             region,
             config,
         };
@@ -254,6 +259,15 @@ impl DataPlane {
             meter,
             fleet: fleet_idx,
         })
+    }
+
+    /// Counts a request answered before it had a user or profile (no meter key yet).
+    pub fn record_early_rejection(&self, status: u16) {
+        let slot = EARLY_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(EARLY_STATUSES.len());
+        self.rejected_early[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records a finished request.
@@ -582,6 +596,15 @@ impl DataPlane {
             out.push_str("# HELP prescale_user_table_capacity Most users the table holds (its memory ceiling).\n");
             out.push_str("# TYPE prescale_user_table_capacity gauge\n");
             let _ = writeln!(out, "prescale_user_table_capacity {}", table.capacity());
+        }
+        out.push_str("# HELP prescale_rejected_requests_total Requests answered before identity and profile were known (malformed or oversized headers, bad identity).\n");
+        out.push_str("# TYPE prescale_rejected_requests_total counter\n");
+        for (i, label) in ["400", "401", "431", "other"].iter().enumerate() {
+            let n = self.rejected_early[i].load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "prescale_rejected_requests_total{{status=\"{label}\"}} {n}"
+            );
         }
         out.push_str("# HELP prescale_profile_model_version Version of the installed profile model (0: rules only).\n");
         out.push_str("# TYPE prescale_profile_model_version gauge\n");

@@ -97,6 +97,9 @@ impl ProxyHttp for ProxyService {
             }
             Err(rejection) => {
                 ctx.local_status = Some(rejection.status);
+                if rejection.meter.is_none() {
+                    self.plane.record_early_rejection(rejection.status);
+                }
                 if let Some(meter) = rejection.meter {
                     ctx.routed = Some(Routed {
                         user: rejection.user,
