@@ -12,7 +12,8 @@
 //! | `fail_to_proxy`          | 502 / 503 / 504 with a short body                                  |
 //! | `logging`                | meters and the user's response features                            |
 //!
-//! Invariants: every request that reaches `logging` is counted exactly once in the meters; raw
+//! Invariants: every request is counted exactly once — in the meters once it has a profile and
+//! fleet, else (malformed headers or identity) in the early-rejection counter; raw
 //! identities never reach this module (only `UserKey`s); nothing here blocks or takes a lock on
 //! the common path.
 
