@@ -78,15 +78,19 @@ pub async fn run(
     let mut previous = plane.meters.snapshot();
     let mut start_ms = unix_ms();
     let mut models = sender.models();
+    let mut models_open = true;
     loop {
         let now = unix_ms();
         let boundary = (now / interval_ms + 1) * interval_ms;
         let stop = tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(boundary - now)) => false,
             _ = shutdown.changed() => true,
-            changed = models.changed() => {
-                if changed.is_ok() {
-                    install_latest_model(&plane, &models);
+            changed = models.changed(), if models_open => {
+                match changed {
+                    Ok(()) => install_latest_model(&plane, &models),
+                    // The sender is gone: no more models will come (and `changed` would return
+                    // at once forever).
+                    Err(_) => models_open = false,
                 }
                 continue;
             }
