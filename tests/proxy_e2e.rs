@@ -433,37 +433,7 @@ fn http2_cleartext_is_proxied() {
     let text = config(proxy, admin, &[web], &[batch], "")
         .replace("threads = 2\n", "threads = 2\nh2c = true\n");
     let node = start_node(&text);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (status, body) = runtime.block_on(async move {
-        use http_body_util::BodyExt;
-        let stream = tokio::net::TcpStream::connect(node.proxy)
-            .await
-            .expect("connect");
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(connection);
-        let request = http::Request::builder()
-            .uri(format!("http://{}/api/h2", node.proxy))
-            .header("x-user-id", "h2-user")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .expect("request");
-        let response = sender.send_request(request).await.expect("h2 response");
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, body)
-    });
+    let (status, _, body) = h2c_get(node.proxy, "/api/h2", "h2-user");
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(json["path"], "/api/h2", "{json}");

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_prescale");
 
 /// A `prescale backend` child process, killed when dropped.
@@ -222,36 +224,13 @@ fn fail_rate_fails_about_that_fraction() {
 #[test]
 fn backend_speaks_h2c_with_prior_knowledge() {
     let backend = Backend::start(&[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let body = runtime.block_on(async {
-        use http_body_util::{BodyExt, Empty};
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", backend.port))
-            .await
-            .expect("connect");
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .expect("h2c handshake");
-        tokio::spawn(connection);
-        let request = http::Request::get(backend.url("/h2"))
-            .header("x-user-id", "carol")
-            .body(Empty::<bytes::Bytes>::new())
-            .expect("request");
-        let response = sender.send_request(request).await.expect("h2 response");
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.version(), http::Version::HTTP_2);
-        response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-    });
+    let (status, version, body) = common::h2c_get(
+        format!("127.0.0.1:{}", backend.port).parse().expect("addr"),
+        "/h2",
+        "carol",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(version, http::Version::HTTP_2);
     let echo: Value = serde_json::from_slice(&body).expect("echo is JSON");
     assert_eq!(echo["version"], "HTTP/2");
     assert_eq!(echo["path"], "/h2");

@@ -304,3 +304,37 @@ pub fn metric_sum(metrics: &str, name: &str, want: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// `GET path` over cleartext HTTP/2 with prior knowledge (h2c): status, HTTP version, body.
+pub fn h2c_get(addr: SocketAddr, path: &str, user: &str) -> (u16, http::Version, Vec<u8>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2c handshake");
+        tokio::spawn(connection);
+        let request = http::Request::get(format!("http://{addr}{path}"))
+            .header("x-user-id", user)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("h2 response");
+        let status = response.status().as_u16();
+        let version = response.version();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        (status, version, body)
+    })
+}
