@@ -524,10 +524,13 @@ impl Brain {
         let spec = state.spec.clone();
         let origin = state.total.origin(now_minute);
         let last_observed = origin.and_then(|o| state.total.series().get(o));
-        // A surprise: the last minute beat its SLO bound twice in a row, or far beyond it. One
-        // minute just over the bound is the expected tail, not a surprise.
+        // A surprise: the last minute beat its SLO bound by a quarter of the bound's width twice
+        // in a row, or far beyond it. One minute over the bound, or a run of minutes grazing it,
+        // is the expected tail of noise, not a surprise.
         let anomaly_excess = match (state.last_bound, origin, last_observed) {
-            (Some((minute, point, bound)), Some(o), Some(obs)) if minute == o && obs > bound => {
+            (Some((minute, point, bound)), Some(o), Some(obs))
+                if minute == o && obs > bound + 0.25 * (bound - point).max(0.0) =>
+            {
                 state.above_bound_streak += 1;
                 let far = obs - point > 2.0 * (bound - point).max(0.0);
                 if state.above_bound_streak >= 2 || far {

@@ -6,9 +6,10 @@
 //! ask for), `guard` (the reactive guard: observed load at the guard utilization, so a surprise
 //! never waits for the model) and `warm_pool` (instances started now for arrivals expected within
 //! the lead time, beyond what the current minute needs). Scale-up is immediate; scale-down only
-//! when the point forecast over the lead time plus the stabilization window stays below the
-//! threshold share of capacity, after it has done so for the stabilization window, never below
-//! the baseline, and by draining first.
+//! when the SLO bound over the lead time plus the stabilization window stays below the threshold
+//! share of the capacity of one instance fewer (a band at least an instance wide, so small
+//! fleets do not flap on an instance boundary), after it has done so for the stabilization
+//! window, never below the baseline, and by draining first.
 
 pub mod allocation;
 
@@ -212,22 +213,40 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
         .map(|(i, p)| (i, p.slo_upper + input.anomaly_excess))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or((0, 0.0));
-    let threshold_rpm = config.scale_down_threshold * capacity_rpm(input.current);
+    // Also below the guard utilization of one instance fewer: with few instances the threshold
+    // share alone leaves no band between scaling up (plan above capacity) and scaling down, and a
+    // plan wobbling around an instance boundary would flap.
+    let fewer = input.current.saturating_sub(1);
+    let threshold_rpm = (config.scale_down_threshold * capacity_rpm(input.current))
+        .min(config.reactive_guard_utilization * capacity_rpm(fewer));
     let down_condition = keep < input.current && peak_point < threshold_rpm;
+    let threshold_text = format!(
+        "{:.1} req/s (the lower of {:.0} % of capacity {:.1} req/s and {:.0} % of {fewer} instances)",
+        threshold_rpm / 60.0,
+        config.scale_down_threshold * 100.0,
+        capacity_rpm(input.current) / 60.0,
+        config.reactive_guard_utilization * 100.0,
+    );
     if down_condition && input.down_held_minutes + 1 >= config.stabilization_minutes as i64 {
         let peak = &input.path[peak_index];
         return Plan {
-            tiers: Tiers { total: keep, warm_pool: keep.saturating_sub(need_now.max(baseline)), ..tiers },
-            step: Step::ScaleDown { from: input.current, to: keep },
+            tiers: Tiers {
+                total: keep,
+                warm_pool: keep.saturating_sub(need_now.max(baseline)),
+                ..tiers
+            },
+            step: Step::ScaleDown {
+                from: input.current,
+                to: keep,
+            },
             down_condition,
             reason: format!(
-                "scale-down {}→{}: {} (peak of the next {} min) < {:.0} % of capacity {:.1} req/s for {} min; {} needs {keep}",
+                "scale-down {}→{}: {} (peak of the next {} min) < {} for {} min; {} needs {keep}",
                 input.current,
                 keep,
                 describe(peak, peak_point, &slo_label),
                 input.path.len(),
-                config.scale_down_threshold * 100.0,
-                capacity_rpm(input.current) / 60.0,
+                threshold_text,
                 config.stabilization_minutes,
                 slo_label,
             ),
@@ -235,8 +254,7 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
     }
     let why = if down_condition {
         format!(
-            "below {:.0} % of capacity for {} of {} min before scaling down",
-            config.scale_down_threshold * 100.0,
+            "below {threshold_text} for {} of {} min before scaling down",
             input.down_held_minutes + 1,
             config.stabilization_minutes
         )
@@ -331,6 +349,36 @@ mod tests {
         let plan = plan_fleet(&PlannerConfig::default(), &capacity(), &i);
         assert_eq!(plan.step, Step::ScaleUp { from: 2, to: 12 });
         assert!(plan.reason.contains("reactive guard"), "{}", plan.reason);
+    }
+
+    #[test]
+    fn small_fleets_keep_an_instance_wide_band_before_scaling_down() {
+        // 2.9 req/s is below 75 % of 4 instances (3.0) but above 90 % of 3 (2.7): scaling
+        // down would put the fleet right back at the boundary it just crossed.
+        let path = flat(2.9 * 60.0 / 1.2, 13);
+        let config = PlannerConfig::default();
+        let mut i = input(4, &path);
+        i.down_held_minutes = 100;
+        let plan = plan_fleet(&config, &capacity(), &i);
+        assert_eq!(plan.step, Step::Hold, "{}", plan.reason);
+        assert!(!plan.down_condition);
+        let path = flat(2.6 * 60.0 / 1.2, 13);
+        let mut i = input(4, &path);
+        i.down_held_minutes = 100;
+        let plan = plan_fleet(&config, &capacity(), &i);
+        assert_eq!(
+            plan.step,
+            Step::ScaleDown { from: 4, to: 3 },
+            "{}",
+            plan.reason
+        );
+        assert!(
+            plan.reason.contains(
+                "2.7 req/s (the lower of 75 % of capacity 4.0 req/s and 90 % of 3 instances)"
+            ),
+            "{}",
+            plan.reason
+        );
     }
 
     #[test]
