@@ -102,6 +102,19 @@ fn every_bad_config_exits_2_naming_the_key() {
             "fleets[0].capacity_rps",
         ),
         (
+            "capacity learned without a latency SLO",
+            GOOD.replace("backends = [", "learn_capacity = true\nbackends = ["),
+            "fleets[0].learn_capacity",
+        ),
+        (
+            "warm sub-pool for an undefined profile",
+            GOOD.replace(
+                "backends = [",
+                "warm_sub_pools = [\"nobody\"]\nbackends = [",
+            ),
+            "fleets[0].warm_sub_pools[0]",
+        ),
+        (
             "lowercase country",
             GOOD.replace("[\"DE\"]", "[\"de\"]"),
             "regions[0].countries[0]",

@@ -299,6 +299,30 @@ pub struct FleetConfig {
     /// lower-priority profiles are shed first. 0 = no admission control.
     #[serde(default)]
     pub max_in_flight_per_backend: u32,
+    /// The latency SLO requests of this fleet must meet (milliseconds, at
+    /// `latency_slo_quantile`); what `capacity_rps` means and what `learn_capacity` learns against.
+    #[serde(default)]
+    pub latency_slo_ms: Option<u64>,
+    #[serde(default = "default_latency_slo_quantile")]
+    pub latency_slo_quantile: f64,
+    /// Learn `capacity_rps` from the fleet's latency histograms against its load per instance
+    /// (`capacity_rps` is the starting point until there is evidence). Needs `latency_slo_ms`.
+    #[serde(default)]
+    pub learn_capacity: bool,
+    /// Most instances the planner may run for this fleet.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    /// Most the fleet may cost per hour (with `cost_per_instance_hour`).
+    #[serde(default)]
+    pub budget_per_hour: Option<f64>,
+    /// Profiles whose instances need their own configuration: each gets its own warm sub-pool,
+    /// sized from its own expected arrivals, instead of sharing the fleet's warm pool.
+    #[serde(default)]
+    pub warm_sub_pools: Vec<String>,
+}
+
+fn default_latency_slo_quantile() -> f64 {
+    0.99
 }
 
 fn default_retries() -> u32 {

@@ -367,6 +367,56 @@ impl Validator {
             if fleet.cold_start_secs > 86_400 {
                 self.problem(at.key("cold_start_secs"), "expected 0 to 86400 seconds");
             }
+            if let Some(ms) = fleet.latency_slo_ms {
+                if !(1..=600_000).contains(&ms) {
+                    self.problem(
+                        at.key("latency_slo_ms"),
+                        format!("{ms} is out of range; expected 1 to 600000 ms"),
+                    );
+                }
+            }
+            if !(fleet.latency_slo_quantile > 0.0 && fleet.latency_slo_quantile < 1.0) {
+                self.problem(
+                    at.key("latency_slo_quantile"),
+                    format!(
+                        "{} must be a share in (0, 1), e.g. 0.99",
+                        fleet.latency_slo_quantile
+                    ),
+                );
+            }
+            if fleet.learn_capacity && fleet.latency_slo_ms.is_none() {
+                self.problem(
+                    at.key("learn_capacity"),
+                    "needs latency_slo_ms: capacity is learned against a latency SLO",
+                );
+            }
+            if fleet.max_instances == Some(0) {
+                self.problem(at.key("max_instances"), "must be at least 1");
+            }
+            if let Some(budget) = fleet.budget_per_hour {
+                if !(budget.is_finite() && budget > 0.0) {
+                    self.problem(
+                        at.key("budget_per_hour"),
+                        format!("{budget} must be a number > 0"),
+                    );
+                }
+            }
+            let profiles: Vec<&str> = config.profiles.iter().map(|p| p.name.as_str()).collect();
+            let mut seen = HashSet::new();
+            for (j, profile) in fleet.warm_sub_pools.iter().enumerate() {
+                let at = at.key("warm_sub_pools").index(j);
+                if !profiles.contains(&profile.as_str()) {
+                    self.problem(
+                        at,
+                        format!(
+                            "profile `{profile}` is not defined in [[profiles]] (defined: {})",
+                            list(&profiles)
+                        ),
+                    );
+                } else if !seen.insert(profile.as_str()) {
+                    self.problem(at, format!("profile `{profile}` is listed twice"));
+                }
+            }
         }
     }
 

@@ -39,6 +39,8 @@ fn brain_with(series: usize, forecast: ForecastConfig, history_minutes: i64) -> 
             max_instances: None,
             budget_per_hour: None,
             initial_instances: 5,
+            learn_capacity: None,
+            warm_sub_pools: Vec::new(),
         });
         for m in 0..history_minutes {
             brain.observe(m * 60 + 60, "bench", &profile, m * 60, diurnal(s, m));

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! brain.observe(now, region, profile, minute_start, requests)
+//! brain.observe_fleet_latency(fleet, serving_instances, requests, latency_histogram)
 //! brain.set_event(event) / brain.remove_event(id)
 //! brain.poll(now) -> Vec<Decision>
 //! brain.next_wakeup() -> Option<UnixSeconds>
@@ -18,6 +19,7 @@ use prescale_config::brain::{ForecastConfig, PlannerConfig};
 use serde::Serialize;
 
 use crate::forecast::{ForecastPoint, SeriesForecaster};
+use crate::planner::capacity::{CapacityEstimate, CapacityLearner, CapacitySource, LatencySlo};
 use crate::planner::{
     self, allocate_under_cap, CapacityModel, PlanInput, ProfileNeed, Step, Tiers,
 };
@@ -59,6 +61,11 @@ pub struct FleetSpec {
     pub budget_per_hour: Option<f64>,
     /// Instances running when the brain takes over.
     pub initial_instances: u32,
+    /// Learn `capacity.rps_per_instance` against this latency SLO from the fleet's latency
+    /// ([`Brain::observe_fleet_latency`]); None keeps the configured figure.
+    pub learn_capacity: Option<LatencySlo>,
+    /// Profiles whose instances need their own configuration: each gets its own warm sub-pool.
+    pub warm_sub_pools: Vec<String>,
 }
 
 impl FleetSpec {
@@ -143,6 +150,8 @@ pub struct Decision {
     pub fleet: FleetKey,
     pub action: Action,
     pub tiers: Tiers,
+    /// How the warm pool splits into per-profile sub-pools (empty when there is no warm pool).
+    pub warm_pools: Vec<WarmPool>,
     /// Profiles to shed first when the cap binds (lowest revenue first), else empty.
     pub shed_order: Vec<String>,
     pub reason: String,
@@ -155,6 +164,9 @@ pub struct FleetStatus {
     pub running: u32,
     pub draining: u32,
     pub tiers: Tiers,
+    pub warm_pools: Vec<WarmPool>,
+    /// Requests/s per instance the plan used, and where the figure comes from.
+    pub capacity: CapacityEstimate,
     pub shed_order: Vec<String>,
     pub reason: String,
 }
@@ -170,7 +182,28 @@ struct FleetState {
     last_bound: Option<(i64, f64, f64)>,
     /// Consecutive observed minutes above their SLO bound.
     above_bound_streak: u32,
+    learner: Option<CapacityLearner>,
     status: Option<FleetStatus>,
+}
+
+impl FleetState {
+    fn capacity(&self) -> CapacityEstimate {
+        match &self.learner {
+            Some(learner) => learner.estimate(),
+            None => CapacityEstimate {
+                rps_per_instance: self.spec.capacity.rps_per_instance,
+                source: CapacitySource::Configured,
+            },
+        }
+    }
+}
+
+/// A share of a fleet's warm pool: started for one profile's expected arrivals (`profile` set,
+/// for profiles whose instances need their own configuration) or shared by the rest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WarmPool {
+    pub profile: Option<String>,
+    pub instances: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -218,6 +251,9 @@ impl Brain {
     pub fn add_fleet(&mut self, spec: FleetSpec) {
         let total = SeriesForecaster::new(&self.forecast_config, self.planner_config.slo_target);
         let running = spec.initial_instances;
+        let learner = spec
+            .learn_capacity
+            .map(|slo| CapacityLearner::new(slo, spec.capacity.rps_per_instance));
         self.fleets.insert(
             spec.key.clone(),
             FleetState {
@@ -228,9 +264,35 @@ impl Brain {
                 down_held_minutes: 0,
                 last_bound: None,
                 above_bound_streak: 0,
+                learner,
                 status: None,
             },
         );
+    }
+
+    /// One minute of a fleet's served traffic for capacity learning: instances serving through
+    /// the minute, requests served, and their latency histogram in microseconds. Ignored for
+    /// fleets that do not learn their capacity.
+    pub fn observe_fleet_latency(
+        &mut self,
+        fleet: &FleetKey,
+        serving_instances: u32,
+        requests: f64,
+        latency_micros: &hdrhistogram::Histogram<u64>,
+    ) {
+        let Some(learner) = self.fleets.get_mut(fleet).and_then(|f| f.learner.as_mut()) else {
+            return;
+        };
+        if latency_micros.is_empty() {
+            return;
+        }
+        let at_quantile = latency_micros.value_at_quantile(learner.slo().quantile) as f64 / 1e6;
+        learner.observe(serving_instances, requests, at_quantile);
+    }
+
+    /// The capacity figure a fleet is planned with now, and where it comes from.
+    pub fn fleet_capacity(&self, fleet: &FleetKey) -> Option<CapacityEstimate> {
+        self.fleets.get(fleet).map(FleetState::capacity)
     }
 
     /// Tell the brain how many instances a fleet actually runs (e.g. after a provisioner failed).
@@ -369,6 +431,11 @@ impl Brain {
                     fleet: key.clone(),
                     action: Action::Remove { count: due },
                     tiers: fleet.status.as_ref().map(|s| s.tiers).unwrap_or_default(),
+                    warm_pools: fleet
+                        .status
+                        .as_ref()
+                        .map(|s| s.warm_pools.clone())
+                        .unwrap_or_default(),
                     shed_order: Vec::new(),
                     reason: format!(
                         "remove {due}: drained for {} s",
@@ -521,7 +588,9 @@ impl Brain {
         let config = self.planner_config.clone();
         let state = self.fleets.get_mut(key)?;
         state.total.update(now_minute);
-        let spec = state.spec.clone();
+        let capacity = state.capacity();
+        let mut spec = state.spec.clone();
+        spec.capacity.rps_per_instance = capacity.rps_per_instance;
         let origin = state.total.origin(now_minute);
         let last_observed = origin.and_then(|o| state.total.series().get(o));
         // A surprise: the last minute beat its SLO bound by a quarter of the bound's width twice
@@ -584,7 +653,36 @@ impl Brain {
         } else {
             0
         };
+        let warm_pools = if plan.tiers.warm_pool > 0 {
+            self.warm_pools(&spec, now_minute, lead as i64, plan.tiers.warm_pool)
+        } else {
+            Vec::new()
+        };
+        let state = self.fleets.get_mut(key)?;
         let mut reason = plan.reason.clone();
+        if let CapacitySource::Learned { why } = &capacity.source {
+            reason.push_str(&format!(
+                "; capacity {:.1} req/s per instance learned from {why}",
+                capacity.rps_per_instance
+            ));
+        }
+        if warm_pools.iter().any(|w| w.profile.is_some()) {
+            let parts: Vec<String> = warm_pools
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{} {}",
+                        w.profile.as_deref().unwrap_or("shared"),
+                        w.instances
+                    )
+                })
+                .collect();
+            reason.push_str(&format!(
+                "; warm pool {}: {}",
+                plan.tiers.warm_pool,
+                parts.join(", ")
+            ));
+        }
         if !shed_order.is_empty() {
             reason.push_str(&format!(
                 "; cap {} binds, shed first: {}",
@@ -617,6 +715,8 @@ impl Brain {
             running: state.running,
             draining,
             tiers: plan.tiers,
+            warm_pools: warm_pools.clone(),
+            capacity,
             shed_order: shed_order.clone(),
             reason: reason.clone(),
         });
@@ -625,9 +725,90 @@ impl Brain {
             fleet: key.clone(),
             action,
             tiers: plan.tiers,
+            warm_pools,
             shed_order,
             reason,
         })
+    }
+
+    /// Split `warm` instances among the fleet's dedicated-profile sub-pools and the shared
+    /// pool, by each profile's expected arrivals within the lead time (the growth of its SLO
+    /// bound from now to `now + lead`, or its level when nothing grows), largest remainders
+    /// rounding so the parts add up to `warm`.
+    fn warm_pools(
+        &mut self,
+        spec: &FleetSpec,
+        now_minute: i64,
+        lead: i64,
+        warm: u32,
+    ) -> Vec<WarmPool> {
+        if spec.warm_sub_pools.is_empty() {
+            return vec![WarmPool {
+                profile: None,
+                instances: warm,
+            }];
+        }
+        let served: Vec<String> = if spec.profiles.is_empty() {
+            self.profiles
+                .keys()
+                .filter(|k| k.region == spec.key.region)
+                .map(|k| k.profile.clone())
+                .collect()
+        } else {
+            spec.profiles.iter().map(|p| p.name.clone()).collect()
+        };
+        // (sub-pool, growth, level); sub-pool None = shared.
+        let mut parts: Vec<(Option<String>, f64, f64)> = Vec::new();
+        for profile in served {
+            let key = SeriesKey {
+                region: spec.key.region.clone(),
+                profile: profile.clone(),
+            };
+            let now_point = self.series_forecast(&key, now_minute * 60, now_minute);
+            let at_lead = self.series_forecast(&key, now_minute * 60, now_minute + lead);
+            let (growth, level) = match (now_point, at_lead) {
+                (Some(a), Some(b)) => ((b.slo_upper - a.slo_upper).max(0.0), b.slo_upper.max(0.0)),
+                (None, Some(b)) => (b.slo_upper.max(0.0), b.slo_upper.max(0.0)),
+                _ => (0.0, 0.0),
+            };
+            let pool = spec.warm_sub_pools.contains(&profile).then_some(profile);
+            match parts.iter_mut().find(|p| p.0 == pool) {
+                Some(part) => {
+                    part.1 += growth;
+                    part.2 += level;
+                }
+                None => parts.push((pool, growth, level)),
+            }
+        }
+        if !parts.iter().any(|p| p.0.is_none()) {
+            parts.push((None, 0.0, 0.0));
+        }
+        let growth: f64 = parts.iter().map(|p| p.1).sum();
+        let level: f64 = parts.iter().map(|p| p.2).sum();
+        let weights: Vec<f64> = if growth > 0.0 {
+            parts.iter().map(|p| p.1 / growth).collect()
+        } else if level > 0.0 {
+            parts.iter().map(|p| p.2 / level).collect()
+        } else {
+            parts
+                .iter()
+                .map(|p| if p.0.is_none() { 1.0 } else { 0.0 })
+                .collect()
+        };
+        let counts = largest_remainders(&weights, warm);
+        let mut pools: Vec<WarmPool> = parts
+            .into_iter()
+            .zip(counts)
+            .map(|((profile, _, _), instances)| WarmPool { profile, instances })
+            .collect();
+        // Dedicated sub-pools first, by name; the shared pool last.
+        pools.sort_by(|a, b| match (&a.profile, &b.profile) {
+            (Some(x), Some(y)) => x.cmp(y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+        pools
     }
 
     fn shed_order(
@@ -654,6 +835,23 @@ impl Brain {
         }
         allocate_under_cap(&needs, cap as f64).shed_order
     }
+}
+
+/// `total` split by `weights` (summing to 1) into whole parts that add up to `total`.
+fn largest_remainders(weights: &[f64], total: u32) -> Vec<u32> {
+    let exact: Vec<f64> = weights.iter().map(|w| w * total as f64).collect();
+    let mut counts: Vec<u32> = exact.iter().map(|x| x.floor() as u32).collect();
+    let mut left = total.saturating_sub(counts.iter().sum());
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())));
+    for i in order.into_iter().cycle().take(weights.len() * 2) {
+        if left == 0 {
+            break;
+        }
+        counts[i] += 1;
+        left -= 1;
+    }
+    counts
 }
 
 fn in_event(event: &ScheduledEvent, minute: i64) -> bool {

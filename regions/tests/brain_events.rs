@@ -27,6 +27,8 @@ fn brain() -> (Brain, FleetKey) {
         max_instances: None,
         budget_per_hour: None,
         initial_instances: 2,
+        learn_capacity: None,
+        warm_sub_pools: Vec::new(),
     });
     (brain, key)
 }

@@ -43,6 +43,8 @@ fn fleet(key: &FleetKey, rps: f64, cold_start: f64, max: Option<u32>, initial: u
         max_instances: max,
         budget_per_hour: None,
         initial_instances: initial,
+        learn_capacity: None,
+        warm_sub_pools: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@
 //! window, never below the baseline, and by draining first.
 
 pub mod allocation;
+pub mod capacity;
 
 use prescale_config::brain::PlannerConfig;
 use serde::Serialize;

@@ -50,6 +50,8 @@ pub fn run(trace: &Trace, settings: &ReplaySettings, mut progress: impl FnMut(us
         max_instances: None,
         budget_per_hour: None,
         initial_instances: start_instances as u32,
+        learn_capacity: None,
+        warm_sub_pools: Vec::new(),
     });
     let mut ready = Vec::with_capacity(trace.len());
     let mut decisions: Vec<Decision> = Vec::new();
