@@ -11,7 +11,8 @@
 //!   recent level to the profile's over the same minutes;
 //! * `mstl`: augurs MSTL + AutoETS fitted on coarse buckets every `refit_interval_minutes`,
 //!   scaled the same way between refits (the cheap incremental update);
-//! * `blend`: the mean of `profile` and `mstl`.
+//! * `blend`: the mean of `profile` and `mstl`;
+//! * `combo`: every other scored candidate weighted by the inverse square of its recent error.
 //!
 //! Until a series has two days of history only the naive and hourly candidates are eligible. Every forecast
 //! made is scored when its minute arrives (a rolling-origin backtest at every origin); the
@@ -32,7 +33,7 @@ use seasonal::{DailyProfile, HourlyProfile, MstlPath, DAY, HOUR};
 use series::MinuteSeries;
 
 /// Number of candidate models.
-const MODELS: usize = 6;
+const MODELS: usize = 7;
 /// Horizons (minutes ahead of the last observed minute) whose errors are tracked for calibration.
 pub const TRACKED_HORIZONS: [i64; 5] = [1, 5, 30, 120, 1440];
 /// Index in [`TRACKED_HORIZONS`] of the horizon that picks the model.
@@ -58,6 +59,7 @@ pub enum Model {
     Profile,
     Mstl,
     Blend,
+    Combo,
 }
 
 impl Model {
@@ -69,6 +71,7 @@ impl Model {
         Model::Profile,
         Model::Mstl,
         Model::Blend,
+        Model::Combo,
     ];
 
     /// The model's name in reasons and reports.
@@ -80,6 +83,7 @@ impl Model {
             Model::Profile => "profile",
             Model::Mstl => "mstl-ets",
             Model::Blend => "blend",
+            Model::Combo => "combo",
         }
     }
 }
@@ -370,6 +374,33 @@ impl SeriesForecaster {
                 (Some(p), Some(m)) => Some((p + m) / 2.0),
                 (p, m) => p.or(m).or(Some(levels.naive)),
             },
+            Model::Combo => {
+                let eligible = self.eligible(origin);
+                let (mut sum, mut weights) = (0.0, 0.0);
+                for model in [
+                    Model::Naive,
+                    Model::SeasonalNaive,
+                    Model::Hourly,
+                    Model::Profile,
+                    Model::Mstl,
+                ] {
+                    let i = model as usize;
+                    if !eligible.contains(&model) || self.model_scored[i] < MIN_SCORED {
+                        continue;
+                    }
+                    let Some(value) = self.candidate(model, origin, target) else {
+                        continue;
+                    };
+                    let w = 1.0 / self.model_error[i].max(1e-6).powi(2);
+                    sum += w * value;
+                    weights += w;
+                }
+                Some(if weights > 0.0 {
+                    sum / weights
+                } else {
+                    levels.naive
+                })
+            }
         };
         value.filter(|v| v.is_finite())
     }
