@@ -289,6 +289,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let forecaster = Arc::new(start(&config, control.handle())?);
     let (stop_admin, admin_stop_rx) = tokio::sync::watch::channel(false);
     let mut handlers = forecaster.handlers();
+    let mut metrics = vec![forecaster.metrics()];
     let region = config.node_region().unwrap_or_default().to_string();
     if let Some(membership) = crate::membership_cmd::start(
         &config,
@@ -297,6 +298,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         control.handle(),
     )? {
         handlers.extend(crate::membership_cmd::handlers(&membership));
+        metrics.push(crate::membership_cmd::metrics(&membership));
         crate::membership_cmd::publish_totals(
             membership,
             Arc::clone(&forecaster.sink),
@@ -308,7 +310,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     }
     let routes = AdminRoutes {
         handlers,
-        metrics: vec![forecaster.metrics()],
+        metrics,
         readiness: vec![forecaster.readiness()],
         dashboard: None,
         token: config.admin.token.clone(),

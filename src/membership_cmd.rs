@@ -105,6 +105,48 @@ pub fn publish_totals(
     });
 }
 
+/// Membership counters for `/metrics`.
+pub fn metrics(membership: &Arc<Membership>) -> admin::MetricsSource {
+    let membership = Arc::clone(membership);
+    Arc::new(move |out: &mut String| {
+        use std::fmt::Write as _;
+        let s = membership.stats();
+        let alive = membership.members().iter().filter(|m| m.alive).count();
+        let counters = [
+            (
+                "prescale_membership_packets_in_total",
+                "Membership datagrams received.",
+                s.packets_in,
+            ),
+            (
+                "prescale_membership_packets_out_total",
+                "Membership datagrams sent.",
+                s.packets_out,
+            ),
+            (
+                "prescale_membership_bad_packets_total",
+                "Membership datagrams that could not be decoded.",
+                s.bad_packets,
+            ),
+            (
+                "prescale_membership_wrong_identity_total",
+                "Membership datagrams claiming a name their connection's certificate is not for.",
+                s.wrong_identity,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP prescale_membership_alive_members Other members seen alive.\n# TYPE prescale_membership_alive_members gauge\nprescale_membership_alive_members {alive}"
+        );
+    })
+}
+
 /// `/api/v1/members` and `/api/v1/regions`.
 pub fn handlers(membership: &Arc<Membership>) -> Vec<Handler> {
     let membership = Arc::clone(membership);

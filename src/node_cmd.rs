@@ -240,6 +240,7 @@ fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
         crate::membership_cmd::start(&config, role, &plane.region, control.handle())?
     {
         handlers.extend(crate::membership_cmd::handlers(&membership));
+        metrics.push(crate::membership_cmd::metrics(&membership));
         if let Some(forecaster) = &forecaster {
             crate::membership_cmd::publish_totals(
                 membership,

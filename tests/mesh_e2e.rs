@@ -1,12 +1,18 @@
 //! End-to-end: three proxies in two regions ship sketches over QUIC (mutual TLS) to two
 //! forecasters; the stored minute series add up to exactly the requests served, also across a
-//! forecaster SIGKILL and restart; a proxy with a certificate from another CA is refused.
+//! forecaster SIGKILL and restart (after which it rejoins the membership promptly) and across a
+//! cut of a proxy's path to its forecaster; a proxy with a certificate from another CA is
+//! refused.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -191,7 +197,7 @@ fn start_proxy_node(
     node: &str,
     region: &str,
     backend: SocketAddr,
-    forecaster: &Forecaster,
+    forecaster: SocketAddr,
     forecaster_name: &str,
 ) -> ProxyNode {
     let proxy = loopback();
@@ -199,7 +205,7 @@ fn start_proxy_node(
     let text = format!(
         "{}\n[proxy]\nlisten = \"{proxy}\"\nthreads = 1\n\n[admin]\nlisten = \"{admin}\"\n\n[export]\nforecaster = \"{}\"\nforecaster_name = \"{forecaster_name}\"\ninterval_secs = 1\nspool_dir = \"{}\"\n",
         common_sections(node, region, backend, certs, (paths.seed, paths.us_seed)),
-        forecaster.quic,
+        forecaster,
         paths.root.join(format!("{node}-spool")).display()
     );
     let config = paths.root.join(format!("{node}.toml"));
@@ -269,7 +275,7 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
         "p-eu-1",
         "eu",
         backend,
-        &fc_eu,
+        fc_eu.quic,
         "fc-eu",
     );
     let eu2 = start_proxy_node(
@@ -278,7 +284,7 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
         "p-eu-2",
         "eu",
         backend,
-        &fc_eu,
+        fc_eu.quic,
         "fc-eu",
     );
     let us1 = start_proxy_node(
@@ -287,7 +293,7 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
         "p-us-1",
         "us",
         backend,
-        &fc_us,
+        fc_us.quic,
         "fc-us",
     );
 
@@ -312,6 +318,12 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
         Duration::from_secs(30),
         || alive_members(fc_us.admin) >= 4,
     );
+    assert!(fc_us.metric("prescale_membership_alive_members") >= 4.0);
+    assert!(fc_us.metric("prescale_membership_packets_in_total") > 0.0);
+    assert_eq!(
+        fc_us.metric("prescale_membership_wrong_identity_total"),
+        0.0
+    );
     wait_until(
         "EU totals at the US forecaster",
         Duration::from_secs(40),
@@ -333,6 +345,18 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
     let quic = fc_eu.quic;
     fc_eu.restart();
     assert_eq!(fc_eu.quic, quic);
+    // The restarted forecaster is back in the membership (it sees every other member, so their
+    // answers reach it) long before the 30 s idle timeout of the connections to the dead process.
+    let restarted = Instant::now();
+    wait_until(
+        "the restarted forecaster to see the other members",
+        Duration::from_secs(15),
+        || alive_members(fc_eu.admin) >= 4,
+    );
+    eprintln!(
+        "restarted forecaster saw all members alive {:?} after it was ready",
+        restarted.elapsed()
+    );
     wait_until("series after the restart", Duration::from_secs(60), || {
         fc_eu.stored("batch") >= eu_batch && fc_eu.stored("interactive") >= eu_interactive
     });
@@ -365,7 +389,7 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
         "p-rogue",
         "eu",
         backend,
-        &fc_eu,
+        fc_eu.quic,
         "fc-eu",
     );
     send(&rogue, "/batch/rogue", 2, 2);
@@ -382,4 +406,208 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
         metric_sum(&rogue_metrics, "prescale_export_acked_total", &[]) == 0.0,
         "{rogue_metrics}"
     );
+}
+
+/// A UDP relay on loopback (port chosen at run time) between QUIC clients and one server, that
+/// can be cut (every datagram dropped, both ways) and healed. Each client address gets its own
+/// upstream socket, so the server sees one peer per client, as through a NAT.
+struct UdpRelay {
+    addr: SocketAddr,
+    state: Arc<RelayState>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    cut: AtomicBool,
+    stop: AtomicBool,
+    forwarded: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl RelayState {
+    /// Whether a datagram may pass now (and count it either way).
+    fn pass(&self) -> bool {
+        if self.cut.load(Ordering::SeqCst) {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+            false
+        } else {
+            self.forwarded.fetch_add(1, Ordering::SeqCst);
+            true
+        }
+    }
+}
+
+impl UdpRelay {
+    fn start(server: SocketAddr) -> Self {
+        let listen = UdpSocket::bind("127.0.0.1:0").expect("relay bind");
+        listen
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let addr = listen.local_addr().expect("relay addr");
+        let state = Arc::new(RelayState::default());
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let main = {
+            let state = Arc::clone(&state);
+            let threads = Arc::clone(&threads);
+            std::thread::spawn(move || {
+                let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+                let mut buf = vec![0u8; 65_536];
+                while !state.stop.load(Ordering::SeqCst) {
+                    let Ok((n, client)) = listen.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let upstream = upstreams.entry(client).or_insert_with(|| {
+                        let up = UdpSocket::bind("127.0.0.1:0").expect("upstream bind");
+                        up.connect(server).expect("upstream connect");
+                        up.set_read_timeout(Some(Duration::from_millis(50)))
+                            .expect("timeout");
+                        let up = Arc::new(up);
+                        let back = listen.try_clone().expect("clone relay socket");
+                        let (state, up2) = (Arc::clone(&state), Arc::clone(&up));
+                        let thread = std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 65_536];
+                            while !state.stop.load(Ordering::SeqCst) {
+                                // Errors (e.g. ICMP refusals while the server is down) are
+                                // what a lossy path does: drop and go on.
+                                if let Ok(n) = up2.recv(&mut buf) {
+                                    if state.pass() {
+                                        let _ = back.send_to(&buf[..n], client);
+                                    }
+                                }
+                            }
+                        });
+                        threads.lock().expect("threads").push(thread);
+                        up
+                    });
+                    if state.pass() {
+                        let _ = upstream.send(&buf[..n]);
+                    }
+                }
+            })
+        };
+        threads.lock().expect("threads").push(main);
+        Self {
+            addr,
+            state,
+            threads,
+        }
+    }
+
+    fn cut(&self) {
+        self.state.cut.store(true, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.state.cut.store(false, Ordering::SeqCst);
+    }
+
+    fn forwarded(&self) -> u64 {
+        self.state.forwarded.load(Ordering::SeqCst)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        // The main thread may still add an upstream thread while it notices the stop.
+        loop {
+            let Some(thread) = self.threads.lock().expect("threads").pop() else {
+                break;
+            };
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_cut_proxy_path_heals_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = Paths {
+        certs: dir.path().join("certs"),
+        root: dir.path().to_path_buf(),
+        seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
+        us_seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
+    };
+    write_certs(&paths.certs, &["fc-eu", "p-eu-1"]);
+    let (_backend, backend) = start_backend("web", None, &[]);
+    let fc_eu = start_forecaster(&paths, "fc-eu", "eu", backend, None);
+    // The proxy reaches its forecaster's QUIC listener only through the relay.
+    let relay = UdpRelay::start(fc_eu.quic);
+    let proxy = start_proxy_node(
+        &paths,
+        &paths.certs,
+        "p-eu-1",
+        "eu",
+        backend,
+        relay.addr,
+        "fc-eu",
+    );
+    let proxy_metric =
+        |name: &str| metric_sum(&get(proxy.admin, "/metrics", &[]).text(), name, &[]);
+
+    let mut batch = send(&proxy, "/batch/a", 3, 4);
+    let mut interactive = send(&proxy, "/api/a", 4, 2);
+    wait_until("series before the cut", Duration::from_secs(30), || {
+        fc_eu.stored("batch") == batch && fc_eu.stored("interactive") == interactive
+    });
+    assert!(
+        relay.forwarded() > 0,
+        "the sketches did not go through the relay"
+    );
+
+    // Cut: the proxy keeps serving, and its sketches pile up in the spool.
+    relay.cut();
+    let acked = proxy_metric("prescale_export_acked_total");
+    let failures = proxy_metric("prescale_export_send_failures_total");
+    let cut_at = Instant::now();
+    let mut rounds = 0;
+    // Until the sender has given up on its connection and failed to make a new one (the
+    // default ack and connect timeout is 10 s), keep sending a little every second.
+    while proxy_metric("prescale_export_send_failures_total") < failures + 2.0 {
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(60),
+            "the sender did not notice the cut: {}",
+            get(proxy.admin, "/metrics", &[]).text()
+        );
+        batch += send(&proxy, &format!("/batch/cut-{rounds}"), 2, 2);
+        interactive += send(&proxy, &format!("/api/cut-{rounds}"), 1, 3);
+        rounds += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    batch += send(&proxy, "/batch/late", 2, 3);
+    wait_until(
+        "sketches spooled during the cut",
+        Duration::from_secs(10),
+        || proxy_metric("prescale_export_spooled") >= 3.0,
+    );
+    assert_eq!(proxy_metric("prescale_export_acked_total"), acked);
+    assert!(fc_eu.stored("batch") < batch);
+    assert!(relay.dropped() > 0);
+    eprintln!(
+        "cut for {:?}: {} datagrams dropped, {} sketches spooled",
+        cut_at.elapsed(),
+        relay.dropped(),
+        proxy_metric("prescale_export_spooled")
+    );
+
+    // Heal: every spooled sketch arrives, each counted once.
+    relay.heal();
+    let healed = Instant::now();
+    wait_until("series after healing", Duration::from_secs(60), || {
+        fc_eu.stored("batch") >= batch && fc_eu.stored("interactive") >= interactive
+    });
+    eprintln!("delivered {:?} after healing", healed.elapsed());
+    wait_until("the spool to drain", Duration::from_secs(10), || {
+        proxy_metric("prescale_export_spooled") == 0.0
+    });
+    // Settled: nothing more arrives, nothing was counted twice.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fc_eu.stored("batch"), batch);
+    assert_eq!(fc_eu.stored("interactive"), interactive);
+    assert_eq!(proxy_metric("prescale_export_dropped_total"), 0.0);
 }

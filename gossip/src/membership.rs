@@ -3,11 +3,22 @@
 //!
 //! Every member runs one QUIC endpoint (mutual TLS with the same CA as the sketch transport),
 //! so only peers holding a certificate from the deployment's CA can exchange membership
-//! datagrams: a foreign peer's handshake fails and its datagrams never reach foca. foca is
+//! datagrams: a foreign peer's handshake fails and its datagrams never reach foca. A member's
+//! name is bound to its certificate: a datagram whose sender identity (foca's header `src`)
+//! names a member the certificate of its connection is not valid for is dropped and counted
+//! ([`MembershipStats::wrong_identity`]), so a member cannot speak for another. foca is
 //! sans-IO; this module is its runtime: a single actor task owns the `Foca` instance and feeds it
 //! received datagrams and due timers; what foca wants sent goes out as a QUIC datagram on a
 //! connection to the member (opened on first use, reused after); timers are tokio sleeps that
 //! post back to the actor. Datagrams are unreliable, which is what SWIM expects.
+//!
+//! Restarts: every start is a new incarnation (its `bump` is the start time in milliseconds),
+//! which wins over the previous one in foca. A cached connection is dropped as soon as it fails,
+//! when foca declares its member down, and when a new incarnation of its member appears, and the
+//! next datagram dials again; so a member killed and restarted on the same address is reached
+//! at once rather than after the dead connection's idle timeout. A member that knows no live
+//! member (e.g. its seed's answer was lost) announces itself to its seeds again every two probe
+//! periods.
 //!
 //! On top of membership, forecasters disseminate their per-region totals ([`RegionTotals`]) as
 //! foca custom broadcasts, so any forecaster can answer for the global view. A broadcast is
@@ -25,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foca::{
-    AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec,
-    Timer,
+    AccumulatingRuntime, BroadcastHandler, Foca, Header, Invalidates, OwnedNotification,
+    PostcardCodec, Timer,
 };
 use rand_pcg::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -34,7 +45,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::tls::{check_node_name, NodeIdentity};
+use crate::tls::{cert_is_for, check_node_name, peer_certificate, NodeIdentity};
 
 /// What a member does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,7 +55,7 @@ pub enum Role {
 }
 
 /// A member's identity as gossiped. Two identities with the same `name` are the same member;
-/// `bump` lets a restarted member rejoin under a fresh identity.
+/// `bump` tells its incarnations apart: the one with the higher `bump` wins.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberId {
     pub name: String,
@@ -52,7 +63,9 @@ pub struct MemberId {
     pub region: String,
     /// Where its membership endpoint listens (and the name in its certificate is `name`).
     pub addr: SocketAddr,
-    pub bump: u16,
+    /// The member's start time in unix milliseconds, plus one for each time foca renewed it
+    /// after it had been declared down; a restarted member thus rejoins as a newer identity.
+    pub bump: u64,
 }
 
 impl foca::Identity for MemberId {
@@ -148,6 +161,7 @@ struct Stats {
     packets_in: AtomicU64,
     packets_out: AtomicU64,
     bad_packets: AtomicU64,
+    wrong_identity: AtomicU64,
 }
 
 /// A snapshot of the membership counters.
@@ -157,6 +171,9 @@ pub struct MembershipStats {
     pub packets_out: u64,
     /// Datagrams foca could not decode (or that were not meant for it).
     pub bad_packets: u64,
+    /// Datagrams dropped because they claim a member name the certificate of the connection
+    /// they came over is not valid for.
+    pub wrong_identity: u64,
 }
 
 enum Input {
@@ -165,6 +182,8 @@ enum Input {
     Announce(MemberId),
     Broadcast(Vec<u8>),
     Leave(tokio::sync::oneshot::Sender<()>),
+    /// Announce to the seeds again if no member is known alive.
+    Rejoin,
 }
 
 type Totals = Arc<Mutex<HashMap<String, RegionTotals>>>;
@@ -233,6 +252,9 @@ impl BroadcastHandler<MemberId> for TotalsHandler {
 
 struct Transport {
     endpoint: quinn::Endpoint,
+    /// The connection each member's datagrams go out on, by member name. An entry leaves when
+    /// its connection closes or fails, when its member goes down and when a new incarnation of
+    /// its member appears; the next datagram for the member dials again.
     outgoing: Mutex<HashMap<String, quinn::Connection>>,
     connecting: Mutex<HashSet<String>>,
     input: mpsc::UnboundedSender<Input>,
@@ -240,16 +262,27 @@ struct Transport {
     readers: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// Application close code of a connection given up on because its member went down or was
+/// replaced by a new incarnation.
+const CLOSE_FORGOTTEN: u32 = 1;
+
 impl Transport {
     fn send(self: &Arc<Self>, to: MemberId, data: Bytes) {
         self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
         let existing = lock(&self.outgoing).get(&to.name).cloned();
         if let Some(conn) = existing {
-            if conn.close_reason().is_none() {
-                let _ = conn.send_datagram(data);
-                return;
+            match conn.send_datagram(data.clone()) {
+                Ok(()) => return,
+                Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                    tracing::debug!(member = %to.name, error = %e, "membership connection lost; dialing again");
+                    self.forget_connection(&conn);
+                }
+                Err(e) => {
+                    // Too large or unsupported: dialing again would not help.
+                    tracing::debug!(member = %to.name, error = %e, "membership datagram not sent");
+                    return;
+                }
             }
-            lock(&self.outgoing).remove(&to.name);
         }
         if !lock(&self.connecting).insert(to.name.clone()) {
             return; // a connection is being set up; SWIM tolerates the lost packet
@@ -264,30 +297,72 @@ impl Transport {
                     return;
                 }
             };
-            lock(&this.connecting).remove(&to.name);
             match result {
                 Ok(Ok(conn)) => {
                     let _ = conn.send_datagram(data);
                     lock(&this.outgoing).insert(to.name.clone(), conn.clone());
+                    lock(&this.connecting).remove(&to.name);
                     this.read_from(conn);
                 }
                 Ok(Err(e)) => {
+                    lock(&this.connecting).remove(&to.name);
                     tracing::debug!(member = %to.name, error = %e, "membership connect failed")
                 }
-                Err(_) => tracing::debug!(member = %to.name, "membership connect timed out"),
+                Err(_) => {
+                    lock(&this.connecting).remove(&to.name);
+                    tracing::debug!(member = %to.name, "membership connect timed out")
+                }
             }
         });
         self.track(task);
     }
 
+    /// Stop sending to `name` on its cached connection (closing it); the next datagram for it
+    /// dials again.
+    fn forget(&self, name: &str, reason: &'static str) {
+        if let Some(conn) = lock(&self.outgoing).remove(name) {
+            tracing::debug!(member = %name, reason, "membership connection dropped");
+            conn.close(CLOSE_FORGOTTEN.into(), reason.as_bytes());
+        }
+    }
+
+    /// Remove `conn` from the cache if it is there (it closed or failed).
+    fn forget_connection(&self, conn: &quinn::Connection) {
+        let id = conn.stable_id();
+        lock(&self.outgoing).retain(|_, c| c.stable_id() != id);
+    }
+
+    /// Read datagrams from `conn` until it closes, passing those whose claimed sender its
+    /// certificate names to the actor; then drop it from the cache.
     fn read_from(self: &Arc<Self>, conn: quinn::Connection) {
-        let input = self.input.clone();
+        let this = self.clone();
         let task = tokio::spawn(async move {
-            while let Ok(data) = conn.read_datagram().await {
-                if input.send(Input::Data(data)).is_err() {
+            let mut peer = PeerCheck::new(&conn);
+            loop {
+                let data = match conn.read_datagram().await {
+                    Ok(data) => data,
+                    Err(e) => {
+                        tracing::debug!(remote = %conn.remote_address(), error = %e, "membership connection ended");
+                        break;
+                    }
+                };
+                this.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+                match peer.check(&data) {
+                    Ok(()) => {}
+                    Err(Rejected::Undecodable) => {
+                        this.stats.bad_packets.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(Rejected::WrongIdentity) => {
+                        this.stats.wrong_identity.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                if this.input.send(Input::Data(data)).is_err() {
                     break;
                 }
             }
+            this.forget_connection(&conn);
         });
         self.track(task);
     }
@@ -296,6 +371,54 @@ impl Transport {
         let mut readers = lock(&self.readers);
         readers.retain(|t| !t.is_finished());
         readers.push(task);
+    }
+}
+
+enum Rejected {
+    /// Not even a foca header.
+    Undecodable,
+    /// The sender claims a member name its certificate is not valid for.
+    WrongIdentity,
+}
+
+/// Binds the member names claimed on one connection to the certificate its peer presented.
+struct PeerCheck {
+    remote: SocketAddr,
+    cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The last claimed name the certificate was found valid for (checked once, not per packet).
+    verified: Option<String>,
+    warned: bool,
+}
+
+impl PeerCheck {
+    fn new(conn: &quinn::Connection) -> Self {
+        Self {
+            remote: conn.remote_address(),
+            cert: peer_certificate(conn),
+            verified: None,
+            warned: false,
+        }
+    }
+
+    fn check(&mut self, data: &[u8]) -> std::result::Result<(), Rejected> {
+        let header: Header<MemberId> =
+            foca::Codec::decode_header(&mut PostcardCodec, data).map_err(|e| {
+                tracing::debug!(remote = %self.remote, error = %e, "undecodable membership datagram");
+                Rejected::Undecodable
+            })?;
+        let claimed = header.src.name;
+        if self.verified.as_deref() == Some(claimed.as_str()) {
+            return Ok(());
+        }
+        if self.cert.as_ref().is_some_and(|c| cert_is_for(c, &claimed)) {
+            self.verified = Some(claimed);
+            return Ok(());
+        }
+        if !self.warned {
+            self.warned = true;
+            tracing::warn!(remote = %self.remote, claimed = %claimed, "dropping membership datagrams claiming a member name the peer's certificate is not valid for");
+        }
+        Err(Rejected::WrongIdentity)
     }
 }
 
@@ -314,6 +437,8 @@ impl Membership {
     /// Bind the membership endpoint and start the SWIM agent. Must run within a tokio runtime.
     pub fn start(config: MembershipConfig) -> Result<Self> {
         check_node_name(&config.name)?;
+        // Peers drop datagrams whose member name the sender's certificate does not cover.
+        config.identity.check_name(&config.name)?;
         // quinn's default transport config accepts datagrams (1.25 MB receive buffer).
         let server = config.identity.server_config()?;
         let mut endpoint = quinn::Endpoint::server(server, config.bind)
@@ -328,11 +453,11 @@ impl Membership {
                 "membership: bound to {addr}; set an address to advertise"
             )));
         }
-        // A restarted member must not look like the incarnation the others declared down: start
-        // from a clock-derived bump (it wraps after ~18 h, far beyond any failure-detection time).
+        // A restarted member must be a newer incarnation than the one it replaces (which the
+        // others may still consider alive or already declared down): the start time in ms.
         let bump = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| (d.as_secs() % u64::from(u16::MAX)) as u16)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         let me = MemberId {
             name: config.name,
@@ -353,6 +478,11 @@ impl Membership {
         let view = Arc::new(Mutex::new(HashMap::new()));
         let totals: Totals = Arc::new(Mutex::new(HashMap::new()));
         let rng = rand_pcg::Pcg64Mcg::seed_from_u64(rand::random());
+        let rejoin_every = config
+            .swim
+            .probe_period
+            .saturating_mul(2)
+            .max(Duration::from_millis(100));
         let foca = Foca::with_custom_broadcast(
             me.clone(),
             config.swim,
@@ -368,6 +498,7 @@ impl Membership {
             tx.clone(),
             transport.clone(),
             view.clone(),
+            rejoin_every,
         ));
         let accept = {
             let transport = transport.clone();
@@ -481,6 +612,7 @@ impl Membership {
             packets_in: s.packets_in.load(Ordering::Relaxed),
             packets_out: s.packets_out.load(Ordering::Relaxed),
             bad_packets: s.bad_packets.load(Ordering::Relaxed),
+            wrong_identity: s.wrong_identity.load(Ordering::Relaxed),
         }
     }
 
@@ -527,13 +659,23 @@ async fn run_actor(
     tx: mpsc::UnboundedSender<Input>,
     transport: Arc<Transport>,
     view: Arc<Mutex<HashMap<String, MemberStatus>>>,
+    rejoin_every: Duration,
 ) {
     let mut rt = AccumulatingRuntime::new();
-    while let Some(input) = rx.recv().await {
+    let mut seeds: Vec<MemberId> = Vec::new();
+    let mut rejoin = tokio::time::interval(rejoin_every);
+    rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let input = tokio::select! {
+            input = rx.recv() => match input {
+                Some(input) => input,
+                None => return,
+            },
+            _ = rejoin.tick() => Input::Rejoin,
+        };
         let mut leaving = None;
         let result = match input {
             Input::Data(data) => {
-                transport.stats.packets_in.fetch_add(1, Ordering::Relaxed);
                 let r = foca.handle_data(&data, &mut rt);
                 if r.is_err() {
                     transport.stats.bad_packets.fetch_add(1, Ordering::Relaxed);
@@ -541,7 +683,15 @@ async fn run_actor(
                 r
             }
             Input::Timer(t) => foca.handle_timer(t, &mut rt),
-            Input::Announce(seed) => foca.announce(seed, &mut rt),
+            Input::Announce(seed) => {
+                seeds.retain(|s| s.name != seed.name);
+                seeds.push(seed.clone());
+                foca.announce(seed, &mut rt)
+            }
+            Input::Rejoin if foca.num_members() == 0 => seeds
+                .iter()
+                .try_for_each(|seed| foca.announce(seed.clone(), &mut rt)),
+            Input::Rejoin => Ok(()),
             Input::Broadcast(bytes) => foca
                 .add_broadcast(&bytes)
                 .map(|_| ())
@@ -554,6 +704,13 @@ async fn run_actor(
         if let Err(e) = result {
             tracing::debug!(error = %e, "membership: foca reported an error");
         }
+        // Before sending: a reply to a new incarnation must not go out on the connection to
+        // the process it replaced.
+        while let Some(n) = rt.to_notify() {
+            if let Some((name, reason)) = apply_notification(&view, n) {
+                transport.forget(&name, reason);
+            }
+        }
         while let Some((to, data)) = rt.to_send() {
             transport.send(to, data);
         }
@@ -564,9 +721,6 @@ async fn run_actor(
                 let _ = tx.send(Input::Timer(timer));
             }));
         }
-        while let Some(n) = rt.to_notify() {
-            apply_notification(&view, n);
-        }
         if let Some(done) = leaving {
             let _ = done.send(());
             return;
@@ -574,35 +728,46 @@ async fn run_actor(
     }
 }
 
-fn apply_notification(view: &Mutex<HashMap<String, MemberStatus>>, n: OwnedNotification<MemberId>) {
-    let mut view = lock(view);
-    let mut set = |id: MemberId, alive: bool| {
-        // A notification about an older incarnation (e.g. the down of the process a member
-        // restarted from) must not override what is known of the newer one.
-        if let Some(known) = view.get(&id.name) {
-            if known.id.bump != id.bump && !foca::Identity::win_addr_conflict(&id, &known.id) {
-                return;
-            }
-        }
-        let changed = view
-            .get(&id.name)
-            .is_none_or(|m| m.alive != alive || m.id != id);
-        if changed {
-            tracing::info!(member = %id.name, role = ?id.role, region = %id.region, alive, "membership change");
-            view.insert(
-                id.name.clone(),
-                MemberStatus {
-                    id,
-                    alive,
-                    since: Instant::now(),
-                },
-            );
-        }
+/// Apply a foca notification to the view. Returns the member whose cached connection must be
+/// dropped, and why: it went down, or a new incarnation replaced the one it was dialed for.
+fn apply_notification(
+    view: &Mutex<HashMap<String, MemberStatus>>,
+    n: OwnedNotification<MemberId>,
+) -> Option<(String, &'static str)> {
+    let (id, alive) = match n {
+        OwnedNotification::MemberUp(id) => (id, true),
+        OwnedNotification::MemberDown(id) => (id, false),
+        OwnedNotification::Rename(_, new) => (new, true),
+        _ => return None,
     };
-    match n {
-        OwnedNotification::MemberUp(id) => set(id, true),
-        OwnedNotification::MemberDown(id) => set(id, false),
-        OwnedNotification::Rename(_, new) => set(new, true),
-        _ => {}
+    let mut view = lock(view);
+    let known = view.get(&id.name);
+    // A notification about an older incarnation (e.g. the down of the process a member
+    // restarted from) must not override what is known of the newer one.
+    if let Some(known) = known {
+        if known.id.bump != id.bump && !foca::Identity::win_addr_conflict(&id, &known.id) {
+            return None;
+        }
+    }
+    let new_incarnation = known.is_some_and(|m| m.id.bump != id.bump);
+    let changed = known.is_none_or(|m| m.alive != alive || m.id != id);
+    let name = id.name.clone();
+    if changed {
+        tracing::info!(member = %id.name, role = ?id.role, region = %id.region, alive, "membership change");
+        view.insert(
+            id.name.clone(),
+            MemberStatus {
+                id,
+                alive,
+                since: Instant::now(),
+            },
+        );
+    }
+    if !alive {
+        Some((name, "member down"))
+    } else if new_incarnation {
+        Some((name, "new incarnation"))
+    } else {
+        None
     }
 }

@@ -20,7 +20,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::error::{Error, Result};
 
@@ -49,6 +49,26 @@ pub fn check_node_name(name: &str) -> Result<()> {
             "node name {name:?} must be a DNS name: letters, digits, '-' and '.', labels of 1 to 63 characters"
         )))
     }
+}
+
+/// Whether the end-entity certificate `cert` is valid for the DNS name `node` (a subject
+/// alternative name, as [`DevCa::issue`] writes it). Anything unparsable is "not valid".
+pub(crate) fn cert_is_for(cert: &CertificateDer<'_>, node: &str) -> bool {
+    let Ok(name) = ServerName::try_from(node) else {
+        return false;
+    };
+    match webpki::EndEntityCert::try_from(cert) {
+        Ok(ee) => ee.verify_is_valid_for_subject_name(&name).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The end-entity certificate a QUIC peer presented (already verified against the CA by the
+/// handshake), if any.
+pub(crate) fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned())
 }
 
 fn ca_params() -> Result<CertificateParams> {
@@ -259,6 +279,17 @@ impl NodeIdentity {
         Ok(Self { ca, chain, key })
     }
 
+    /// Fail unless this node's certificate is valid for the name `node`: peers check the names
+    /// a node uses (in sketches, in membership) against the certificate it presents.
+    pub fn check_name(&self, node: &str) -> Result<()> {
+        match self.chain.first() {
+            Some(cert) if cert_is_for(cert, node) => Ok(()),
+            _ => Err(Error::Tls(format!(
+                "the node certificate is not valid for the node name {node:?} (its subject alternative names must include it)"
+            ))),
+        }
+    }
+
     fn roots(&self) -> Result<Arc<rustls::RootCertStore>> {
         let mut roots = rustls::RootCertStore::empty();
         for c in &self.ca {
@@ -347,6 +378,11 @@ mod tests {
             let mode = fs::metadata(&files.ca_key).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "CA key readable by others: {mode:o}");
         }
+        let eu = NodeIdentity::load(&files.ca_cert, &files.nodes[0].1, &files.nodes[0].2).unwrap();
+        eu.check_name("fc-eu").unwrap();
+        assert!(eu.check_name("proxy-1").is_err());
+        assert!(eu.check_name("fc-eu.evil").is_err());
+        assert!(eu.check_name("not a name").is_err());
         let again = write_dev_certs(dir.path(), &["proxy-2".into()]).unwrap();
         assert_eq!(fs::read(&again.ca_cert).unwrap(), ca_before);
         assert!(write_dev_certs(dir.path(), &["../evil".into()]).is_err());
