@@ -35,6 +35,10 @@ pub struct Args {
     /// The reactive (HPA) policy's target utilization.
     #[arg(long, default_value_t = 0.7)]
     target_utilization: f64,
+    /// Forecasting and planning settings for the predictive policy: the `[forecast]` and
+    /// `[planner]` tables of a prescale config (a whole config, or a file with only those).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Print the scores as a JSON array, one object per policy.
     #[arg(long)]
     json: bool,
@@ -51,11 +55,16 @@ pub fn run(args: Args) -> Result<(), CliError> {
         PolicyArg::Oracle => vec![Policy::Oracle],
         PolicyArg::All => Policy::ALL.to_vec(),
     };
+    let brain = match &args.config {
+        Some(path) => prescale_config::load_brain_file(path).map_err(CliError::input)?,
+        None => prescale_config::BrainConfig::default(),
+    };
     let settings = ReplaySettings {
         capacity_rps: args.capacity_rps,
         cold_start_seconds: args.cold_start,
         target_utilization: args.target_utilization,
-        ..ReplaySettings::default()
+        forecast: brain.forecast,
+        planner: brain.planner,
     };
     settings.validate().map_err(CliError::input)?;
     let bar = replay::progress::terminal_bar(trace.len() as u64 * policies.len() as u64);

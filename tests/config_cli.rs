@@ -115,6 +115,11 @@ fn every_bad_config_exits_2_naming_the_key() {
             "fleets[0].warm_sub_pools[0]",
         ),
         (
+            "planner SLO target out of range",
+            format!("{GOOD}\n[planner]\nslo_target = 1.5\n"),
+            "planner.slo_target",
+        ),
+        (
             "lowercase country",
             GOOD.replace("[\"DE\"]", "[\"de\"]"),
             "regions[0].countries[0]",

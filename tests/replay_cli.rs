@@ -296,3 +296,65 @@ fn bad_traces_exit_2_naming_the_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--capacity-rps"));
 }
+
+/// `--config` takes the predictive policy's `[forecast]` and `[planner]` settings from a file:
+/// a bigger baseline costs more; a bad value or a misspelt table exits 2 naming it and its line.
+#[test]
+fn the_predictive_policy_takes_its_settings_from_a_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut text = String::from("timestamp,requests\n");
+    for m in 0..240 {
+        text.push_str(&format!("{},{}\n", 1_700_000_000 + m * 60, 120));
+    }
+    let trace = write_trace(dir.path(), "flat.csv", &text);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--trace",
+            trace.to_str().expect("utf-8 path"),
+            "--capacity-rps",
+            "1",
+            "--cold-start",
+            "60",
+            "--policy",
+            "predictive",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        replay(&args)
+    };
+    let cost = |out: &Output| {
+        policy(&json_scores(out), "predictive")["instance_minutes"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let plain = cost(&run(&[]));
+    let settings = write_trace(
+        dir.path(),
+        "brain.toml",
+        "[planner]\nbaseline_instances = 10\n\n[forecast]\ninterval_coverage = 0.8\n",
+    );
+    let big = cost(&run(&["--config", settings.to_str().expect("utf-8 path")]));
+    // 2 req/s needs 2 or 3 instances; a baseline of 10 runs 10 for (nearly) all 240 minutes.
+    assert!(plain < 5.0 * 240.0, "{plain}");
+    assert!(big >= 10.0 * 235.0, "baseline ignored: {big} vs {plain}");
+
+    for (name, body, expected) in [
+        (
+            "bad-value.toml",
+            "[planner]\n\nslo_target = 1.5\n",
+            "line 3: `planner.slo_target`",
+        ),
+        ("misspelt-table.toml", "[planer]\nmargin = 0.1\n", "planer"),
+        (
+            "misspelt-key.toml",
+            "[planner]\nmargrin = 0.1\n",
+            "margrin",
+        ),
+    ] {
+        let path = write_trace(dir.path(), name, body);
+        let out = run(&["--config", path.to_str().expect("utf-8 path")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+}

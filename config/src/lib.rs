@@ -11,7 +11,7 @@ mod schema;
 mod validate;
 
 pub use error::{ConfigError, KeyPath, KeySegment, Problem};
-pub use load::{check, load_file, parse_str};
+pub use load::{check, load_brain_file, load_file, parse_str, BrainConfig};
 pub use schema::*;
 pub use validate::{is_name, BUILTIN_PROFILES};
 

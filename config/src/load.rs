@@ -40,6 +40,53 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// The `[forecast]` and `[planner]` tables, for tools that only plan (e.g. `prescale replay`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrainConfig {
+    #[serde(default)]
+    pub forecast: crate::brain::ForecastConfig,
+    #[serde(default)]
+    pub planner: crate::brain::PlannerConfig,
+}
+
+/// Reads the `[forecast]` and `[planner]` tables from a file that holds only those two tables,
+/// or from a whole prescale config (then validated as a whole, so a misspelt table is an error
+/// either way).
+pub fn load_brain_file(path: &Path) -> Result<BrainConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let origin = path.display().to_string();
+    let only_brain = DeTable::parse(&text).is_ok_and(|table| {
+        table
+            .get_ref()
+            .iter()
+            .all(|(k, _)| matches!(k.get_ref().as_ref(), "forecast" | "planner"))
+    });
+    if !only_brain {
+        let config = parse_str(&text, &origin)?;
+        return Ok(BrainConfig {
+            forecast: config.forecast,
+            planner: config.planner,
+        });
+    }
+    let brain: BrainConfig = deserialize(&text).map_err(|problem| ConfigError::Invalid {
+        origin: origin.clone(),
+        problems: vec![problem],
+    })?;
+    let mut problems = crate::validate::validate_brain(&brain.forecast, &brain.planner);
+    if problems.is_empty() {
+        return Ok(brain);
+    }
+    let index = LineIndex::new(&text);
+    for problem in &mut problems {
+        problem.line = locate(&text, &problem.key).map(|span| index.line_of(span.start));
+    }
+    Err(ConfigError::Invalid { origin, problems })
+}
+
 /// Validates an already-built config (e.g. the embedded default after `up` filled in its
 /// backends); problems carry no line numbers.
 pub fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
@@ -54,7 +101,7 @@ pub fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn deserialize(text: &str) -> Result<Config, Problem> {
+fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Problem> {
     let index = LineIndex::new(text);
     let deserializer = toml::Deserializer::parse(text).map_err(|e| Problem {
         key: KeyPath::root(),

@@ -20,6 +20,19 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     v.routes_and_profiles(config);
     v.profiling(config);
     v.mesh(config);
+    v.brain(&config.forecast, &config.planner);
+    v.problems
+}
+
+/// Problems of the `[forecast]` and `[planner]` tables alone.
+pub fn validate_brain(
+    forecast: &crate::brain::ForecastConfig,
+    planner: &crate::brain::PlannerConfig,
+) -> Vec<Problem> {
+    let mut v = Validator {
+        problems: Vec::new(),
+    };
+    v.brain(forecast, planner);
     v.problems
 }
 
@@ -34,6 +47,24 @@ impl Validator {
             line: None,
             message: message.into(),
         });
+    }
+
+    /// The brain's own checks say `table.key = value: expected …`; keep the key as a path.
+    fn brain(
+        &mut self,
+        forecast: &crate::brain::ForecastConfig,
+        planner: &crate::brain::PlannerConfig,
+    ) {
+        for text in forecast.problems().into_iter().chain(planner.problems()) {
+            let (key, message) = match text.split_once(" = ") {
+                Some((key, rest)) => (
+                    key.split('.').fold(KeyPath::root(), |at, part| at.key(part)),
+                    rest.to_string(),
+                ),
+                None => (KeyPath::root(), text.clone()),
+            };
+            self.problem(key, message);
+        }
     }
 
     fn node_and_regions(&mut self, config: &Config) {
