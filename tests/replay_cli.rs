@@ -345,11 +345,7 @@ fn the_predictive_policy_takes_its_settings_from_a_config() {
             "line 3: `planner.slo_target`",
         ),
         ("misspelt-table.toml", "[planer]\nmargin = 0.1\n", "planer"),
-        (
-            "misspelt-key.toml",
-            "[planner]\nmargrin = 0.1\n",
-            "margrin",
-        ),
+        ("misspelt-key.toml", "[planner]\nmargrin = 0.1\n", "margrin"),
     ] {
         let path = write_trace(dir.path(), name, body);
         let out = run(&["--config", path.to_str().expect("utf-8 path")]);

@@ -58,7 +58,8 @@ impl Validator {
         for text in forecast.problems().into_iter().chain(planner.problems()) {
             let (key, message) = match text.split_once(" = ") {
                 Some((key, rest)) => (
-                    key.split('.').fold(KeyPath::root(), |at, part| at.key(part)),
+                    key.split('.')
+                        .fold(KeyPath::root(), |at, part| at.key(part)),
                     rest.to_string(),
                 ),
                 None => (KeyPath::root(), text.clone()),
