@@ -455,15 +455,15 @@ fn bad_load_inputs_exit_2_with_a_clear_message() {
     );
     check(
         &["--trace", &fixture("trace-malformed.csv")],
-        "trace-malformed.csv:3",
+        "trace-malformed.csv, line 3",
     );
     check(
         &["--trace", &fixture("trace-unsorted.csv")],
-        "trace-unsorted.csv:4",
+        "trace-unsorted.csv, line 4",
     );
     check(
         &["--azure", &fixture("azure-malformed.csv")],
-        "azure-malformed.csv:3",
+        "azure-malformed.csv, line 3",
     );
     check(
         &["--azure", &fixture("azure-small.csv"), "--users", "5"],

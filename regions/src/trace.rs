@@ -1,5 +1,6 @@
-//! Request traces: parsing `timestamp,requests` CSV files (and the wide per-function Azure
-//! Functions sample, summed) into a uniform per-minute series.
+//! Request traces: parsing `timestamp,requests` CSV files and the wide per-function Azure
+//! Functions sample ([`TraceFile`], shared by `prescale replay` and `prescale load`), and turning
+//! them into a uniform per-minute series ([`Trace`], the Azure functions summed).
 //!
 //! The step is inferred from the timestamps (the greatest common divisor of their differences).
 //! Steps shorter than a minute are summed into minutes, longer steps are spread evenly over their
@@ -28,13 +29,9 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// Read a trace file; errors name the file and the line.
+    /// Read a trace file (`.gz` is decompressed); errors name the file and the line.
     pub fn from_path(path: &Path) -> Result<Trace> {
-        let file = std::fs::File::open(path).map_err(|source| Error::TraceIo {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Trace::parse(std::io::BufReader::new(file), &path.display().to_string())
+        Trace::from_file(read_trace_file(path)?, &path.display().to_string())
     }
 
     /// Build a trace from per-minute request counts starting at `start` (all minutes present).
@@ -50,90 +47,32 @@ impl Trace {
 
     /// Parse a trace from CSV text. `origin` names the source in error messages.
     pub fn parse(reader: impl BufRead, origin: &str) -> Result<Trace> {
+        Trace::from_file(parse_trace_file(reader, origin)?, origin)
+    }
+
+    /// Per-minute demand from a parsed file: steps shorter than a minute are summed, longer ones
+    /// spread evenly; the Azure sample is summed over functions, minute 1 at unix time 0.
+    pub fn from_file(file: TraceFile, origin: &str) -> Result<Trace> {
+        let rows = match file {
+            TraceFile::Steps(rows) => rows,
+            TraceFile::Functions(functions) => {
+                let mut requests = vec![0.0; functions.minutes];
+                for function in &functions.functions {
+                    for (total, count) in requests.iter_mut().zip(&function.per_minute) {
+                        *total += *count as f64;
+                    }
+                }
+                return Ok(Trace::from_minutes(0, requests));
+            }
+        };
         let fail = |line: usize, message: String| Error::TraceFormat {
             origin: origin.to_string(),
             line,
             message,
         };
-        let mut lines = reader.lines().enumerate().map(|(i, l)| (i + 1, l));
-        let header = loop {
-            match lines.next() {
-                None => return Err(fail(1, "the file is empty: expected a header `timestamp,requests` and at least one row".into())),
-                Some((n, Err(e))) => return Err(fail(n, format!("cannot read: {e}"))),
-                Some((n, Ok(text))) if !text.trim().is_empty() => break (n, text),
-                Some(_) => continue,
-            }
-        };
-        let columns: Vec<String> = header
-            .1
-            .split(',')
-            .map(|c| c.trim().trim_start_matches('\u{feff}').to_ascii_lowercase())
-            .collect();
-        if columns.first().map(String::as_str) == Some("hashfunction") {
-            return parse_azure_wide(lines, &columns, header.0, origin);
-        }
-        if columns != ["timestamp", "requests"] {
-            return Err(fail(
-                header.0,
-                format!(
-                    "expected the header `timestamp,requests`, found `{}`",
-                    header.1.trim()
-                ),
-            ));
-        }
-        let mut rows: Vec<(i64, f64, usize)> = Vec::new();
-        for (n, line) in lines {
-            let text = line.map_err(|e| fail(n, format!("cannot read: {e}")))?;
-            let text = text.trim();
-            if text.is_empty() {
-                continue;
-            }
-            let mut fields = text.split(',');
-            let (Some(ts), Some(rq), None) = (fields.next(), fields.next(), fields.next()) else {
-                return Err(fail(
-                    n,
-                    format!("expected two fields `timestamp,requests`, found `{text}`"),
-                ));
-            };
-            let timestamp = parse_timestamp(ts.trim()).ok_or_else(|| {
-                fail(
-                    n,
-                    format!(
-                        "timestamp `{}` is not a whole number of unix seconds",
-                        ts.trim()
-                    ),
-                )
-            })?;
-            let requests: f64 = rq
-                .trim()
-                .parse()
-                .ok()
-                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| {
-                    fail(
-                        n,
-                        format!("requests `{}` is not a non-negative number", rq.trim()),
-                    )
-                })?;
-            if let Some(&(previous, _, _)) = rows.last() {
-                if timestamp <= previous {
-                    return Err(fail(
-                        n,
-                        format!(
-                            "timestamp {timestamp} is not after the previous row's {previous}: the trace must be sorted by time with one row per step"
-                        ),
-                    ));
-                }
-            }
-            rows.push((timestamp, requests, n));
-        }
-        let Some(&(first, _, _)) = rows.first() else {
-            return Err(fail(header.0 + 1, "no data rows after the header".into()));
-        };
-        let step = rows.windows(2).map(|w| w[1].0 - w[0].0).fold(0, gcd);
-        let step = if step == 0 { 60 } else { step };
+        let step = rows.step_seconds;
         if !(60 % step == 0 || step % 60 == 0) {
-            let line = rows.get(1).map_or(header.0 + 1, |r| r.2);
+            let line = rows.rows.get(1).map_or(1, |r| r.line);
             return Err(fail(
                 line,
                 format!(
@@ -141,26 +80,26 @@ impl Trace {
                 ),
             ));
         }
-        let (last, _, last_line) = rows[rows.len() - 1];
-        let span_minutes = (last - first) / 60 + (step / 60).max(1);
+        let (first, last) = (rows.rows[0].timestamp, &rows.rows[rows.rows.len() - 1]);
+        let span_minutes = (last.timestamp - first) / 60 + (step / 60).max(1);
         if span_minutes > MAX_TRACE_MINUTES {
-            return Err(fail(last_line, format!("the trace spans {span_minutes} minutes, more than the {MAX_TRACE_MINUTES} a replay can simulate")));
+            return Err(fail(last.line, format!("the trace spans {span_minutes} minutes, more than the {MAX_TRACE_MINUTES} a replay can simulate")));
         }
         let minutes = span_minutes as usize;
         let mut requests = vec![0.0; minutes];
         let mut present = vec![false; minutes];
-        for (timestamp, count, _) in rows {
-            let offset = timestamp - first;
+        for row in &rows.rows {
+            let offset = row.timestamp - first;
             if step >= 60 {
                 let per = (step / 60) as usize;
                 let begin = (offset / 60) as usize;
                 for m in begin..(begin + per).min(minutes) {
-                    requests[m] += count / per as f64;
+                    requests[m] += row.requests / per as f64;
                     present[m] = true;
                 }
             } else {
                 let m = (offset / 60) as usize;
-                requests[m] += count;
+                requests[m] += row.requests;
                 present[m] = true;
             }
         }
@@ -204,6 +143,281 @@ impl Trace {
     }
 }
 
+/// A trace file as written, before it becomes per-minute demand.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraceFile {
+    /// `timestamp,requests` rows.
+    Steps(StepRows),
+    /// The wide per-function Azure Functions sample.
+    Functions(FunctionTrace),
+}
+
+/// The rows of a `timestamp,requests` file: at least one, sorted, with the step inferred as the
+/// greatest common divisor of the gaps (60 s for a single row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRows {
+    pub step_seconds: i64,
+    pub rows: Vec<StepRow>,
+}
+
+/// One row of a step trace and the line it came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRow {
+    pub timestamp: i64,
+    pub requests: f64,
+    pub line: usize,
+}
+
+/// `HashFunction,HashApp,HashOwner,minute_1..minute_N`: per-minute counts of each function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionTrace {
+    /// The number of `minute_N` columns.
+    pub minutes: usize,
+    pub functions: Vec<FunctionRow>,
+}
+
+/// One function of the Azure sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionRow {
+    /// The `HashFunction` value (never empty).
+    pub name: String,
+    pub line: usize,
+    /// Invocations in each minute (`minutes` of them).
+    pub per_minute: Vec<u32>,
+}
+
+/// Open and parse a trace file (`.gz` is decompressed).
+pub fn read_trace_file(path: &Path) -> Result<TraceFile> {
+    let io = |source| Error::TraceIo {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let origin = path.display().to_string();
+    let gzipped = path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("gz"));
+    if gzipped {
+        let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
+        parse_trace_file(reader, &origin)
+    } else {
+        parse_trace_file(std::io::BufReader::new(file), &origin)
+    }
+}
+
+/// Parse a step trace (the header `timestamp,requests` is optional) or the Azure sample (told
+/// apart by its header). Every problem names the line; nothing here panics on input.
+pub fn parse_trace_file(reader: impl BufRead, origin: &str) -> Result<TraceFile> {
+    let fail = |line: usize, message: String| Error::TraceFormat {
+        origin: origin.to_string(),
+        line,
+        message,
+    };
+    let mut lines = reader.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let (first_line, first) = loop {
+        match lines.next() {
+            None => return Err(fail(
+                1,
+                "the file is empty: expected a header `timestamp,requests` and at least one row"
+                    .into(),
+            )),
+            Some((n, Err(e))) => return Err(fail(n, format!("cannot read: {e}"))),
+            Some((n, Ok(text))) if !text.trim().is_empty() => break (n, text),
+            Some(_) => continue,
+        }
+    };
+    let first = first.trim().trim_start_matches('\u{feff}').to_string();
+    let columns: Vec<&str> = first.split(',').map(str::trim).collect();
+    if columns
+        .first()
+        .is_some_and(|c| c.eq_ignore_ascii_case("hashfunction"))
+    {
+        return parse_functions(lines, &columns, first_line, origin).map(TraceFile::Functions);
+    }
+    let mut rows: Vec<StepRow> = Vec::new();
+    let header = first.starts_with(|c: char| c.is_ascii_alphabetic());
+    if header {
+        let lower: Vec<String> = columns.iter().map(|c| c.to_ascii_lowercase()).collect();
+        if lower != ["timestamp", "requests"] {
+            return Err(fail(
+                first_line,
+                format!(
+                    "expected the header `timestamp,requests`, found `{}`",
+                    clip(&first)
+                ),
+            ));
+        }
+    } else {
+        rows.push(parse_step_row(&first, first_line, origin)?);
+    }
+    for (n, line) in lines {
+        let text = line.map_err(|e| fail(n, format!("cannot read: {e}")))?;
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let row = parse_step_row(text, n, origin)?;
+        if let Some(previous) = rows.last() {
+            if row.timestamp <= previous.timestamp {
+                return Err(fail(
+                    n,
+                    format!(
+                        "timestamp {} is not after the previous row's {}: the trace must be sorted by time with one row per step",
+                        row.timestamp, previous.timestamp
+                    ),
+                ));
+            }
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(fail(first_line + 1, "no data rows after the header".into()));
+    }
+    let step = rows
+        .windows(2)
+        .map(|w| w[1].timestamp - w[0].timestamp)
+        .fold(0, gcd);
+    Ok(TraceFile::Steps(StepRows {
+        step_seconds: if step == 0 { 60 } else { step },
+        rows,
+    }))
+}
+
+fn parse_step_row(text: &str, line: usize, origin: &str) -> Result<StepRow> {
+    let fail = |message: String| Error::TraceFormat {
+        origin: origin.to_string(),
+        line,
+        message,
+    };
+    let mut fields = text.split(',').map(str::trim);
+    let (Some(ts), Some(rq), None) = (fields.next(), fields.next(), fields.next()) else {
+        return Err(fail(format!(
+            "expected two fields `timestamp,requests`, found `{}`",
+            clip(text)
+        )));
+    };
+    let timestamp = parse_timestamp(ts).ok_or_else(|| {
+        fail(format!(
+            "timestamp `{}` is not a whole number of unix seconds",
+            clip(ts)
+        ))
+    })?;
+    let requests: f64 = rq
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| {
+            fail(format!(
+                "requests `{}` is not a non-negative number",
+                clip(rq)
+            ))
+        })?;
+    Ok(StepRow {
+        timestamp,
+        requests,
+        line,
+    })
+}
+
+fn parse_functions(
+    lines: impl Iterator<Item = (usize, std::io::Result<String>)>,
+    columns: &[&str],
+    header_line: usize,
+    origin: &str,
+) -> Result<FunctionTrace> {
+    let fail = |line: usize, message: String| Error::TraceFormat {
+        origin: origin.to_string(),
+        line,
+        message,
+    };
+    const LEADING: [&str; 3] = ["hashfunction", "hashapp", "hashowner"];
+    let leading_ok = columns.len() > LEADING.len()
+        && columns[..LEADING.len()]
+            .iter()
+            .zip(LEADING)
+            .all(|(c, expected)| c.eq_ignore_ascii_case(expected));
+    if !leading_ok {
+        return Err(fail(
+            header_line,
+            "a wide Azure trace needs the columns HashFunction,HashApp,HashOwner,minute_1,..."
+                .into(),
+        ));
+    }
+    for (offset, column) in columns[LEADING.len()..].iter().enumerate() {
+        let expected = format!("minute_{}", offset + 1);
+        if !column.eq_ignore_ascii_case(&expected) {
+            return Err(fail(
+                header_line,
+                format!(
+                    "column {} should be `{expected}`, found `{}`",
+                    offset + LEADING.len() + 1,
+                    clip(column)
+                ),
+            ));
+        }
+    }
+    let minutes = columns.len() - LEADING.len();
+    let mut functions = Vec::new();
+    for (n, line) in lines {
+        let text = line.map_err(|e| fail(n, format!("cannot read: {e}")))?;
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+        if fields.len() != minutes + LEADING.len() {
+            return Err(fail(
+                n,
+                format!(
+                    "expected {} fields, found {}",
+                    minutes + LEADING.len(),
+                    fields.len()
+                ),
+            ));
+        }
+        if fields[0].is_empty() {
+            return Err(fail(n, "HashFunction is empty".into()));
+        }
+        let mut per_minute = Vec::with_capacity(minutes);
+        for (m, field) in fields[LEADING.len()..].iter().enumerate() {
+            let count: u32 = field.parse().map_err(|_| {
+                fail(
+                    n,
+                    format!(
+                        "minute_{} value `{}` is not a non-negative whole number",
+                        m + 1,
+                        clip(field)
+                    ),
+                )
+            })?;
+            per_minute.push(count);
+        }
+        functions.push(FunctionRow {
+            name: fields[0].to_string(),
+            line: n,
+            per_minute,
+        });
+    }
+    if functions.is_empty() {
+        return Err(fail(
+            header_line + 1,
+            "no function rows after the header".into(),
+        ));
+    }
+    Ok(FunctionTrace { minutes, functions })
+}
+
+/// Shortens a quoted piece of input so error messages stay one readable line.
+fn clip(text: &str) -> String {
+    const LIMIT: usize = 60;
+    if text.chars().count() <= LIMIT {
+        text.to_string()
+    } else {
+        let head: String = text.chars().take(LIMIT).collect();
+        format!("{head}…")
+    }
+}
+
 fn parse_timestamp(text: &str) -> Option<i64> {
     if let Ok(v) = text.parse::<i64>() {
         return Some(v);
@@ -218,75 +432,6 @@ fn gcd(a: i64, b: i64) -> i64 {
     } else {
         gcd(b, a % b)
     }
-}
-
-/// The Azure Functions sample: `HashFunction,HashApp,HashOwner,minute_1..minute_N`, one row per
-/// function; the trace is the sum over functions, minute 1 at unix time 0.
-fn parse_azure_wide(
-    lines: impl Iterator<Item = (usize, std::io::Result<String>)>,
-    columns: &[String],
-    header_line: usize,
-    origin: &str,
-) -> Result<Trace> {
-    let fail = |line: usize, message: String| Error::TraceFormat {
-        origin: origin.to_string(),
-        line,
-        message,
-    };
-    let minutes = columns.len().saturating_sub(3);
-    if minutes == 0 || !columns[3..].iter().all(|c| c.starts_with("minute_")) {
-        return Err(fail(
-            header_line,
-            "a wide Azure trace needs the columns HashFunction,HashApp,HashOwner,minute_1,..."
-                .into(),
-        ));
-    }
-    let mut requests = vec![0.0; minutes];
-    let mut functions = 0usize;
-    for (n, line) in lines {
-        let text = line.map_err(|e| fail(n, format!("cannot read: {e}")))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = text.trim().split(',').collect();
-        if fields.len() != minutes + 3 {
-            return Err(fail(
-                n,
-                format!("expected {} fields, found {}", minutes + 3, fields.len()),
-            ));
-        }
-        for (m, field) in fields[3..].iter().enumerate() {
-            let v: f64 = field
-                .trim()
-                .parse()
-                .ok()
-                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| {
-                    fail(
-                        n,
-                        format!(
-                            "minute_{} value `{field}` is not a non-negative number",
-                            m + 1
-                        ),
-                    )
-                })?;
-            requests[m] += v;
-        }
-        functions += 1;
-    }
-    if functions == 0 {
-        return Err(fail(
-            header_line + 1,
-            "no function rows after the header".into(),
-        ));
-    }
-    let present = vec![true; minutes];
-    Ok(Trace {
-        start: 0,
-        step_seconds: 60,
-        requests,
-        present,
-    })
 }
 
 #[cfg(test)]
