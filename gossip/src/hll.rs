@@ -15,6 +15,7 @@
 //! exactly `2^p` registers. Decoding checks all of them ([`HyperLogLog`] deserializes through
 //! `TryFrom<HllWire>`).
 
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -177,13 +178,44 @@ impl HyperLogLog {
                 self.precision, other.precision
             )));
         }
-        match &other.registers {
-            Registers::Sparse(entries) => {
+        match (&mut self.registers, &other.registers) {
+            (Registers::Dense(ours), Registers::Sparse(entries)) => {
                 for e in entries {
-                    self.set_max(e >> RANK_BITS, (e & RANK_MASK) as u8);
+                    if let Some(r) = ours.get_mut((e >> RANK_BITS) as usize) {
+                        *r = (*r).max((e & RANK_MASK) as u8);
+                    }
                 }
             }
-            Registers::Dense(theirs) => {
+            (Registers::Sparse(ours), Registers::Sparse(theirs)) => {
+                // Both sorted by index: one merge pass, the higher rank where both have one.
+                let mut merged = Vec::with_capacity(ours.len() + theirs.len());
+                let (mut a, mut b) = (ours.iter().peekable(), theirs.iter().peekable());
+                loop {
+                    let next = match (a.peek(), b.peek()) {
+                        (Some(&&x), Some(&&y)) => match (x >> RANK_BITS).cmp(&(y >> RANK_BITS)) {
+                            std::cmp::Ordering::Less => a.next().copied(),
+                            std::cmp::Ordering::Greater => b.next().copied(),
+                            std::cmp::Ordering::Equal => {
+                                a.next();
+                                b.next();
+                                Some(x.max(y))
+                            }
+                        },
+                        (Some(_), None) => a.next().copied(),
+                        (None, Some(_)) => b.next().copied(),
+                        (None, None) => None,
+                    };
+                    match next {
+                        Some(e) => merged.push(e),
+                        None => break,
+                    }
+                }
+                *ours = merged;
+                if ours.len() > self.m() / 4 {
+                    self.densify();
+                }
+            }
+            (_, Registers::Dense(theirs)) => {
                 self.densify();
                 if let Registers::Dense(ours) = &mut self.registers {
                     for (a, b) in ours.iter_mut().zip(theirs) {
@@ -283,24 +315,12 @@ fn tau(mut x: f64) -> f64 {
 impl From<HyperLogLog> for HllWire {
     fn from(h: HyperLogLog) -> Self {
         match h.registers {
-            Registers::Sparse(entries) => {
-                let mut prev = 0u32;
-                let deltas = entries
-                    .iter()
-                    .map(|&e| {
-                        let d = e - prev;
-                        prev = e;
-                        d
-                    })
-                    .collect();
-                HllWire::Sparse {
-                    precision: h.precision,
-                    deltas,
-                }
-            }
+            Registers::Sparse(entries) => HllWire::Sparse {
+                precision: h.precision,
+                deltas: delta_encode(&entries),
+            },
             Registers::Dense(regs) => {
-                let mut enc =
-                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+                let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), DENSE_COMPRESSION);
                 // Writing to a Vec cannot fail; an error would surface at decode as a bad length.
                 let _ = std::io::Write::write_all(&mut enc, &regs);
                 let zlib = enc.finish().unwrap_or_default();
@@ -317,72 +337,180 @@ impl TryFrom<HllWire> for HyperLogLog {
     type Error = Error;
 
     fn try_from(w: HllWire) -> Result<Self> {
-        match w {
-            HllWire::Sparse { precision, deltas } => {
-                let mut h = HyperLogLog::new(precision)
-                    .map_err(|e| Error::invalid("hll", e.to_string()))?;
-                if deltas.len() > h.m() {
-                    return Err(Error::invalid("hll", "more sparse entries than registers"));
+        from_wire(w, &mut Decompress::new(true))
+    }
+}
+
+/// Reusable state for encoding and merging many encoded sketches (the forecaster's store reads
+/// and writes one per series row and batch): the zlib state lives as long as the codec instead
+/// of being allocated per sketch. It reads and writes exactly the postcard encoding of
+/// [`HyperLogLog`], with the same checks as decoding.
+pub struct HllCodec {
+    inflater: Decompress,
+    deflater: Option<Compress>,
+}
+
+impl Default for HllCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for HllCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HllCodec").finish_non_exhaustive()
+    }
+}
+
+impl HllCodec {
+    pub fn new() -> Self {
+        Self {
+            inflater: Decompress::new(true),
+            deflater: None,
+        }
+    }
+
+    /// The postcard encoding of `h` (the bytes `postcard::to_stdvec(h)` gives).
+    pub fn encode(&mut self, h: &HyperLogLog) -> Result<Vec<u8>> {
+        let wire = match &h.registers {
+            Registers::Sparse(entries) => HllWire::Sparse {
+                precision: h.precision,
+                deltas: delta_encode(entries),
+            },
+            Registers::Dense(regs) => {
+                let deflater = self
+                    .deflater
+                    .get_or_insert_with(|| Compress::new(DENSE_COMPRESSION, true));
+                HllWire::Dense {
+                    precision: h.precision,
+                    zlib: deflate(deflater, regs)?,
                 }
-                let max_rank = u32::from(h.max_rank());
-                let mut entries = Vec::with_capacity(deltas.len());
-                let mut prev: Option<u32> = None;
-                let mut acc = 0u32;
-                for d in deltas {
-                    acc = acc
-                        .checked_add(d)
-                        .ok_or_else(|| Error::invalid("hll", "sparse entry overflows"))?;
-                    let (index, rank) = (acc >> RANK_BITS, acc & RANK_MASK);
-                    if index as usize >= h.m() || rank == 0 || rank > max_rank {
-                        return Err(Error::invalid(
-                            "hll",
-                            format!("sparse entry {acc:#x} out of range"),
-                        ));
-                    }
-                    if prev.is_some_and(|p| p >= index) {
-                        return Err(Error::invalid(
-                            "hll",
-                            "sparse entries not strictly increasing",
-                        ));
-                    }
-                    prev = Some(index);
-                    entries.push(acc);
-                }
-                let dense = entries.len() > h.sparse_limit();
-                h.registers = Registers::Sparse(entries);
-                if dense {
-                    h.densify();
-                }
-                Ok(h)
             }
-            HllWire::Dense { precision, zlib } => {
-                let mut h = HyperLogLog::new(precision)
-                    .map_err(|e| Error::invalid("hll", e.to_string()))?;
-                let m = h.m();
-                let mut regs = Vec::with_capacity(m);
-                std::io::Read::read_to_end(
-                    &mut std::io::Read::take(
-                        flate2::read::ZlibDecoder::new(zlib.as_slice()),
-                        m as u64 + 1,
-                    ),
-                    &mut regs,
-                )
+        };
+        postcard::to_stdvec(&wire).map_err(|e| Error::Merge(format!("encode HyperLogLog: {e}")))
+    }
+
+    /// Decode the postcard-encoded sketch `bytes` (checked like any decoding) and merge it into
+    /// `into`. On error `into` is unchanged.
+    pub fn merge_encoded(&mut self, into: &mut HyperLogLog, bytes: &[u8]) -> Result<()> {
+        let wire: HllWire =
+            postcard::from_bytes(bytes).map_err(|e| Error::invalid("hll", e.to_string()))?;
+        into.merge(&from_wire(wire, &mut self.inflater)?)
+    }
+}
+
+/// Level of the dense registers' zlib stream.
+const DENSE_COMPRESSION: Compression = Compression::best();
+
+fn delta_encode(entries: &[u32]) -> Vec<u32> {
+    let mut prev = 0u32;
+    entries
+        .iter()
+        .map(|&e| {
+            let d = e - prev;
+            prev = e;
+            d
+        })
+        .collect()
+}
+
+/// Zlib-compress `data` with `deflater` (reset first).
+fn deflate(deflater: &mut Compress, data: &[u8]) -> Result<Vec<u8>> {
+    deflater.reset();
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    loop {
+        let consumed = usize::try_from(deflater.total_in()).unwrap_or(usize::MAX);
+        let rest = data.get(consumed..).unwrap_or_default();
+        let status = deflater
+            .compress_vec(rest, &mut out, FlushCompress::Finish)
+            .map_err(|e| Error::Merge(format!("compress HyperLogLog registers: {e}")))?;
+        if status == Status::StreamEnd {
+            return Ok(out);
+        }
+        if out.capacity() > 2 * data.len() + 1024 {
+            return Err(Error::Merge(
+                "compress HyperLogLog registers: the stream does not end".into(),
+            ));
+        }
+        out.reserve(out.capacity().max(64));
+    }
+}
+
+/// A sketch from its wire form, every invariant checked.
+fn from_wire(w: HllWire, inflater: &mut Decompress) -> Result<HyperLogLog> {
+    match w {
+        HllWire::Sparse { precision, deltas } => {
+            let mut h =
+                HyperLogLog::new(precision).map_err(|e| Error::invalid("hll", e.to_string()))?;
+            if deltas.len() > h.m() {
+                return Err(Error::invalid("hll", "more sparse entries than registers"));
+            }
+            let max_rank = u32::from(h.max_rank());
+            let mut entries = Vec::with_capacity(deltas.len());
+            let mut prev: Option<u32> = None;
+            let mut acc = 0u32;
+            for d in deltas {
+                acc = acc
+                    .checked_add(d)
+                    .ok_or_else(|| Error::invalid("hll", "sparse entry overflows"))?;
+                let (index, rank) = (acc >> RANK_BITS, acc & RANK_MASK);
+                if index as usize >= h.m() || rank == 0 || rank > max_rank {
+                    return Err(Error::invalid(
+                        "hll",
+                        format!("sparse entry {acc:#x} out of range"),
+                    ));
+                }
+                if prev.is_some_and(|p| p >= index) {
+                    return Err(Error::invalid(
+                        "hll",
+                        "sparse entries not strictly increasing",
+                    ));
+                }
+                prev = Some(index);
+                entries.push(acc);
+            }
+            let dense = entries.len() > h.sparse_limit();
+            h.registers = Registers::Sparse(entries);
+            if dense {
+                h.densify();
+            }
+            Ok(h)
+        }
+        HllWire::Dense { precision, zlib } => {
+            let mut h =
+                HyperLogLog::new(precision).map_err(|e| Error::invalid("hll", e.to_string()))?;
+            let m = h.m();
+            // One register more than needed, so a stream that inflates too far shows.
+            let mut regs = vec![0u8; m + 1];
+            inflater.reset(true);
+            let status = inflater
+                .decompress(&zlib, &mut regs, FlushDecompress::Finish)
                 .map_err(|e| Error::invalid("hll", format!("dense registers: {e}")))?;
-                if regs.len() != m {
-                    return Err(Error::invalid(
-                        "hll",
-                        format!("{} dense registers, expected {m}", regs.len()),
-                    ));
-                }
-                if let Some(i) = regs.iter().position(|&r| r > h.max_rank()) {
-                    return Err(Error::invalid(
-                        "hll",
-                        format!("register {i} holds {}, above the maximum rank", regs[i]),
-                    ));
-                }
-                h.registers = Registers::Dense(regs);
-                Ok(h)
+            let inflated = usize::try_from(inflater.total_out()).unwrap_or(usize::MAX);
+            if inflated > m {
+                return Err(Error::invalid(
+                    "hll",
+                    format!("more than {m} dense registers"),
+                ));
             }
+            if status != Status::StreamEnd {
+                return Err(Error::invalid("hll", "dense registers: incomplete stream"));
+            }
+            if inflated != m {
+                return Err(Error::invalid(
+                    "hll",
+                    format!("{inflated} dense registers, expected {m}"),
+                ));
+            }
+            regs.truncate(m);
+            if let Some(i) = regs.iter().position(|&r| r > h.max_rank()) {
+                return Err(Error::invalid(
+                    "hll",
+                    format!("register {i} holds {}, above the maximum rank", regs[i]),
+                ));
+            }
+            h.registers = Registers::Dense(regs);
+            Ok(h)
         }
     }
 }
@@ -577,5 +705,73 @@ mod tests {
         })
         .unwrap();
         assert!(postcard::from_bytes::<HyperLogLog>(&ok).is_ok());
+    }
+
+    #[test]
+    fn codec_writes_and_merges_the_postcard_form() {
+        let mut codec = HllCodec::new();
+        for (n, salt) in [(0u64, 1u64), (40, 2), (200, 3), (5_000, 4), (100_000, 5)] {
+            let h = filled(n, 10, salt);
+            // Twice, so a reused deflater gives the same bytes as a fresh one.
+            for _ in 0..2 {
+                assert_eq!(
+                    codec.encode(&h).unwrap(),
+                    postcard::to_stdvec(&h).unwrap(),
+                    "n={n}"
+                );
+            }
+            for into in [filled(30, 10, 9), filled(3_000, 10, 9)] {
+                let mut expected = into.clone();
+                expected.merge(&h).unwrap();
+                let mut merged = into.clone();
+                codec
+                    .merge_encoded(&mut merged, &postcard::to_stdvec(&h).unwrap())
+                    .unwrap();
+                assert_eq!(merged, expected, "n={n}");
+            }
+        }
+        let mut into = filled(300, 10, 1);
+        let before = into.clone();
+        let bad = postcard::to_stdvec(&HllWire::Dense {
+            precision: 10,
+            zlib: zlib(&[70; 1024]),
+        })
+        .unwrap();
+        assert!(codec.merge_encoded(&mut into, &bad).is_err());
+        assert!(codec.merge_encoded(&mut into, &[0xff, 0xff]).is_err());
+        let other_precision = postcard::to_stdvec(&filled(10, 11, 1)).unwrap();
+        assert!(codec.merge_encoded(&mut into, &other_precision).is_err());
+        assert_eq!(into, before);
+    }
+
+    #[test]
+    fn merge_equals_inserting_both_sets() {
+        // Sizes on both sides of the sparse limit (256 registers at p = 10), so sparse + sparse
+        // stays sparse, turns dense, and sparse meets dense either way round.
+        for (na, nb) in [
+            (0, 10),
+            (10, 0),
+            (100, 100),
+            (150, 150),
+            (250, 40),
+            (300, 5),
+            (5, 300),
+            (3_000, 200),
+        ] {
+            let users_a: Vec<u64> = (0..na).map(|i| i * 7919).collect();
+            let users_b: Vec<u64> = (0..nb).map(|i| i * 104_729 + 3).collect();
+            let mut a = HyperLogLog::default();
+            users_a.iter().for_each(|&u| a.insert(u));
+            let mut b = HyperLogLog::default();
+            users_b.iter().for_each(|&u| b.insert(u));
+            let mut both = HyperLogLog::default();
+            users_a.iter().chain(&users_b).for_each(|&u| both.insert(u));
+            let mut merged = a.clone();
+            merged.merge(&b).unwrap();
+            assert_eq!(merged, both, "{na} + {nb}");
+            let mut merged = b.clone();
+            merged.merge(&a).unwrap();
+            assert_eq!(merged, both, "{nb} + {na}");
+        }
     }
 }

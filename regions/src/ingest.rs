@@ -3,8 +3,13 @@
 //! sketch's acknowledgement waits for the commit that holds it.
 //!
 //! Invariants: an `Ok` from [`StoreSink::accept`] means the sketch is committed (so the proxy's
-//! ack follows durability); a batch that fails is retried sketch by sketch so one bad sketch
-//! cannot hold back the others; reads use their own connection (SQLite WAL), never the writer's.
+//! ack follows the commit, durable as the store's `synchronous` setting makes it: see
+//! [`crate::store`]); a batch that fails is retried sketch by sketch so one bad sketch cannot
+//! hold back the others; reads use their own connection (SQLite WAL), never the writer's.
+//!
+//! Sketches arrive decoded and validated by the receiver, which inflated every latency histogram
+//! to check it; the store merges from that inflated form, so the writer thread does not inflate
+//! them again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,18 +117,19 @@ fn write_loop(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let sketches: Vec<Sketch> = batch.iter().map(|(s, _)| s.clone()).collect();
+        let (sketches, replies): (Vec<Sketch>, Vec<Reply>) = batch.into_iter().unzip();
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        // Replies go out only after `ingest` returned, i.e. after the commit that holds them.
         match store.ingest(&sketches, now_ms) {
             Ok(outcomes) => {
-                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     count(&stats, Ok(outcome));
                     let _ = reply.send(Ok(outcome));
                 }
             }
             Err(batch_error) => {
                 tracing::warn!(error = %batch_error, sketches = sketches.len(), "batch failed; storing one by one");
-                for (sketch, reply) in batch {
+                for (sketch, reply) in sketches.into_iter().zip(replies) {
                     let outcome = store
                         .ingest(std::slice::from_ref(&sketch), now_ms)
                         .map(|mut o| o.pop().unwrap_or(Ingested::Duplicate))
