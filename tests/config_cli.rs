@@ -57,7 +57,7 @@ fn every_bad_config_exits_2_naming_the_key() {
             ),
         )
     };
-    let cases: Vec<(&str, String, &str)> = vec![
+    let mut cases: Vec<(&str, String, &str)> = vec![
         (
             "unknown key",
             GOOD.replace("[node]", "[node]\nzone = \"a\""),
@@ -179,12 +179,199 @@ fn every_bad_config_exits_2_naming_the_key() {
             "geo.database",
         ),
     ];
+    let tls_files = tempfile::tempdir().expect("tempdir");
+    let tls = TlsFiles::new(tls_files.path());
+    let with_tls = |cert: &std::path::Path, key: &std::path::Path| tls.config(cert, key);
+    let missing = tls_files.path().join("missing.pem");
+    cases.extend([
+        (
+            "missing TLS certificate",
+            with_tls(&missing, &tls.key),
+            "proxy.tls.cert",
+        ),
+        (
+            "missing TLS key",
+            with_tls(&tls.cert, &missing),
+            "proxy.tls.key",
+        ),
+        (
+            "TLS certificate is a directory",
+            with_tls(tls_files.path(), &tls.key),
+            "proxy.tls.cert",
+        ),
+        (
+            "TLS certificate is not PEM",
+            with_tls(&tls.not_pem, &tls.key),
+            "proxy.tls.cert",
+        ),
+        (
+            "TLS key is not PEM",
+            with_tls(&tls.cert, &tls.not_pem),
+            "proxy.tls.key",
+        ),
+        (
+            "TLS key is binary",
+            with_tls(&tls.cert, &tls.binary),
+            "proxy.tls.key",
+        ),
+        (
+            "TLS certificate file holds a key",
+            with_tls(&tls.key, &tls.key),
+            "proxy.tls.cert",
+        ),
+        (
+            "TLS key file holds a certificate",
+            with_tls(&tls.cert, &tls.cert),
+            "proxy.tls.key",
+        ),
+        (
+            "TLS certificate with broken base64",
+            with_tls(&tls.broken_cert, &tls.key),
+            "proxy.tls.cert",
+        ),
+        (
+            "TLS certificate without END line",
+            with_tls(&tls.truncated_cert, &tls.key),
+            "proxy.tls.cert",
+        ),
+        (
+            "encrypted TLS key",
+            with_tls(&tls.cert, &tls.encrypted_key),
+            "proxy.tls.key",
+        ),
+        (
+            "TLS without a key",
+            format!(
+                "{GOOD}\n[proxy]\ntls = {{ cert = \"{}\" }}\n",
+                tls.cert.display()
+            ),
+            "proxy.tls",
+        ),
+        (
+            "h2c beside TLS",
+            with_tls(&tls.cert, &tls.key).replace("[proxy]\n", "[proxy]\nh2c = true\n"),
+            "proxy.h2c",
+        ),
+    ]);
     let mut failures = Vec::new();
     for (what, text, key) in &cases {
         let (code, _stdout, stderr) = check(text);
         if code != 2 || !stderr.contains(key) {
             failures.push(format!(
                 "{what}: exit {code}, expected 2 and a message naming `{key}`; stderr:\n{stderr}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// PEM files for the proxy's TLS listener, good and bad, made at test time.
+struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    /// The key of another certificate.
+    other_key: std::path::PathBuf,
+    not_pem: std::path::PathBuf,
+    binary: std::path::PathBuf,
+    broken_cert: std::path::PathBuf,
+    truncated_cert: std::path::PathBuf,
+    encrypted_key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    fn new(dir: &std::path::Path) -> Self {
+        let good = self_signed_cert(dir, "good");
+        let other = self_signed_cert(dir, "other");
+        let cert_pem = std::fs::read_to_string(&good.cert_path).expect("read cert");
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).expect("write");
+            path
+        };
+        // A character that is not base64 in the middle of the body.
+        let mut broken = cert_pem.clone().into_bytes();
+        let middle = cert_pem.find('\n').expect("newline") + 10;
+        broken[middle] = b'*';
+        let truncated = cert_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----END"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        TlsFiles {
+            cert: good.cert_path,
+            key: good.key_path,
+            other_key: other.key_path,
+            not_pem: write("not.pem", b"this is not a certificate\n"),
+            binary: write("binary.der", good.der.as_ref()),
+            broken_cert: write("broken.pem", &broken),
+            truncated_cert: write("truncated.pem", truncated.as_bytes()),
+            encrypted_key: write(
+                "encrypted.key.pem",
+                b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMAA=\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            ),
+        }
+    }
+
+    /// The good config with `[proxy] tls` set to `cert` and `key`.
+    fn config(&self, cert: &std::path::Path, key: &std::path::Path) -> String {
+        format!(
+            "{GOOD}\n[proxy]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        )
+    }
+}
+
+#[test]
+fn good_tls_config_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = TlsFiles::new(dir.path());
+    let (code, stdout, stderr) = check(&tls.config(&tls.cert, &tls.key));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
+/// `prescale proxy` refuses TLS material it cannot serve with, before listening: exit status 2
+/// and a message naming the key. A key that belongs to another certificate is only found out
+/// when the listener is built.
+#[test]
+fn prescale_proxy_exits_2_on_unusable_tls_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = TlsFiles::new(dir.path());
+    let missing = dir.path().join("missing.pem");
+    let cases = [
+        ("missing certificate", &missing, &tls.key, "proxy.tls.cert"),
+        ("key is not PEM", &tls.cert, &tls.not_pem, "proxy.tls.key"),
+        (
+            "key of another certificate",
+            &tls.cert,
+            &tls.other_key,
+            "proxy.tls",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, cert, key, named) in cases {
+        // Free ports, so that only the TLS files can be what stops it.
+        let text = tls.config(cert, key).replace(
+            "[proxy]\n",
+            &format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n\n[proxy]\nlisten = \"127.0.0.1:{}\"\n",
+                free_port()
+            ),
+        );
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, text).expect("write config");
+        let log = dir.path().join("proxy.log");
+        let mut proc = start(
+            "proxy",
+            &["proxy", "--config", path.to_str().expect("utf8")],
+            &log,
+        );
+        let status = proc.wait_exit(std::time::Duration::from_secs(20));
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        if status.code() != Some(2) || !stderr.contains(named) || stderr.contains("panicked") {
+            failures.push(format!(
+                "{what}: {status}, expected exit status 2 and a message naming `{named}`; stderr:\n{stderr}"
             ));
         }
     }

@@ -1,6 +1,6 @@
 //! End-to-end tests of the data plane through the real binary: routing by identity, region and
 //! profile; metrics and profiles in the admin API; passive ejection and recovery; graceful
-//! shutdown; hostile requests; HTTP/2.
+//! shutdown; hostile requests; HTTP/2; HTTPS (HTTP/1.1 and h2 by ALPN).
 
 mod common;
 
@@ -621,4 +621,233 @@ fn a_backend_slower_than_the_read_timeout_gives_504() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The test config with the proxy listener on TLS using `cert`.
+fn tls_config(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    web: SocketAddr,
+    batch: SocketAddr,
+    cert: &TestCert,
+) -> String {
+    let text = config(proxy, admin, &[web], &[batch], "").replace(
+        "threads = 2\n",
+        &format!(
+            "threads = 2\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.cert_path.display(),
+            cert.key_path.display()
+        ),
+    );
+    assert!(text.contains("tls = {"), "tls inserted");
+    text
+}
+
+#[test]
+fn tls_listener_proxies_http1_and_h2_with_forwarded_proto_https() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let cert = self_signed_cert(certs.path(), "proxy");
+    let node = start_node(&tls_config(proxy, admin, web, batch, &cert));
+    let trusted = std::slice::from_ref(&cert.der);
+    let http1_only = tls_client(trusted, &[b"http/1.1"]);
+    let h2_first = tls_client(trusted, &[b"h2", b"http/1.1"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // HTTP/1.1 over TLS: routed like cleartext, and the backend learns the request was https
+    // (a client's own X-Forwarded-Proto is overwritten).
+    let germany = "2a02:d180::1";
+    let us = "214.78.120.1";
+    runtime.block_on(async {
+        for _ in 0..3 {
+            let r = https1_get(
+                node.proxy,
+                http1_only.clone(),
+                "/api/items",
+                &[
+                    ("x-user-id", "alice"),
+                    ("x-forwarded-for", germany),
+                    ("x-forwarded-proto", "http"),
+                ],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(r.version, http::Version::HTTP_11);
+            let body = r.json();
+            assert_eq!(body["backend"], "web-1", "{body}");
+            assert_eq!(body["path"], "/api/items", "{body}");
+            assert_eq!(body["headers"]["x-forwarded-proto"], "https", "{body}");
+            assert_eq!(
+                body["headers"]["x-forwarded-for"],
+                format!("{germany}, 127.0.0.1"),
+                "{body}"
+            );
+        }
+        for _ in 0..2 {
+            let r = https1_get(
+                node.proxy,
+                http1_only.clone(),
+                "/batch/export",
+                &[("x-user-id", "bob"), ("x-forwarded-for", us)],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            let body = r.json();
+            assert_eq!(body["backend"], "batch-1", "{body}");
+            assert_eq!(body["headers"]["x-forwarded-proto"], "https", "{body}");
+            assert_eq!(
+                body["headers"]["x-forwarded-for"],
+                format!("{us}, 127.0.0.1"),
+                "{body}"
+            );
+        }
+    });
+
+    // HTTP/2 negotiated by ALPN: several slow requests at once on one connection, answered
+    // together (one after the other would take streams × delay).
+    const STREAMS: usize = 8;
+    const DELAY_MS: u64 = 400;
+    runtime.block_on(async {
+        let stream = tls_connect(node.proxy, h2_first.clone())
+            .await
+            .expect("TLS handshake");
+        assert_eq!(negotiated_alpn(&stream).as_deref(), Some(&b"h2"[..]));
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let started = Instant::now();
+        let requests: Vec<_> = (0..STREAMS)
+            .map(|i| {
+                let mut sender = sender.clone();
+                let request = https_request(
+                    node.proxy,
+                    &format!("/api/h2/{i}?sleep_ms={DELAY_MS}"),
+                    &[("x-user-id", "h2-user")],
+                );
+                tokio::spawn(async move { read_response(sender.send_request(request)).await })
+            })
+            .collect();
+        for (i, request) in requests.into_iter().enumerate() {
+            let r = request.await.expect("request task");
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(r.version, http::Version::HTTP_2, "{r:?}");
+            let body = r.json();
+            assert_eq!(body["path"], format!("/api/h2/{i}"), "{body}");
+            assert_eq!(body["backend"], "web-1", "{body}");
+            assert_eq!(body["headers"]["x-forwarded-proto"], "https", "{body}");
+            assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1", "{body}");
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(DELAY_MS * STREAMS as u64 / 2),
+            "{STREAMS} streams of {DELAY_MS} ms took {elapsed:?}: not concurrent"
+        );
+    });
+
+    // 3 + 8 interactive requests in eu on web, 2 batch requests from the us.
+    let metrics = node.metrics_when(|m| metric_sum(m, "prescale_requests_total", &[]) >= 13.0);
+    let count = |labels: &[(&str, &str)]| metric_sum(&metrics, "prescale_requests_total", labels);
+    assert_eq!(
+        count(&[
+            ("profile", "interactive"),
+            ("region", "eu"),
+            ("fleet", "web")
+        ]),
+        (3 + STREAMS) as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[("profile", "batch"), ("region", "us"), ("fleet", "batch")]),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&[("status", "2xx")]),
+        (5 + STREAMS) as f64,
+        "{metrics}"
+    );
+    assert_eq!(count(&[]), (5 + STREAMS) as f64, "{metrics}");
+}
+
+#[test]
+fn tls_listener_survives_clients_that_fail_the_handshake() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let cert = self_signed_cert(certs.path(), "proxy");
+    // A client that trusts some other certificate only.
+    let other = self_signed_cert(certs.path(), "other");
+    let mut node = start_node(&tls_config(proxy, admin, web, batch, &cert));
+    let trusting = tls_client(std::slice::from_ref(&cert.der), &[b"h2", b"http/1.1"]);
+    let stranger = tls_client(std::slice::from_ref(&other.der), &[b"h2", b"http/1.1"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let h2_get = |client: std::sync::Arc<rustls::ClientConfig>, path: &'static str| async move {
+        let stream = tls_connect(node.proxy, client)
+            .await
+            .expect("TLS handshake");
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        read_response(sender.send_request(https_request(
+            node.proxy,
+            path,
+            &[("x-user-id", "carol")],
+        )))
+        .await
+    };
+    runtime.block_on(async {
+        let before = h2_get(trusting.clone(), "/api/before").await;
+        assert_eq!(before.status, 200, "{before:?}");
+
+        for _ in 0..3 {
+            let err = tls_connect(node.proxy, stranger.clone())
+                .await
+                .expect_err("a client that does not trust the certificate must fail");
+            assert!(
+                err.to_string().contains("invalid peer certificate"),
+                "handshake failed for another reason: {err}"
+            );
+        }
+        // Cleartext HTTP on the TLS port gets no HTTP answer.
+        if let Ok(r) = try_request(node.proxy, "GET", "/", &[("X-User-Id", "carol")], b"") {
+            assert!(r.status >= 400, "cleartext request on the TLS port: {r:?}");
+        }
+
+        let after = h2_get(trusting.clone(), "/api/after").await;
+        assert_eq!(after.status, 200, "{after:?}");
+        assert_eq!(after.version, http::Version::HTTP_2);
+        assert_eq!(after.json()["path"], "/api/after");
+    });
+
+    assert!(
+        node.proc.child.try_wait().expect("try_wait").is_none(),
+        "the proxy exited"
+    );
+    let metrics = node.metrics_when(|m| metric_sum(m, "prescale_requests_total", &[]) >= 2.0);
+    assert_eq!(
+        metric_sum(&metrics, "prescale_requests_total", &[("status", "2xx")]),
+        2.0,
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(!log.contains("panicked"), "the proxy panicked:\n{log}");
 }

@@ -125,10 +125,14 @@ fn default_max_header_bytes() -> usize {
     16 * 1024
 }
 
+/// The proxy listener's certificate and key, PEM files (a relative path is taken from the
+/// working directory).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// The certificate chain, the server's own certificate first.
     pub cert: PathBuf,
+    /// The private key of that certificate, unencrypted: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
     pub key: PathBuf,
 }
 

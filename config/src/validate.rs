@@ -2,6 +2,8 @@
 //! its key and says what is expected. Validation never stops at the first problem.
 
 use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
 
 use crate::error::{KeyPath, Problem};
 use crate::schema::{Config, IdentitySource};
@@ -15,6 +17,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     };
     v.node_and_regions(config);
     v.listeners(config);
+    v.proxy_tls(config);
     v.identity(config);
     v.fleets(config);
     v.routes_and_profiles(config);
@@ -219,6 +222,28 @@ impl Validator {
                 root.key("proxy").key("threads"),
                 "expected 0 (one per core) to 1024",
             );
+        }
+    }
+
+    /// `[proxy] tls`: both files must be readable PEM with a certificate chain and an unencrypted
+    /// private key. The pair itself (does the key belong to the certificate, is the algorithm
+    /// supported) is checked when the listener is built.
+    fn proxy_tls(&mut self, config: &Config) {
+        let Some(tls) = &config.proxy.tls else {
+            return;
+        };
+        let at = KeyPath::root().key("proxy");
+        if config.proxy.h2c {
+            self.problem(
+                at.key("h2c"),
+                "applies to a plain (cleartext) listener only; with proxy.tls HTTP/2 is negotiated by ALPN, so remove `h2c = true`",
+            );
+        }
+        if let Err(message) = check_pem_file(&tls.cert, PemContent::Certificate) {
+            self.problem(at.key("tls").key("cert"), message);
+        }
+        if let Err(message) = check_pem_file(&tls.key, PemContent::PrivateKey) {
+            self.problem(at.key("tls").key("key"), message);
         }
     }
 
@@ -632,6 +657,196 @@ impl Validator {
     }
 }
 
+/// What a PEM file named in the config must hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PemContent {
+    Certificate,
+    PrivateKey,
+}
+
+/// Certificate and key files are small; anything larger is not one (and is not read whole).
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// Private key labels the proxy listener can load: PKCS#8, PKCS#1 (RSA) and SEC1 (EC).
+const PRIVATE_KEY_LABELS: [&str; 3] = ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
+
+/// Checks that `path` is a readable PEM file whose blocks are well formed (base64 of one DER
+/// value) and that it holds what `want` says; the error says what is wrong and what is expected.
+fn check_pem_file(path: &Path, want: PemContent) -> Result<(), String> {
+    let shown = path.display();
+    let expected = match want {
+        PemContent::Certificate => "a PEM certificate chain (`-----BEGIN CERTIFICATE-----`)",
+        PemContent::PrivateKey => {
+            "an unencrypted PEM private key (`-----BEGIN PRIVATE KEY-----`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)"
+        }
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read `{shown}`: {e}; expected {expected}"))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!(
+            "`{shown}` is larger than 1 MiB, too large for a certificate or key file; expected {expected}"
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        let hint = if bytes.first() == Some(&0x30) {
+            " (it looks like binary DER; convert it, e.g. `openssl x509 -inform der` or `openssl pkey -inform der`)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "`{shown}` is not a PEM file{hint}; expected {expected}"
+        ));
+    };
+    let blocks = pem_blocks(text).map_err(|why| format!("`{shown}`: {why}"))?;
+    if blocks.is_empty() {
+        return Err(format!(
+            "`{shown}` is not a PEM file (no `-----BEGIN …-----` line); expected {expected}"
+        ));
+    }
+    let found = || {
+        blocks
+            .iter()
+            .map(|label| format!("`{label}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match want {
+        PemContent::Certificate => {
+            if !blocks.iter().any(|label| label == "CERTIFICATE") {
+                return Err(format!(
+                    "`{shown}` holds no certificate (found {}); expected {expected}",
+                    found()
+                ));
+            }
+        }
+        PemContent::PrivateKey => {
+            if !blocks
+                .iter()
+                .any(|label| PRIVATE_KEY_LABELS.contains(&label.as_str()))
+            {
+                let why = if blocks.iter().any(|label| label == "ENCRYPTED PRIVATE KEY") {
+                    "holds an encrypted private key, which the proxy cannot use (decrypt it with `openssl pkey`)".to_string()
+                } else {
+                    format!("holds no private key (found {})", found())
+                };
+                return Err(format!("`{shown}` {why}; expected {expected}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The labels of the PEM blocks in `text`, in order, after checking that each block ends with
+/// its own END line and holds base64 of a single DER value. Text outside blocks is ignored.
+fn pem_blocks(text: &str) -> Result<Vec<String>, String> {
+    let mut labels = Vec::new();
+    let mut open: Option<(String, usize, String)> = None;
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let line_no = index + 1;
+        if let Some((label, start, mut body)) = open.take() {
+            if let Some(end) = pem_boundary(line, "-----END ") {
+                if end != label {
+                    return Err(format!(
+                        "the PEM block `{label}` starting at line {start} ends with `{end}` at line {line_no}"
+                    ));
+                }
+                let der = decode_base64(&body).map_err(|why| {
+                    format!("the PEM block `{label}` starting at line {start} is not valid base64 ({why})")
+                })?;
+                if !is_single_der_value(&der) {
+                    return Err(format!(
+                        "the PEM block `{label}` starting at line {start} does not hold a DER-encoded value"
+                    ));
+                }
+                labels.push(label);
+            } else if line.starts_with("-----") {
+                return Err(format!(
+                    "the PEM block `{label}` starting at line {start} has no `-----END {label}-----` line"
+                ));
+            } else if line.contains(':') {
+                return Err(format!(
+                    "the PEM block `{label}` starting at line {start} has headers (`{}`), as legacy encrypted keys do; expected plain base64",
+                    line.split(':').next().unwrap_or_default()
+                ));
+            } else {
+                body.push_str(line);
+                open = Some((label, start, body));
+            }
+        } else if let Some(label) = pem_boundary(line, "-----BEGIN ") {
+            open = Some((label.to_string(), line_no, String::new()));
+        }
+    }
+    match open {
+        Some((label, start, _)) => Err(format!(
+            "the PEM block `{label}` starting at line {start} has no `-----END {label}-----` line"
+        )),
+        None => Ok(labels),
+    }
+}
+
+/// `LABEL` of a `-----BEGIN LABEL-----` / `-----END LABEL-----` line.
+fn pem_boundary<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
+    line.strip_prefix(prefix)?.strip_suffix("-----")
+}
+
+/// Standard base64 with `=` padding (whitespace already removed).
+fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() {
+        return Err("no data".to_string());
+    }
+    if !bytes.chunks_exact(4).remainder().is_empty() {
+        return Err(format!("{} characters, not a multiple of 4", bytes.len()));
+    }
+    let padding = bytes.iter().rev().take_while(|&&b| b == b'=').count();
+    if padding > 2 {
+        return Err("too much `=` padding".to_string());
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &b in &bytes[..bytes.len() - padding] {
+        let value = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            other => return Err(format!("unexpected character {:?}", char::from(other))),
+        };
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `der` is exactly one DER SEQUENCE (certificates and keys all are).
+fn is_single_der_value(der: &[u8]) -> bool {
+    let (Some(&0x30), Some(&first)) = (der.first(), der.get(1)) else {
+        return false;
+    };
+    let (header, length) = if first < 0x80 {
+        (2, usize::from(first))
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || der.len() < 2 + count {
+            return false;
+        }
+        let length = der[2..2 + count]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (2 + count, length)
+    };
+    header.checked_add(length) == Some(der.len())
+}
+
 /// Names of regions, fleets and profiles appear in metrics labels and URLs.
 pub fn is_name(name: &str) -> bool {
     !name.is_empty()
@@ -682,5 +897,148 @@ fn list(names: &[&str]) -> String {
             .map(|n| format!("`{n}`"))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod pem_tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_padded_input_and_rejects_the_rest() {
+        assert_eq!(decode_base64("TWFu").as_deref(), Ok(&b"Man"[..]));
+        assert_eq!(decode_base64("TWE=").as_deref(), Ok(&b"Ma"[..]));
+        assert_eq!(decode_base64("TQ==").as_deref(), Ok(&b"M"[..]));
+        assert_eq!(
+            decode_base64("MIIBIjAN").as_deref(),
+            Ok(&[0x30, 0x82, 0x01, 0x22, 0x30, 0x0d][..])
+        );
+        for bad in ["", "TQ=", "T*==", "TQ=A", "====", "TWFu\n"] {
+            assert!(decode_base64(bad).is_err(), "{bad:?} decoded");
+        }
+    }
+
+    #[test]
+    fn der_check_wants_exactly_one_sequence() {
+        assert!(is_single_der_value(&[0x30, 0x00]));
+        assert!(is_single_der_value(&[0x30, 0x01, 0x05]));
+        let mut long = vec![0x30, 0x81, 0x80];
+        long.resize(3 + 0x80, 0);
+        assert!(is_single_der_value(&long));
+        let mut longer = vec![0x30, 0x82, 0x01, 0x00];
+        longer.resize(4 + 0x100, 0);
+        assert!(is_single_der_value(&longer));
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x02, 0x05],
+            &[0x30, 0x00, 0x00],
+            &[0x31, 0x00],
+            &[0x30, 0x80],
+            &[0x30, 0x85, 1, 0, 0, 0, 0],
+            &[0x30, 0x82, 0x01],
+        ] {
+            assert!(!is_single_der_value(bad), "{bad:?} accepted");
+        }
+    }
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn pem_blocks_are_listed_and_malformed_ones_named() {
+        let text = format!("Bag Attributes: ignored\n{CERT}between\n{KEY}");
+        assert_eq!(
+            pem_blocks(&text),
+            Ok(vec!["CERTIFICATE".to_string(), "PRIVATE KEY".to_string()])
+        );
+        assert_eq!(pem_blocks("no blocks here\n"), Ok(Vec::new()));
+        let mismatched = CERT.replace("END CERTIFICATE", "END PRIVATE KEY");
+        let cases = [
+            (mismatched.as_str(), "ends with `PRIVATE KEY`"),
+            ("-----BEGIN CERTIFICATE-----\nMAA=\n", "no `-----END CERTIFICATE-----`"),
+            (
+                "-----BEGIN CERTIFICATE-----\nMAA=\n-----BEGIN CERTIFICATE-----\n",
+                "no `-----END CERTIFICATE-----`",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nM*A=\n-----END CERTIFICATE-----\n",
+                "not valid base64",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nTWFu\n-----END CERTIFICATE-----\n",
+                "does not hold a DER-encoded value",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nMAA=\n-----END RSA PRIVATE KEY-----\n",
+                "has headers (`Proc-Type`)",
+            ),
+        ];
+        for (text, expected) in cases {
+            match pem_blocks(text) {
+                Err(message) => assert!(message.contains(expected), "{message}"),
+                Ok(labels) => panic!("{text:?} accepted: {labels:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn pem_files_must_hold_what_their_key_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).expect("write");
+            path
+        };
+        let cert = write("cert.pem", CERT.as_bytes());
+        let key = write("key.pem", KEY.as_bytes());
+        let both = write("both.pem", format!("{CERT}{KEY}").as_bytes());
+        let rsa = write(
+            "rsa.pem",
+            KEY.replace("PRIVATE KEY", "RSA PRIVATE KEY").as_bytes(),
+        );
+        let encrypted = write(
+            "encrypted.pem",
+            KEY.replace("PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
+                .as_bytes(),
+        );
+        let der = write("cert.der", &[0x30, 0x00, 0xff]);
+        let text = write("notes.txt", b"just text\n");
+        let big = write("big.pem", &vec![b'a'; 1024 * 1024 + 1]);
+        assert_eq!(check_pem_file(&cert, PemContent::Certificate), Ok(()));
+        assert_eq!(check_pem_file(&both, PemContent::Certificate), Ok(()));
+        assert_eq!(check_pem_file(&key, PemContent::PrivateKey), Ok(()));
+        assert_eq!(check_pem_file(&both, PemContent::PrivateKey), Ok(()));
+        assert_eq!(check_pem_file(&rsa, PemContent::PrivateKey), Ok(()));
+        let cases = [
+            (
+                &key,
+                PemContent::Certificate,
+                "holds no certificate (found `PRIVATE KEY`)",
+            ),
+            (
+                &cert,
+                PemContent::PrivateKey,
+                "holds no private key (found `CERTIFICATE`)",
+            ),
+            (&encrypted, PemContent::PrivateKey, "encrypted private key"),
+            (&der, PemContent::Certificate, "binary DER"),
+            (&text, PemContent::PrivateKey, "is not a PEM file"),
+            (&big, PemContent::Certificate, "larger than 1 MiB"),
+            (
+                &dir.path().join("missing.pem"),
+                PemContent::Certificate,
+                "cannot read",
+            ),
+        ];
+        for (path, want, expected) in cases {
+            match check_pem_file(path, want) {
+                Err(message) => assert!(
+                    message.contains(expected) && message.contains(&*path.to_string_lossy()),
+                    "{message}"
+                ),
+                Ok(()) => panic!("{} accepted", path.display()),
+            }
+        }
     }
 }

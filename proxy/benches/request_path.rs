@@ -1,16 +1,18 @@
-//! The per-request core of the proxy without sockets: identity hash → request classification →
-//! feature update + profile assignment (a model of 8 centroids) → meter record, per request.
+//! The per-request core of the proxy without sockets, as `DataPlane::admit` and
+//! `DataPlane::record` run it: identity hash → request classification → clock → feature update +
+//! profile assignment (a model of 8 centroids) → meter record with the user (unique users and
+//! the user sample) → the user's response features, per request.
 //!
 //! `one_thread`: ns per request on one core. `two_threads`: the same loop on two threads at
 //! once over shared tables, reported as time per request *per thread* — equal to the
 //! single-thread figure when throughput per thread does not drop.
 //!
 //! Like a proxy right after parsing a request, the header block is hot in cache (a small ring of
-//! prepared requests), while users are spread over `USERS` distinct keys so that their table
-//! entries are as cold as in production (the key from the identity hash is mixed with a user
-//! number). On a loaded machine, set `PRESCALE_BENCH_CPU_TIME=1`: instead of the criterion runs,
-//! it prints on-CPU ns per request (Linux `/proc/thread-self/schedstat`, over long runs) at 1 and
-//! 2 threads, which other processes sharing the cores do not inflate.
+//! prepared requests), while each thread's requests come from exactly `USERS` distinct users,
+//! so that their table entries are as cold as in production (the key from the identity hash is
+//! mixed with a user number). On a loaded machine, set `PRESCALE_BENCH_CPU_TIME=1`: instead of
+//! the criterion runs, it prints on-CPU ns per request (Linux `/proc/thread-self/schedstat`, over
+//! long runs) at 1 and 2 threads, which other processes sharing the cores do not inflate.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,6 +23,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
 use prescale_config::{AssignmentConfig, AssignmentRule, IdentityConfig};
 use prescale_gossip::model::{Centroid, ProfileId, ProfileModel, FEATURE_DIM};
+use prescale_proxy::dataplane::CoarseClock;
 use prescale_proxy::features::{FeatureTable, RequestTraits};
 use prescale_proxy::geo::RegionId;
 use prescale_proxy::identity::{IdentityResolver, UserKey};
@@ -48,6 +51,7 @@ struct Plane {
     assigner: ProfileAssigner,
     table: FeatureTable,
     meters: Meters,
+    clock: CoarseClock,
 }
 
 struct Request {
@@ -102,6 +106,7 @@ fn plane() -> Plane {
         assigner,
         table: FeatureTable::with_memory_ceiling(64 * 1024 * 1024, 1800),
         meters: Meters::new(),
+        clock: CoarseClock::start(),
     }
 }
 
@@ -128,9 +133,11 @@ fn requests(seed: usize) -> Vec<Request> {
         .collect()
 }
 
-/// One request through the core; returns the profile index so nothing is optimised away.
-/// `spread` picks one of `USERS` users (mixed into the identity's key).
-fn handle(plane: &Plane, request: &Request, spread: u64, now: u64, latency: Duration) -> u16 {
+/// One request through the core, as `DataPlane::admit` and `DataPlane::record` do it; returns the
+/// profile index so nothing is optimised away. `spread` picks one of `USERS` users (mixed into
+/// the identity's key); `later` (seconds) is added to the clock so that a user's requests are
+/// minutes apart, as in production, rather than all within the same second.
+fn handle(plane: &Plane, request: &Request, spread: u64, later: u64, latency: Duration) -> u16 {
     let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let Ok(user) = plane.identity.resolve(&request.headers, client) else {
         return u16::MAX;
@@ -142,6 +149,7 @@ fn handle(plane: &Plane, request: &Request, spread: u64, now: u64, latency: Dura
         path: request.path,
         headers: &request.headers,
     };
+    let now = plane.clock.unix_secs() + later;
     let outcome = plane.table.on_request(user, now, traits, |view| {
         plane
             .assigner
@@ -159,8 +167,15 @@ fn handle(plane: &Plane, request: &Request, spread: u64, now: u64, latency: Dura
         bytes_in: 0,
         bytes_out: 512,
     };
-    plane.meters.record(key, &observation);
-    plane.table.on_response(user, 0, 512, false);
+    // As `DataPlane::record`: meters with the user (unique users and the user sample), then the
+    // user's response features.
+    plane.meters.record_for_user(key, &observation, user.0);
+    plane.table.on_response(
+        user,
+        observation.bytes_in,
+        observation.bytes_out,
+        observation.is_error(),
+    );
     outcome.profile.0
 }
 
@@ -175,11 +190,14 @@ fn run(plane: &Plane, requests: &[Request], iterations: u64, start: u64) -> Dura
     let began = Instant::now();
     for i in 0..iterations {
         let n = start.wrapping_add(i);
-        let request = &requests[(n as usize).wrapping_mul(7) % requests.len()];
+        // The user first, then its request: a user always sends the same prepared request, so
+        // there are exactly `USERS` users per ring (picking both independently made the number
+        // of distinct users grow without bound: a steady stream of new users and evictions).
         let spread = n.wrapping_mul(0x2545_f491_4f6c_dd1d) % USERS;
-        let now = 1_704_067_200 + n / 1000;
+        let request = &requests[spread as usize % requests.len()];
+        let later = n / 1000;
         let latency = Duration::from_micros(200 + n % 1000);
-        black_box(handle(plane, request, spread, now, latency));
+        black_box(handle(plane, request, spread, later, latency));
     }
     began.elapsed()
 }
@@ -324,8 +342,14 @@ fn bench(c: &mut Criterion) {
         bytes_in: 0,
         bytes_out: 512,
     };
+    let mut user = 0u64;
     parts.bench_function("meter_record", |b| {
-        b.iter(|| plane.meters.record(black_box(key), &observation))
+        b.iter(|| {
+            user = user.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            plane
+                .meters
+                .record_for_user(black_box(key), &observation, user)
+        })
     });
     parts.finish();
 }

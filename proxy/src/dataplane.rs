@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +84,8 @@ pub struct DataPlane {
     max_header_bytes: usize,
     pub tls: bool,
     rate_samples: Mutex<VecDeque<(Instant, MeterSnapshot)>>,
+    /// The request path's time (features).
+    clock: CoarseClock,
     /// Requests answered before they had a user or a profile (400, 401, 431, other 4xx).
     rejected_early: [std::sync::atomic::AtomicU64; 4],
 }
@@ -135,6 +138,7 @@ impl DataPlane {
             max_header_bytes: config.proxy.max_header_bytes,
             tls: config.proxy.tls.is_some(),
             rate_samples: Mutex::new(VecDeque::new()),
+            clock: CoarseClock::start(),
             rejected_early: Default::default(),
             region,
             config,
@@ -213,7 +217,7 @@ impl DataPlane {
             Some(table) => {
                 let traits = RequestTraits::classify(&request.method, facts.path, headers);
                 table
-                    .on_request(user, unix_now(), traits, |view| {
+                    .on_request(user, self.clock.unix_secs(), traits, |view| {
                         self.assigner
                             .assign(view.requests(), || view.features(), &facts)
                     })
@@ -665,6 +669,46 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// How often [`CoarseClock`] refreshes its time.
+pub const COARSE_CLOCK_TICK: Duration = Duration::from_millis(100);
+
+/// Unix seconds for the request path: one relaxed load instead of a clock read per request. A
+/// background thread refreshes it every [`COARSE_CLOCK_TICK`] and exits once the clock is
+/// dropped; if that thread cannot be started, every read asks the system clock.
+#[derive(Debug)]
+pub struct CoarseClock {
+    secs: Arc<AtomicU64>,
+    ticking: bool,
+}
+
+impl CoarseClock {
+    pub fn start() -> Self {
+        let secs = Arc::new(AtomicU64::new(unix_now()));
+        let shared = Arc::downgrade(&secs);
+        let ticking = std::thread::Builder::new()
+            .name("prescale-clock".into())
+            .spawn(move || loop {
+                std::thread::sleep(COARSE_CLOCK_TICK);
+                let Some(secs) = shared.upgrade() else { break };
+                secs.store(unix_now(), Ordering::Relaxed);
+            })
+            .is_ok();
+        if !ticking {
+            tracing::warn!("coarse clock thread not started: reading the system clock per request");
+        }
+        CoarseClock { secs, ticking }
+    }
+
+    /// Unix seconds, at most one tick old.
+    pub fn unix_secs(&self) -> u64 {
+        if self.ticking {
+            self.secs.load(Ordering::Relaxed)
+        } else {
+            unix_now()
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -3,7 +3,8 @@
 //! derived.
 //!
 //! Owns: the bounded table (a set-associative cache: the user key picks a set of [`WAYS`] entries;
-//! a new user replaces the least-recently-seen entry of its set — a sampled LRS), each user's
+//! a new user replaces the least-recently-seen entry of its set — a sampled LRS — and is placed at
+//! its home way, so that most lookups read a single cache line), each user's
 //! state, the request classification (path class, device class), and the per-profile user gauge.
 //!
 //! Invariants:
@@ -172,6 +173,16 @@ fn hour_of_week(unix_secs: u64) -> (u8, bool) {
     ((weekday * 24 + hour) as u8, weekday >= 5)
 }
 
+/// The rate EWMA's decay over `elapsed` seconds (exactly 1 for none: requests of the same second
+/// skip the `exp`).
+fn decay_over(elapsed: u32) -> f32 {
+    if elapsed == 0 {
+        1.0
+    } else {
+        (-(elapsed as f32) / RATE_TAU_SECS).exp()
+    }
+}
+
 /// One user's state. Exactly one cache line; `requests == 0` marks an empty slot.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(64))]
@@ -217,7 +228,7 @@ impl UserState {
             self.rate_per_min = 60.0 / RATE_TAU_SECS;
         } else {
             let elapsed = now32.saturating_sub(self.last_seen);
-            let decay = (-(elapsed as f32) / RATE_TAU_SECS).exp();
+            let decay = decay_over(elapsed);
             self.rate_per_min = self.rate_per_min * decay + 60.0 / RATE_TAU_SECS;
             if u64::from(elapsed) > session_gap {
                 let gap = elapsed as f32;
@@ -292,7 +303,7 @@ impl UserState {
         let total = self.total().max(1) as f32;
         let share = |count: u16| (f32::from(count) / total).min(1.0);
         let elapsed = (now.min(u64::from(u32::MAX)) as u32).saturating_sub(self.last_seen);
-        let rate = self.rate_per_min * (-(elapsed as f32) / RATE_TAU_SECS).exp();
+        let rate = self.rate_per_min * decay_over(elapsed);
         let top = self.top_counts[0].max(self.top_counts[1]);
         FeatureVector([
             rate.max(0.0).ln_1p(),
@@ -354,7 +365,8 @@ struct Shard {
 struct ShardInner {
     entries: Box<[UserState]>,
     /// The key of each entry, side by side per set (one cache line per set), so finding a user
-    /// touches one line of tags and then only its own entry. 0 = empty way.
+    /// away from its home way touches one line of tags and then only its own entry (at its home
+    /// way, the usual case, only the entry: see [`find`]). 0 = empty way.
     tags: Box<[u64]>,
     resident: u32,
     /// Resident users per profile (this shard's part of the gauge).
@@ -467,10 +479,10 @@ impl FeatureTable {
         let (shard, set_start) = self.locate(user);
         let mut guard = lock(shard);
         let inner = &mut *guard;
-        let tag = tag_of(user);
         let tags = &mut inner.tags[set_start..set_start + WAYS];
         let set = &mut inner.entries[set_start..set_start + WAYS];
-        let slot = match tags.iter().position(|&t| t == tag) {
+        let home = home_way(user);
+        let slot = match find(tags, set, user) {
             Some(slot) => slot,
             None => {
                 // An empty way, else the least recently seen (only new users pay for this scan).
@@ -490,12 +502,16 @@ impl FeatureTable {
                         oldest
                     }
                 };
-                tags[victim] = tag;
-                set[victim] = UserState {
+                // The new user takes the victim's place in the set, but at its home way: whoever
+                // is there moves to the victim's way (the same users stay resident either way).
+                tags[victim] = tags[home];
+                set[victim] = set[home];
+                tags[home] = tag_of(user);
+                set[home] = UserState {
                     key: user.0,
                     ..UserState::default()
                 };
-                victim
+                home
             }
         };
         let state = &mut set[slot];
@@ -528,11 +544,8 @@ impl FeatureTable {
         let (shard, set_start) = self.locate(user);
         let mut guard = lock(shard);
         let inner = &mut *guard;
-        let tag = tag_of(user);
-        if let Some(slot) = inner.tags[set_start..set_start + WAYS]
-            .iter()
-            .position(|&t| t == tag)
-        {
+        let set = &inner.entries[set_start..set_start + WAYS];
+        if let Some(slot) = find(&inner.tags[set_start..set_start + WAYS], set, user) {
             inner.entries[set_start + slot].observe_response(
                 request_bytes,
                 response_bytes,
@@ -545,11 +558,9 @@ impl FeatureTable {
     pub fn features_of(&self, user: UserKey, now: u64) -> Option<FeatureVector> {
         let (shard, set_start) = self.locate(user);
         let guard = lock(shard);
-        let tag = tag_of(user);
-        guard.tags[set_start..set_start + WAYS]
-            .iter()
-            .position(|&t| t == tag)
-            .map(|slot| guard.entries[set_start + slot].features(now))
+        let set = &guard.entries[set_start..set_start + WAYS];
+        find(&guard.tags[set_start..set_start + WAYS], set, user)
+            .map(|slot| set[slot].features(now))
     }
 
     /// Resident users per profile, indexed by [`ProfileIdx`] (length [`MAX_PROFILES`]).
@@ -569,6 +580,31 @@ impl FeatureTable {
 /// keyed hashes; two that differ only in the top bit sharing a tag is a 2^-63 event per pair.
 fn tag_of(user: UserKey) -> u64 {
     user.0 | 1 << 63
+}
+
+/// The way a user is put in when it enters its set (see [`find`]).
+fn home_way(user: UserKey) -> usize {
+    const _: () = assert!(WAYS.is_power_of_two());
+    // The top bits: neither the shard nor the set index depends much on them.
+    (user.0 >> (64 - WAYS.trailing_zeros())) as usize
+}
+
+/// The way of `user` in a set, if resident. A user enters its set at its [`home_way`] and stays
+/// there until a newer user of the same home moves it, so the home entry is checked first: it
+/// carries the key itself, so on a hit the entry is the only line read (the tag line is not
+/// needed, and on a cold set that saves a dependent memory round trip).
+fn find(tags: &[u64], set: &[UserState], user: UserKey) -> Option<usize> {
+    let home = home_way(user);
+    let tag = tag_of(user);
+    if tags_match(set[home].key, set[home].requests, tag) {
+        return Some(home);
+    }
+    tags.iter().position(|&t| t == tag)
+}
+
+/// Whether an entry with `key` and `requests` is the user of `tag` (an empty entry is nobody's).
+fn tags_match(key: u64, requests: u32, tag: u64) -> bool {
+    requests != 0 && tag_of(UserKey(key)) == tag
 }
 
 fn lock(shard: &Shard) -> MutexGuard<'_, ShardInner> {

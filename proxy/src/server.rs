@@ -11,9 +11,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use prescale_config::Config;
+use pingora::tls::{version, ServerConfig};
+use prescale_config::{Config, TlsConfig};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminRoutes};
@@ -66,14 +68,7 @@ pub fn start_proxy(
     let addr = config.proxy.listen.to_string();
     match &config.proxy.tls {
         Some(tls) => {
-            let cert = tls.cert.to_string_lossy().into_owned();
-            let key = tls.key.to_string_lossy().into_owned();
-            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
-                .map_err(|e| ProxyError::Tls {
-                    reason: format!("cannot load {cert} / {key}: {e}"),
-                })?;
-            settings.enable_h2();
-            proxy.add_tls_with_settings(&addr, None, settings);
+            proxy.add_tls_with_settings(&addr, None, tls_settings(tls)?);
         }
         None => {
             let mut options = pingora::apps::HttpServerOptions::default();
@@ -191,6 +186,78 @@ pub fn start_admin(
         })?;
     control.spawn(admin::serve(listener, Arc::new(routes), shutdown));
     Ok(local)
+}
+
+/// The proxy listener's TLS settings (ALPN h2, then http/1.1). The certificate chain and key are
+/// loaded and paired here, so that a file that cannot be used is a startup error naming it;
+/// pingora only gets the ready certificate (left to itself it would read the files again when
+/// the listener starts, and panic on its own thread if they are bad).
+fn tls_settings(tls: &TlsConfig) -> Result<TlsSettings, ProxyError> {
+    let fail = |reason: String| ProxyError::Tls { reason };
+    let path_text = |what: &str, path: &std::path::Path| {
+        path.to_str().map(str::to_string).ok_or_else(|| {
+            fail(format!(
+                "{what} path `{}` is not valid UTF-8",
+                path.display()
+            ))
+        })
+    };
+    let cert = path_text("cert", &tls.cert)?;
+    let key = path_text("key", &tls.key)?;
+    // Each file on its own first, for a message that names the one that is wrong.
+    let first_cert = pingora::tls::load_pem_file_ca(&cert)
+        .map_err(|e| fail(format!("cert `{cert}`: {}", pingora_reason(&e))))?;
+    if first_cert.is_empty() {
+        return Err(fail(format!(
+            "cert `{cert}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"
+        )));
+    }
+    let key_der = pingora::tls::load_pem_file_private_key(&key)
+        .map_err(|e| fail(format!("key `{key}`: {}", pingora_reason(&e))))?;
+    if key_der.is_empty() {
+        return Err(fail(format!(
+            "key `{key}` holds no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)"
+        )));
+    }
+    let (chain, private_key) = pingora::tls::load_certs_and_key_files(&cert, &key)
+        .map_err(|e| {
+            fail(format!(
+                "cert `{cert}` / key `{key}`: {}",
+                pingora_reason(&e)
+            ))
+        })?
+        .ok_or_else(|| {
+            fail(format!(
+                "cert `{cert}` / key `{key}`: no certificate chain and private key found"
+            ))
+        })?;
+    pingora::tls::install_default_crypto_provider();
+    // The same protocol versions pingora's own listener setup uses.
+    let server_config =
+        ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
+            .with_no_client_auth()
+            .with_single_cert(chain, private_key)
+            .map_err(|e| {
+                fail(format!(
+                    "key `{key}` cannot serve certificate `{cert}`: {e}"
+                ))
+            })?;
+    let mut settings = TlsSettings::intermediate(&cert, &key)
+        .map_err(|e| fail(format!("cannot set up TLS: {}", pingora_reason(&e))))?;
+    settings.set_cert_resolver(Arc::clone(&server_config.cert_resolver));
+    settings.enable_h2();
+    Ok(settings)
+}
+
+/// A pingora error as one line: its context and cause, without the error-type prefix.
+fn pingora_reason(e: &pingora::Error) -> String {
+    let context = e.context.as_ref().map(|c| c.as_str().to_string());
+    let cause = e.cause.as_ref().map(|c| c.to_string());
+    match (context, cause) {
+        (Some(context), Some(cause)) => format!("{context}: {cause}"),
+        (Some(only), None) | (None, Some(only)) => only,
+        (None, None) => e.to_string(),
+    }
 }
 
 fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), ProxyError> {

@@ -3,12 +3,11 @@
 //! a user. Parsing is `prescale_regions::trace`'s, shared with `prescale replay` (`.gz` is
 //! decompressed; every problem names the file and line).
 
-use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::bail;
 use http::HeaderValue;
-use prescale_regions::trace::{parse_trace_file, read_trace_file, TraceFile};
+use prescale_regions::trace::{read_trace_file, TraceFile};
 
 /// A demand trace: request counts per fixed-length step.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,13 +38,6 @@ pub struct AzureFunction {
 /// Reads a step trace file (`.gz` is decompressed).
 pub fn read_step_trace(path: &Path) -> anyhow::Result<StepTrace> {
     step_trace(read_trace_file(path)?, &path.display().to_string())
-}
-
-#[cfg(test)]
-/// Parses `timestamp,requests` lines: an optional header, then unix seconds and a non-negative
-/// count per line, timestamps strictly increasing. Blank lines are ignored.
-pub fn parse_step_trace(reader: impl BufRead, source: &str) -> anyhow::Result<StepTrace> {
-    step_trace(parse_trace_file(reader, source)?, source)
 }
 
 fn step_trace(file: TraceFile, source: &str) -> anyhow::Result<StepTrace> {
@@ -80,12 +72,6 @@ pub fn read_azure_trace(path: &Path) -> anyhow::Result<AzureTrace> {
     azure_trace(read_trace_file(path)?, &path.display().to_string())
 }
 
-#[cfg(test)]
-/// Parses the wide CSV `HashFunction,HashApp,HashOwner,minute_1..minute_N`.
-pub fn parse_azure_trace(reader: impl BufRead, source: &str) -> anyhow::Result<AzureTrace> {
-    azure_trace(parse_trace_file(reader, source)?, source)
-}
-
 fn azure_trace(file: TraceFile, source: &str) -> anyhow::Result<AzureTrace> {
     let TraceFile::Functions(trace) = file else {
         bail!(
@@ -117,6 +103,19 @@ fn azure_trace(file: TraceFile, source: &str) -> anyhow::Result<AzureTrace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prescale_regions::trace::parse_trace_file;
+    use std::io::BufRead;
+
+    /// Parses `timestamp,requests` lines: an optional header, then unix seconds and a non-negative
+    /// count per line, timestamps strictly increasing. Blank lines are ignored.
+    fn parse_step_trace(reader: impl BufRead, source: &str) -> anyhow::Result<StepTrace> {
+        step_trace(parse_trace_file(reader, source)?, source)
+    }
+
+    /// Parses the wide CSV `HashFunction,HashApp,HashOwner,minute_1..minute_N`.
+    fn parse_azure_trace(reader: impl BufRead, source: &str) -> anyhow::Result<AzureTrace> {
+        azure_trace(parse_trace_file(reader, source)?, source)
+    }
 
     fn step(text: &str) -> anyhow::Result<StepTrace> {
         parse_step_trace(text.as_bytes(), "t.csv")

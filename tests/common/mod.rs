@@ -338,3 +338,155 @@ pub fn h2c_get(addr: SocketAddr, path: &str, user: &str) -> (u16, http::Version,
         (status, version, body)
     })
 }
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, made at test time, with its PEM
+/// files written to a directory.
+pub struct TestCert {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+/// Makes a fresh self-signed certificate and writes `NAME.pem` and `NAME.key.pem` into `dir`.
+pub fn self_signed_cert(dir: &Path, name: &str) -> TestCert {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("generate a self-signed certificate");
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}.key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
+    TestCert {
+        cert_path,
+        key_path,
+        der: cert.der().clone(),
+    }
+}
+
+/// A rustls client that trusts exactly `trusted` and offers `alpn` (most preferred first).
+pub fn tls_client(
+    trusted: &[rustls::pki_types::CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.clone()).expect("add a trusted certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
+}
+
+/// Connects to `addr` and completes a TLS handshake for `localhost`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    client: std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")
+        .map_err(std::io::Error::other)?
+        .to_owned();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(client).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
+/// The protocol the server picked by ALPN on a client TLS connection.
+pub fn negotiated_alpn(
+    stream: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Option<Vec<u8>> {
+    stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// An HTTPS response: status, the HTTP version it came over, and body.
+#[derive(Debug)]
+pub struct HttpsResponse {
+    pub status: u16,
+    pub version: http::Version,
+    pub body: Vec<u8>,
+}
+
+impl HttpsResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Awaits a response (from a request sender of either HTTP version) and reads its body.
+pub async fn read_response<B>(
+    send: impl std::future::Future<Output = hyper::Result<http::Response<B>>>,
+) -> HttpsResponse
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    let response = send.await.expect("response");
+    let status = response.status().as_u16();
+    let version = response.version();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes()
+        .to_vec();
+    HttpsResponse {
+        status,
+        version,
+        body,
+    }
+}
+
+/// A `GET` request for `path` with `headers`, addressed to `https://localhost:PORT`.
+pub fn https_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    let mut request = http::Request::get(format!("https://localhost:{}{path}", addr.port()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(http_body_util::Empty::new()).expect("request")
+}
+
+/// `GET path` over a new TLS connection that offers only `http/1.1`.
+pub async fn https1_get(
+    addr: SocketAddr,
+    client: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpsResponse {
+    let stream = tls_connect(addr, client).await.expect("TLS handshake");
+    assert_eq!(
+        negotiated_alpn(&stream).as_deref(),
+        Some(&b"http/1.1"[..]),
+        "ALPN for an http/1.1-only client"
+    );
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    let mut request = https_request(addr, path, headers);
+    // HTTP/1.1 wants Host (the URI carries it for HTTP/2).
+    request.headers_mut().insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(&format!("localhost:{}", addr.port())).expect("host"),
+    );
+    read_response(sender.send_request(request)).await
+}

@@ -288,3 +288,78 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn concurrent_requests_and_responses_lose_no_update() {
+    // Two sets' worth of users in a table of one set: threads race on the same entry (requests
+    // and responses), on evictions and on re-insertions; every count must still add up.
+    let t = std::sync::Arc::new(FeatureTable::with_memory_ceiling(
+        SHARD_OVERHEAD_BYTES + WAYS * USER_BYTES,
+        1800,
+    ));
+    let hot = UserKey(5);
+    const THREADS: u64 = 4;
+    const ROUNDS: u64 = 20_000;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let t = std::sync::Arc::clone(&t);
+            std::thread::spawn(move || {
+                for i in 0..ROUNDS {
+                    // The hot user is seen every round and always recent, so it is never evicted.
+                    t.on_request(hot, MONDAY + 1_000_000, desktop_get(), keep((i % 3) as u16));
+                    t.on_response(hot, 0, 100, false);
+                    let cold = UserKey(100 + (thread * ROUNDS + i) % (2 * WAYS as u64));
+                    t.on_request(cold, MONDAY + i / 100, desktop_get(), keep(7));
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let outcome = t.on_request(hot, MONDAY + 1_000_000, desktop_get(), keep(1));
+    assert_eq!(u64::from(outcome.requests), THREADS * ROUNDS + 1);
+    let f = t.features_of(hot, MONDAY + 1_000_000).unwrap();
+    let response = feature(&f, "response_bytes_log").exp_m1();
+    assert!((99.0..=101.0).contains(&response), "{response}");
+    assert_eq!(t.len(), WAYS);
+    let counts = t.profile_user_counts();
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        WAYS as u64,
+        "{:?}",
+        &counts[..8]
+    );
+    assert_eq!(counts[1], 1, "the hot user is in its last profile");
+    assert_eq!(counts[7], WAYS as u64 - 1);
+}
+
+#[test]
+fn a_user_moved_from_its_home_way_keeps_its_state() {
+    // One set; every key below has home way 0 (top bits clear), so each newcomer moves the
+    // previous occupant of way 0 elsewhere in the set.
+    let t = FeatureTable::with_memory_ceiling(SHARD_OVERHEAD_BYTES + WAYS * USER_BYTES, 1800);
+    let users: Vec<UserKey> = (1..=WAYS as u64).map(UserKey).collect();
+    for (i, user) in users.iter().enumerate() {
+        t.on_request(*user, MONDAY + i as u64, desktop_get(), keep(2));
+        t.on_response(*user, 0, 1_000 * (i as u64 + 1), false);
+    }
+    for (i, user) in users.iter().enumerate() {
+        let f = t.features_of(*user, MONDAY + 10).unwrap();
+        let response = feature(&f, "response_bytes_log").exp_m1();
+        let expected = 0.1 * 1_000.0 * (i as f32 + 1.0);
+        assert!((response - expected).abs() < 1.0, "user {i}: {response}");
+        let outcome = t.on_request(*user, MONDAY + 10 + i as u64, desktop_get(), keep(2));
+        assert_eq!(outcome.requests, 2, "user {i}");
+    }
+    // A user whose home is another way, in a full set: the least recently seen (users[0])
+    // leaves, everyone else stays.
+    t.on_request(UserKey(u64::MAX), MONDAY + 30, desktop_get(), keep(3));
+    assert!(t.features_of(users[0], MONDAY + 20).is_none());
+    for user in &users[1..] {
+        assert!(t.features_of(*user, MONDAY + 20).is_some());
+    }
+    assert_eq!(t.len(), WAYS);
+    let counts = t.profile_user_counts();
+    assert_eq!((counts[2], counts[3]), (WAYS as u64 - 1, 1));
+}
