@@ -2,7 +2,6 @@
 //! sketches, the SQLite series store behind it, and its admin API (`/api/v1/series`,
 //! `/api/v1/nodes`, `/metrics`). Also used in-process by `prescale up`.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -253,15 +252,14 @@ impl Forecaster {
                 ),
             ];
             for (name, help, value) in counters {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-                );
+                admin::write_metric(out, name, "counter", help, value);
             }
-            let _ = writeln!(
+            admin::write_metric(
                 out,
-                "# HELP prescale_forecaster_connected_nodes Proxies connected now.\n# TYPE prescale_forecaster_connected_nodes gauge\nprescale_forecaster_connected_nodes {}",
-                forecaster.receiver.connected()
+                "prescale_forecaster_connected_nodes",
+                "gauge",
+                "Proxies connected now.",
+                forecaster.receiver.connected(),
             );
         })
     }

@@ -109,7 +109,6 @@ pub fn publish_totals(
 pub fn metrics(membership: &Arc<Membership>) -> admin::MetricsSource {
     let membership = Arc::clone(membership);
     Arc::new(move |out: &mut String| {
-        use std::fmt::Write as _;
         let s = membership.stats();
         let alive = membership.members().iter().filter(|m| m.alive).count();
         let counters = [
@@ -135,14 +134,14 @@ pub fn metrics(membership: &Arc<Membership>) -> admin::MetricsSource {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            admin::write_metric(out, name, "counter", help, value);
         }
-        let _ = writeln!(
+        admin::write_metric(
             out,
-            "# HELP prescale_membership_alive_members Other members seen alive.\n# TYPE prescale_membership_alive_members gauge\nprescale_membership_alive_members {alive}"
+            "prescale_membership_alive_members",
+            "gauge",
+            "Other members seen alive.",
+            alive,
         );
     })
 }

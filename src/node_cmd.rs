@@ -334,7 +334,6 @@ fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
 
 fn sender_metrics(sender: Arc<SketchSender>) -> prescale_proxy::admin::MetricsSource {
     Arc::new(move |out: &mut String| {
-        use std::fmt::Write as _;
         let s = sender.stats();
         let rows = [
             (
@@ -375,10 +374,7 @@ fn sender_metrics(sender: Arc<SketchSender>) -> prescale_proxy::admin::MetricsSo
             ),
         ];
         for (name, kind, help, value) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            prescale_proxy::admin::write_metric(out, name, kind, help, value);
         }
     })
 }

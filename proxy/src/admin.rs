@@ -224,6 +224,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// One unlabelled Prometheus sample with its `HELP` and `TYPE` lines (`kind`: `counter` or
+/// `gauge`).
+pub fn write_metric(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl std::fmt::Display,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
 /// A JSON response with status 200.
 pub fn json<T: Serialize>(value: &T) -> AdminResponse {
     json_with_status(StatusCode::OK, value)

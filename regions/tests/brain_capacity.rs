@@ -4,8 +4,8 @@
 use hdrhistogram::Histogram;
 use prescale_config::brain::{ForecastConfig, PlannerConfig};
 use prescale_regions::brain::{
-    Action, Brain, EventEffect, EventScope, FleetKey, FleetProfile, FleetSpec, ScheduledEvent,
-    WarmPool,
+    Action, Brain, Decision, EventEffect, EventScope, FleetKey, FleetProfile, FleetSpec,
+    ScheduledEvent, WarmPool,
 };
 use prescale_regions::planner::capacity::{CapacitySource, LatencySlo};
 use prescale_regions::planner::CapacityModel;
@@ -107,16 +107,17 @@ fn plans_with_the_capacity_learned_from_latency_against_load() {
     assert_eq!(estimate.source, CapacitySource::Configured);
 }
 
-#[test]
-fn the_warm_pool_splits_into_sub_pools_by_expected_arrivals() {
+/// Four hours of batch at 600 and premium at 300 requests a minute, then a launch that triples
+/// premium from minute 242 (within the 2-minute lead of the tick at 240): the scale-up decided
+/// at 240.
+fn premium_launch_scale_up(dedicated: &[&str]) -> Decision {
     let mut brain = Brain::new(ForecastConfig::default(), PlannerConfig::default());
-    brain.add_fleet(spec(&["batch", "premium"], 1.0, None, &["premium"]));
+    brain.add_fleet(spec(&["batch", "premium"], 1.0, None, dedicated));
     for m in 0..240 {
         brain.poll(m * 60);
         brain.observe(m * 60 + 60, "eu", "batch", m * 60, 600.0);
         brain.observe(m * 60 + 60, "eu", "premium", m * 60, 300.0);
     }
-    // Premium triples from minute 242: within the 2-minute lead of a tick at 240.
     brain.set_event(ScheduledEvent {
         id: "premium-launch".into(),
         tag: "launch".into(),
@@ -128,10 +129,16 @@ fn the_warm_pool_splits_into_sub_pools_by_expected_arrivals() {
         effect: EventEffect::Multiplier { factor: 3.0 },
     });
     let decisions = brain.poll(240 * 60);
-    let up = decisions
+    decisions
         .iter()
         .find(|d| matches!(d.action, Action::ScaleUp { .. }))
-        .unwrap_or_else(|| panic!("no scale-up: {decisions:?}"));
+        .cloned()
+        .unwrap_or_else(|| panic!("no scale-up: {decisions:?}"))
+}
+
+#[test]
+fn the_warm_pool_splits_into_sub_pools_by_expected_arrivals() {
+    let up = premium_launch_scale_up(&["premium"]);
     let warm = up.tiers.warm_pool;
     assert!(warm >= 8, "{up:?}");
     let premium = up
@@ -155,28 +162,7 @@ fn the_warm_pool_splits_into_sub_pools_by_expected_arrivals() {
     );
 
     // Without dedicated profiles there is one shared pool.
-    let mut plain = Brain::new(ForecastConfig::default(), PlannerConfig::default());
-    plain.add_fleet(spec(&["batch", "premium"], 1.0, None, &[]));
-    for m in 0..240 {
-        plain.poll(m * 60);
-        plain.observe(m * 60 + 60, "eu", "batch", m * 60, 600.0);
-        plain.observe(m * 60 + 60, "eu", "premium", m * 60, 300.0);
-    }
-    plain.set_event(ScheduledEvent {
-        id: "premium-launch".into(),
-        tag: "launch".into(),
-        scope: EventScope::Profile {
-            profile: "premium".into(),
-        },
-        start: 242 * 60,
-        end: 300 * 60,
-        effect: EventEffect::Multiplier { factor: 3.0 },
-    });
-    let decisions = plain.poll(240 * 60);
-    let up = decisions
-        .iter()
-        .find(|d| matches!(d.action, Action::ScaleUp { .. }))
-        .expect("scale-up");
+    let up = premium_launch_scale_up(&[]);
     assert_eq!(
         up.warm_pools,
         vec![WarmPool {
