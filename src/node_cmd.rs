@@ -217,7 +217,7 @@ fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
         .context("cannot start the control runtime")?;
     let mut handlers = plane.admin_handlers();
     let mut metrics = vec![plane.metrics_source()];
-    let mut readiness = vec![plane.readiness()];
+    let mut readiness = vec![plane.readiness(), listener_readiness(config.proxy.listen)];
 
     // A forecaster in the same process (`up`, or a config with both roles).
     let forecaster = match &config.forecaster {
@@ -388,4 +388,33 @@ pub async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Ready once the proxy listener accepts connections (pingora binds it on its own thread, after
+/// the admin listener is up). The first accepted connection settles it: the listener stays bound
+/// until shutdown, and probing it again would only add connections to the proxy's log.
+fn listener_readiness(listen: std::net::SocketAddr) -> prescale_proxy::admin::Readiness {
+    let accepted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    Arc::new(move || {
+        use std::sync::atomic::Ordering;
+        if accepted.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut target = listen;
+        if target.ip().is_unspecified() {
+            target.set_ip(match target {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+            Ok(_) => {
+                accepted.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "proxy listener {listen} does not accept connections yet: {e}"
+            )),
+        }
+    })
 }
