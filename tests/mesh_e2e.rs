@@ -241,14 +241,6 @@ fn send(node: &ProxyNode, path: &str, users: usize, per_user: usize) -> u64 {
     sent
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn series_add_up_exactly_across_a_forecaster_crash() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -17,6 +17,20 @@ fn replay(args: &[&str]) -> Output {
         .expect("run prescale replay")
 }
 
+/// `prescale replay --trace TRACE --capacity-rps C --cold-start S EXTRA...`.
+fn replay_trace(trace: &Path, capacity_rps: &str, cold_start: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+        "--capacity-rps",
+        capacity_rps,
+        "--cold-start",
+        cold_start,
+    ];
+    args.extend_from_slice(extra);
+    replay(&args)
+}
+
 fn json_scores(output: &Output) -> Vec<serde_json::Value> {
     assert!(
         output.status.success(),
@@ -50,15 +64,7 @@ fn within(actual: f64, expected: f64, share: f64) -> bool {
 #[test]
 fn azure_summed_matches_the_reference_and_prints_every_field() {
     let trace = traces().join("azure-functions-2019-1day-summed.per-minute.csv");
-    let out = replay(&[
-        "--trace",
-        trace.to_str().expect("utf-8 path"),
-        "--capacity-rps",
-        "10",
-        "--cold-start",
-        "120",
-        "--json",
-    ]);
+    let out = replay_trace(&trace, "10", "120", &["--json"]);
     let scores = json_scores(&out);
     assert_eq!(scores.len(), 3);
     for s in &scores {
@@ -113,19 +119,8 @@ fn azure_summed_matches_the_reference_and_prints_every_field() {
 #[test]
 fn nasa_reactive_and_oracle_match_the_reference() {
     let trace = traces().join("nasa-1995-07.per-minute.csv");
-    let path = trace.to_str().expect("utf-8 path");
     for (name, violations, cost) in [("reactive", 189.0, 76_534.75), ("oracle", 0.0, 57_533.0)] {
-        let out = replay(&[
-            "--trace",
-            path,
-            "--policy",
-            name,
-            "--capacity-rps",
-            "1",
-            "--cold-start",
-            "120",
-            "--json",
-        ]);
+        let out = replay_trace(&trace, "1", "120", &["--policy", name, "--json"]);
         let scores = json_scores(&out);
         assert_eq!(scores.len(), 1);
         let s = policy(&scores, name);
@@ -156,15 +151,7 @@ fn a_synthetic_step_has_known_answers() {
         ));
     }
     let trace = write_trace(dir.path(), "step.csv", &text);
-    let out = replay(&[
-        "--trace",
-        trace.to_str().expect("utf-8 path"),
-        "--capacity-rps",
-        "1",
-        "--cold-start",
-        "180",
-        "--json",
-    ]);
+    let out = replay_trace(&trace, "1", "180", &["--json"]);
     let scores = json_scores(&out);
     let reactive = policy(&scores, "reactive")["slo_violation_minutes"]
         .as_u64()
@@ -189,16 +176,12 @@ fn the_human_table_and_a_plot_are_written() {
     let dir = tempfile::tempdir().expect("temp dir");
     let trace = traces().join("azure-functions-2019-1day-summed.per-minute.csv");
     let plot = dir.path().join("replay.svg");
-    let out = replay(&[
-        "--trace",
-        trace.to_str().expect("utf-8 path"),
-        "--capacity-rps",
+    let out = replay_trace(
+        &trace,
         "10",
-        "--cold-start",
         "120",
-        "--plot",
-        plot.to_str().expect("utf-8 path"),
-    ]);
+        &["--plot", plot.to_str().expect("utf-8 path")],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -215,18 +198,13 @@ fn the_human_table_and_a_plot_are_written() {
         &svg[..svg.len().min(200)]
     );
     let png = dir.path().join("replay.png");
-    let out = replay(&[
-        "--trace",
-        trace.to_str().expect("utf-8 path"),
-        "--policy",
-        "oracle",
-        "--capacity-rps",
+    let png_arg = png.to_str().expect("utf-8 path");
+    let out = replay_trace(
+        &trace,
         "10",
-        "--cold-start",
         "120",
-        "--plot",
-        png.to_str().expect("utf-8 path"),
-    ]);
+        &["--policy", "oracle", "--plot", png_arg],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -256,15 +234,7 @@ fn bad_traces_exit_2_naming_the_line() {
     ];
     for (name, text, line) in cases {
         let trace = write_trace(dir.path(), name, text);
-        let out = replay(&[
-            "--trace",
-            trace.to_str().expect("utf-8 path"),
-            "--capacity-rps",
-            "1",
-            "--cold-start",
-            "60",
-            "--json",
-        ]);
+        let out = replay_trace(&trace, "1", "60", &["--json"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
         assert!(
@@ -274,25 +244,11 @@ fn bad_traces_exit_2_naming_the_line() {
         assert!(out.stdout.is_empty(), "{name}: no scores on bad input");
     }
     let missing = dir.path().join("missing.csv");
-    let out = replay(&[
-        "--trace",
-        missing.to_str().expect("utf-8 path"),
-        "--capacity-rps",
-        "1",
-        "--cold-start",
-        "60",
-    ]);
+    let out = replay_trace(&missing, "1", "60", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.csv"));
     let ok = write_trace(dir.path(), "ok.csv", "timestamp,requests\n0,5\n");
-    let out = replay(&[
-        "--trace",
-        ok.to_str().expect("utf-8 path"),
-        "--capacity-rps",
-        "0",
-        "--cold-start",
-        "60",
-    ]);
+    let out = replay_trace(&ok, "0", "60", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--capacity-rps"));
 }
@@ -308,19 +264,9 @@ fn the_predictive_policy_takes_its_settings_from_a_config() {
     }
     let trace = write_trace(dir.path(), "flat.csv", &text);
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "--trace",
-            trace.to_str().expect("utf-8 path"),
-            "--capacity-rps",
-            "1",
-            "--cold-start",
-            "60",
-            "--policy",
-            "predictive",
-            "--json",
-        ];
+        let mut args = vec!["--policy", "predictive", "--json"];
         args.extend_from_slice(extra);
-        replay(&args)
+        replay_trace(&trace, "1", "60", &args)
     };
     let cost = |out: &Output| {
         policy(&json_scores(out), "predictive")["instance_minutes"]

@@ -7,9 +7,9 @@ mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, get, metric_sum, start, wait_for_status, Proc};
+use common::{free_port, get, metric_sum, start, wait_for_status, wait_until, Proc};
 
 struct Up {
     proc: Proc,
@@ -48,14 +48,6 @@ fn stored(admin: SocketAddr) -> u64 {
         .flat_map(|s| s["points"].as_array().cloned().unwrap_or_default())
         .map(|p| p["requests"].as_u64().unwrap_or(0))
         .sum()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -146,6 +146,15 @@ pub fn wait_for_status(addr: SocketAddr, path: &str, status: u16, timeout: Durat
     }
 }
 
+/// Polls `done` every 200 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until `addr` accepts TCP connections; panics with the process log otherwise.
 pub fn wait_for_listener(addr: SocketAddr, timeout: Duration, log: &Path) {
     let deadline = Instant::now() + timeout;
