@@ -87,7 +87,7 @@ pub struct DataPlane {
     /// The request path's time (features).
     clock: CoarseClock,
     /// Requests answered before they had a user or a profile (400, 401, 431, other 4xx).
-    rejected_early: [std::sync::atomic::AtomicU64; 4],
+    rejected_early: [AtomicU64; 4],
 }
 
 const EARLY_STATUSES: [u16; 3] = [400, 401, 431];

@@ -802,11 +802,8 @@ impl Brain {
             .map(|((profile, _, _), instances)| WarmPool { profile, instances })
             .collect();
         // Dedicated sub-pools first, by name; the shared pool last.
-        pools.sort_by(|a, b| match (&a.profile, &b.profile) {
-            (Some(x), Some(y)) => x.cmp(y),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
+        pools.sort_by(|a, b| {
+            (a.profile.is_none(), &a.profile).cmp(&(b.profile.is_none(), &b.profile))
         });
         pools
     }

@@ -221,13 +221,15 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
     let threshold_rpm = (config.scale_down_threshold * capacity_rpm(input.current))
         .min(config.reactive_guard_utilization * capacity_rpm(fewer));
     let down_condition = keep < input.current && peak_point < threshold_rpm;
-    let threshold_text = format!(
+    let threshold_text = || {
+        format!(
         "{:.1} req/s (the lower of {:.0} % of capacity {:.1} req/s and {:.0} % of {fewer} instances)",
         threshold_rpm / 60.0,
         config.scale_down_threshold * 100.0,
         capacity_rpm(input.current) / 60.0,
         config.reactive_guard_utilization * 100.0,
-    );
+    )
+    };
     if down_condition && input.down_held_minutes + 1 >= config.stabilization_minutes as i64 {
         let peak = &input.path[peak_index];
         return Plan {
@@ -247,7 +249,7 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
                 keep,
                 describe(peak, peak_point, &slo_label),
                 input.path.len(),
-                threshold_text,
+                threshold_text(),
                 config.stabilization_minutes,
                 slo_label,
             ),
@@ -255,7 +257,8 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
     }
     let why = if down_condition {
         format!(
-            "below {threshold_text} for {} of {} min before scaling down",
+            "below {} for {} of {} min before scaling down",
+            threshold_text(),
             input.down_held_minutes + 1,
             config.stabilization_minutes
         )
