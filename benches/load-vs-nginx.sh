@@ -7,8 +7,9 @@
 #   ratio_rps      = prescale (profiling on) req/s ÷ nginx req/s
 #   ratio_p99      = prescale (profiling on) p99   ÷ nginx p99
 #   profiling_cost = 1 − (req/s with profiling ÷ req/s without)
-# Each proxy gets one worker thread pinned to CPU 1; wrk and the backend share CPU 0. Rounds
-# alternate nginx / prescale-on / prescale-off and the medians are reported.
+# Each proxy gets one worker thread pinned to CPU 1; wrk and the backend share CPU 0. Each round
+# runs nginx, then prescale on and off back to back; the ratios are medians over the rounds of
+# each round's own ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -152,17 +153,30 @@ done
 declare -a n_rps n_p99 on_rps on_p99 off_rps off_p99
 for round in $(seq 1 "$ROUNDS"); do
   read -r r p < <(run_wrk "$NGINX_PORT"); n_rps+=("$r"); n_p99+=("$p")
-  read -r r p < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p")
-  read -r r p < <(run_wrk "$PRESCALE_OFF_PORT"); off_rps+=("$r"); off_p99+=("$p")
+  # On and off run back to back, in alternating order, so that each round's pair sees the same
+  # machine (the ratios below are medians of these per-round pairs).
+  if (( round % 2 )); then
+    read -r r p < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p")
+    read -r r p < <(run_wrk "$PRESCALE_OFF_PORT"); off_rps+=("$r"); off_p99+=("$p")
+  else
+    read -r r p < <(run_wrk "$PRESCALE_OFF_PORT"); off_rps+=("$r"); off_p99+=("$p")
+    read -r r p < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p")
+  fi
   echo "round $round: nginx ${n_rps[-1]} req/s p99 ${n_p99[-1]} ms | prescale ${on_rps[-1]} req/s p99 ${on_p99[-1]} ms | prescale (profiling off) ${off_rps[-1]} req/s p99 ${off_p99[-1]} ms" >&2
 done
 
 python3 - "${n_rps[*]}" "${n_p99[*]}" "${on_rps[*]}" "${on_p99[*]}" "${off_rps[*]}" "${off_p99[*]}" <<'PY'
 import statistics, sys
 vals = [list(map(float, a.split())) for a in sys.argv[1:]]
-n_rps, n_p99, on_rps, on_p99, off_rps, off_p99 = (statistics.median(v) for v in vals)
-print(f"nginx                     {n_rps:10.0f} req/s   p99 {n_p99:7.3f} ms")
-print(f"prescale (profiling on)   {on_rps:10.0f} req/s   p99 {on_p99:7.3f} ms")
-print(f"prescale (profiling off)  {off_rps:10.0f} req/s   p99 {off_p99:7.3f} ms")
-print(f"ratio_rps={on_rps / n_rps:.3f} ratio_p99={on_p99 / n_p99:.3f} profiling_cost={1 - on_rps / off_rps:.3f}")
+n_rps_v, n_p99_v, on_rps_v, on_p99_v, off_rps_v, off_p99_v = vals
+med = statistics.median
+print(f"nginx                     {med(n_rps_v):10.0f} req/s   p99 {med(n_p99_v):7.3f} ms")
+print(f"prescale (profiling on)   {med(on_rps_v):10.0f} req/s   p99 {med(on_p99_v):7.3f} ms")
+print(f"prescale (profiling off)  {med(off_rps_v):10.0f} req/s   p99 {med(off_p99_v):7.3f} ms")
+# Ratios of runs of the same round (seconds apart), then the median over rounds: a shared VM's
+# drift between rounds cancels out.
+ratio_rps = med(on / n for on, n in zip(on_rps_v, n_rps_v))
+ratio_p99 = med(on / n for on, n in zip(on_p99_v, n_p99_v))
+profiling_cost = med(1 - on / off for on, off in zip(on_rps_v, off_rps_v))
+print(f"ratio_rps={ratio_rps:.3f} ratio_p99={ratio_p99:.3f} profiling_cost={profiling_cost:.3f}")
 PY

@@ -851,3 +851,176 @@ fn tls_listener_survives_clients_that_fail_the_handshake() {
     let log = std::fs::read_to_string(&node.log).unwrap_or_default();
     assert!(!log.contains("panicked"), "the proxy panicked:\n{log}");
 }
+
+/// Plain keep-alive GET/HEAD requests (the direct path) and requests with bodies or
+/// connection-nominated headers (pingora's general path) on one client connection: each reaches
+/// the backend with the hop-by-hop headers removed, and each is counted.
+#[test]
+fn keep_alive_clients_get_clean_requests_through_both_paths() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[web], &[batch], ""));
+    let mut client = KeepAliveClient::connect(node.proxy);
+
+    let plain = "GET /api/items?page=2 HTTP/1.1\r\nHost: shop\r\nX-User-Id: dora\r\n\
+        Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+        Proxy-Authorization: Basic c2VjcmV0\r\n\r\n";
+    let r = client.send(plain.as_bytes(), false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["backend"], "web-1", "{body}");
+    assert_eq!(body["query"], "page=2", "{body}");
+    for hop_by_hop in ["connection", "keep-alive", "te", "proxy-authorization"] {
+        assert!(
+            body["headers"][hop_by_hop].is_null(),
+            "{hop_by_hop} reached the backend: {body}"
+        );
+    }
+    assert_eq!(body["headers"]["host"], "shop", "{body}");
+    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1", "{body}");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "http", "{body}");
+
+    // HEAD: the backend's header, no body; the requests after it show the connection in step.
+    let r = client.send(
+        b"HEAD /api/items HTTP/1.1\r\nHost: shop\r\nX-User-Id: dora\r\n\r\n",
+        true,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-backend"), Some("web-1"), "{:?}", r.headers);
+
+    // A body: the general path, on the same connection.
+    let r = client.send(
+        b"POST /api/orders HTTP/1.1\r\nHost: shop\r\nX-User-Id: dora\r\n\
+          Content-Length: 11\r\n\r\nhello world",
+        false,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["method"], "POST", "{body}");
+    assert_eq!(body["body_bytes"], 11, "{body}");
+
+    // A header named in `Connection` is hop-by-hop too (the general path strips it).
+    let r = client.send(
+        b"GET /api/items HTTP/1.1\r\nHost: shop\r\nX-User-Id: dora\r\n\
+          Connection: keep-alive, x-session-secret\r\nX-Session-Secret: 42\r\n\r\n",
+        false,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert!(body["headers"]["x-session-secret"].is_null(), "{body}");
+
+    let r = client.send(
+        b"GET /api/items HTTP/1.1\r\nHost: shop\r\nX-User-Id: dora\r\n\r\n",
+        false,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let metrics =
+        node.metrics_when(|m| metric_sum(m, "prescale_requests_total", &[("fleet", "web")]) >= 5.0);
+    assert_eq!(
+        metric_sum(&metrics, "prescale_requests_total", &[("fleet", "web")]),
+        5.0,
+        "{metrics}"
+    );
+}
+
+/// A backend that closes every connection right after its response, while saying nothing of it
+/// (as backends with short keep-alive timeouts do): no request fails and the backend is never
+/// ejected, though idle connections keep going stale. Its streamed (chunked) 1 MiB answer
+/// arrives whole.
+#[test]
+fn a_backend_that_drops_idle_connections_costs_no_request() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&served);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let counter = std::sync::Arc::clone(&counter);
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let big = request.starts_with(b"GET /big ");
+                if big {
+                    let mut response =
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                    for i in 0..256u32 {
+                        let chunk = vec![b'a' + (i % 26) as u8; 4096];
+                        response.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                        response.extend_from_slice(&chunk);
+                        response.extend_from_slice(b"\r\n");
+                    }
+                    response.extend_from_slice(b"0\r\n\r\n");
+                    let _ = conn.write_all(&response);
+                } else {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                }
+                // Closed without `Connection: close`.
+            });
+        }
+    });
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[backend], &[batch], ""));
+
+    let mut client = KeepAliveClient::connect(node.proxy);
+    for i in 0..40 {
+        let r = client.send(
+            format!("GET /item/{i} HTTP/1.1\r\nHost: shop\r\nX-User-Id: eve\r\n\r\n").as_bytes(),
+            false,
+        );
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.body, b"ok", "request {i}");
+        if i % 3 == 0 {
+            // Sometimes the close has been seen by the time the next request comes, sometimes not.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let r = client.send(
+        b"GET /big HTTP/1.1\r\nHost: shop\r\nX-User-Id: eve\r\n\r\n",
+        false,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 256 * 4096);
+    assert!(r.body[..4096].iter().all(|&b| b == b'a'));
+    assert!(r.body[255 * 4096..]
+        .iter()
+        .all(|&b| b == b'a' + (255 % 26) as u8));
+
+    let metrics = node
+        .metrics_when(|m| metric_sum(m, "prescale_requests_total", &[("fleet", "web")]) >= 41.0);
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "prescale_requests_total",
+            &[("fleet", "web"), ("status", "2xx")]
+        ),
+        41.0,
+        "{metrics}"
+    );
+    let fleets = get(node.admin, "/api/v1/fleets", &[]).json();
+    let address = backend.to_string();
+    let status = fleets["fleets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|fleet| fleet["backends"].as_array().into_iter().flatten())
+        .find(|b| b["address"] == address.as_str())
+        .unwrap_or_else(|| panic!("{address} not in {fleets}"));
+    assert_eq!(status["failures"], 0, "{status}");
+    assert_eq!(status["ejected"], false, "{status}");
+    assert!(
+        served.load(std::sync::atomic::Ordering::SeqCst) >= 41,
+        "the backend served fewer requests than were answered"
+    );
+}

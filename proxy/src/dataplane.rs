@@ -178,6 +178,11 @@ impl DataPlane {
         Ok(swap)
     }
 
+    /// Unix seconds of the request path's coarse clock.
+    pub fn now_secs(&self) -> u64 {
+        self.clock.unix_secs()
+    }
+
     /// Whether `ip` may tell us the client address (X-Forwarded-For).
     pub fn trusts(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.client_ips.is_trusted(ip))
@@ -207,6 +212,10 @@ impl DataPlane {
             .identity
             .resolve(headers, client_ip)
             .map_err(|e| Rejection::early(e.status(), identity_message(e.status())))?;
+        if let Some(table) = &self.features {
+            // The user's entry loads while the region and the request's traits are worked out.
+            table.prefetch(user);
+        }
         let origin = self.geo.region_of(client_ip);
         let facts = RequestFacts {
             method: &request.method,
@@ -218,8 +227,12 @@ impl DataPlane {
                 let traits = RequestTraits::classify(&request.method, facts.path, headers);
                 table
                     .on_request(user, self.clock.unix_secs(), traits, |view| {
-                        self.assigner
-                            .assign(view.requests(), || view.features(), &facts)
+                        self.assigner.assign_reusing(
+                            view.requests(),
+                            view.model_answer_this_second(),
+                            || view.features(),
+                            &facts,
+                        )
                     })
                     .profile
             }

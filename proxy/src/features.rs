@@ -17,7 +17,11 @@
 //! - the per-profile user gauge counts each resident user once, in the profile it was last
 //!   assigned; it is kept incrementally (on assignment change and eviction), never by scanning;
 //! - locks are striped (one per shard, cache-line padded), held only for a few arithmetic
-//!   operations, and nothing on the per-request path allocates.
+//!   operations, and nothing on the per-request path allocates;
+//! - the model's answer for a user is offered again for the user's further requests of the same
+//!   second ([`UserView::model_answer_this_second`]): a burst of requests (a page and its assets)
+//!   pays for one feature vector and one nearest-centroid search, and a new model is in effect
+//!   for every user within a second of its swap.
 //!
 //! Counters are 16-bit and halve together when the busiest reaches [`COUNTER_HALVING_AT`], which
 //! keeps shares exact in ratio and weights recent behavior more.
@@ -29,7 +33,7 @@ use prescale_config::ProfilingConfig;
 pub use prescale_gossip::model::{FeatureVector, FEATURE_DIM, FEATURE_NAMES};
 
 use crate::identity::UserKey;
-use crate::profiles::{ProfileIdx, MAX_PROFILES};
+use crate::profiles::{Assignment, ProfileIdx, MAX_PROFILES};
 
 /// Entries per set: a new user evicts the least recently seen of these.
 pub const WAYS: usize = 8;
@@ -63,32 +67,6 @@ pub struct RequestTraits {
 const STATIC_EXTENSIONS: [&str; 20] = [
     "js", "mjs", "css", "png", "jpg", "jpeg", "gif", "svg", "ico", "webp", "avif", "woff", "woff2",
     "ttf", "otf", "map", "mp4", "webm", "mp3", "wasm",
-];
-
-/// User-Agent prefixes of HTTP libraries and tools.
-const AUTOMATION_PREFIXES: [&str; 22] = [
-    "curl/",
-    "Wget/",
-    "python-requests/",
-    "Python-urllib/",
-    "python-httpx/",
-    "aiohttp/",
-    "Go-http-client/",
-    "okhttp/",
-    "Java/",
-    "Apache-HttpClient/",
-    "axios/",
-    "node-fetch",
-    "undici",
-    "libwww-perl/",
-    "PostmanRuntime/",
-    "insomnia/",
-    "k6/",
-    "wrk",
-    "aws-sdk-",
-    "Boto3/",
-    "Ruby",
-    "hey/",
 ];
 
 impl RequestTraits {
@@ -135,12 +113,13 @@ fn is_static_path(path: &str) -> bool {
 }
 
 /// Device class of a User-Agent string.
+///
+/// Browsers announce themselves as `Mozilla/…` (or old Opera as `Opera…`); everything else — no
+/// User-Agent, HTTP libraries (`curl/`, `python-requests/`, `Go-http-client/`, …), SDKs and CLIs
+/// (`name/version`) — is automation, as are browser-like strings of bots, crawlers and headless
+/// browsers.
 pub fn device_class(user_agent: &str) -> DeviceClass {
-    if user_agent.is_empty()
-        || AUTOMATION_PREFIXES
-            .iter()
-            .any(|prefix| user_agent.starts_with(prefix))
-    {
+    if !user_agent.starts_with("Mozilla/") && !user_agent.starts_with("Opera") {
         return DeviceClass::Automation;
     }
     if user_agent.contains("bot")
@@ -149,10 +128,6 @@ pub fn device_class(user_agent: &str) -> DeviceClass {
         || user_agent.contains("crawl")
         || user_agent.contains("Headless")
     {
-        return DeviceClass::Automation;
-    }
-    if !user_agent.starts_with("Mozilla/") && !user_agent.starts_with("Opera") {
-        // Not a browser and not a known library: SDKs and CLIs usually look like `name/version`.
         return DeviceClass::Automation;
     }
     if user_agent.contains("Mobi")
@@ -208,8 +183,13 @@ struct UserState {
     /// Misra–Gries top-2 tracker of the busiest hour-of-week.
     top_hours: [u8; 2],
     top_counts: [u16; 2],
+    /// The profile index (low 8 bits) and [`BY_MODEL`].
     profile: u16,
 }
+
+/// Set in [`UserState::profile`] when the model (not a rule or the default) chose the profile.
+const BY_MODEL: u16 = 1 << 8;
+const _: () = assert!(MAX_PROFILES <= 256);
 
 /// Size of one table entry in bytes (what the memory ceiling is divided by).
 pub const ENTRY_BYTES: usize = std::mem::size_of::<UserState>();
@@ -218,6 +198,10 @@ const _: () = assert!(ENTRY_BYTES == 64);
 pub const USER_BYTES: usize = ENTRY_BYTES + std::mem::size_of::<u64>();
 
 impl UserState {
+    fn profile_index(&self) -> usize {
+        usize::from(self.profile & 0xff)
+    }
+
     fn total(&self) -> u32 {
         self.day_parts.iter().map(|&c| u32::from(c)).sum()
     }
@@ -330,6 +314,8 @@ impl UserState {
 pub struct UserView<'a> {
     state: &'a UserState,
     now: u64,
+    /// The user's previous request came in the same second as this one.
+    same_second: bool,
 }
 
 impl UserView<'_> {
@@ -345,7 +331,14 @@ impl UserView<'_> {
 
     /// The profile assigned at the user's previous request (`None` for a new entry).
     pub fn previous_profile(&self) -> Option<ProfileIdx> {
-        (self.state.requests > 1).then_some(ProfileIdx(self.state.profile))
+        (self.state.requests > 1).then_some(ProfileIdx(self.state.profile_index() as u16))
+    }
+
+    /// The model's answer for this user at a previous request of the same second, if there was
+    /// one (see [`crate::profiles::ProfileAssigner::assign_reusing`]).
+    pub fn model_answer_this_second(&self) -> Option<ProfileIdx> {
+        (self.same_second && self.state.profile & BY_MODEL != 0)
+            .then_some(ProfileIdx(self.state.profile_index() as u16))
     }
 }
 
@@ -360,6 +353,9 @@ pub struct RequestOutcome {
 #[repr(align(128))]
 struct Shard {
     inner: Mutex<ShardInner>,
+    /// Address of `inner.entries[0]`, for [`FeatureTable::prefetch`] (the boxed slice never moves
+    /// or grows, so the address stays valid for the table's life).
+    entries_at: usize,
 }
 
 struct ShardInner {
@@ -417,13 +413,17 @@ impl FeatureTable {
         let entry_budget = ceiling_bytes.saturating_sub(shard_count * SHARD_OVERHEAD_BYTES);
         let sets_per_shard = (entry_budget / set_bytes / shard_count).max(1);
         let shards: Box<[Shard]> = (0..shard_count)
-            .map(|_| Shard {
-                inner: Mutex::new(ShardInner {
-                    entries: vec![UserState::default(); sets_per_shard * WAYS].into_boxed_slice(),
-                    tags: vec![0u64; sets_per_shard * WAYS].into_boxed_slice(),
-                    resident: 0,
-                    profile_users: Box::new([0; MAX_PROFILES]),
-                }),
+            .map(|_| {
+                let entries = vec![UserState::default(); sets_per_shard * WAYS].into_boxed_slice();
+                Shard {
+                    entries_at: entries.as_ptr() as usize,
+                    inner: Mutex::new(ShardInner {
+                        entries,
+                        tags: vec![0u64; sets_per_shard * WAYS].into_boxed_slice(),
+                        resident: 0,
+                        profile_users: Box::new([0; MAX_PROFILES]),
+                    }),
+                }
             })
             .collect();
         let memory_bytes = shard_count * (SHARD_OVERHEAD_BYTES + sets_per_shard * set_bytes);
@@ -466,6 +466,16 @@ impl FeatureTable {
         (&self.shards[shard], set * WAYS)
     }
 
+    /// Starts loading `user`'s entry (its home way) into the cache, without the lock. Call it as
+    /// soon as the key is known and do other work before [`FeatureTable::on_request`]: the entry
+    /// of a user not seen for a while is a memory round trip away (about 40 % of the request
+    /// path's time when it is waited for).
+    pub fn prefetch(&self, user: UserKey) {
+        let (shard, set_start) = self.locate(user);
+        let offset = (set_start + home_way(user)) * ENTRY_BYTES;
+        crate::prefetch::prefetch_line(shard.entries_at.wrapping_add(offset));
+    }
+
     /// A request from `user` arrived at `now` (unix seconds): updates its state (creating it,
     /// evicting the least recently seen user of its set if needed), then lets `assign` pick the
     /// profile from the user's view and records it for the gauge.
@@ -474,7 +484,7 @@ impl FeatureTable {
         user: UserKey,
         now: u64,
         traits: RequestTraits,
-        assign: impl FnOnce(&UserView<'_>) -> ProfileIdx,
+        assign: impl FnOnce(&UserView<'_>) -> Assignment,
     ) -> RequestOutcome {
         let (shard, set_start) = self.locate(user);
         let mut guard = lock(shard);
@@ -497,7 +507,7 @@ impl FeatureTable {
                             .enumerate()
                             .min_by_key(|(_, e)| e.last_seen)
                             .map_or(0, |(i, _)| i);
-                        let old = usize::from(set[oldest].profile) % MAX_PROFILES;
+                        let old = set[oldest].profile_index();
                         inner.profile_users[old] = inner.profile_users[old].saturating_sub(1);
                         oldest
                     }
@@ -515,17 +525,22 @@ impl FeatureTable {
             }
         };
         let state = &mut set[slot];
+        let same_second = state.requests > 0 && u64::from(state.last_seen) == now;
         state.observe_request(now, traits, self.session_gap_secs);
-        let profile = assign(&UserView { state, now });
-        let new_index = usize::from(profile.0) % MAX_PROFILES;
-        let old_index = usize::from(state.profile) % MAX_PROFILES;
+        let assignment = assign(&UserView {
+            state,
+            now,
+            same_second,
+        });
+        let new_index = usize::from(assignment.profile.0) % MAX_PROFILES;
+        let old_index = state.profile_index();
         if state.requests == 1 {
             inner.profile_users[new_index] += 1;
         } else if old_index != new_index {
             inner.profile_users[old_index] = inner.profile_users[old_index].saturating_sub(1);
             inner.profile_users[new_index] += 1;
         }
-        state.profile = new_index as u16;
+        state.profile = new_index as u16 | if assignment.by_model { BY_MODEL } else { 0 };
         RequestOutcome {
             profile: ProfileIdx(new_index as u16),
             requests: state.requests,

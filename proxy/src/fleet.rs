@@ -15,10 +15,17 @@ use std::time::Duration;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
-use prescale_config::{FleetConfig, LoadBalancing};
+use pingora::upstreams::peer::HttpPeer;
+use prescale_config::{FleetConfig, LoadBalancing, TimeoutConfig};
 use serde::Serialize;
 
 use crate::error::ProxyError;
+use crate::upstream_pool::IdleConnections;
+
+/// Idle keep-alive connections kept per backend (beyond that, released connections close).
+pub const IDLE_CONNECTIONS_PER_BACKEND: usize = 512;
+/// How long an upstream connection may wait idle for its next request.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Index of a fleet in [`Fleets`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +35,10 @@ pub struct FleetIdx(pub u16);
 #[derive(Debug)]
 pub struct BackendState {
     pub addr: SocketAddr,
+    /// How pingora connects to it (address, timeouts, pool key), built once.
+    pub peer: HttpPeer,
+    /// Keep-alive connections of the direct path waiting for a request.
+    pub idle: IdleConnections,
     /// The same backend as pingora's balancer knows it (for health look-ups).
     balancer_key: Backend,
     pub in_flight: AtomicU32,
@@ -100,6 +111,8 @@ impl Fleet {
             .iter()
             .map(|&addr| BackendState {
                 addr,
+                peer: backend_peer(addr, &config.timeouts),
+                idle: IdleConnections::new(IDLE_CONNECTIONS_PER_BACKEND, UPSTREAM_IDLE_TIMEOUT),
                 balancer_key: Backend {
                     addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
                     weight: 1,
@@ -371,4 +384,15 @@ impl Fleets {
     pub fn is_empty(&self) -> bool {
         self.fleets.is_empty()
     }
+}
+
+/// The pingora peer of a backend: plain HTTP/1.1 with the fleet's timeouts; pooled connections
+/// idle for a minute at most.
+fn backend_peer(addr: SocketAddr, timeouts: &TimeoutConfig) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
+    peer.options.read_timeout = Some(Duration::from_millis(timeouts.read_ms));
+    peer.options.write_timeout = Some(Duration::from_millis(timeouts.write_ms));
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    peer
 }

@@ -212,6 +212,14 @@ fn to_array(values: &[f32]) -> [f32; FEATURE_DIM] {
     out
 }
 
+/// A profile and where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub profile: ProfileIdx,
+    /// The model's nearest centroid (else: new user, a rule, or the default).
+    pub by_model: bool,
+}
+
 /// The parts of a request that assignment rules look at.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestFacts<'a> {
@@ -335,19 +343,47 @@ impl ProfileAssigner {
         features: impl FnOnce() -> FeatureVector,
         request: &RequestFacts<'_>,
     ) -> ProfileIdx {
+        self.assign_reusing(requests, None, features, request)
+            .profile
+    }
+
+    /// As [`ProfileAssigner::assign`], but when the model would be consulted and
+    /// `model_answer_this_second` holds its answer for this user from earlier in the same second,
+    /// that answer is taken instead of computing the features and the nearest centroid again
+    /// (a user's features barely move within a second; a model swap is seen within one).
+    pub fn assign_reusing(
+        &self,
+        requests: u32,
+        model_answer_this_second: Option<ProfileIdx>,
+        features: impl FnOnce() -> FeatureVector,
+        request: &RequestFacts<'_>,
+    ) -> Assignment {
+        let by_rules = |profile| Assignment {
+            profile,
+            by_model: false,
+        };
         if requests < self.new_user_min_requests {
-            return ProfileIdx::NEW;
+            return by_rules(ProfileIdx::NEW);
         }
         if let Some(rule) = self.rules.iter().find(|rule| rule.matches(request)) {
-            return rule.profile;
+            return by_rules(rule.profile);
+        }
+        if let Some(profile) = model_answer_this_second {
+            return Assignment {
+                profile,
+                by_model: true,
+            };
         }
         let model = self.model.load();
         if let Some(model) = model.as_deref() {
             if let Some(profile) = model.nearest_profile(&features()) {
-                return profile;
+                return Assignment {
+                    profile,
+                    by_model: true,
+                };
             }
         }
-        self.default_profile
+        by_rules(self.default_profile)
     }
 
     /// Validates `model` and, unless it is older than the installed one, installs it atomically.

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::connectors::ConnectorOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -49,7 +50,7 @@ pub fn start_proxy(
     };
     let conf = ServerConf {
         threads,
-        work_stealing: true,
+        work_stealing: false,
         grace_period_seconds: Some(config.proxy.shutdown_grace_secs),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
@@ -60,9 +61,10 @@ pub fn start_proxy(
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        ProxyService {
-            plane: Arc::clone(&plane),
-        },
+        ProxyService::new(
+            Arc::clone(&plane),
+            ConnectorOptions::from_server_conf(&server.configuration),
+        ),
         "prescale proxy",
     );
     let addr = config.proxy.listen.to_string();

@@ -4,7 +4,8 @@
 //! | phase                    | what happens here                                                  |
 //! |--------------------------|--------------------------------------------------------------------|
 //! | `request_filter`         | header limits, client address, identity → `UserKey`, origin region, |
-//! |                          | feature update → profile, profile → fleet; early 4xx/503 answers     |
+//! |                          | feature update → profile, profile → fleet; early 4xx/503 answers;   |
+//! |                          | a plain HTTP/1.1 GET/HEAD is proxied right here (`forward`)         |
 //! | `upstream_peer`          | a healthy, non-ejected, untried backend of the fleet               |
 //! | `upstream_request_filter`| `X-Forwarded-For` / `X-Forwarded-Proto`                             |
 //! | `fail_to_connect`        | passive ejection bookkeeping, retry on another backend             |
@@ -19,11 +20,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::ResponseHeader;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -31,6 +34,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::dataplane::DataPlane;
 use crate::fleet::{Attempt, FleetIdx, InFlight};
+use crate::forward::is_plain_request;
 use crate::meters::{MeterKey, Observation};
 
 /// Per-request state carried between hooks.
@@ -38,29 +42,70 @@ pub struct RequestCtx {
     started: Instant,
     routed: Option<Routed>,
     /// Backend index of the current attempt.
-    backend: Option<usize>,
+    pub(crate) backend: Option<usize>,
     /// Backends already tried, as a bit set of indexes.
-    tried: u64,
-    attempts: u32,
-    response_started: bool,
-    in_flight: Option<InFlight>,
+    pub(crate) tried: u64,
+    pub(crate) attempts: u32,
+    pub(crate) response_started: bool,
+    pub(crate) in_flight: Option<InFlight>,
     /// No usable response came from a backend (connect/read failure, timeout).
-    upstream_failed: bool,
+    pub(crate) upstream_failed: bool,
     /// Status for the client if the last failed attempt turns out to be the final one.
-    failure_status: u16,
+    pub(crate) failure_status: u16,
     /// Status we answered ourselves (rejections), when the request never reached a backend.
-    local_status: Option<u16>,
+    pub(crate) local_status: Option<u16>,
 }
 
 #[derive(Clone, Copy)]
-struct Routed {
-    user: u64,
+pub(crate) struct Routed {
+    pub(crate) user: u64,
     meter: MeterKey,
-    fleet: FleetIdx,
+    pub(crate) fleet: FleetIdx,
 }
 
 pub struct ProxyService {
     pub plane: Arc<DataPlane>,
+    /// New upstream connections of the direct path (`forward`; idle ones wait per backend).
+    pub(crate) transport: TransportConnector,
+}
+
+impl ProxyService {
+    pub fn new(plane: Arc<DataPlane>, connector_options: ConnectorOptions) -> Self {
+        ProxyService {
+            plane,
+            transport: TransportConnector::new(Some(connector_options)),
+        }
+    }
+
+    /// Sets `X-Forwarded-For` (the client address, appended to a trusted peer's list) and
+    /// `X-Forwarded-Proto` on a request for a backend.
+    pub(crate) fn set_forwarding_headers(
+        &self,
+        peer_ip: Option<IpAddr>,
+        upstream_request: &mut pingora::http::RequestHeader,
+    ) -> Result<()> {
+        let forwarded_for = match (peer_ip, self.plane.trusts(peer_ip)) {
+            (Some(ip), true) => match upstream_request
+                .headers
+                .get(FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
+                _ => ip.to_string(),
+            },
+            // An untrusted peer cannot tell the backend who the client is.
+            (Some(ip), false) => ip.to_string(),
+            (None, _) => String::new(),
+        };
+        if forwarded_for.is_empty() {
+            upstream_request.remove_header(FORWARDED_FOR);
+        } else {
+            upstream_request.insert_header(FORWARDED_FOR, forwarded_for)?;
+        }
+        let proto = if self.plane.tls { "https" } else { "http" };
+        upstream_request.insert_header(FORWARDED_PROTO, proto)?;
+        Ok(())
+    }
 }
 
 const FORWARDED_FOR: &str = "x-forwarded-for";
@@ -69,6 +114,10 @@ const FORWARDED_PROTO: &str = "x-forwarded-proto";
 #[async_trait]
 impl ProxyHttp for ProxyService {
     type CTX = RequestCtx;
+
+    /// No downstream modules: prescale does not compress responses (the default adds a disabled
+    /// compression module, whose per-request context and filters cost time on every response).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
@@ -89,11 +138,15 @@ impl ProxyHttp for ProxyService {
         let peer_ip = peer_ip(session);
         match self.plane.admit(session.req_header(), peer_ip) {
             Ok(admitted) => {
-                ctx.routed = Some(Routed {
+                let routed = Routed {
                     user: admitted.user,
                     meter: admitted.meter,
                     fleet: admitted.fleet,
-                });
+                };
+                ctx.routed = Some(routed);
+                if is_plain_request(session) {
+                    return self.forward_plain(session, ctx, routed).await;
+                }
                 Ok(false)
             }
             Err(rejection) => {
@@ -152,13 +205,7 @@ impl ProxyHttp for ProxyService {
         ctx.backend = Some(index);
         // Replacing the guard ends the previous attempt's in-flight count.
         ctx.in_flight = Some(fleet.begin(index));
-        let timeouts = &fleet.config.timeouts;
-        let mut peer = HttpPeer::new(fleet.backend(index).addr, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
-        peer.options.read_timeout = Some(Duration::from_millis(timeouts.read_ms));
-        peer.options.write_timeout = Some(Duration::from_millis(timeouts.write_ms));
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
+        Ok(Box::new(fleet.backend(index).peer.clone()))
     }
 
     async fn upstream_request_filter(
@@ -167,28 +214,7 @@ impl ProxyHttp for ProxyService {
         upstream_request: &mut pingora::http::RequestHeader,
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let peer_ip = peer_ip(session);
-        let forwarded_for = match (peer_ip, self.plane.trusts(peer_ip)) {
-            (Some(ip), true) => match upstream_request
-                .headers
-                .get(FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
-                _ => ip.to_string(),
-            },
-            // An untrusted peer cannot tell the backend who the client is.
-            (Some(ip), false) => ip.to_string(),
-            (None, _) => String::new(),
-        };
-        if forwarded_for.is_empty() {
-            upstream_request.remove_header(FORWARDED_FOR);
-        } else {
-            upstream_request.insert_header(FORWARDED_FOR, forwarded_for)?;
-        }
-        let proto = if self.plane.tls { "https" } else { "http" };
-        upstream_request.insert_header(FORWARDED_PROTO, proto)?;
-        Ok(())
+        self.set_forwarding_headers(peer_ip(session), upstream_request)
     }
 
     async fn upstream_response_filter(
@@ -262,25 +288,19 @@ impl ProxyHttp for ProxyService {
     where
         Self::CTX: Send + Sync,
     {
-        let (code, message, retry_after) = match e.etype() {
-            ErrorType::HTTPStatus(503) => (503, "no healthy backend in the fleet\n", Some(1)),
-            ErrorType::HTTPStatus(502) => (502, "backend failed to answer\n", None),
-            ErrorType::HTTPStatus(504) => (504, "backend timed out\n", None),
-            ErrorType::HTTPStatus(code) => (*code, "request failed\n", None),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                (504, "backend timed out\n", None)
-            }
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
             _ => match e.esource() {
-                ErrorSource::Upstream => (502, "backend failed to answer\n", None),
+                ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                        (0, "", None)
-                    }
-                    _ => (400, "bad request\n", None),
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
                 },
-                ErrorSource::Internal | ErrorSource::Unset => (500, "internal proxy error\n", None),
+                ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        let (message, retry_after) = failure_answer(code);
         ctx.local_status = Some(code);
         if code > 0 && !ctx.response_started {
             if let Err(write_error) = respond(session, code, message, retry_after).await {
@@ -317,7 +337,19 @@ impl ProxyHttp for ProxyService {
     }
 }
 
-fn failure_status(e: &Error) -> u16 {
+/// The body and `Retry-After` of a response the proxy gives itself for `status`.
+pub(crate) fn failure_answer(status: u16) -> (&'static str, Option<u32>) {
+    match status {
+        503 => ("no healthy backend in the fleet\n", Some(1)),
+        502 => ("backend failed to answer\n", None),
+        504 => ("backend timed out\n", None),
+        400 => ("bad request\n", None),
+        500 => ("internal proxy error\n", None),
+        _ => ("request failed\n", None),
+    }
+}
+
+pub(crate) fn failure_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
         _ => 502,
@@ -328,14 +360,14 @@ fn meter_fleet(meter: MeterKey) -> FleetIdx {
     FleetIdx(meter.fleet.0)
 }
 
-fn peer_ip(session: &Session) -> Option<IpAddr> {
+pub(crate) fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|addr| addr.as_inet())
         .map(|a| a.ip())
 }
 
-async fn respond(
+pub(crate) async fn respond(
     session: &mut Session,
     status: u16,
     message: &'static str,

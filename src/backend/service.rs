@@ -9,7 +9,7 @@
 //! buffers.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,8 +33,6 @@ const MAX_TRACKED_USERS: usize = 100_000;
 
 /// Response header naming the backend that answered, for clients that do not parse the body.
 const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-backend");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
@@ -104,18 +102,9 @@ struct Echo<'a> {
     path: &'a str,
     query: Option<&'a str>,
     version: &'static str,
-    headers: EchoedHeaders<'a>,
+    /// Every request header by (lower-case) name; repeated fields joined with ", ".
+    headers: BTreeMap<&'a str, Cow<'a, str>>,
     body_bytes: u64,
-}
-
-#[derive(Serialize)]
-struct EchoedHeaders<'a> {
-    #[serde(rename = "x-forwarded-for")]
-    x_forwarded_for: Option<Cow<'a, str>>,
-    #[serde(rename = "x-forwarded-proto")]
-    x_forwarded_proto: Option<Cow<'a, str>>,
-    #[serde(rename = "x-user-id")]
-    x_user_id: Option<Cow<'a, str>>,
 }
 
 impl Backend {
@@ -191,11 +180,11 @@ impl Backend {
             path: parts.uri.path(),
             query: parts.uri.query(),
             version: version_name(parts.version),
-            headers: EchoedHeaders {
-                x_forwarded_for: header_text(&parts.headers, &X_FORWARDED_FOR),
-                x_forwarded_proto: header_text(&parts.headers, &X_FORWARDED_PROTO),
-                x_user_id: header_text(&parts.headers, &X_USER_ID),
-            },
+            headers: parts
+                .headers
+                .keys()
+                .filter_map(|name| Some((name.as_str(), header_text(&parts.headers, name)?)))
+                .collect(),
             body_bytes,
         };
         let body = json_line(&echo);
@@ -296,6 +285,7 @@ fn version_name(version: Version) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
     use super::*;
 
     #[test]

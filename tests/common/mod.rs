@@ -232,7 +232,38 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<HttpResponse
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(raw)?;
-    let mut reader = BufReader::new(stream);
+    read_http1_response(&mut BufReader::new(stream), false)
+}
+
+/// One client connection kept open across requests (HTTP/1.1 keep-alive).
+pub struct KeepAliveClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAliveClient {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        KeepAliveClient {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends one request (`raw`, complete) and reads its response; `head`: a HEAD request,
+    /// whose response has no body whatever its `Content-Length`.
+    pub fn send(&mut self, raw: &[u8], head: bool) -> HttpResponse {
+        self.reader.get_mut().write_all(raw).expect("write request");
+        read_http1_response(&mut self.reader, head).expect("read response")
+    }
+}
+
+/// Reads one HTTP/1.1 response: framed by `Content-Length`, chunked, or (neither) up to the close.
+pub fn read_http1_response(
+    reader: &mut BufReader<TcpStream>,
+    head: bool,
+) -> std::io::Result<HttpResponse> {
     let mut status_line = String::new();
     reader.read_line(&mut status_line)?;
     let status: u16 = status_line
@@ -261,11 +292,15 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<HttpResponse
             .map(|(_, v)| v.clone())
     };
     let mut body = Vec::new();
-    if let Some(length) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
+    let length = find("content-length").and_then(|v| v.parse::<usize>().ok());
+    let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    match (head, length, chunked) {
+        (true, _, _) => {}
+        (false, Some(length), _) => {
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+        }
+        (false, None, true) => loop {
             let mut size_line = String::new();
             reader.read_line(&mut size_line)?;
             let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
@@ -280,9 +315,10 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<HttpResponse
             body.extend_from_slice(&chunk);
             let mut crlf = [0u8; 2];
             reader.read_exact(&mut crlf)?;
+        },
+        (false, None, false) => {
+            reader.read_to_end(&mut body)?;
         }
-    } else {
-        reader.read_to_end(&mut body)?;
     }
     Ok(HttpResponse {
         status,

@@ -24,8 +24,18 @@ fn table(mib: usize) -> FeatureTable {
     FeatureTable::with_memory_ceiling(mib * 1024 * 1024, 1800)
 }
 
-fn keep(profile: u16) -> impl FnOnce(&UserView<'_>) -> ProfileIdx {
-    move |_| ProfileIdx(profile)
+fn keep(profile: u16) -> impl FnOnce(&UserView<'_>) -> Assignment {
+    move |_| Assignment {
+        profile: ProfileIdx(profile),
+        by_model: false,
+    }
+}
+
+fn by_model(profile: u16) -> impl FnOnce(&UserView<'_>) -> Assignment {
+    move |_| Assignment {
+        profile: ProfileIdx(profile),
+        by_model: true,
+    }
 }
 
 #[test]
@@ -175,7 +185,7 @@ fn request_count_and_profile_gauge() {
     let outcome = t.on_request(a, MONDAY, desktop_get(), |view| {
         assert_eq!(view.requests(), 1);
         assert_eq!(view.previous_profile(), None);
-        ProfileIdx::NEW
+        keep(ProfileIdx::NEW.0)(view)
     });
     assert_eq!(
         outcome,
@@ -188,7 +198,7 @@ fn request_count_and_profile_gauge() {
     assert_eq!(t.profile_user_counts()[0], 2);
     t.on_request(a, MONDAY + 1, desktop_get(), |view| {
         assert_eq!(view.previous_profile(), Some(ProfileIdx::NEW));
-        ProfileIdx(5)
+        keep(5)(view)
     });
     let counts = t.profile_user_counts();
     assert_eq!((counts[0], counts[5]), (1, 1));
@@ -362,4 +372,38 @@ fn a_user_moved_from_its_home_way_keeps_its_state() {
     assert_eq!(t.len(), WAYS);
     let counts = t.profile_user_counts();
     assert_eq!((counts[2], counts[3]), (WAYS as u64 - 1, 1));
+}
+
+#[test]
+fn the_models_answer_is_offered_again_only_within_the_same_second() {
+    let t = table(1);
+    let user = UserKey(42);
+    let answer = |view: &UserView<'_>| view.model_answer_this_second();
+    let mut seen = None;
+    t.on_request(user, MONDAY, desktop_get(), |view| {
+        seen = Some(answer(view));
+        by_model(3)(view)
+    });
+    assert_eq!(seen, Some(None), "a new user has no earlier answer");
+    t.on_request(user, MONDAY, desktop_get(), |view| {
+        seen = Some(answer(view));
+        keep(3)(view)
+    });
+    assert_eq!(
+        seen,
+        Some(Some(ProfileIdx(3))),
+        "same second, chosen by the model"
+    );
+    t.on_request(user, MONDAY, desktop_get(), |view| {
+        seen = Some(answer(view));
+        by_model(4)(view)
+    });
+    assert_eq!(seen, Some(None), "the previous profile came from a rule");
+    t.on_request(user, MONDAY + 1, desktop_get(), |view| {
+        seen = Some(answer(view));
+        by_model(4)(view)
+    });
+    assert_eq!(seen, Some(None), "a new second asks the model again");
+    assert_eq!(t.profile_user_counts()[4], 1);
+    assert_eq!(t.profile_user_counts()[3], 0);
 }

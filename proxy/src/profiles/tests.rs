@@ -197,6 +197,35 @@ fn model_assigns_nearest_centroid_and_rules_win() {
         ProfileIdx::NEW
     );
     assert_eq!(assigner.model_version(), Some(5));
+
+    // An answer of the model from earlier in the second is taken as is (no features computed);
+    // rules and the new-user threshold still come first.
+    let bulk = registry.index_of("bulk").unwrap();
+    let not_computed = || -> FeatureVector { panic!("features computed for a reused answer") };
+    assert_eq!(
+        assigner.assign_reusing(10, Some(bulk), not_computed, &facts(&get, "/", &none)),
+        Assignment {
+            profile: bulk,
+            by_model: true
+        }
+    );
+    assert_eq!(
+        assigner
+            .assign_reusing(10, Some(bulk), not_computed, &facts(&get, "/batch", &none))
+            .profile,
+        registry.index_of("batch").unwrap()
+    );
+    assert_eq!(
+        assigner
+            .assign_reusing(1, Some(bulk), not_computed, &facts(&get, "/", &none))
+            .profile,
+        ProfileIdx::NEW
+    );
+    assert!(
+        assigner
+            .assign_reusing(10, None, near(1.2), &facts(&get, "/", &none))
+            .by_model
+    );
 }
 
 #[test]
