@@ -173,8 +173,9 @@ fn handle(plane: &Plane, request: &Request, spread: u64, later: u64, latency: Du
         bytes_in: 0,
         bytes_out: 512,
     };
-    // As `DataPlane::record`: meters with the user (unique users and the user sample), then the
-    // user's response features.
+    // As `DataPlane::record`: prefetch, meters with the user (unique users and the user sample),
+    // then the user's response features.
+    plane.table.prefetch(user);
     plane.meters.record_for_user(key, &observation, user.0);
     plane.table.on_response(
         user,

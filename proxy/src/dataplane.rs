@@ -289,6 +289,10 @@ impl DataPlane {
 
     /// Records a finished request.
     pub fn record(&self, user: u64, meter: MeterKey, observation: Observation) {
+        if let Some(table) = &self.features {
+            // A millisecond of other requests may have pushed the entry out of the cache.
+            table.prefetch(crate::identity::UserKey(user));
+        }
         self.meters.record_for_user(meter, &observation, user);
         if let Some(table) = &self.features {
             table.on_response(
