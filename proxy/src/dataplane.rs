@@ -119,7 +119,7 @@ impl DataPlane {
             .iter()
             .filter(|f| f.region == region)
             .collect();
-        let fleets = Fleets::new(&fleet_configs)?;
+        let fleets = Fleets::new(&fleet_configs, crate::server::worker_threads(config))?;
         let config = Arc::new(config.clone());
         let plane = DataPlane {
             node_id: config.node.id.clone(),

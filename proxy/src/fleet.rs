@@ -74,7 +74,8 @@ pub enum Attempt {
 }
 
 impl Fleet {
-    pub fn new(config: &FleetConfig) -> Result<Self, ProxyError> {
+    /// `worker_threads`: the proxy's threads (each gets its own idle upstream connections).
+    pub fn new(config: &FleetConfig, worker_threads: usize) -> Result<Self, ProxyError> {
         let mut addrs = Vec::with_capacity(config.backends.len());
         for backend in &config.backends {
             let addr = resolve(backend).map_err(|source| ProxyError::Backend {
@@ -112,7 +113,11 @@ impl Fleet {
             .map(|&addr| BackendState {
                 addr,
                 peer: backend_peer(addr, &config.timeouts),
-                idle: IdleConnections::new(IDLE_CONNECTIONS_PER_BACKEND, UPSTREAM_IDLE_TIMEOUT),
+                idle: IdleConnections::new(
+                    IDLE_CONNECTIONS_PER_BACKEND,
+                    worker_threads,
+                    UPSTREAM_IDLE_TIMEOUT,
+                ),
                 balancer_key: Backend {
                     addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
                     weight: 1,
@@ -354,10 +359,10 @@ pub struct Fleets {
 }
 
 impl Fleets {
-    pub fn new(configs: &[&FleetConfig]) -> Result<Self, ProxyError> {
+    pub fn new(configs: &[&FleetConfig], worker_threads: usize) -> Result<Self, ProxyError> {
         let fleets = configs
             .iter()
-            .map(|c| Fleet::new(c).map(Arc::new))
+            .map(|c| Fleet::new(c, worker_threads).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Fleets { fleets })
     }

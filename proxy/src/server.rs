@@ -33,6 +33,17 @@ pub struct RunningProxy {
 }
 
 /// Starts the proxy listener for `plane` (on its own threads). Health checks run on `control`.
+/// The proxy's worker threads: `proxy.threads`, or one per core when it is 0.
+pub fn worker_threads(config: &Config) -> usize {
+    if config.proxy.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        config.proxy.threads
+    }
+}
+
 pub fn start_proxy(
     config: &Config,
     plane: Arc<DataPlane>,
@@ -41,15 +52,11 @@ pub fn start_proxy(
     // Fail early, with a clear message, when the port is taken (pingora would panic later).
     check_bindable(config.proxy.listen, "proxy")?;
 
-    let threads = if config.proxy.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        config.proxy.threads
-    };
+    let threads = worker_threads(config);
     let conf = ServerConf {
         threads,
+        // One runtime per thread (no task stealing): cheaper scheduling per request; each thread
+        // keeps its own idle upstream connections (`upstream_pool`).
         work_stealing: false,
         grace_period_seconds: Some(config.proxy.shutdown_grace_secs),
         graceful_shutdown_timeout_seconds: Some(1),

@@ -1,18 +1,20 @@
-//! Idle upstream connections of one backend for the direct path (`forward`): a bounded lock-free
-//! queue of keep-alive streams with the second they went idle.
+//! Idle upstream connections of one backend for the direct path (`forward`): bounded lock-free
+//! queues of keep-alive streams with the second they went idle, one queue per worker thread.
 //!
 //! Why not pingora's pool: taking a connection back from it locks an async mutex, checks the
 //! socket's peer with a `getpeername` call, and every release spawns a task that watches the idle
 //! connection. Per request on small responses that was several percent of the proxy's CPU.
 //!
 //! Invariants: at most `capacity` connections wait per backend (a release beyond that closes the
-//! connection); a connection idle longer than the idle timeout, or that has become readable
+//! connection); a thread reuses only connections it released itself (with per-thread runtimes,
+//! those its own event loop watches); a connection idle longer than the idle timeout, or that has become readable
 //! while idle (closed by the backend, or unexpected bytes), is never handed out. A connection
 //! the backend closed so recently that the close is not yet seen can still be handed out: the
 //! direct path retries such a failure once on a new connection (see `forward`).
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
@@ -20,32 +22,50 @@ use crossbeam_queue::ArrayQueue;
 use pingora::protocols::Stream;
 use tokio::io::AsyncReadExt;
 
-/// Idle keep-alive connections to one backend.
+/// Idle keep-alive connections to one backend, one queue per proxy worker thread.
 pub struct IdleConnections {
-    queue: ArrayQueue<(Stream, u64)>,
+    stripes: Box<[ArrayQueue<(Stream, u64)>]>,
     idle_timeout_secs: u64,
+}
+
+static NEXT_THREAD_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's queue number (modulo the stripe count). Only the proxy's worker threads
+    /// handle requests, so with one stripe per worker each has its own queue.
+    static THREAD_STRIPE: usize = NEXT_THREAD_STRIPE.fetch_add(1, Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for IdleConnections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdleConnections")
-            .field("idle", &self.queue.len())
-            .field("capacity", &self.queue.capacity())
+            .field("idle", &self.len())
+            .field("stripes", &self.stripes.len())
             .finish()
     }
 }
 
 impl IdleConnections {
-    pub fn new(capacity: usize, idle_timeout: Duration) -> Self {
+    /// At most `capacity` idle connections in all, shared out over `stripes` queues (one per
+    /// worker thread: a connection is reused on the thread whose event loop watches it).
+    pub fn new(capacity: usize, stripes: usize, idle_timeout: Duration) -> Self {
+        let stripes = stripes.max(1);
+        let per_stripe = (capacity / stripes).max(1);
         IdleConnections {
-            queue: ArrayQueue::new(capacity.max(1)),
+            stripes: (0..stripes).map(|_| ArrayQueue::new(per_stripe)).collect(),
             idle_timeout_secs: idle_timeout.as_secs().max(1),
         }
     }
 
-    /// An idle connection still fit for a request, if any (`now` in unix seconds).
+    fn own_stripe(&self) -> &ArrayQueue<(Stream, u64)> {
+        let stripe = THREAD_STRIPE.with(|s| *s) % self.stripes.len();
+        &self.stripes[stripe]
+    }
+
+    /// An idle connection of this thread still fit for a request, if any (`now` in unix seconds).
     pub fn take(&self, now: u64) -> Option<Stream> {
-        while let Some((mut stream, idle_since)) = self.queue.pop() {
+        let queue = self.own_stripe();
+        while let Some((mut stream, idle_since)) = queue.pop() {
             if now.saturating_sub(idle_since) > self.idle_timeout_secs {
                 continue;
             }
@@ -56,19 +76,19 @@ impl IdleConnections {
         None
     }
 
-    /// Keeps `stream` for a later request; closes it when the queue is full.
+    /// Keeps `stream` for a later request on this thread; closes it when the queue is full.
     pub fn put(&self, stream: Stream, now: u64) {
         // A full queue hands the stream back: dropping it closes the connection.
-        let _ = self.queue.push((stream, now));
+        let _ = self.own_stripe().push((stream, now));
     }
 
-    /// Connections waiting.
+    /// Connections waiting, on all threads.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.stripes.iter().map(ArrayQueue::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
     }
 }
 
@@ -80,4 +100,74 @@ fn still_quiet(stream: &mut Stream) -> bool {
     let read = pin!(tokio::task::unconstrained(stream.read(&mut byte)));
     read.poll(&mut Context::from_waker(Waker::noop()))
         .is_pending()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: the pool's side (as pingora streams it) and the backend's side.
+    async fn pair(listener: &TcpListener) -> (Stream, TcpStream) {
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let client: Stream = Box::new(L4Stream::from(client.expect("connect")));
+        (client, accepted.expect("accept").0)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_are_reused_on_their_thread_while_fresh_and_quiet() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let idle = IdleConnections::new(8, 2, Duration::from_secs(60));
+        let now = 1_000;
+
+        let (stream, _backend) = pair(&listener).await;
+        idle.put(stream, now);
+        assert_eq!(idle.len(), 1);
+        // Another thread has its own queue.
+        std::thread::scope(|s| {
+            s.spawn(|| assert!(idle.take(now).is_none()))
+                .join()
+                .expect("thread");
+        });
+        assert!(
+            idle.take(now).is_some(),
+            "this thread's connection is reused"
+        );
+        assert!(idle.is_empty());
+
+        // Idle for longer than the timeout: closed, not handed out.
+        let (stream, _backend) = pair(&listener).await;
+        idle.put(stream, now);
+        assert!(idle.take(now + 61).is_none());
+
+        // Closed by the backend while idle: not handed out.
+        let (stream, backend) = pair(&listener).await;
+        idle.put(stream, now);
+        drop(backend);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(idle.take(now).is_none());
+
+        // Bytes while idle (a backend out of step): not handed out.
+        let (stream, mut backend) = pair(&listener).await;
+        idle.put(stream, now);
+        backend
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(idle.take(now).is_none());
+        assert!(idle.is_empty());
+    }
+
+    #[test]
+    fn the_capacity_is_shared_out_over_the_threads() {
+        let idle = IdleConnections::new(512, 4, Duration::from_secs(60));
+        assert_eq!(idle.stripes.len(), 4);
+        assert!(idle.stripes.iter().all(|q| q.capacity() == 128));
+        let one = IdleConnections::new(512, 0, Duration::from_secs(60));
+        assert_eq!(one.stripes.len(), 1);
+    }
 }
