@@ -202,6 +202,10 @@ impl UserState {
         usize::from(self.profile & 0xff)
     }
 
+    fn profile(&self) -> ProfileIdx {
+        ProfileIdx(self.profile & 0xff)
+    }
+
     fn total(&self) -> u32 {
         self.day_parts.iter().map(|&c| u32::from(c)).sum()
     }
@@ -331,14 +335,13 @@ impl UserView<'_> {
 
     /// The profile assigned at the user's previous request (`None` for a new entry).
     pub fn previous_profile(&self) -> Option<ProfileIdx> {
-        (self.state.requests > 1).then_some(ProfileIdx(self.state.profile_index() as u16))
+        (self.state.requests > 1).then_some(self.state.profile())
     }
 
     /// The model's answer for this user at a previous request of the same second, if there was
     /// one (see [`crate::profiles::ProfileAssigner::assign_reusing`]).
     pub fn model_answer_this_second(&self) -> Option<ProfileIdx> {
-        (self.same_second && self.state.profile & BY_MODEL != 0)
-            .then_some(ProfileIdx(self.state.profile_index() as u16))
+        (self.same_second && self.state.profile & BY_MODEL != 0).then_some(self.state.profile())
     }
 }
 

@@ -30,7 +30,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use crate::fleet::{Attempt, Fleet};
-use crate::service::{failure_status, peer_ip, ProxyService, RequestCtx, Routed};
+use crate::service::{peer_ip, ProxyService, RequestCtx, Routed};
 
 /// Request headers that describe the client's connection, not the request (RFC 9110 §7.6.1).
 /// `transfer-encoding` and `upgrade` never get here ([`is_plain_request`]).
@@ -101,46 +101,32 @@ impl ProxyService {
     ) -> Result<bool> {
         let fleet = self.plane.fleets.get(routed.fleet);
         // Set after a reused connection failed before any response: the same backend once more,
-        // on a new connection, without counting an attempt (the backend did nothing wrong).
+        // without counting an attempt (the backend did nothing wrong); from then on only new
+        // connections, so this happens at most once.
         let mut stale_retry: Option<usize> = None;
-        let mut stale_retry_used = false;
+        let mut reuse = true;
         loop {
             let index = match stale_retry.take() {
                 Some(index) => index,
-                None => {
-                    let Some(index) = fleet.select(routed.user, ctx.tried) else {
-                        let status = if ctx.attempts > 0 {
-                            ctx.failure_status
-                        } else {
-                            503
-                        };
-                        return self.answer_failure(session, ctx, status).await;
-                    };
-                    ctx.tried |= 1u64 << (index % 64);
-                    ctx.attempts += 1;
-                    ctx.backend = Some(index);
-                    ctx.in_flight = Some(fleet.begin(index));
-                    index
-                }
+                None => match ctx.begin_attempt(fleet, routed.user) {
+                    Ok(index) => index,
+                    Err(status) => return self.answer_failure(session, ctx, status).await,
+                },
             };
             let request = self.upstream_request(session)?;
-            let reuse = !stale_retry_used;
             match self
                 .exchange(session, ctx, fleet, index, request, reuse)
                 .await
             {
                 Ok(()) => return Ok(true),
                 Err(Failed::AfterResponse(e)) => return Err(e),
-                Err(Failed::BeforeResponse { reused: true, .. }) if !stale_retry_used => {
-                    stale_retry_used = true;
+                Err(Failed::BeforeResponse { reused: true, .. }) => {
+                    reuse = false;
                     stale_retry = Some(index);
                 }
                 Err(Failed::BeforeResponse { error, .. }) => {
-                    ctx.upstream_failed = true;
-                    ctx.failure_status = failure_status(&error);
-                    fleet.record(index, Attempt::Failed);
                     tracing::debug!(%error, backend = %fleet.backend(index).addr, "attempt failed");
-                    if ctx.attempts > fleet.config.retries {
+                    if !ctx.attempt_failed(fleet, &error) {
                         return self.answer_failure(session, ctx, ctx.failure_status).await;
                     }
                 }

@@ -32,7 +32,6 @@ pub struct RunningProxy {
     grace: Duration,
 }
 
-/// Starts the proxy listener for `plane` (on its own threads). Health checks run on `control`.
 /// The proxy's worker threads: `proxy.threads`, or one per core when it is 0.
 pub fn worker_threads(config: &Config) -> usize {
     if config.proxy.threads == 0 {
@@ -44,6 +43,7 @@ pub fn worker_threads(config: &Config) -> usize {
     }
 }
 
+/// Starts the proxy listener for `plane` (on its own threads). Health checks run on `control`.
 pub fn start_proxy(
     config: &Config,
     plane: Arc<DataPlane>,

@@ -33,7 +33,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::dataplane::DataPlane;
-use crate::fleet::{Attempt, FleetIdx, InFlight};
+use crate::fleet::{Attempt, Fleet, FleetIdx, InFlight};
 use crate::forward::is_plain_request;
 use crate::meters::{MeterKey, Observation};
 
@@ -42,18 +42,50 @@ pub struct RequestCtx {
     started: Instant,
     routed: Option<Routed>,
     /// Backend index of the current attempt.
-    pub(crate) backend: Option<usize>,
+    backend: Option<usize>,
     /// Backends already tried, as a bit set of indexes.
-    pub(crate) tried: u64,
-    pub(crate) attempts: u32,
+    tried: u64,
+    attempts: u32,
     pub(crate) response_started: bool,
-    pub(crate) in_flight: Option<InFlight>,
+    in_flight: Option<InFlight>,
     /// No usable response came from a backend (connect/read failure, timeout).
-    pub(crate) upstream_failed: bool,
+    upstream_failed: bool,
     /// Status for the client if the last failed attempt turns out to be the final one.
     pub(crate) failure_status: u16,
     /// Status we answered ourselves (rejections), when the request never reached a backend.
     pub(crate) local_status: Option<u16>,
+}
+
+impl RequestCtx {
+    /// Starts the next attempt on `fleet`: a healthy, untried backend (its index), or, when none
+    /// is left, the status for the client — how the last attempt failed (502, or 504 for a
+    /// timeout), or 503 when nothing could be tried.
+    pub(crate) fn begin_attempt(&mut self, fleet: &Arc<Fleet>, user: u64) -> Result<usize, u16> {
+        let Some(index) = fleet.select(user, self.tried) else {
+            return Err(if self.attempts > 0 {
+                self.failure_status
+            } else {
+                503
+            });
+        };
+        self.tried |= 1u64 << (index % 64);
+        self.attempts += 1;
+        self.backend = Some(index);
+        // Replacing the guard ends the previous attempt's in-flight count.
+        self.in_flight = Some(fleet.begin(index));
+        Ok(index)
+    }
+
+    /// Books the current attempt on `fleet` as failed with `e` (passive ejection, and the status
+    /// a final failure answers with); returns whether the fleet allows another attempt.
+    pub(crate) fn attempt_failed(&mut self, fleet: &Fleet, e: &Error) -> bool {
+        self.upstream_failed = true;
+        self.failure_status = failure_status(e);
+        if let Some(index) = self.backend {
+            fleet.record(index, Attempt::Failed);
+        }
+        self.attempts <= fleet.config.retries
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -185,26 +217,14 @@ impl ProxyHttp for ProxyService {
             ));
         };
         let fleet = self.plane.fleets.get(routed.fleet);
-        let Some(index) = fleet.select(routed.user, ctx.tried) else {
-            // After a failed attempt the client should learn how the backend failed (502, or
-            // 504 for a timeout), not that the fleet is empty.
-            let status = if ctx.attempts > 0 {
-                ctx.failure_status
-            } else {
-                503
-            };
+        let index = ctx.begin_attempt(fleet, routed.user).map_err(|status| {
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
                 "no healthy backend left to try",
             );
             e.set_retry(false);
-            return Err(e);
-        };
-        ctx.tried |= 1u64 << (index % 64);
-        ctx.attempts += 1;
-        ctx.backend = Some(index);
-        // Replacing the guard ends the previous attempt's in-flight count.
-        ctx.in_flight = Some(fleet.begin(index));
+            e
+        })?;
         Ok(Box::new(fleet.backend(index).peer.clone()))
     }
 
@@ -240,13 +260,10 @@ impl ProxyHttp for ProxyService {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.upstream_failed = true;
-        ctx.failure_status = failure_status(&e);
-        if let (Some(routed), Some(index)) = (ctx.routed, ctx.backend) {
+        if let Some(routed) = ctx.routed {
             let fleet = self.plane.fleets.get(routed.fleet);
-            fleet.record(index, Attempt::Failed);
             // Nothing was sent: any request may go to another backend.
-            e.set_retry(ctx.attempts <= fleet.config.retries);
+            e.set_retry(ctx.attempt_failed(fleet, &e));
         }
         e
     }
@@ -262,19 +279,11 @@ impl ProxyHttp for ProxyService {
         let mut e = e.more_context(format!("backend {}", peer._address));
         let Some(routed) = ctx.routed else { return e };
         let fleet = self.plane.fleets.get(routed.fleet);
-        if e.esource() == &ErrorSource::Upstream {
-            ctx.upstream_failed = true;
-            ctx.failure_status = failure_status(&e);
-            if let Some(index) = ctx.backend {
-                fleet.record(index, Attempt::Failed);
-            }
-        }
-        let idempotent = session.req_header().method.is_idempotent();
-        let retryable = idempotent
+        let attempts_left = e.esource() == &ErrorSource::Upstream && ctx.attempt_failed(fleet, &e);
+        let retryable = attempts_left
+            && session.req_header().method.is_idempotent()
             && !ctx.response_started
-            && !session.as_ref().retry_buffer_truncated()
-            && ctx.attempts <= fleet.config.retries
-            && e.esource() == &ErrorSource::Upstream;
+            && !session.as_ref().retry_buffer_truncated();
         e.set_retry(retryable);
         e
     }
