@@ -9,7 +9,10 @@
 #   profiling_cost = 1 − (req/s with profiling ÷ req/s without)
 # Each proxy gets one worker thread pinned to CPU 1; wrk and the backend share CPU 0. Each round
 # runs nginx, then prescale on and off back to back; the ratios are medians over the rounds of
-# each round's own ratios.
+# each round's own ratios. Before the last line, CPU 1's time per request (the proxy and the
+# kernel's work on its behalf) and how busy CPU 1 was: a proxy that is not saturated has
+# throughput set by CPU 0, and then CPU per request is what tells the proxies apart
+# (`cpu_per_request_ratio` = prescale ÷ nginx, `profiling_cpu_share` = 1 − off ÷ on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -128,20 +131,31 @@ request = function()
 end
 EOF
 
+# Busy and total jiffies of CPU 1, where only the proxy under test runs.
+cpu1_jiffies() { awk '/^cpu1 /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
+
 # wrk prints e.g. "Requests/sec:  12345.67" and, with --latency, "99%    1.23ms".
-run_wrk() { # $1 = port → "rps p99_ms"
-  local out
+run_wrk() { # $1 = port → "rps p99_ms cpu_us_per_request cpu_busy_share"
+  local out before after
+  before=$(cpu1_jiffies)
   out=$(pin 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/users.lua" "http://127.0.0.1:$1/" 2>&1)
-  python3 - "$out" <<'PY'
+  after=$(cpu1_jiffies)
+  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 text = sys.argv[1]
+busy0, total0 = map(int, sys.argv[2].split())
+busy1, total1 = map(int, sys.argv[3].split())
+ticks = int(sys.argv[4])
+requests = int(re.search(r"(\d+) requests in", text).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
 scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if errors:
     sys.stderr.write(f"warning: {errors.group(1)} non-2xx responses\n")
-print(rps, float(m.group(1)) * scale)
+cpu_us = (busy1 - busy0) / ticks * 1e6 / max(requests, 1)
+busy_share = (busy1 - busy0) / max(total1 - total0, 1)
+print(rps, float(m.group(1)) * scale, cpu_us, busy_share)
 PY
 }
 
@@ -150,29 +164,39 @@ for port in "$NGINX_PORT" "$PRESCALE_ON_PORT" "$PRESCALE_OFF_PORT"; do
   pin 0 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
 done
 
-declare -a n_rps n_p99 on_rps on_p99 off_rps off_p99
+declare -a n_rps n_p99 n_cpu n_busy on_rps on_p99 on_cpu on_busy off_rps off_p99 off_cpu off_busy
 for round in $(seq 1 "$ROUNDS"); do
-  read -r r p < <(run_wrk "$NGINX_PORT"); n_rps+=("$r"); n_p99+=("$p")
+  read -r r p c b < <(run_wrk "$NGINX_PORT"); n_rps+=("$r"); n_p99+=("$p"); n_cpu+=("$c"); n_busy+=("$b")
   # On and off run back to back, in alternating order, so that each round's pair sees the same
   # machine (the ratios below are medians of these per-round pairs).
   if (( round % 2 )); then
-    read -r r p < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p")
-    read -r r p < <(run_wrk "$PRESCALE_OFF_PORT"); off_rps+=("$r"); off_p99+=("$p")
+    read -r r p c b < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p"); on_cpu+=("$c"); on_busy+=("$b")
+    read -r r p c b < <(run_wrk "$PRESCALE_OFF_PORT"); off_rps+=("$r"); off_p99+=("$p"); off_cpu+=("$c"); off_busy+=("$b")
   else
-    read -r r p < <(run_wrk "$PRESCALE_OFF_PORT"); off_rps+=("$r"); off_p99+=("$p")
-    read -r r p < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p")
+    read -r r p c b < <(run_wrk "$PRESCALE_OFF_PORT"); off_rps+=("$r"); off_p99+=("$p"); off_cpu+=("$c"); off_busy+=("$b")
+    read -r r p c b < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p"); on_cpu+=("$c"); on_busy+=("$b")
   fi
   echo "round $round: nginx ${n_rps[-1]} req/s p99 ${n_p99[-1]} ms | prescale ${on_rps[-1]} req/s p99 ${on_p99[-1]} ms | prescale (profiling off) ${off_rps[-1]} req/s p99 ${off_p99[-1]} ms" >&2
 done
 
-python3 - "${n_rps[*]}" "${n_p99[*]}" "${on_rps[*]}" "${on_p99[*]}" "${off_rps[*]}" "${off_p99[*]}" <<'PY'
+python3 - "${n_rps[*]}" "${n_p99[*]}" "${on_rps[*]}" "${on_p99[*]}" "${off_rps[*]}" "${off_p99[*]}" \
+  "${n_cpu[*]}" "${n_busy[*]}" "${on_cpu[*]}" "${on_busy[*]}" "${off_cpu[*]}" "${off_busy[*]}" <<'PY'
 import statistics, sys
 vals = [list(map(float, a.split())) for a in sys.argv[1:]]
-n_rps_v, n_p99_v, on_rps_v, on_p99_v, off_rps_v, off_p99_v = vals
+n_rps_v, n_p99_v, on_rps_v, on_p99_v, off_rps_v, off_p99_v = vals[:6]
+n_cpu_v, n_busy_v, on_cpu_v, on_busy_v, off_cpu_v, off_busy_v = vals[6:]
 med = statistics.median
-print(f"nginx                     {med(n_rps_v):10.0f} req/s   p99 {med(n_p99_v):7.3f} ms")
-print(f"prescale (profiling on)   {med(on_rps_v):10.0f} req/s   p99 {med(on_p99_v):7.3f} ms")
-print(f"prescale (profiling off)  {med(off_rps_v):10.0f} req/s   p99 {med(off_p99_v):7.3f} ms")
+def line(name, rps, p99, cpu, busy):
+    print(f"{name:26}{med(rps):10.0f} req/s   p99 {med(p99):7.3f} ms   "
+          f"CPU {med(cpu):5.1f} us/request   proxy CPU busy {100 * med(busy):3.0f} %")
+line("nginx", n_rps_v, n_p99_v, n_cpu_v, n_busy_v)
+line("prescale (profiling on)", on_rps_v, on_p99_v, on_cpu_v, on_busy_v)
+line("prescale (profiling off)", off_rps_v, off_p99_v, off_cpu_v, off_busy_v)
+# When the proxy's CPU is not saturated, req/s is set by the load generator's CPU; CPU time per
+# request (all of CPU 1: the proxy and the kernel's work for it) then tells the costs apart.
+cpu_ratio = med(on / n for on, n in zip(on_cpu_v, n_cpu_v))
+profiling_cpu = med(1 - off / on for on, off in zip(on_cpu_v, off_cpu_v))
+print(f"cpu_per_request_ratio={cpu_ratio:.3f} profiling_cpu_share={profiling_cpu:.3f}")
 # Ratios of runs of the same round (seconds apart), then the median over rounds: a shared VM's
 # drift between rounds cancels out.
 ratio_rps = med(on / n for on, n in zip(on_rps_v, n_rps_v))

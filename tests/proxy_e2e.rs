@@ -1024,3 +1024,124 @@ fn a_backend_that_drops_idle_connections_costs_no_request() {
         "the backend served fewer requests than were answered"
     );
 }
+
+/// A backend written by hand, answering by path: chunked with extensions and trailers, a 103
+/// before the final response, a fixed length, and a body that ends when it closes. Through one
+/// client connection: a request head split across two writes, two pipelined requests, a request
+/// for the general path in between, and a response delimited by close. Every response arrives
+/// whole and in order, hop-by-hop fields of the backend never reach the client, and the direct
+/// path reuses one upstream connection for all its keep-alive responses.
+#[test]
+fn every_response_framing_keeps_client_and_backend_in_step() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    // Connections that carried a request of the test's user (health checks carry none).
+    let user_connections = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&user_connections);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let counter = Arc::clone(&counter);
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut counted = false;
+                loop {
+                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                    pending.drain(..end + 4);
+                    if !counted && head.contains("x-user-id: frank") {
+                        counted = true;
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let response: &[u8] = match path.as_str() {
+                        "/chunked" => {
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                            Connection: keep-alive, x-hop\r\nKeep-Alive: timeout=30\r\n\
+                            X-Hop: secret\r\nX-Kept: yes\r\n\r\n\
+                            5\r\nhello\r\n6;note=\"x\"\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                        }
+                        "/hints" => {
+                            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                            HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhints"
+                        }
+                        "/close" => {
+                            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close"
+                        }
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nlength",
+                    };
+                    if conn.write_all(response).is_err() || path == "/close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[backend], &[batch], ""));
+    let request = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: shop\r\nX-User-Id: frank\r\n\r\n").into_bytes()
+    };
+
+    let mut client = KeepAliveClient::connect(node.proxy);
+    // A head in two parts.
+    let head = request("/chunked");
+    client.write(&head[..20]);
+    std::thread::sleep(Duration::from_millis(100));
+    let r = client.send(&head[20..], false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "hello world");
+    assert_eq!(r.header("x-kept"), Some("yes"), "{:?}", r.headers);
+    for hop_by_hop in ["x-hop", "keep-alive", "connection"] {
+        assert_eq!(r.header(hop_by_hop), None, "{hop_by_hop}: {:?}", r.headers);
+    }
+
+    // Two requests in one write; the 103 is not passed on.
+    let mut both = request("/length");
+    both.extend_from_slice(&request("/hints"));
+    client.write(&both);
+    let first = client.receive(false);
+    let second = client.receive(false);
+    assert_eq!((first.status, first.text().as_str()), (200, "length"));
+    assert_eq!((second.status, second.text().as_str()), (200, "hints"));
+
+    // The general path in between, then the direct path again.
+    let r = client.send(
+        b"POST /length HTTP/1.1\r\nHost: shop\r\nX-User-Id: frank\r\nContent-Length: 0\r\n\r\n",
+        false,
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "length"));
+    let r = client.send(&request("/length"), false);
+    assert_eq!((r.status, r.text().as_str()), (200, "length"));
+    // The direct path's upstream connection, and the general path's own.
+    assert_eq!(user_connections.load(Ordering::SeqCst), 2);
+
+    // A body that ends with the backend's close: the client's connection ends after it too.
+    let r = client.send(&request("/close"), false);
+    assert_eq!((r.status, r.text().as_str()), (200, "until close"));
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+
+    let metrics =
+        node.metrics_when(|m| metric_sum(m, "prescale_requests_total", &[("fleet", "web")]) >= 6.0);
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "prescale_requests_total",
+            &[("fleet", "web"), ("status", "2xx")]
+        ),
+        6.0,
+        "{metrics}"
+    );
+}

@@ -14,7 +14,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::HeaderMap;
+use crate::fields::{visible_ascii, HeaderLookup};
 use ipnet::IpNet;
 use prescale_config::NetworkConfig;
 
@@ -59,7 +59,11 @@ impl ClientIpResolver {
     }
 
     /// The client address of a request that arrived from `peer` with `headers`.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, ClientIpError> {
+    pub fn client_ip(
+        &self,
+        peer: IpAddr,
+        headers: &(impl HeaderLookup + ?Sized),
+    ) -> Result<IpAddr, ClientIpError> {
         let peer = peer.to_canonical();
         if self.trusted.is_empty() || !self.is_trusted(peer) {
             return Ok(peer);
@@ -67,8 +71,8 @@ impl ClientIpResolver {
         let mut chosen = peer;
         let mut examined = 0usize;
         // Several X-Forwarded-For headers form one list, in order: walk them last to first.
-        for value in headers.get_all("x-forwarded-for").iter().rev() {
-            let Ok(text) = value.to_str() else {
+        for value in headers.get_all("x-forwarded-for").rev() {
+            let Some(text) = visible_ascii(value) else {
                 return Err(ClientIpError {
                     reason: "it is not visible ASCII",
                 });
@@ -116,7 +120,7 @@ fn parse_hop(entry: &str) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
 
     use super::*;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use pingora::http::RequestHeader;
+use http::Method;
 use prescale_config::Config;
 use prescale_gossip::model::ProfileModel;
 use serde::Serialize;
@@ -23,6 +23,7 @@ use crate::admin::{self, AdminRequest, Handler, MetricsSource, Readiness};
 use crate::client_ip::ClientIpResolver;
 use crate::error::ProxyError;
 use crate::features::{FeatureTable, RequestTraits};
+use crate::fields::HeaderLookup;
 use crate::fleet::{FleetIdx, Fleets};
 use crate::geo::{GeoResolver, RegionId};
 use crate::identity::IdentityResolver;
@@ -192,15 +193,12 @@ impl DataPlane {
     /// answer it here.
     pub fn admit(
         &self,
-        request: &RequestHeader,
+        method: &Method,
+        path: &str,
+        headers: &(impl HeaderLookup + ?Sized),
         peer: Option<IpAddr>,
     ) -> Result<Admitted, Rejection> {
-        let headers = &request.headers;
-        let header_bytes: usize = headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        if header_bytes > self.max_header_bytes {
+        if headers.wire_len() > self.max_header_bytes {
             return Err(Rejection::early(431, "request header fields too large\n"));
         }
         let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -218,13 +216,13 @@ impl DataPlane {
         }
         let origin = self.geo.region_of(client_ip);
         let facts = RequestFacts {
-            method: &request.method,
-            path: request.uri.path(),
+            method,
+            path,
             headers,
         };
         let profile = match &self.features {
             Some(table) => {
-                let traits = RequestTraits::classify(&request.method, facts.path, headers);
+                let traits = RequestTraits::classify(method, path, headers);
                 table
                     .on_request(user, self.clock.unix_secs(), traits, |view| {
                         self.assigner.assign_reusing(

@@ -28,7 +28,9 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use http::{HeaderMap, Method};
+use http::Method;
+
+use crate::fields::HeaderLookup;
 use prescale_config::ProfilingConfig;
 pub use prescale_gossip::model::{FeatureVector, FEATURE_DIM, FEATURE_NAMES};
 
@@ -72,19 +74,19 @@ const STATIC_EXTENSIONS: [&str; 20] = [
 impl RequestTraits {
     /// Classifies a request: API (path `/api…`, `/v<digit>…`, `/graphql…`, or a JSON body), static
     /// asset (a known file extension), write (POST/PUT/PATCH/DELETE), and device class.
-    pub fn classify(method: &Method, path: &str, headers: &HeaderMap) -> Self {
+    pub fn classify(method: &Method, path: &str, headers: &(impl HeaderLookup + ?Sized)) -> Self {
         let api = is_api_path(path)
             || headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+                .get("content-type")
+                .is_some_and(|v| v.starts_with(b"application/json"));
         let static_asset = !api && is_static_path(path);
         let write = matches!(
             *method,
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         );
         let user_agent = headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
+            .get("user-agent")
+            .and_then(crate::fields::visible_ascii)
             .unwrap_or("");
         RequestTraits {
             api,

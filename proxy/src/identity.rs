@@ -22,13 +22,13 @@ use std::hash::Hasher;
 use std::net::IpAddr;
 use std::path::Path;
 
-use http::header::{AUTHORIZATION, COOKIE};
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use prescale_config::{IdentityConfig, IdentitySource, JwtVerification};
 use siphasher::sip::SipHasher13;
 
 use crate::error::ProxyError;
+use crate::fields::HeaderLookup;
 
 /// A user as the proxy knows it: a keyed hash of an identity. Stable for a given secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -184,7 +184,7 @@ impl IdentityResolver {
     /// address. `client_ip` is the address after trusted `X-Forwarded-For` handling.
     pub fn resolve(
         &self,
-        headers: &HeaderMap,
+        headers: &(impl HeaderLookup + ?Sized),
         client_ip: IpAddr,
     ) -> Result<UserKey, IdentityError> {
         for source in &self.sources {
@@ -231,11 +231,11 @@ impl IdentityResolver {
 
     fn header_identity(
         &self,
-        headers: &HeaderMap,
+        headers: &(impl HeaderLookup + ?Sized),
         name: &HeaderName,
         kind: SourceKind,
     ) -> Result<Option<UserKey>, IdentityError> {
-        let mut values = headers.get_all(name).iter();
+        let mut values = headers.get_all(name.as_str());
         let Some(value) = values.next() else {
             return Ok(None);
         };
@@ -245,17 +245,17 @@ impl IdentityResolver {
                 reason: "the header appears more than once",
             });
         }
-        self.checked_hash(kind, trim_ascii_whitespace(value.as_bytes()))
+        self.checked_hash(kind, trim_ascii_whitespace(value))
             .map(Some)
     }
 
     fn cookie_identity(
         &self,
-        headers: &HeaderMap,
+        headers: &(impl HeaderLookup + ?Sized),
         name: &str,
     ) -> Result<Option<UserKey>, IdentityError> {
-        for header in headers.get_all(COOKIE) {
-            for pair in header.as_bytes().split(|&b| b == b';') {
+        for header in headers.get_all("cookie") {
+            for pair in header.split(|&b| b == b';') {
                 let pair = trim_ascii_whitespace(pair);
                 let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                     continue;
@@ -275,14 +275,14 @@ impl IdentityResolver {
 
     fn bearer_identity(
         &self,
-        headers: &HeaderMap,
+        headers: &(impl HeaderLookup + ?Sized),
         verifier: Option<&JwtVerifier>,
     ) -> Result<Option<UserKey>, IdentityError> {
-        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let mut values = headers.get_all("authorization");
         let Some(value) = values.next() else {
             return Ok(None);
         };
-        let Some(token) = bearer_token(value.as_bytes()) else {
+        let Some(token) = bearer_token(value) else {
             return Ok(None);
         };
         if values.next().is_some() {

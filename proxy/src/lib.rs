@@ -10,15 +10,17 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+mod chunked;
 pub mod client_ip;
 pub mod dashboard;
 pub mod dataplane;
 pub mod error;
 pub mod exporter;
 pub mod features;
+pub mod fields;
 pub mod fleet;
-mod forward;
 pub mod geo;
+mod http1;
 pub mod identity;
 pub mod meters;
 mod prefetch;

@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderMap, HeaderName, Method};
+
+use crate::fields::HeaderLookup;
 use prescale_config::{AssignmentConfig, Config};
 use prescale_gossip::model::{ModelError, ProfileModel, FEATURE_DIM};
 
@@ -221,13 +223,20 @@ pub struct Assignment {
 }
 
 /// The parts of a request that assignment rules look at.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestFacts<'a> {
+pub struct RequestFacts<'a, H: ?Sized = HeaderMap> {
     pub method: &'a Method,
     /// The URI path (no query).
     pub path: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a H,
 }
+
+impl<H: ?Sized> Clone for RequestFacts<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H: ?Sized> Copy for RequestFacts<'_, H> {}
 
 struct CompiledRule {
     profile: ProfileIdx,
@@ -237,7 +246,7 @@ struct CompiledRule {
 }
 
 impl CompiledRule {
-    fn matches(&self, request: &RequestFacts<'_>) -> bool {
+    fn matches(&self, request: &RequestFacts<'_, impl HeaderLookup + ?Sized>) -> bool {
         if let Some(prefix) = &self.path_prefix {
             if !request.path.starts_with(prefix.as_str()) {
                 return false;
@@ -249,11 +258,11 @@ impl CompiledRule {
             }
         }
         if let Some((name, value)) = &self.header {
-            let Some(actual) = request.headers.get(name) else {
+            let Some(actual) = request.headers.get(name.as_str()) else {
                 return false;
             };
             if let Some(expected) = value {
-                if actual.as_bytes() != expected.as_bytes() {
+                if actual != expected.as_bytes() {
                     return false;
                 }
             }
@@ -341,7 +350,7 @@ impl ProfileAssigner {
         &self,
         requests: u32,
         features: impl FnOnce() -> FeatureVector,
-        request: &RequestFacts<'_>,
+        request: &RequestFacts<'_, impl HeaderLookup + ?Sized>,
     ) -> ProfileIdx {
         self.assign_reusing(requests, None, features, request)
             .profile
@@ -356,7 +365,7 @@ impl ProfileAssigner {
         requests: u32,
         model_answer_this_second: Option<ProfileIdx>,
         features: impl FnOnce() -> FeatureVector,
-        request: &RequestFacts<'_>,
+        request: &RequestFacts<'_, impl HeaderLookup + ?Sized>,
     ) -> Assignment {
         let by_rules = |profile| Assignment {
             profile,
@@ -431,7 +440,10 @@ impl ProfileAssigner {
     }
 
     /// The profile by the config rules alone (inline profiling off: no history, no model).
-    pub fn assign_by_rules(&self, request: &RequestFacts<'_>) -> ProfileIdx {
+    pub fn assign_by_rules(
+        &self,
+        request: &RequestFacts<'_, impl HeaderLookup + ?Sized>,
+    ) -> ProfileIdx {
         self.rules
             .iter()
             .find(|rule| rule.matches(request))

@@ -15,6 +15,7 @@ use pingora::connectors::ConnectorOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
 use pingora::tls::{version, ServerConfig};
 use prescale_config::{Config, TlsConfig};
 use tokio::sync::watch;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminRoutes};
 use crate::dataplane::DataPlane;
 use crate::error::ProxyError;
+use crate::http1::FrontDoor;
 use crate::service::ProxyService;
 
 /// A running proxy: pingora thread + control runtime.
@@ -66,31 +68,24 @@ pub fn start_proxy(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        ProxyService::new(
-            Arc::clone(&plane),
-            ConnectorOptions::from_server_conf(&server.configuration),
-        ),
-        "prescale proxy",
+    // pingora-proxy's general path, behind the front door that serves plain HTTP/1.1 itself.
+    let mut general =
+        pingora::proxy::http_proxy(&server.configuration, ProxyService::new(Arc::clone(&plane)));
+    let h2c = config.proxy.tls.is_none() && config.proxy.h2c;
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = h2c;
+    general.server_options = Some(options);
+    let front_door = FrontDoor::new(
+        general,
+        Arc::clone(&plane),
+        ConnectorOptions::from_server_conf(&server.configuration),
+        h2c,
     );
+    let mut proxy = Service::new("prescale proxy".to_string(), front_door);
     let addr = config.proxy.listen.to_string();
     match &config.proxy.tls {
-        Some(tls) => {
-            proxy.add_tls_with_settings(&addr, None, tls_settings(tls)?);
-        }
-        None => {
-            let mut options = pingora::apps::HttpServerOptions::default();
-            options.h2c = config.proxy.h2c;
-            proxy
-                .app_logic_mut()
-                .ok_or_else(|| ProxyError::Startup {
-                    what: "proxy service",
-                    reason: "pingora service has no application logic".to_string(),
-                })?
-                .server_options = Some(options);
-            proxy.add_tcp(&addr);
-        }
+        Some(tls) => proxy.add_tls_with_settings(&addr, None, tls_settings(tls)?),
+        None => proxy.add_tcp(&addr),
     }
     server.add_service(proxy);
 

@@ -4,14 +4,16 @@
 //! | phase                    | what happens here                                                  |
 //! |--------------------------|--------------------------------------------------------------------|
 //! | `request_filter`         | header limits, client address, identity → `UserKey`, origin region, |
-//! |                          | feature update → profile, profile → fleet; early 4xx/503 answers;   |
-//! |                          | a plain HTTP/1.1 GET/HEAD is proxied right here (`forward`)         |
+//! |                          | feature update → profile, profile → fleet; early 4xx/503 answers    |
 //! | `upstream_peer`          | a healthy, non-ejected, untried backend of the fleet               |
 //! | `upstream_request_filter`| `X-Forwarded-For` / `X-Forwarded-Proto`                             |
 //! | `fail_to_connect`        | passive ejection bookkeeping, retry on another backend             |
 //! | `error_while_proxy`      | retry idempotent requests that got no response yet                 |
 //! | `fail_to_proxy`          | 502 / 503 / 504 with a short body                                  |
 //! | `logging`                | meters and the user's response features                            |
+//!
+//! The common request (plain HTTP/1.1 GET/HEAD) never gets here: the front door (`http1`) serves
+//! it with the same [`RequestCtx`] bookkeeping; this is the general path for everything else.
 //!
 //! Invariants: every request is counted exactly once — in the meters once it has a profile and
 //! fleet, else (malformed headers or identity) in the early-rejection counter; raw
@@ -24,7 +26,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
@@ -32,9 +33,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::dataplane::DataPlane;
+use crate::dataplane::{Admitted, DataPlane, Rejection};
+use crate::fields::{visible_ascii, HeaderLookup};
 use crate::fleet::{Attempt, Fleet, FleetIdx, InFlight};
-use crate::forward::is_plain_request;
 use crate::meters::{MeterKey, Observation};
 
 /// Per-request state carried between hooks.
@@ -57,6 +58,74 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    pub(crate) fn new() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            routed: None,
+            backend: None,
+            tried: 0,
+            attempts: 0,
+            response_started: false,
+            in_flight: None,
+            upstream_failed: false,
+            failure_status: 502,
+            local_status: None,
+        }
+    }
+
+    /// Routes the request as admission decided.
+    pub(crate) fn admitted(&mut self, admitted: &Admitted) -> Routed {
+        let routed = Routed {
+            user: admitted.user,
+            meter: admitted.meter,
+            fleet: admitted.fleet,
+        };
+        self.routed = Some(routed);
+        routed
+    }
+
+    /// Books a request we answer ourselves: counted under its meter key when it got as far as a
+    /// fleet, else as an early rejection.
+    pub(crate) fn rejected(&mut self, plane: &DataPlane, rejection: &Rejection) {
+        self.local_status = Some(rejection.status);
+        match rejection.meter {
+            Some(meter) => {
+                self.routed = Some(Routed {
+                    user: rejection.user,
+                    meter,
+                    fleet: meter_fleet(meter),
+                })
+            }
+            None => plane.record_early_rejection(rejection.status),
+        }
+    }
+
+    /// Ends the request: its in-flight count, then the meters and the user's response features.
+    /// `sent_status`: the status of the response the client got, if one was sent.
+    pub(crate) fn finish(
+        &mut self,
+        plane: &DataPlane,
+        sent_status: Option<u16>,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        self.in_flight = None;
+        let Some(routed) = self.routed else { return };
+        let status = self
+            .local_status
+            .filter(|_| !self.response_started)
+            .or(sent_status)
+            .unwrap_or(0);
+        let observation = Observation {
+            status,
+            upstream_failed: self.upstream_failed && !self.response_started,
+            latency: self.started.elapsed(),
+            bytes_in,
+            bytes_out,
+        };
+        plane.record(routed.user, routed.meter, observation);
+    }
+
     /// Starts the next attempt on `fleet`: a healthy, untried backend (its index), or, when none
     /// is left, the status for the client — how the last attempt failed (502, or 504 for a
     /// timeout), or 503 when nothing could be tried.
@@ -97,16 +166,11 @@ pub(crate) struct Routed {
 
 pub struct ProxyService {
     pub plane: Arc<DataPlane>,
-    /// New upstream connections of the direct path (`forward`; idle ones wait per backend).
-    pub(crate) transport: TransportConnector,
 }
 
 impl ProxyService {
-    pub fn new(plane: Arc<DataPlane>, connector_options: ConnectorOptions) -> Self {
-        ProxyService {
-            plane,
-            transport: TransportConnector::new(Some(connector_options)),
-        }
+    pub fn new(plane: Arc<DataPlane>) -> Self {
+        ProxyService { plane }
     }
 
     /// Sets `X-Forwarded-For` (the client address, appended to a trusted peer's list) and
@@ -116,32 +180,55 @@ impl ProxyService {
         peer_ip: Option<IpAddr>,
         upstream_request: &mut pingora::http::RequestHeader,
     ) -> Result<()> {
-        let forwarded_for = match (peer_ip, self.plane.trusts(peer_ip)) {
-            (Some(ip), true) => match upstream_request
-                .headers
-                .get(FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
-                _ => ip.to_string(),
-            },
-            // An untrusted peer cannot tell the backend who the client is.
-            (Some(ip), false) => ip.to_string(),
-            (None, _) => String::new(),
-        };
+        let forwarded_for = forwarded_for(&self.plane, peer_ip, &upstream_request.headers);
         if forwarded_for.is_empty() {
             upstream_request.remove_header(FORWARDED_FOR);
         } else {
             upstream_request.insert_header(FORWARDED_FOR, forwarded_for)?;
         }
-        let proto = if self.plane.tls { "https" } else { "http" };
-        upstream_request.insert_header(FORWARDED_PROTO, proto)?;
+        upstream_request.insert_header(FORWARDED_PROTO, forwarded_proto(&self.plane))?;
         Ok(())
     }
 }
 
-const FORWARDED_FOR: &str = "x-forwarded-for";
-const FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub(crate) const FORWARDED_FOR: &str = "x-forwarded-for";
+pub(crate) const FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// The `X-Forwarded-For` a backend gets: the client address, after the list a trusted peer sent
+/// (all of its `X-Forwarded-For` fields, in order); empty when the peer address is unknown.
+pub(crate) fn forwarded_for(
+    plane: &DataPlane,
+    peer_ip: Option<IpAddr>,
+    headers: &(impl HeaderLookup + ?Sized),
+) -> String {
+    use std::fmt::Write as _;
+    let Some(ip) = peer_ip else {
+        return String::new();
+    };
+    let mut list = String::new();
+    // An untrusted peer cannot tell the backend who the client is.
+    if plane.trusts(peer_ip) {
+        for value in headers.get_all(FORWARDED_FOR) {
+            if let Some(text) = visible_ascii(value)
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+            {
+                list.push_str(text);
+                list.push_str(", ");
+            }
+        }
+    }
+    let _ = write!(list, "{ip}");
+    list
+}
+
+pub(crate) fn forwarded_proto(plane: &DataPlane) -> &'static str {
+    if plane.tls {
+        "https"
+    } else {
+        "http"
+    }
+}
 
 #[async_trait]
 impl ProxyHttp for ProxyService {
@@ -152,47 +239,24 @@ impl ProxyHttp for ProxyService {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx {
-            started: Instant::now(),
-            routed: None,
-            backend: None,
-            tried: 0,
-            attempts: 0,
-            response_started: false,
-            in_flight: None,
-            upstream_failed: false,
-            failure_status: 502,
-            local_status: None,
-        }
+        RequestCtx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let peer_ip = peer_ip(session);
-        match self.plane.admit(session.req_header(), peer_ip) {
+        let request = session.req_header();
+        match self.plane.admit(
+            &request.method,
+            request.uri.path(),
+            &request.headers,
+            peer_ip,
+        ) {
             Ok(admitted) => {
-                let routed = Routed {
-                    user: admitted.user,
-                    meter: admitted.meter,
-                    fleet: admitted.fleet,
-                };
-                ctx.routed = Some(routed);
-                if is_plain_request(session) {
-                    return self.forward_plain(session, ctx, routed).await;
-                }
+                ctx.admitted(&admitted);
                 Ok(false)
             }
             Err(rejection) => {
-                ctx.local_status = Some(rejection.status);
-                if rejection.meter.is_none() {
-                    self.plane.record_early_rejection(rejection.status);
-                }
-                if let Some(meter) = rejection.meter {
-                    ctx.routed = Some(Routed {
-                        user: rejection.user,
-                        meter,
-                        fleet: meter_fleet(meter),
-                    });
-                }
+                ctx.rejected(&self.plane, &rejection);
                 respond(
                     session,
                     rejection.status,
@@ -323,21 +387,13 @@ impl ProxyHttp for ProxyService {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
-        ctx.in_flight = None;
-        let Some(routed) = ctx.routed else { return };
-        let status = ctx
-            .local_status
-            .filter(|_| !ctx.response_started)
-            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
-            .unwrap_or(0);
-        let observation = Observation {
-            status,
-            upstream_failed: ctx.upstream_failed && !ctx.response_started,
-            latency: ctx.started.elapsed(),
-            bytes_in: session.body_bytes_read() as u64,
-            bytes_out: session.body_bytes_sent() as u64,
-        };
-        self.plane.record(routed.user, routed.meter, observation);
+        let sent_status = session.response_written().map(|r| r.status.as_u16());
+        ctx.finish(
+            &self.plane,
+            sent_status,
+            session.body_bytes_read() as u64,
+            session.body_bytes_sent() as u64,
+        );
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {

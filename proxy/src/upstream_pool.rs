@@ -1,4 +1,4 @@
-//! Idle upstream connections of one backend for the direct path (`forward`): bounded lock-free
+//! Idle upstream connections of one backend for the direct path (`http1`): bounded lock-free
 //! queues of keep-alive streams with the second they went idle, one queue per worker thread.
 //!
 //! Why not pingora's pool: taking a connection back from it locks an async mutex, checks the
@@ -10,7 +10,7 @@
 //! those its own event loop watches); a connection idle longer than the idle timeout, or that has become readable
 //! while idle (closed by the backend, or unexpected bytes), is never handed out. A connection
 //! the backend closed so recently that the close is not yet seen can still be handed out: the
-//! direct path retries such a failure once on a new connection (see `forward`).
+//! direct path retries such a failure once on a new connection (see `http1`).
 
 use std::future::Future;
 use std::pin::pin;

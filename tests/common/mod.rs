@@ -254,7 +254,17 @@ impl KeepAliveClient {
     /// Sends one request (`raw`, complete) and reads its response; `head`: a HEAD request,
     /// whose response has no body whatever its `Content-Length`.
     pub fn send(&mut self, raw: &[u8], head: bool) -> HttpResponse {
+        self.write(raw);
+        self.receive(head)
+    }
+
+    /// Sends bytes without waiting for anything.
+    pub fn write(&mut self, raw: &[u8]) {
         self.reader.get_mut().write_all(raw).expect("write request");
+    }
+
+    /// Reads the next response.
+    pub fn receive(&mut self, head: bool) -> HttpResponse {
         read_http1_response(&mut self.reader, head).expect("read response")
     }
 }
@@ -306,8 +316,13 @@ pub fn read_http1_response(
             let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
                 .map_err(|e| std::io::Error::other(format!("bad chunk size {size_line:?}: {e}")))?;
             if size == 0 {
-                let mut trailer = String::new();
-                reader.read_line(&mut trailer)?;
+                // Trailer fields, up to the empty line.
+                loop {
+                    let mut trailer = String::new();
+                    if reader.read_line(&mut trailer)? == 0 || trailer.trim_end().is_empty() {
+                        break;
+                    }
+                }
                 break;
             }
             let mut chunk = vec![0; size];

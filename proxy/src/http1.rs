@@ -1,0 +1,1101 @@
+//! The front door of the proxy listener: every client connection arrives here first. The common
+//! request — HTTP/1.1 `GET` or `HEAD`, no body, no upgrade, nothing but `keep-alive` / `close` in
+//! `Connection`, an origin-form target — is parsed in place (`httparse`) and proxied on our own
+//! idle upstream connections (`upstream_pool`), the response head rewritten and its body passed
+//! through unchanged. Every other request, and HTTP/2 (TLS ALPN `h2`, or the h2c preface when
+//! enabled), is handed to pingora-proxy's general path (`service`) with the bytes already read
+//! put back in front (`Rewind`); once that request is done the connection comes back here.
+//!
+//! Why: pingora's HTTP/1 sessions build an `http::HeaderMap` and several owned copies of each
+//! head, and pingora-proxy runs each request through a state machine of channels and phases. On
+//! small responses that machinery cost more CPU per request than the kernel's share of a loopback
+//! exchange; a plain request needs a parse, a decision and two writes.
+//!
+//! Invariants:
+//! - the policy is the general path's, through the same functions: admission (`DataPlane::admit`
+//!   on the same header fields), backend choice, the tried set and in-flight guards
+//!   ([`RequestCtx`]), passive ejection, retries on another backend only while nothing has reached
+//!   the client and only up to the fleet's `retries`, the 502/503/504 answers and their bodies,
+//!   `X-Forwarded-For` / `X-Forwarded-Proto`, and the meters;
+//! - hop-by-hop fields never cross: not the client's to the backend, nor the backend's
+//!   (`Connection`, `Keep-Alive`, the fields `Connection` names) to the client;
+//! - a response is framed as the backend framed it (length, chunked, or until close); when its
+//!   end is the backend closing, the client connection closes after it too;
+//! - an upstream connection is kept idle only after a complete HTTP/1.1 response whose framing
+//!   and `Connection` allow reuse and after which nothing more arrived;
+//! - a reused upstream connection that fails before any response byte is retried once on a new
+//!   connection to the same backend, and is not counted against it;
+//! - once a response byte is sent, a failure ends the client connection (the client sees a
+//!   truncated response, never a second one);
+//! - an idle client connection closes when the server shuts down or after 60 s (pingora's
+//!   keep-alive default); a request head must arrive within those 60 s.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Method, StatusCode};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use pingora::{Error, ErrorType};
+use pingora_timeout::fast_timeout::fast_timeout;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::chunked::ChunkedScanner;
+use crate::dataplane::{Admitted, DataPlane, Rejection};
+use crate::fields::HeaderFields;
+use crate::fleet::{Attempt, Fleet};
+use crate::service::{
+    failure_answer, forwarded_for, forwarded_proto, ProxyService, RequestCtx, FORWARDED_FOR,
+    FORWARDED_PROTO,
+};
+
+/// How long an idle client connection waits for its next request, and a request head may take.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// A request head not complete within this many bytes goes to the general path.
+const HEAD_LIMIT: usize = 16 * 1024;
+/// Longest response head accepted from a backend.
+const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
+/// Header fields parsed in place; a head with more goes to the general path (requests) or is an
+/// error (responses).
+const MAX_FIELDS: usize = 96;
+const READ_SIZE: usize = 16 * 1024;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Request fields that describe the client's connection, not the request (RFC 9110 §7.6.1).
+/// `transfer-encoding` and `upgrade` never reach the direct path.
+const REQUEST_HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "http2-settings",
+];
+
+/// Response fields that describe the backend's connection.
+const RESPONSE_HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "upgrade"];
+
+/// The proxy listener's application: the direct path, and the general one behind it.
+pub struct FrontDoor {
+    general: Arc<HttpProxy<ProxyService>>,
+    plane: Arc<DataPlane>,
+    /// New upstream connections (idle ones wait per backend).
+    transport: TransportConnector,
+    h2c: bool,
+}
+
+impl FrontDoor {
+    pub fn new(
+        general: HttpProxy<ProxyService>,
+        plane: Arc<DataPlane>,
+        connector_options: ConnectorOptions,
+        h2c: bool,
+    ) -> Self {
+        FrontDoor {
+            general: Arc::new(general),
+            plane,
+            transport: TransportConnector::new(Some(connector_options)),
+            h2c,
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for FrontDoor {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.general, stream, shutdown).await;
+        }
+        self.serve(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.general).await;
+    }
+}
+
+/// One client connection and its buffers (kept for all its requests).
+struct Connection {
+    stream: Stream,
+    peer_ip: Option<IpAddr>,
+    /// Bytes from the client not yet used: the start of the next request head.
+    input: Vec<u8>,
+    /// The request as the backend gets it.
+    upstream_request: Vec<u8>,
+    /// Bytes from the backend.
+    response: Vec<u8>,
+    /// Bytes for the client (response head and the first body bytes, or our own answer).
+    output: Vec<u8>,
+}
+
+/// What the front door makes of the bytes at the start of `input`.
+enum Parsed {
+    /// Not a whole request head yet.
+    Partial,
+    /// The general path takes this request.
+    General,
+    /// Answered here (`head_len` bytes of `input` were the request).
+    Rejected {
+        head_len: usize,
+        rejection: Rejection,
+        head_only: bool,
+    },
+    /// To be forwarded; `upstream_request` holds it.
+    Admitted {
+        head_len: usize,
+        admitted: Admitted,
+        head_only: bool,
+        client_close: bool,
+    },
+}
+
+/// How one attempt on a backend ended, when it did not end well.
+enum Failed {
+    /// Nothing reached the client: another backend may be tried. `reused`: on a connection
+    /// taken from the idle ones (which the backend may have closed meanwhile).
+    BeforeResponse { error: Box<Error>, reused: bool },
+    /// The response had begun: the client connection must end.
+    AfterResponse { error: Box<Error>, sent: Sent },
+}
+
+/// A response on its way to the client.
+#[derive(Clone, Copy)]
+struct Sent {
+    status: u16,
+    body_bytes: u64,
+    /// The client connection may carry another request.
+    keep_client: bool,
+}
+
+impl FrontDoor {
+    async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut shutdown = shutdown.clone();
+        let h2c = self.h2c && stream.get_ssl_digest().is_none();
+        let mut conn = Connection {
+            peer_ip: peer_ip(&stream),
+            stream,
+            input: Vec::with_capacity(4096),
+            upstream_request: Vec::with_capacity(1024),
+            response: Vec::with_capacity(READ_SIZE),
+            output: Vec::with_capacity(1024),
+        };
+        let mut first = true;
+        loop {
+            let mut need_bytes = conn.input.is_empty();
+            let parsed = loop {
+                if need_bytes && !conn.read_request_bytes(&mut shutdown).await {
+                    return;
+                }
+                need_bytes = true;
+                if first && h2c && conn.input.starts_with(&H2_PREFACE[..4]) {
+                    if conn.input.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&conn.input) {
+                        continue;
+                    }
+                    if conn.input.starts_with(H2_PREFACE) {
+                        let stream = Box::new(Rewind::new(conn.stream, conn.input));
+                        ServerApp::process_new(&self.general, stream, &shutdown).await;
+                        return;
+                    }
+                }
+                match self.parse(&conn.input, conn.peer_ip, &mut conn.upstream_request) {
+                    Parsed::Partial if conn.input.len() < HEAD_LIMIT => continue,
+                    Parsed::Partial => break Parsed::General,
+                    parsed => break parsed,
+                }
+            };
+            first = false;
+            match parsed {
+                Parsed::Partial | Parsed::General => match self.hand_over(conn, &shutdown).await {
+                    Some(back) => conn = back,
+                    None => return,
+                },
+                Parsed::Rejected {
+                    head_len,
+                    rejection,
+                    head_only,
+                } => {
+                    conn.input.drain(..head_len);
+                    let mut ctx = RequestCtx::new();
+                    ctx.rejected(&self.plane, &rejection);
+                    let (status, message) = (rejection.status, rejection.message);
+                    conn.answer(status, message, rejection.retry_after_secs, head_only)
+                        .await;
+                    ctx.finish(&self.plane, None, 0, 0);
+                    return;
+                }
+                Parsed::Admitted {
+                    head_len,
+                    admitted,
+                    head_only,
+                    client_close,
+                } => {
+                    conn.input.drain(..head_len);
+                    let close = client_close || *shutdown.borrow();
+                    if !self.forward(&mut conn, &admitted, head_only, close).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads a request head at the start of `input` and, when it is one for the direct path,
+    /// admits it and writes the upstream request.
+    fn parse(&self, input: &[u8], peer_ip: Option<IpAddr>, upstream: &mut Vec<u8>) -> Parsed {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut request = httparse::Request::new(&mut fields);
+        let head_len = match request.parse(input) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            // Malformed, or more fields than we parse here: the general path answers.
+            Err(_) => return Parsed::General,
+        };
+        if request.version != Some(1) {
+            return Parsed::General;
+        }
+        let method = match request.method {
+            Some("GET") => Method::GET,
+            Some("HEAD") => Method::HEAD,
+            _ => return Parsed::General,
+        };
+        let Some(target) = request.path else {
+            return Parsed::General;
+        };
+        // Origin form in visible ASCII; anything else is the general path's to judge.
+        if !target.starts_with('/') || !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Parsed::General;
+        }
+        let headers = HeaderFields::new(request.headers);
+        let mut client_close = false;
+        let mut lengths = 0;
+        for field in headers.iter() {
+            let name = field.name;
+            if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("upgrade")
+                || name.eq_ignore_ascii_case("expect")
+            {
+                return Parsed::General;
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                lengths += 1;
+                if lengths > 1 || field.value != b"0" {
+                    return Parsed::General;
+                }
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in field.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        client_close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        // It names fields to drop: the general path does that.
+                        return Parsed::General;
+                    }
+                }
+            }
+        }
+        let head_only = method == Method::HEAD;
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        match self.plane.admit(&method, path, &headers, peer_ip) {
+            Err(rejection) => Parsed::Rejected {
+                head_len,
+                rejection,
+                head_only,
+            },
+            Ok(admitted) => {
+                self.write_upstream_request(upstream, method.as_str(), target, headers, peer_ip);
+                Parsed::Admitted {
+                    head_len,
+                    admitted,
+                    head_only,
+                    client_close,
+                }
+            }
+        }
+    }
+
+    /// The request as the backend gets it: the client's fields without hop-by-hop ones, with the
+    /// forwarding fields.
+    fn write_upstream_request(
+        &self,
+        out: &mut Vec<u8>,
+        method: &str,
+        target: &str,
+        headers: HeaderFields<'_>,
+        peer_ip: Option<IpAddr>,
+    ) {
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for field in headers.iter() {
+            let name = field.name;
+            if REQUEST_HOP_BY_HOP
+                .iter()
+                .chain(&[FORWARDED_FOR, FORWARDED_PROTO])
+                .any(|hop| name.eq_ignore_ascii_case(hop))
+            {
+                continue;
+            }
+            push_field(out, name.as_bytes(), field.value);
+        }
+        let forwarded = forwarded_for(&self.plane, peer_ip, &headers);
+        if !forwarded.is_empty() {
+            push_field(out, FORWARDED_FOR.as_bytes(), forwarded.as_bytes());
+        }
+        push_field(
+            out,
+            FORWARDED_PROTO.as_bytes(),
+            forwarded_proto(&self.plane).as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Gives the connection, with what was read of it, to the general path for one request;
+    /// returns it (and what that path left unread) when it may carry another.
+    async fn hand_over(&self, conn: Connection, shutdown: &ShutdownWatch) -> Option<Connection> {
+        let Connection {
+            stream,
+            peer_ip,
+            input,
+            mut upstream_request,
+            response,
+            output,
+        } = conn;
+        let mut session = ServerSession::new_http1(Box::new(Rewind::new(stream, input)));
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(KEEPALIVE.as_secs())
+        });
+        let reused = self.general.process_new_http(session, shutdown).await?;
+        let (stream, _settings) = reused.consume();
+        let rewind = stream.into_any().downcast::<Rewind>().ok()?;
+        let (stream, input) = rewind.into_parts();
+        upstream_request.clear();
+        Some(Connection {
+            stream,
+            peer_ip,
+            input,
+            upstream_request,
+            response,
+            output,
+        })
+    }
+
+    /// Forwards the admitted request in `conn.upstream_request`, with retries; answers 502/503/504
+    /// when no backend served it. Returns whether the client connection may carry another
+    /// request.
+    async fn forward(
+        &self,
+        conn: &mut Connection,
+        admitted: &Admitted,
+        head_only: bool,
+        close: bool,
+    ) -> bool {
+        let mut ctx = RequestCtx::new();
+        let routed = ctx.admitted(admitted);
+        let fleet = self.plane.fleets.get(routed.fleet);
+        // Set after a reused connection failed before any response: the same backend once more,
+        // without counting an attempt (the backend did nothing wrong); from then on only new
+        // connections, so this happens at most once.
+        let mut stale_retry: Option<usize> = None;
+        let mut reuse = true;
+        let failure = loop {
+            let index = match stale_retry.take() {
+                Some(index) => index,
+                None => match ctx.begin_attempt(fleet, routed.user) {
+                    Ok(index) => index,
+                    Err(status) => break status,
+                },
+            };
+            match self
+                .exchange(conn, &mut ctx, fleet, index, reuse, head_only, close)
+                .await
+            {
+                Ok(sent) => {
+                    ctx.finish(&self.plane, Some(sent.status), 0, sent.body_bytes);
+                    return sent.keep_client;
+                }
+                Err(Failed::AfterResponse { error, sent }) => {
+                    tracing::debug!(%error, "response cut short");
+                    ctx.finish(&self.plane, Some(sent.status), 0, sent.body_bytes);
+                    return false;
+                }
+                Err(Failed::BeforeResponse { reused: true, .. }) => {
+                    reuse = false;
+                    stale_retry = Some(index);
+                }
+                Err(Failed::BeforeResponse { error, .. }) => {
+                    tracing::debug!(%error, backend = %fleet.backend(index).addr, "attempt failed");
+                    if !ctx.attempt_failed(fleet, &error) {
+                        break ctx.failure_status;
+                    }
+                }
+            }
+        };
+        ctx.local_status = Some(failure);
+        let (message, retry_after) = failure_answer(failure);
+        conn.answer(failure, message, retry_after, head_only).await;
+        ctx.finish(&self.plane, None, 0, 0);
+        false
+    }
+
+    /// One attempt: take an idle connection (when `reuse`) or connect, send the request, read the
+    /// response head and pass the response to the client; a complete response leaves the
+    /// connection idle for the next request.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        conn: &mut Connection,
+        ctx: &mut RequestCtx,
+        fleet: &Fleet,
+        index: usize,
+        reuse: bool,
+        head_only: bool,
+        close: bool,
+    ) -> Result<Sent, Failed> {
+        let backend = fleet.backend(index);
+        let peer = &backend.peer;
+        let read_timeout = peer.options.read_timeout;
+        let now = self.plane.now_secs();
+        let idle = if reuse { backend.idle.take(now) } else { None };
+        let reused = idle.is_some();
+        let before = |error: Box<Error>| Failed::BeforeResponse { error, reused };
+        let mut upstream = match idle {
+            Some(stream) => stream,
+            None => self.transport.new_stream(peer).await.map_err(before)?,
+        };
+        write_all(
+            &mut upstream,
+            &conn.upstream_request,
+            peer.options.write_timeout,
+        )
+        .await
+        .map_err(before)?;
+
+        conn.response.clear();
+        let head = loop {
+            match parse_response_head(&conn.response, head_only, close, &mut conn.output)
+                .map_err(before)?
+            {
+                Some(head) if head.informational => {
+                    conn.response.drain(..head.len);
+                }
+                Some(head) => break head,
+                None if conn.response.len() > RESPONSE_HEAD_LIMIT => {
+                    return Err(before(invalid("backend response head too large")));
+                }
+                None => {
+                    let read = read_some(&mut upstream, &mut conn.response, read_timeout)
+                        .await
+                        .map_err(before)?;
+                    if read == 0 {
+                        return Err(before(Error::explain(
+                            ErrorType::ConnectionClosed,
+                            "backend closed the connection before responding",
+                        )));
+                    }
+                }
+            }
+        };
+
+        fleet.record(index, Attempt::Succeeded);
+        ctx.response_started = true;
+        let mut sent = Sent {
+            status: head.status,
+            body_bytes: 0,
+            keep_client: !head.close_client,
+        };
+        let mut framing = head.framing;
+        let mut reusable = head.reusable;
+        // The body bytes that came with the head go out in the same write.
+        let arrived = &conn.response[head.len..];
+        let (take, mut done) = framing
+            .advance(arrived)
+            .map_err(|error| Failed::AfterResponse { error, sent })?;
+        if take < arrived.len() {
+            // More than the response: the backend is out of step.
+            reusable = false;
+        }
+        conn.output.extend_from_slice(&arrived[..take]);
+        sent.body_bytes += take as u64;
+        let after = |error: Box<Error>| Failed::AfterResponse { error, sent };
+        write_all(&mut conn.stream, &conn.output, None)
+            .await
+            .map_err(after)?;
+        while !done {
+            conn.response.clear();
+            let read = read_some(&mut upstream, &mut conn.response, read_timeout)
+                .await
+                .map_err(|error| Failed::AfterResponse { error, sent })?;
+            let (take, finished) = if read == 0 {
+                match framing {
+                    Framing::UntilClose => (0, true),
+                    _ => {
+                        return Err(Failed::AfterResponse {
+                            error: Error::explain(
+                                ErrorType::ConnectionClosed,
+                                "backend closed the connection in the middle of the body",
+                            ),
+                            sent,
+                        })
+                    }
+                }
+            } else {
+                framing
+                    .advance(&conn.response)
+                    .map_err(|error| Failed::AfterResponse { error, sent })?
+            };
+            if take < conn.response.len() {
+                reusable = false;
+            }
+            done = finished;
+            if take > 0 {
+                sent.body_bytes += take as u64;
+                write_all(&mut conn.stream, &conn.response[..take], None)
+                    .await
+                    .map_err(|error| Failed::AfterResponse { error, sent })?;
+            }
+        }
+        if reusable {
+            backend.idle.put(upstream, now);
+        }
+        Ok(sent)
+    }
+}
+
+impl Connection {
+    /// Reads more of a request into `input`. Waiting for a new request (nothing buffered) ends
+    /// when the server shuts down. Returns false when the connection is done: closed, broken,
+    /// idle too long, or shutting down.
+    async fn read_request_bytes(&mut self, shutdown: &mut ShutdownWatch) -> bool {
+        if self.input.capacity() - self.input.len() < 1024 {
+            self.input.reserve(4096);
+        }
+        let waiting_for_new_request = self.input.is_empty();
+        if waiting_for_new_request && *shutdown.borrow() {
+            return false;
+        }
+        let read = fast_timeout(KEEPALIVE, self.stream.read_buf(&mut self.input));
+        let result = if waiting_for_new_request {
+            tokio::select! {
+                biased;
+                result = read => result,
+                _ = shutdown.changed() => return false,
+            }
+        } else {
+            read.await
+        };
+        matches!(result, Ok(Ok(read)) if read > 0)
+    }
+
+    /// Sends a response of our own (then the connection closes).
+    async fn answer(
+        &mut self,
+        status: u16,
+        message: &str,
+        retry_after: Option<u32>,
+        head_only: bool,
+    ) {
+        use std::fmt::Write as _;
+        let reason = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut head = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\ncache-control: no-store\r\n",
+            message.len()
+        );
+        if let Some(seconds) = retry_after {
+            let _ = write!(head, "retry-after: {seconds}\r\n");
+        }
+        head.push_str("connection: close\r\n\r\n");
+        self.output.clear();
+        self.output.extend_from_slice(head.as_bytes());
+        if !head_only {
+            self.output.extend_from_slice(message.as_bytes());
+        }
+        if let Err(error) = write_all(&mut self.stream, &self.output, None).await {
+            tracing::debug!(%error, "could not send our answer");
+        }
+    }
+}
+
+/// How the end of a response body is found.
+enum Framing {
+    /// No body (HEAD, 204, 304) or no bytes left of a `Content-Length` body.
+    Length(u64),
+    Chunked(ChunkedScanner),
+    /// The body ends when the backend closes the connection.
+    UntilClose,
+}
+
+impl Framing {
+    /// Takes the body's share of `bytes`: how many belong to the body, and whether it is
+    /// complete after them.
+    fn advance(&mut self, bytes: &[u8]) -> Result<(usize, bool), Box<Error>> {
+        match self {
+            Framing::Length(left) => {
+                let take = (*left).min(bytes.len() as u64);
+                *left -= take;
+                Ok((take as usize, *left == 0))
+            }
+            Framing::Chunked(scanner) => match scanner.feed(bytes) {
+                Ok(Some(end)) => Ok((end, true)),
+                Ok(None) => Ok((bytes.len(), false)),
+                Err(e) => Err(invalid(e.0)),
+            },
+            Framing::UntilClose => Ok((bytes.len(), false)),
+        }
+    }
+}
+
+/// A parsed response head; the client's version of it is in the output buffer.
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    /// 1xx: skipped (the request asked for nothing the client would wait on).
+    informational: bool,
+    framing: Framing,
+    /// The upstream connection may carry another request after this response.
+    reusable: bool,
+    /// The client connection ends after this response.
+    close_client: bool,
+}
+
+/// Parses a response head at the start of `bytes` and writes the client's version of it to
+/// `out`. `None`: not complete yet.
+fn parse_response_head(
+    bytes: &[u8],
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, Box<Error>> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut fields);
+    let len = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                format!("backend sent a malformed response head: {e}"),
+            ))
+        }
+    };
+    let status = response.code.unwrap_or(0);
+    if status == 101 {
+        return Err(invalid(
+            "backend switched protocols on a request that asked for no upgrade",
+        ));
+    }
+    if (100..200).contains(&status) {
+        return Ok(Some(ResponseHead {
+            len,
+            status,
+            informational: true,
+            framing: Framing::Length(0),
+            reusable: false,
+            close_client: false,
+        }));
+    }
+    let fields = &*response.headers;
+    let mut backend_close = response.version != Some(1);
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    for field in fields {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding of the last field decides (RFC 9112 §6.3).
+            let last = field
+                .value
+                .rsplit(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .find(|t| !t.is_empty());
+            chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(field.value.trim_ascii())
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| invalid("backend sent an invalid Content-Length"))?;
+            if length.is_some_and(|known| known != value) {
+                return Err(invalid("backend sent conflicting Content-Length fields"));
+            }
+            length = Some(value);
+        } else if name.eq_ignore_ascii_case("connection")
+            && tokens(field.value).any(|t| t.eq_ignore_ascii_case(b"close"))
+        {
+            backend_close = true;
+        }
+    }
+    let framing = if head_only || status == 204 || status == 304 {
+        Framing::Length(0)
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(ChunkedScanner::new()),
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(length)) => Framing::Length(length),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let until_close = matches!(framing, Framing::UntilClose);
+    let close_client = close || until_close;
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for field in fields {
+        let name = field.name;
+        let hop_by_hop = RESPONSE_HOP_BY_HOP
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop))
+            || nominated_by_connection(fields, name)
+            // With a transfer coding, a length is wrong or redundant (RFC 9112 §6.3).
+            || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"));
+        if !hop_by_hop {
+            push_field(out, name.as_bytes(), field.value);
+        }
+    }
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        informational: false,
+        framing,
+        reusable: !backend_close && !until_close,
+        close_client,
+    }))
+}
+
+/// The comma-separated tokens of a field value, trimmed, empty ones left out.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a `Connection` field of `fields` names the field `name`.
+fn nominated_by_connection(fields: &[httparse::Header<'_>], name: &str) -> bool {
+    fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+        .any(|f| tokens(f.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn invalid(what: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::InvalidHTTPHeader, what)
+}
+
+/// Writes all of `bytes` and flushes, within `limit` when one is set.
+async fn write_all(
+    stream: &mut Stream,
+    bytes: &[u8],
+    limit: Option<Duration>,
+) -> pingora::Result<()> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    let result = match limit {
+        Some(limit) => fast_timeout(limit, write)
+            .await
+            .map_err(|_| Error::explain(ErrorType::WriteTimedout, "write timed out"))?,
+        None => write.await,
+    };
+    result.map_err(|e| Error::because(ErrorType::WriteError, "write failed", e))
+}
+
+/// Reads what is there (at least one byte, or 0 at the end) into `buf`, within `limit` when set.
+async fn read_some(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    limit: Option<Duration>,
+) -> pingora::Result<usize> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    let read = stream.read_buf(buf);
+    let result = match limit {
+        Some(limit) => fast_timeout(limit, read)
+            .await
+            .map_err(|_| Error::explain(ErrorType::ReadTimedout, "backend read timed out"))?,
+        None => read.await,
+    };
+    result.map_err(|e| Error::because(ErrorType::ReadError, "backend read failed", e))
+}
+
+fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|digest| digest.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+}
+
+/// A client connection with bytes already read from it put back in front, for the general path.
+#[derive(Debug)]
+struct Rewind {
+    inner: Stream,
+    replay: Vec<u8>,
+    position: usize,
+}
+
+impl Rewind {
+    fn new(inner: Stream, replay: Vec<u8>) -> Self {
+        Rewind {
+            inner,
+            replay,
+            position: 0,
+        }
+    }
+
+    /// The connection, and the put-back bytes nobody has read.
+    fn into_parts(mut self) -> (Stream, Vec<u8>) {
+        self.replay.drain(..self.position);
+        (self.inner, self.replay)
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.position < this.replay.len() {
+            let n = (this.replay.len() - this.position).min(buf.remaining());
+            buf.put_slice(&this.replay[this.position..this.position + n]);
+            this.position += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Rewind {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for Rewind {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Rewind {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Rewind {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Rewind {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for Rewind {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+/// Peeking is not offered: the general path then reads (h2c detection treats the stream as
+/// HTTP/2, which is why only a stream that starts with the preface is handed over for h2c).
+#[async_trait]
+impl Peek for Rewind {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8], head_only: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let head = parse_response_head(bytes, head_only, false, &mut out)
+            .expect("valid")
+            .expect("complete");
+        (head, String::from_utf8(out).expect("text"))
+    }
+
+    #[test]
+    fn response_heads_are_framed_as_the_backend_framed_them() {
+        let (h, out) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-trace\r\nKeep-Alive: timeout=5\r\nX-Trace: 1\r\nX-Kept: y\r\n\r\nhello",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Length(5)));
+        assert!(h.reusable && !h.close_client);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: y\r\n\r\n"
+        );
+
+        let (h, out) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Chunked(_)));
+        assert!(h.reusable);
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
+            "{out}"
+        );
+
+        // No length, no coding: the body runs until the backend closes; so does the client's.
+        let (h, out) = head(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert!(matches!(h.framing, Framing::UntilClose));
+        assert!(!h.reusable && h.close_client);
+        assert!(out.ends_with("connection: close\r\n\r\n"));
+
+        // HEAD, 204 and 304 have no body whatever the fields say.
+        let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert!(matches!(h.framing, Framing::Length(0)));
+        let (h, _) = head(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Length(0)));
+
+        // HTTP/1.0 or `Connection: close`: the backend's connection is not kept.
+        let (h, _) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+        assert!(!h.reusable);
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!h.reusable && !h.close_client);
+
+        let (h, _) = head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false);
+        assert!(h.informational);
+    }
+
+    #[test]
+    fn bad_response_heads_are_errors() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ] {
+            let mut out = Vec::new();
+            assert!(
+                parse_response_head(bad, false, false, &mut out).is_err(),
+                "{bad:?}"
+            );
+        }
+        let mut out = Vec::new();
+        assert!(
+            parse_response_head(b"HTTP/1.1 200 OK\r\nX: y", false, false, &mut out)
+                .expect("no error yet")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn length_framing_takes_exactly_the_body() {
+        let mut framing = Framing::Length(5);
+        assert_eq!(framing.advance(b"hel").unwrap(), (3, false));
+        assert_eq!(framing.advance(b"loHTTP").unwrap(), (2, true));
+    }
+}
