@@ -84,10 +84,7 @@ impl RequestTraits {
             *method,
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         );
-        let user_agent = headers
-            .get("user-agent")
-            .and_then(crate::fields::visible_ascii)
-            .unwrap_or("");
+        let user_agent = headers.get("user-agent").unwrap_or(b"");
         RequestTraits {
             api,
             static_asset,
@@ -120,27 +117,50 @@ fn is_static_path(path: &str) -> bool {
 /// User-Agent, HTTP libraries (`curl/`, `python-requests/`, `Go-http-client/`, …), SDKs and CLIs
 /// (`name/version`) — is automation, as are browser-like strings of bots, crawlers and headless
 /// browsers.
-pub fn device_class(user_agent: &str) -> DeviceClass {
-    if !user_agent.starts_with("Mozilla/") && !user_agent.starts_with("Opera") {
+///
+/// Marks of automation: `bot`, `Bot`, `spider`, `crawl`, `Headless`; of a mobile device: `Mobi`,
+/// `Android`, `iPhone`, `iPad` (automation wins). One pass over the bytes: only bytes that can
+/// start a mark are looked at further (nine substring searches cost a third of the per-request
+/// profiling time).
+pub fn device_class(user_agent: &[u8]) -> DeviceClass {
+    if !user_agent.starts_with(b"Mozilla/") && !user_agent.starts_with(b"Opera") {
         return DeviceClass::Automation;
     }
-    if user_agent.contains("bot")
-        || user_agent.contains("Bot")
-        || user_agent.contains("spider")
-        || user_agent.contains("crawl")
-        || user_agent.contains("Headless")
-    {
-        return DeviceClass::Automation;
+    let mut mobile = false;
+    for (i, byte) in user_agent.iter().enumerate() {
+        if !MARK_START[usize::from(*byte)] {
+            continue;
+        }
+        let rest = &user_agent[i..];
+        match byte {
+            b'b' | b'B' if rest[1..].starts_with(b"ot") => return DeviceClass::Automation,
+            b's' if rest.starts_with(b"spider") => return DeviceClass::Automation,
+            b'c' if rest.starts_with(b"crawl") => return DeviceClass::Automation,
+            b'H' if rest.starts_with(b"Headless") => return DeviceClass::Automation,
+            b'M' if rest.starts_with(b"Mobi") => mobile = true,
+            b'A' if rest.starts_with(b"Android") => mobile = true,
+            b'i' if rest.starts_with(b"iPhone") || rest.starts_with(b"iPad") => mobile = true,
+            _ => {}
+        }
     }
-    if user_agent.contains("Mobi")
-        || user_agent.contains("Android")
-        || user_agent.contains("iPhone")
-        || user_agent.contains("iPad")
-    {
-        return DeviceClass::Mobile;
+    if mobile {
+        DeviceClass::Mobile
+    } else {
+        DeviceClass::Desktop
     }
-    DeviceClass::Desktop
 }
+
+/// The first bytes of the marks [`device_class`] looks for.
+const MARK_START: [bool; 256] = {
+    let mut table = [false; 256];
+    let starts = *b"bBscHMAi";
+    let mut i = 0;
+    while i < starts.len() {
+        table[starts[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Hour of the week (0 = Monday 00:00-01:00 UTC) and whether it is Saturday/Sunday.
 fn hour_of_week(unix_secs: u64) -> (u8, bool) {

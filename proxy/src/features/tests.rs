@@ -71,10 +71,10 @@ fn classification() {
     let android = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36";
     let desktop = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
     let googlebot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
-    assert_eq!(device_class(iphone), DeviceClass::Mobile);
-    assert_eq!(device_class(android), DeviceClass::Mobile);
-    assert_eq!(device_class(desktop), DeviceClass::Desktop);
-    assert_eq!(device_class(googlebot), DeviceClass::Automation);
+    assert_eq!(device_class(iphone.as_bytes()), DeviceClass::Mobile);
+    assert_eq!(device_class(android.as_bytes()), DeviceClass::Mobile);
+    assert_eq!(device_class(desktop.as_bytes()), DeviceClass::Desktop);
+    assert_eq!(device_class(googlebot.as_bytes()), DeviceClass::Automation);
     for tool in [
         "curl/8.5.0",
         "python-requests/2.31",
@@ -82,7 +82,45 @@ fn classification() {
         "my-sdk/1.0",
         "",
     ] {
-        assert_eq!(device_class(tool), DeviceClass::Automation, "{tool}");
+        assert_eq!(device_class(tool.as_bytes()), DeviceClass::Automation, "{tool}");
+    }
+}
+
+/// The rule as plain substring searches: what the one-pass [`device_class`] must agree with.
+fn device_class_by_search(user_agent: &str) -> DeviceClass {
+    if !user_agent.starts_with("Mozilla/") && !user_agent.starts_with("Opera") {
+        return DeviceClass::Automation;
+    }
+    let automation = ["bot", "Bot", "spider", "crawl", "Headless"];
+    let mobile = ["Mobi", "Android", "iPhone", "iPad"];
+    if automation.iter().any(|mark| user_agent.contains(mark)) {
+        DeviceClass::Automation
+    } else if mobile.iter().any(|mark| user_agent.contains(mark)) {
+        DeviceClass::Mobile
+    } else {
+        DeviceClass::Desktop
+    }
+}
+
+proptest! {
+    #[test]
+    fn one_pass_device_class_agrees_with_substring_search(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just("Mozilla/5.0 "), Just("Opera/9"), Just("bot"), Just("Bo"), Just("t"),
+                Just("spider"), Just("crawl"), Just("Headless"), Just("Mobi"), Just("Android"),
+                Just("iPhone"), Just("iPad"), Just("i"), Just("M"), Just(" (X11; Linux) "),
+                Just("é"), Just("b"),
+            ],
+            0..8,
+        ),
+    ) {
+        let user_agent = parts.concat();
+        prop_assert_eq!(
+            device_class(user_agent.as_bytes()),
+            device_class_by_search(&user_agent),
+            "{}", user_agent
+        );
     }
 }
 
