@@ -11,13 +11,17 @@
 //! - the memory ceiling is hard: all entries are allocated once at construction, their number
 //!   computed from `profiling.user_table_mib` and the real entry size; [`FeatureTable::memory_bytes`]
 //!   never exceeds the ceiling and the table never grows;
-//! - an entry is 64 bytes (one cache line, plus an 8-byte tag) and holds only a hashed `UserKey`
-//!   and numbers;
+//! - an entry is 64 bytes (one cache line, plus an 8-byte tag and an eighth of its set's
+//!   insertion lock) and holds only a hashed `UserKey` and numbers;
 //! - time is passed in (unix seconds), never read here;
 //! - the per-profile user gauge counts each resident user once, in the profile it was last
 //!   assigned; it is kept incrementally (on assignment change and eviction), never by scanning;
-//! - locks are striped (one per shard, cache-line padded), held only for a few arithmetic
-//!   operations, and nothing on the per-request path allocates;
+//! - every entry is its own lock (a bit of its last word), held only for a few arithmetic
+//!   operations: two threads serving different users never write the same line (a lock per
+//!   shard of sets was written by every thread in turn, and at 2 threads that line traffic cost
+//!   a quarter of the per-request time); a set's insertion lock is taken only to insert a user;
+//!   the user gauge is striped per thread (cache-padded) and summed when read; nothing on the
+//!   per-request path allocates;
 //! - the model's answer for a user is offered again for the user's further requests of the same
 //!   second ([`UserView::model_answer_this_second`]): a burst of requests (a page and its assets)
 //!   pays for one feature vector and one nearest-centroid search, and a new model is in effect
@@ -26,6 +30,7 @@
 //! Counters are 16-bit and halve together when the busiest reaches [`COUNTER_HALVING_AT`], which
 //! keeps shares exact in ratio and weights recent behavior more.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use http::Method;
@@ -180,9 +185,9 @@ fn decay_over(elapsed: u32) -> f32 {
     }
 }
 
-/// One user's state. Exactly one cache line; `requests == 0` marks an empty slot.
+/// One user's state, as worked on (the table stores it packed in an [`Entry`]); `requests == 0`
+/// marks an empty slot.
 #[derive(Clone, Copy, Debug, Default)]
-#[repr(C, align(64))]
 struct UserState {
     key: u64,
     /// Unix seconds (u32 lasts until 2106).
@@ -209,15 +214,158 @@ struct UserState {
     profile: u16,
 }
 
+/// One user's slot: [`UserState`] packed in eight atomic words, exactly one cache line. The top
+/// bit of the last word is the entry's lock: whoever sets it may read and write the other words
+/// (relaxed loads and stores: plain moves) until it clears it with the updated last word. A
+/// user's lock is on the user's own line, so threads serving different users share no written
+/// line.
+#[repr(C, align(64))]
+struct Entry([AtomicU64; 8]);
+
+const ENTRY_LOCKED: u64 = 1 << 63;
+
+impl Entry {
+    fn empty() -> Self {
+        Entry(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    /// The key and request count, unlocked (a hint: re-check under the lock).
+    fn peek_identity(&self) -> (u64, u32) {
+        (
+            self.0[0].load(Ordering::Relaxed),
+            (self.0[1].load(Ordering::Relaxed) >> 32) as u32,
+        )
+    }
+
+    /// The last-seen second, unlocked (a hint, for choosing whom to evict).
+    fn peek_last_seen(&self) -> u32 {
+        self.0[1].load(Ordering::Relaxed) as u32
+    }
+
+    fn lock(&self) -> EntryGuard<'_> {
+        let last = &self.0[7];
+        let mut spins = 0u32;
+        let mut current = last.load(Ordering::Relaxed);
+        loop {
+            if current & ENTRY_LOCKED == 0 {
+                match last.compare_exchange_weak(
+                    current,
+                    current | ENTRY_LOCKED,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
+                continue;
+            }
+            // Held for a few arithmetic operations; yield if its holder was preempted.
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+            current = last.load(Ordering::Relaxed);
+        }
+        let mut words = [0u64; 8];
+        for (word, atomic) in words.iter_mut().zip(&self.0).take(7) {
+            *word = atomic.load(Ordering::Relaxed);
+        }
+        words[7] = current;
+        EntryGuard {
+            entry: self,
+            state: UserState::unpack(words),
+        }
+    }
+}
+
+/// A locked entry and its state; the state is written back and the entry unlocked on drop.
+struct EntryGuard<'a> {
+    entry: &'a Entry,
+    state: UserState,
+}
+
+impl Drop for EntryGuard<'_> {
+    fn drop(&mut self) {
+        let words = self.state.pack();
+        for (atomic, word) in self.entry.0.iter().zip(words).take(7) {
+            atomic.store(word, Ordering::Relaxed);
+        }
+        self.entry.0[7].store(words[7] & !ENTRY_LOCKED, Ordering::Release);
+    }
+}
+
 /// Set in [`UserState::profile`] when the model (not a rule or the default) chose the profile.
 const BY_MODEL: u16 = 1 << 8;
 const _: () = assert!(MAX_PROFILES <= 256);
 
-/// Size of one table entry in bytes (what the memory ceiling is divided by).
-pub const ENTRY_BYTES: usize = std::mem::size_of::<UserState>();
+/// Size of one table entry in bytes.
+pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 const _: () = assert!(ENTRY_BYTES == 64);
-/// Bytes per user the ceiling is divided by: the entry plus its tag.
-pub const USER_BYTES: usize = ENTRY_BYTES + std::mem::size_of::<u64>();
+/// Bytes of one set: its entries, its line of tags, its insertion lock.
+pub const SET_BYTES: usize =
+    WAYS * ENTRY_BYTES + std::mem::size_of::<Tags>() + std::mem::size_of::<Mutex<()>>();
+/// Bytes per user the ceiling is divided by (rounded up).
+pub const USER_BYTES: usize = SET_BYTES.div_ceil(WAYS);
+
+impl UserState {
+    /// The state in the eight words of an [`Entry`] (the lock bit clear).
+    fn pack(&self) -> [u64; 8] {
+        let f = |x: f32| u64::from(x.to_bits());
+        let h = |x: u16| u64::from(x);
+        [
+            self.key,
+            u64::from(self.last_seen) | u64::from(self.requests) << 32,
+            f(self.rate_per_min) | f(self.request_bytes) << 32,
+            f(self.response_bytes) | f(self.error_share) << 32,
+            f(self.session_gap_secs) | h(self.day_parts[0]) << 32 | h(self.day_parts[1]) << 48,
+            h(self.day_parts[2])
+                | h(self.day_parts[3]) << 16
+                | h(self.weekend) << 32
+                | h(self.api) << 48,
+            h(self.static_asset)
+                | h(self.write) << 16
+                | h(self.mobile) << 32
+                | h(self.automation) << 48,
+            u64::from(self.top_hours[0])
+                | u64::from(self.top_hours[1]) << 8
+                | h(self.top_counts[0]) << 16
+                | h(self.top_counts[1]) << 32
+                | h(self.profile & 0x7fff) << 48,
+        ]
+    }
+
+    fn unpack(words: [u64; 8]) -> Self {
+        let f = |x: u64| f32::from_bits(x as u32);
+        let h = |x: u64| x as u16;
+        UserState {
+            key: words[0],
+            last_seen: words[1] as u32,
+            requests: (words[1] >> 32) as u32,
+            rate_per_min: f(words[2]),
+            request_bytes: f(words[2] >> 32),
+            response_bytes: f(words[3]),
+            error_share: f(words[3] >> 32),
+            session_gap_secs: f(words[4]),
+            day_parts: [
+                h(words[4] >> 32),
+                h(words[4] >> 48),
+                h(words[5]),
+                h(words[5] >> 16),
+            ],
+            weekend: h(words[5] >> 32),
+            api: h(words[5] >> 48),
+            static_asset: h(words[6]),
+            write: h(words[6] >> 16),
+            mobile: h(words[6] >> 32),
+            automation: h(words[6] >> 48),
+            top_hours: [words[7] as u8, (words[7] >> 8) as u8],
+            top_counts: [h(words[7] >> 16), h(words[7] >> 32)],
+            profile: h(words[7] >> 48) & 0x7fff,
+        }
+    }
+}
 
 impl UserState {
     fn profile_index(&self) -> usize {
@@ -375,29 +523,38 @@ pub struct RequestOutcome {
     pub requests: u32,
 }
 
+/// The key of each way of a set, side by side (one cache line: finding a user away from its home
+/// way touches this line and then only its own entry; at its home way, the usual case, only the
+/// entry: see [`FeatureTable::find`]). 0 = empty way. Written only under the set's insertion lock.
+#[repr(C, align(64))]
+struct Tags([AtomicU64; WAYS]);
+
+/// Stripes of the user gauge: each thread counts into its own.
+const GAUGE_STRIPES: usize = 16;
+
+/// One thread's part of the gauge. Counters wrap: a stripe may go "below zero" (users it added
+/// another thread evicted); the wrapping sum over stripes is exact.
 #[repr(align(128))]
-struct Shard {
-    inner: Mutex<ShardInner>,
-    /// Address of `inner.entries[0]`, for [`FeatureTable::prefetch`] (the boxed slice never moves
-    /// or grows, so the address stays valid for the table's life).
-    entries_at: usize,
+struct GaugeStripe {
+    resident: AtomicU32,
+    profile_users: [AtomicU32; MAX_PROFILES],
 }
 
-struct ShardInner {
-    entries: Box<[UserState]>,
-    /// The key of each entry, side by side per set (one cache line per set), so finding a user
-    /// away from its home way touches one line of tags and then only its own entry (at its home
-    /// way, the usual case, only the entry: see [`find`]). 0 = empty way.
-    tags: Box<[u64]>,
-    resident: u32,
-    /// Resident users per profile (this shard's part of the gauge).
-    profile_users: Box<[u32; MAX_PROFILES]>,
+static NEXT_THREAD_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_STRIPE: usize = NEXT_THREAD_STRIPE.fetch_add(1, Ordering::Relaxed) % GAUGE_STRIPES;
 }
 
 /// The bounded per-user table. Share one per node (`Arc`); all methods take `&self`.
 pub struct FeatureTable {
-    shards: Box<[Shard]>,
-    sets_per_shard: usize,
+    /// `WAYS` entries per set, set after set.
+    entries: Box<[Entry]>,
+    tags: Box<[Tags]>,
+    /// Taken to insert a user into a set (and move its home way's occupant); never on the path of
+    /// a resident user.
+    insertion: Box<[Mutex<()>]>,
+    gauge: Box<[GaugeStripe]>,
     session_gap_secs: u64,
     memory_bytes: usize,
 }
@@ -405,16 +562,15 @@ pub struct FeatureTable {
 impl std::fmt::Debug for FeatureTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeatureTable")
-            .field("shards", &self.shards.len())
+            .field("sets", &self.tags.len())
             .field("capacity", &self.capacity())
             .field("memory_bytes", &self.memory_bytes)
             .finish()
     }
 }
 
-/// Bytes of one shard besides its entries (the padded lock and the profile gauge).
-const SHARD_OVERHEAD_BYTES: usize =
-    std::mem::size_of::<Shard>() + std::mem::size_of::<[u32; MAX_PROFILES]>();
+/// Bytes of the table besides its sets (the striped gauge).
+pub const TABLE_OVERHEAD_BYTES: usize = GAUGE_STRIPES * std::mem::size_of::<GaugeStripe>();
 
 impl FeatureTable {
     /// A table within `profiling.user_table_mib`.
@@ -425,44 +581,30 @@ impl FeatureTable {
         )
     }
 
-    /// A table whose entries and bookkeeping fit in `ceiling_bytes` (at least one shard of one set).
+    /// A table whose entries and bookkeeping fit in `ceiling_bytes` (at least one set).
     pub fn with_memory_ceiling(ceiling_bytes: usize, session_gap_secs: u64) -> Self {
-        let set_bytes = WAYS * USER_BYTES;
-        // About 64 KiB of entries per shard, at most 1024 shards (power of two).
-        let mut shard_count = (ceiling_bytes / (64 * 1024))
-            .clamp(1, 1024)
-            .next_power_of_two();
-        while shard_count > 1 && shard_count * (SHARD_OVERHEAD_BYTES + set_bytes) > ceiling_bytes {
-            shard_count /= 2;
-        }
-        let entry_budget = ceiling_bytes.saturating_sub(shard_count * SHARD_OVERHEAD_BYTES);
-        let sets_per_shard = (entry_budget / set_bytes / shard_count).max(1);
-        let shards: Box<[Shard]> = (0..shard_count)
-            .map(|_| {
-                let entries = vec![UserState::default(); sets_per_shard * WAYS].into_boxed_slice();
-                Shard {
-                    entries_at: entries.as_ptr() as usize,
-                    inner: Mutex::new(ShardInner {
-                        entries,
-                        tags: vec![0u64; sets_per_shard * WAYS].into_boxed_slice(),
-                        resident: 0,
-                        profile_users: Box::new([0; MAX_PROFILES]),
-                    }),
-                }
+        let set_count = (ceiling_bytes.saturating_sub(TABLE_OVERHEAD_BYTES) / SET_BYTES).max(1);
+        let gauge = (0..GAUGE_STRIPES)
+            .map(|_| GaugeStripe {
+                resident: AtomicU32::new(0),
+                profile_users: std::array::from_fn(|_| AtomicU32::new(0)),
             })
             .collect();
-        let memory_bytes = shard_count * (SHARD_OVERHEAD_BYTES + sets_per_shard * set_bytes);
         FeatureTable {
-            shards,
-            sets_per_shard,
+            entries: (0..set_count * WAYS).map(|_| Entry::empty()).collect(),
+            tags: (0..set_count)
+                .map(|_| Tags(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+            insertion: (0..set_count).map(|_| Mutex::new(())).collect(),
+            gauge,
             session_gap_secs,
-            memory_bytes,
+            memory_bytes: TABLE_OVERHEAD_BYTES + set_count * SET_BYTES,
         }
     }
 
     /// Most users the table holds.
     pub fn capacity(&self) -> usize {
-        self.shards.len() * self.sets_per_shard * WAYS
+        self.entries.len()
     }
 
     /// Bytes the table uses (entries plus bookkeeping): fixed at construction.
@@ -472,33 +614,123 @@ impl FeatureTable {
 
     /// Users currently held.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| lock(shard).resident as usize)
-            .sum()
+        self.gauge.iter().fold(0u32, |sum, stripe| {
+            sum.wrapping_add(stripe.resident.load(Ordering::Relaxed))
+        }) as usize
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn locate(&self, user: UserKey) -> (&Shard, usize) {
-        // The key is already a keyed hash: its bits are uniform. Mix once more so that shard and
-        // set use independent bits whatever the shard count.
-        let mixed = user.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let shard = (mixed >> 40) as usize & (self.shards.len() - 1);
-        let set = (user.0 % self.sets_per_shard as u64) as usize;
-        (&self.shards[shard], set * WAYS)
+    fn set_index(&self, user: UserKey) -> usize {
+        // The key is already a keyed hash: its bits are uniform (the home way uses the top ones).
+        (user.0 % self.tags.len() as u64) as usize
     }
 
-    /// Starts loading `user`'s entry (its home way) into the cache, without the lock. Call it as
+    fn set(&self, set: usize) -> &[Entry] {
+        &self.entries[set * WAYS..(set + 1) * WAYS]
+    }
+
+    /// This thread's stripe of the user gauge.
+    fn gauge(&self) -> &GaugeStripe {
+        &self.gauge[THREAD_STRIPE.with(|s| *s)]
+    }
+
+    /// Starts loading `user`'s entry (its home way) into the cache, reading no memory. Call it as
     /// soon as the key is known and do other work before [`FeatureTable::on_request`]: the entry
     /// of a user not seen for a while is a memory round trip away (about 40 % of the request
     /// path's time when it is waited for).
     pub fn prefetch(&self, user: UserKey) {
-        let (shard, set_start) = self.locate(user);
-        let offset = (set_start + home_way(user)) * ENTRY_BYTES;
-        crate::prefetch::prefetch_line(shard.entries_at.wrapping_add(offset));
+        let index = self.set_index(user) * WAYS + home_way(user);
+        crate::prefetch::prefetch_line(address_of(&self.entries[0]) + index * ENTRY_BYTES);
+    }
+
+    /// The way of `user` in `set`, if resident (unlocked: a hint, re-checked under the entry's
+    /// lock). A user enters its set at its [`home_way`] and stays there until a newer user of the
+    /// same home moves it, so the home entry is checked first: it carries the key itself, so on
+    /// a hit the entry is the only line read (on a cold set that saves a dependent memory round
+    /// trip for the tags).
+    fn find(&self, set: usize, user: UserKey) -> Option<usize> {
+        let home = home_way(user);
+        let tag = tag_of(user);
+        let (key, requests) = self.set(set)[home].peek_identity();
+        if tags_match(key, requests, tag) {
+            return Some(home);
+        }
+        self.tags[set]
+            .0
+            .iter()
+            .position(|t| t.load(Ordering::Relaxed) == tag)
+    }
+
+    /// `user`'s entry, locked, if resident.
+    fn locked(&self, set: usize, user: UserKey) -> Option<EntryGuard<'_>> {
+        let tag = tag_of(user);
+        // A way found unlocked may have been given to another user before the lock is taken: look
+        // again (an insertion in progress holds the set's insertion lock, so this ends).
+        for _ in 0..4 {
+            let way = self.find(set, user)?;
+            let guard = self.set(set)[way].lock();
+            if tags_match(guard.state.key, guard.state.requests, tag) {
+                return Some(guard);
+            }
+        }
+        let _insertions = lock(&self.insertion[set]);
+        let way = self.find(set, user)?;
+        let guard = self.set(set)[way].lock();
+        tags_match(guard.state.key, guard.state.requests, tag).then_some(guard)
+    }
+
+    /// Inserts `user` into `set` at its home way (the set's least recently seen user, or an empty
+    /// way, makes room; the home way's occupant moves there) and returns its new entry, locked;
+    /// or the user's entry if another thread inserted it first.
+    fn insert(&self, set: usize, user: UserKey) -> EntryGuard<'_> {
+        let _insertions = lock(&self.insertion[set]);
+        if let Some(way) = self.find(set, user) {
+            let guard = self.set(set)[way].lock();
+            if tags_match(guard.state.key, guard.state.requests, tag_of(user)) {
+                return guard;
+            }
+        }
+        let entries = self.set(set);
+        let tags = &self.tags[set].0;
+        let home = home_way(user);
+        let gauge = self.gauge();
+        // An empty way, else the least recently seen (only new users pay for this scan).
+        let victim = match tags.iter().position(|t| t.load(Ordering::Relaxed) == 0) {
+            Some(empty) => empty,
+            None => entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.peek_last_seen())
+                .map_or(0, |(i, _)| i),
+        };
+        let mut home_guard = entries[home].lock();
+        if victim != home {
+            let mut victim_guard = entries[victim].lock();
+            if victim_guard.state.requests == 0 {
+                gauge.resident.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let old = victim_guard.state.profile_index();
+                gauge.profile_users[old].fetch_sub(1, Ordering::Relaxed);
+            }
+            // The new user takes the victim's place in the set, but at its home way: whoever is
+            // there moves to the victim's way (the same users stay resident either way).
+            victim_guard.state = home_guard.state;
+            tags[victim].store(tags[home].load(Ordering::Relaxed), Ordering::Relaxed);
+        } else if home_guard.state.requests == 0 {
+            gauge.resident.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let old = home_guard.state.profile_index();
+            gauge.profile_users[old].fetch_sub(1, Ordering::Relaxed);
+        }
+        home_guard.state = UserState {
+            key: user.0,
+            ..UserState::default()
+        };
+        tags[home].store(tag_of(user), Ordering::Relaxed);
+        home_guard
     }
 
     /// A request from `user` arrived at `now` (unix seconds): updates its state (creating it,
@@ -511,45 +743,13 @@ impl FeatureTable {
         traits: RequestTraits,
         assign: impl FnOnce(&UserView<'_>) -> Assignment,
     ) -> RequestOutcome {
-        let (shard, set_start) = self.locate(user);
-        let mut guard = lock(shard);
-        let inner = &mut *guard;
-        let tags = &mut inner.tags[set_start..set_start + WAYS];
-        let set = &mut inner.entries[set_start..set_start + WAYS];
-        let home = home_way(user);
-        let slot = match find(tags, set, user) {
-            Some(slot) => slot,
-            None => {
-                // An empty way, else the least recently seen (only new users pay for this scan).
-                let victim = match tags.iter().position(|&t| t == 0) {
-                    Some(empty) => {
-                        inner.resident += 1;
-                        empty
-                    }
-                    None => {
-                        let oldest = set
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|(_, e)| e.last_seen)
-                            .map_or(0, |(i, _)| i);
-                        let old = set[oldest].profile_index();
-                        inner.profile_users[old] = inner.profile_users[old].saturating_sub(1);
-                        oldest
-                    }
-                };
-                // The new user takes the victim's place in the set, but at its home way: whoever
-                // is there moves to the victim's way (the same users stay resident either way).
-                tags[victim] = tags[home];
-                set[victim] = set[home];
-                tags[home] = tag_of(user);
-                set[home] = UserState {
-                    key: user.0,
-                    ..UserState::default()
-                };
-                home
-            }
+        let set = self.set_index(user);
+        let mut guard = match self.locked(set, user) {
+            Some(guard) => guard,
+            None => self.insert(set, user),
         };
-        let state = &mut set[slot];
+        let gauge = self.gauge();
+        let state = &mut guard.state;
         let same_second = state.requests > 0 && u64::from(state.last_seen) == now;
         state.observe_request(now, traits, self.session_gap_secs);
         let assignment = assign(&UserView {
@@ -560,10 +760,10 @@ impl FeatureTable {
         let new_index = usize::from(assignment.profile.0) % MAX_PROFILES;
         let old_index = state.profile_index();
         if state.requests == 1 {
-            inner.profile_users[new_index] += 1;
+            gauge.profile_users[new_index].fetch_add(1, Ordering::Relaxed);
         } else if old_index != new_index {
-            inner.profile_users[old_index] = inner.profile_users[old_index].saturating_sub(1);
-            inner.profile_users[new_index] += 1;
+            gauge.profile_users[old_index].fetch_sub(1, Ordering::Relaxed);
+            gauge.profile_users[new_index].fetch_add(1, Ordering::Relaxed);
         }
         state.profile = new_index as u16 | if assignment.by_model { BY_MODEL } else { 0 };
         RequestOutcome {
@@ -581,38 +781,29 @@ impl FeatureTable {
         response_bytes: u64,
         is_error: bool,
     ) {
-        let (shard, set_start) = self.locate(user);
-        let mut guard = lock(shard);
-        let inner = &mut *guard;
-        let set = &inner.entries[set_start..set_start + WAYS];
-        if let Some(slot) = find(&inner.tags[set_start..set_start + WAYS], set, user) {
-            inner.entries[set_start + slot].observe_response(
-                request_bytes,
-                response_bytes,
-                is_error,
-            );
+        if let Some(mut guard) = self.locked(self.set_index(user), user) {
+            guard
+                .state
+                .observe_response(request_bytes, response_bytes, is_error);
         }
     }
 
     /// A user's current features (rate decayed to `now`), if the user is resident.
     pub fn features_of(&self, user: UserKey, now: u64) -> Option<FeatureVector> {
-        let (shard, set_start) = self.locate(user);
-        let guard = lock(shard);
-        let set = &guard.entries[set_start..set_start + WAYS];
-        find(&guard.tags[set_start..set_start + WAYS], set, user)
-            .map(|slot| set[slot].features(now))
+        self.locked(self.set_index(user), user)
+            .map(|guard| guard.state.features(now))
     }
 
     /// Resident users per profile, indexed by [`ProfileIdx`] (length [`MAX_PROFILES`]).
     pub fn profile_user_counts(&self) -> Vec<u64> {
-        let mut totals = vec![0u64; MAX_PROFILES];
-        for shard in self.shards.iter() {
-            let guard = lock(shard);
-            for (total, count) in totals.iter_mut().zip(guard.profile_users.iter()) {
-                *total += u64::from(*count);
-            }
-        }
-        totals
+        (0..MAX_PROFILES)
+            .map(|profile| {
+                let sum = self.gauge.iter().fold(0u32, |sum, stripe| {
+                    sum.wrapping_add(stripe.profile_users[profile].load(Ordering::Relaxed))
+                });
+                u64::from(sum)
+            })
+            .collect()
     }
 }
 
@@ -625,21 +816,8 @@ fn tag_of(user: UserKey) -> u64 {
 /// The way a user is put in when it enters its set (see [`find`]).
 fn home_way(user: UserKey) -> usize {
     const _: () = assert!(WAYS.is_power_of_two());
-    // The top bits: neither the shard nor the set index depends much on them.
+    // The top bits: the set index hardly depends on them.
     (user.0 >> (64 - WAYS.trailing_zeros())) as usize
-}
-
-/// The way of `user` in a set, if resident. A user enters its set at its [`home_way`] and stays
-/// there until a newer user of the same home moves it, so the home entry is checked first: it
-/// carries the key itself, so on a hit the entry is the only line read (the tag line is not
-/// needed, and on a cold set that saves a dependent memory round trip).
-fn find(tags: &[u64], set: &[UserState], user: UserKey) -> Option<usize> {
-    let home = home_way(user);
-    let tag = tag_of(user);
-    if tags_match(set[home].key, set[home].requests, tag) {
-        return Some(home);
-    }
-    tags.iter().position(|&t| t == tag)
 }
 
 /// Whether an entry with `key` and `requests` is the user of `tag` (an empty entry is nobody's).
@@ -647,13 +825,16 @@ fn tags_match(key: u64, requests: u32, tag: u64) -> bool {
     requests != 0 && tag_of(UserKey(key)) == tag
 }
 
-fn lock(shard: &Shard) -> MutexGuard<'_, ShardInner> {
-    // A panic while holding the lock cannot leave an entry half-written in a way that matters
-    // (every field is a plain number): keep serving.
-    shard
-        .inner
+fn lock(insertion: &Mutex<()>) -> MutexGuard<'_, ()> {
+    // The lock guards no data of its own: a panic while holding it leaves nothing to repair.
+    insertion
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The address of `value` (for prefetch arithmetic; never dereferenced).
+fn address_of<T>(value: &T) -> usize {
+    value as *const T as usize
 }
 
 #[cfg(test)]

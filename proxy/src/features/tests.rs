@@ -82,7 +82,11 @@ fn classification() {
         "my-sdk/1.0",
         "",
     ] {
-        assert_eq!(device_class(tool.as_bytes()), DeviceClass::Automation, "{tool}");
+        assert_eq!(
+            device_class(tool.as_bytes()),
+            DeviceClass::Automation,
+            "{tool}"
+        );
     }
 }
 
@@ -248,8 +252,8 @@ fn request_count_and_profile_gauge() {
 
 #[test]
 fn eviction_is_least_recently_seen_and_keeps_gauge_exact() {
-    // One shard of one set when the ceiling is tiny: WAYS users fill it.
-    let t = FeatureTable::with_memory_ceiling(SHARD_OVERHEAD_BYTES + WAYS * USER_BYTES, 1800);
+    // One set when the ceiling is tiny: WAYS users fill it.
+    let t = FeatureTable::with_memory_ceiling(TABLE_OVERHEAD_BYTES + SET_BYTES, 1800);
     assert_eq!(t.capacity(), WAYS);
     for i in 0..WAYS as u64 {
         t.on_request(UserKey(i), MONDAY + i, desktop_get(), keep(3));
@@ -342,7 +346,7 @@ fn concurrent_requests_and_responses_lose_no_update() {
     // Two sets' worth of users in a table of one set: threads race on the same entry (requests
     // and responses), on evictions and on re-insertions; every count must still add up.
     let t = std::sync::Arc::new(FeatureTable::with_memory_ceiling(
-        SHARD_OVERHEAD_BYTES + WAYS * USER_BYTES,
+        TABLE_OVERHEAD_BYTES + SET_BYTES,
         1800,
     ));
     let hot = UserKey(5);
@@ -386,7 +390,7 @@ fn concurrent_requests_and_responses_lose_no_update() {
 fn a_user_moved_from_its_home_way_keeps_its_state() {
     // One set; every key below has home way 0 (top bits clear), so each newcomer moves the
     // previous occupant of way 0 elsewhere in the set.
-    let t = FeatureTable::with_memory_ceiling(SHARD_OVERHEAD_BYTES + WAYS * USER_BYTES, 1800);
+    let t = FeatureTable::with_memory_ceiling(TABLE_OVERHEAD_BYTES + SET_BYTES, 1800);
     let users: Vec<UserKey> = (1..=WAYS as u64).map(UserKey).collect();
     for (i, user) in users.iter().enumerate() {
         t.on_request(*user, MONDAY + i as u64, desktop_get(), keep(2));
@@ -444,4 +448,49 @@ fn the_models_answer_is_offered_again_only_within_the_same_second() {
     assert_eq!(seen, Some(None), "a new second asks the model again");
     assert_eq!(t.profile_user_counts()[4], 1);
     assert_eq!(t.profile_user_counts()[3], 0);
+}
+
+proptest! {
+    /// An entry stores every field of a user's state exactly, whatever its value.
+    #[test]
+    fn entry_words_keep_every_field(
+        key in any::<u64>(),
+        (last_seen, requests) in (any::<u32>(), any::<u32>()),
+        floats in proptest::array::uniform5(any::<f32>()),
+        counters in proptest::array::uniform12(any::<u16>()),
+        top_hours in proptest::array::uniform2(any::<u8>()),
+        top_counts in proptest::array::uniform2(any::<u16>()),
+        profile in 0u16..0x8000,
+    ) {
+        let state = UserState {
+            key,
+            last_seen,
+            requests,
+            rate_per_min: floats[0],
+            request_bytes: floats[1],
+            response_bytes: floats[2],
+            error_share: floats[3],
+            session_gap_secs: floats[4],
+            day_parts: [counters[0], counters[1], counters[2], counters[3]],
+            weekend: counters[4],
+            api: counters[5],
+            static_asset: counters[6],
+            write: counters[7],
+            mobile: counters[8],
+            automation: counters[9],
+            top_hours,
+            top_counts: [counters[10], counters[11].max(top_counts[0])],
+            profile,
+        };
+        let words = state.pack();
+        prop_assert_eq!(words[7] & ENTRY_LOCKED, 0, "the lock bit stays clear");
+        let back = UserState::unpack(words);
+        prop_assert_eq!(format!("{state:?}"), format!("{back:?}"));
+        // Through a real entry, lock and unlock included.
+        let entry = Entry::empty();
+        entry.lock().state = state;
+        let stored = entry.lock().state;
+        prop_assert_eq!(format!("{state:?}"), format!("{stored:?}"));
+        prop_assert_eq!(entry.0[7].load(Ordering::Relaxed) & ENTRY_LOCKED, 0);
+    }
 }
