@@ -590,8 +590,13 @@ impl FeatureTable {
                 profile_users: std::array::from_fn(|_| AtomicU32::new(0)),
             })
             .collect();
+        // Reserved, advised, then written: the entries are read at random, and huge pages spare
+        // most of the TLB misses that would cost.
+        let mut entries = Vec::with_capacity(set_count * WAYS);
+        crate::hints::advise_huge_pages(entries.as_ptr() as usize, set_count * WAYS * ENTRY_BYTES);
+        entries.extend((0..set_count * WAYS).map(|_| Entry::empty()));
         FeatureTable {
-            entries: (0..set_count * WAYS).map(|_| Entry::empty()).collect(),
+            entries: entries.into_boxed_slice(),
             tags: (0..set_count)
                 .map(|_| Tags(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
@@ -643,7 +648,7 @@ impl FeatureTable {
     /// path's time when it is waited for).
     pub fn prefetch(&self, user: UserKey) {
         let index = self.set_index(user) * WAYS + home_way(user);
-        crate::prefetch::prefetch_line(address_of(&self.entries[0]) + index * ENTRY_BYTES);
+        crate::hints::prefetch_line(address_of(&self.entries[0]) + index * ENTRY_BYTES);
     }
 
     /// The way of `user` in `set`, if resident (unlocked: a hint, re-checked under the entry's

@@ -6,7 +6,8 @@
 //! no lock and allocates nothing in `meters` once a meter key exists; this crate never forecasts
 //! or plans, it applies the models and plans it is given.
 
-// No unsafe code but the one cache prefetch hint in `prefetch` (which reads no memory).
+// No unsafe code but the memory hints in `hints` (a cache prefetch, huge-page advice): they read
+// and write no memory.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -20,10 +21,10 @@ pub mod features;
 pub mod fields;
 pub mod fleet;
 pub mod geo;
+mod hints;
 mod http1;
 pub mod identity;
 pub mod meters;
-mod prefetch;
 pub mod profiles;
 pub mod server;
 pub mod service;

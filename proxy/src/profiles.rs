@@ -172,7 +172,31 @@ pub struct CompiledModel {
     pub profile_of_centroid: Vec<ProfileIdx>,
     mean: [f32; FEATURE_DIM],
     inverse_scale: [f32; FEATURE_DIM],
-    centers: Vec<[f32; FEATURE_DIM]>,
+    /// The centers in blocks of [`LANES`], by dimension: `blocks[b][i][lane]` is dimension `i` of
+    /// centroid `b * LANES + lane` (unused lanes of the last block are 0). The distances of a
+    /// block's centroids are summed side by side, each in dimension order as one at a time
+    /// would: the same numbers, in vector registers.
+    blocks: Vec<[[f32; LANES]; FEATURE_DIM]>,
+    centroid_count: usize,
+}
+
+/// Centroids whose distances are computed together.
+const LANES: usize = 8;
+
+/// The centers of `centers` in the block layout of [`CompiledModel`].
+fn center_blocks(centers: &[[f32; FEATURE_DIM]]) -> Vec<[[f32; LANES]; FEATURE_DIM]> {
+    centers
+        .chunks(LANES)
+        .map(|chunk| {
+            let mut block = [[0f32; LANES]; FEATURE_DIM];
+            for (lane, center) in chunk.iter().enumerate() {
+                for (dimension, value) in center.iter().enumerate() {
+                    block[dimension][lane] = *value;
+                }
+            }
+            block
+        })
+        .collect()
 }
 
 impl CompiledModel {
@@ -183,17 +207,23 @@ impl CompiledModel {
             *value = (features.0[i] - self.mean[i]) * self.inverse_scale[i];
         }
         let mut best: Option<(usize, f32)> = None;
-        for (index, center) in self.centers.iter().enumerate() {
-            let mut distance = 0f32;
-            for i in 0..FEATURE_DIM {
-                let d = scaled[i] - center[i];
-                distance += d * d;
+        for (block_index, block) in self.blocks.iter().enumerate() {
+            let mut distances = [0f32; LANES];
+            for (value, dimension) in scaled.iter().zip(block) {
+                for (distance, center) in distances.iter_mut().zip(dimension) {
+                    let d = value - center;
+                    *distance += d * d;
+                }
             }
-            if distance.is_nan() {
-                continue;
-            }
-            if best.is_none_or(|(_, best_distance)| distance < best_distance) {
-                best = Some((index, distance));
+            let first = block_index * LANES;
+            let used = self.centroid_count.saturating_sub(first).min(LANES);
+            for (lane, distance) in distances.iter().take(used).enumerate() {
+                if distance.is_nan() {
+                    continue;
+                }
+                if best.is_none_or(|(_, best_distance)| *distance < best_distance) {
+                    best = Some((first + lane, *distance));
+                }
             }
         }
         best.map(|(index, _)| index)
@@ -423,14 +453,16 @@ impl ProfileAssigner {
         for (slot, scale) in inverse_scale.iter_mut().zip(&model.scale) {
             *slot = 1.0 / scale;
         }
+        let centers: Vec<[f32; FEATURE_DIM]> = model
+            .centroids
+            .iter()
+            .map(|c| to_array(&c.center))
+            .collect();
         let compiled = CompiledModel {
             mean: to_array(&model.mean),
             inverse_scale,
-            centers: model
-                .centroids
-                .iter()
-                .map(|c| to_array(&c.center))
-                .collect(),
+            blocks: center_blocks(&centers),
+            centroid_count: centers.len(),
             profile_of_centroid,
             model,
         };

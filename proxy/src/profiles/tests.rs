@@ -345,5 +345,19 @@ proptest! {
         let best = named.iter().map(|(_, c)| distance(c)).fold(f64::INFINITY, f64::min);
         // f32 arithmetic: the chosen centroid is the argmin up to rounding.
         prop_assert!(distance(&named[got].1) <= best * (1.0 + 1e-4) + 1e-4);
+        // And exactly the one a centroid-at-a-time f32 loop picks (same sums, same order).
+        let mut one_at_a_time: Option<(usize, f32)> = None;
+        for (index, (_, center)) in named.iter().enumerate() {
+            let mut d2 = 0f32;
+            for i in 0..FEATURE_DIM {
+                let scaled = (point[i] - mean[i]) * (1.0 / scale[i]);
+                let d = scaled - center[i];
+                d2 += d * d;
+            }
+            if one_at_a_time.is_none_or(|(_, best)| d2 < best) {
+                one_at_a_time = Some((index, d2));
+            }
+        }
+        prop_assert_eq!(Some(got), one_at_a_time.map(|(index, _)| index));
     }
 }
