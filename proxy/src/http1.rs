@@ -1005,6 +1005,47 @@ impl GetSocketDigest for Rewind {
 #[async_trait]
 impl Peek for Rewind {}
 
+/// The backend's side of one exchange as the direct path reads it, without sockets: the response
+/// head at the start of `stream` (after any 1xx), then the body split into reads at `cuts`.
+/// Returns the client's head and the body bytes passed on, or why the response is refused.
+/// For the fuzz target and the corpus test (`proxy/fuzz`): no input may panic, and a complete
+/// answer never takes more bytes than `stream` holds.
+#[doc(hidden)]
+pub fn read_backend_response(
+    stream: &[u8],
+    head_only: bool,
+    cuts: &[usize],
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut rest = stream;
+    let mut head_out = Vec::new();
+    let head = loop {
+        match parse_response_head(rest, head_only, false, &mut head_out) {
+            Ok(Some(head)) if head.informational => rest = &rest[head.len..],
+            Ok(Some(head)) => break head,
+            Ok(None) => return Err("incomplete head".to_string()),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let mut framing = head.framing;
+    let mut body = Vec::new();
+    let after_head = &rest[head.len..];
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (after_head.len() + 1)).collect();
+    points.sort_unstable();
+    points.push(after_head.len());
+    let mut start = 0;
+    for point in points {
+        let read = &after_head[start..point];
+        let (take, done) = framing.advance(read).map_err(|e| e.to_string())?;
+        assert!(take <= read.len(), "framing took more than was read");
+        body.extend_from_slice(&read[..take]);
+        if done {
+            break;
+        }
+        start = point;
+    }
+    Ok((head_out, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,3 +29,7 @@ pub mod profiles;
 pub mod server;
 pub mod service;
 pub mod upstream_pool;
+
+/// For the fuzz target and its corpus test only.
+#[doc(hidden)]
+pub use http1::read_backend_response;
