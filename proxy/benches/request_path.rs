@@ -265,8 +265,11 @@ fn cpu_ns_per_request(
 fn bench(c: &mut Criterion) {
     let plane = Arc::new(plane());
     let per_thread: Vec<Arc<Vec<Request>>> = (0..2).map(|t| Arc::new(requests(t))).collect();
-    // Warm the table so most requests are from known users (the steady state of a proxy).
-    run(&plane, &per_thread[0], 3 * USERS, 0);
+    // Warm the table with every thread's users, so that requests come from known users (the
+    // steady state of a proxy) at one thread and at two alike.
+    for (t, requests) in per_thread.iter().enumerate() {
+        run(&plane, requests, 3 * USERS, t as u64 * USERS / 2);
+    }
     if std::env::var_os("PRESCALE_BENCH_CPU_TIME").is_some() {
         for threads in [1, 2] {
             match cpu_ns_per_request(&plane, &per_thread, threads, 5_000_000) {

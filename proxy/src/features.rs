@@ -106,14 +106,25 @@ fn is_api_path(path: &str) -> bool {
         || (bytes.len() >= 3 && bytes[1] == b'v' && bytes[2].is_ascii_digit() && bytes[0] == b'/')
 }
 
+/// Whether the last segment of `path` has a stem and a known static extension. Only the last six
+/// bytes can hold a dot and an extension of at most five: nothing before them is read.
 fn is_static_path(path: &str) -> bool {
-    let last_segment = path.rsplit('/').next().unwrap_or("");
-    match last_segment.rsplit_once('.') {
-        Some((stem, extension)) if !stem.is_empty() && extension.len() <= 5 => STATIC_EXTENSIONS
-            .iter()
-            .any(|known| known.eq_ignore_ascii_case(extension)),
-        _ => false,
+    let bytes = path.as_bytes();
+    let tail = bytes.len().saturating_sub(6);
+    let Some(dot) = (tail..bytes.len())
+        .rev()
+        .find(|&i| matches!(bytes[i], b'.' | b'/'))
+    else {
+        return false;
+    };
+    // A slash first means no extension; the stem must not be empty.
+    if bytes[dot] != b'.' || dot == 0 || bytes[dot - 1] == b'/' {
+        return false;
     }
+    let extension = &bytes[dot + 1..];
+    STATIC_EXTENSIONS
+        .iter()
+        .any(|known| known.as_bytes().eq_ignore_ascii_case(extension))
 }
 
 /// Device class of a User-Agent string.

@@ -494,3 +494,30 @@ proptest! {
         prop_assert_eq!(entry.0[7].load(Ordering::Relaxed) & ENTRY_LOCKED, 0);
     }
 }
+
+/// The rule as string splits: what the bounded scan of [`is_static_path`] must agree with.
+fn is_static_path_by_split(path: &str) -> bool {
+    let last_segment = path.rsplit('/').next().unwrap_or("");
+    match last_segment.rsplit_once('.') {
+        Some((stem, extension)) if !stem.is_empty() && extension.len() <= 5 => STATIC_EXTENSIONS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(extension)),
+        _ => false,
+    }
+}
+
+proptest! {
+    #[test]
+    fn bounded_static_path_scan_agrees_with_splitting(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just("/"), Just("."), Just("js"), Just("CSS"), Just("woff2"), Just("app"),
+                Just("min"), Just("x"), Just("wasm"), Just("é"), Just("webm"), Just("..")
+            ],
+            0..8,
+        ),
+    ) {
+        let path = parts.concat();
+        prop_assert_eq!(is_static_path(&path), is_static_path_by_split(&path), "{}", path);
+    }
+}
