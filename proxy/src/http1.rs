@@ -28,9 +28,10 @@
 //! - once a response byte is sent, a failure ends the client connection (the client sees a
 //!   truncated response, never a second one);
 //! - an idle client connection closes when the server shuts down or after 60 s (pingora's
-//!   keep-alive default); a request head must arrive within those 60 s.
+//!   keep-alive default); a request head must be complete within 60 s of its first bytes.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,9 +70,9 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 const HEAD_LIMIT: usize = 16 * 1024;
 /// Longest response head accepted from a backend.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
-/// Header fields parsed in place; a head with more goes to the general path (requests) or is an
-/// error (responses).
-const MAX_FIELDS: usize = 96;
+/// Header fields parsed in place (pingora's own limit); a head with more goes to the general path
+/// (requests) or is an error (responses). The field slots are not initialised before parsing.
+const MAX_FIELDS: usize = 256;
 const READ_SIZE: usize = 16 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -147,6 +148,9 @@ struct Connection {
     response: Vec<u8>,
     /// Bytes for the client (response head and the first body bytes, or our own answer).
     output: Vec<u8>,
+    /// When the first bytes of the request head being read arrived (unix seconds): the whole
+    /// head must arrive within [`KEEPALIVE`] of them.
+    head_started_secs: u64,
 }
 
 /// What the front door makes of the bytes at the start of `input`.
@@ -199,12 +203,17 @@ impl FrontDoor {
             upstream_request: Vec::with_capacity(1024),
             response: Vec::with_capacity(READ_SIZE),
             output: Vec::with_capacity(1024),
+            head_started_secs: 0,
         };
         let mut first = true;
         loop {
             let mut need_bytes = conn.input.is_empty();
+            if !need_bytes {
+                // The start of a pipelined request is already here.
+                conn.head_started_secs = self.plane.now_secs();
+            }
             let parsed = loop {
-                if need_bytes && !conn.read_request_bytes(&mut shutdown).await {
+                if need_bytes && !conn.read_request_bytes(&mut shutdown, &self.plane).await {
                     return;
                 }
                 need_bytes = true;
@@ -263,9 +272,9 @@ impl FrontDoor {
     /// Reads a request head at the start of `input` and, when it is one for the direct path,
     /// admits it and writes the upstream request.
     fn parse(&self, input: &[u8], peer_ip: Option<IpAddr>, upstream: &mut Vec<u8>) -> Parsed {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut request = httparse::Request::new(&mut fields);
-        let head_len = match request.parse(input) {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut request = httparse::Request::new(&mut []);
+        let head_len = match request.parse_with_uninit_headers(input, &mut fields) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             // Malformed, or more fields than we parse here: the general path answers.
@@ -382,6 +391,7 @@ impl FrontDoor {
             mut upstream_request,
             response,
             output,
+            head_started_secs,
         } = conn;
         let mut session = ServerSession::new_http1(Box::new(Rewind::new(stream, input)));
         session.set_keepalive(if *shutdown.borrow() {
@@ -401,6 +411,7 @@ impl FrontDoor {
             upstream_request,
             response,
             output,
+            head_started_secs,
         })
     }
 
@@ -587,10 +598,14 @@ impl FrontDoor {
 }
 
 impl Connection {
-    /// Reads more of a request into `input`. Waiting for a new request (nothing buffered) ends
-    /// when the server shuts down. Returns false when the connection is done: closed, broken,
-    /// idle too long, or shutting down.
-    async fn read_request_bytes(&mut self, shutdown: &mut ShutdownWatch) -> bool {
+    /// Reads more of a request into `input` (`plane` tells the time). Waiting for a new request
+    /// (nothing buffered) ends when the server shuts down. Returns false when the connection is
+    /// done: closed, broken, idle too long, too slow to send a head, or shutting down.
+    async fn read_request_bytes(
+        &mut self,
+        shutdown: &mut ShutdownWatch,
+        plane: &DataPlane,
+    ) -> bool {
         if self.input.capacity() - self.input.len() < 1024 {
             self.input.reserve(4096);
         }
@@ -598,7 +613,17 @@ impl Connection {
         if waiting_for_new_request && *shutdown.borrow() {
             return false;
         }
-        let read = fast_timeout(KEEPALIVE, self.stream.read_buf(&mut self.input));
+        let limit = if waiting_for_new_request {
+            KEEPALIVE
+        } else {
+            // The rest of a head shares the deadline of its first bytes (no trickling forever).
+            let spent = plane.now_secs().saturating_sub(self.head_started_secs);
+            match KEEPALIVE.as_secs().checked_sub(spent) {
+                Some(left) if left > 0 => Duration::from_secs(left),
+                _ => return false,
+            }
+        };
+        let read = fast_timeout(limit, self.stream.read_buf(&mut self.input));
         let result = if waiting_for_new_request {
             tokio::select! {
                 biased;
@@ -608,7 +633,11 @@ impl Connection {
         } else {
             read.await
         };
-        matches!(result, Ok(Ok(read)) if read > 0)
+        let more = matches!(result, Ok(Ok(read)) if read > 0);
+        if more && waiting_for_new_request {
+            self.head_started_secs = plane.now_secs();
+        }
+        more
     }
 
     /// Sends a response of our own (then the connection closes).
@@ -694,9 +723,14 @@ fn parse_response_head(
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, Box<Error>> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(bytes) {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        bytes,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => {
@@ -1131,6 +1165,28 @@ mod tests {
                 .expect("no error yet")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn as_many_response_fields_as_pingora_takes() {
+        let many = |n: usize| {
+            let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+            for i in 0..n {
+                head.extend_from_slice(format!("Set-Cookie: c{i}=v\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            head
+        };
+        let mut out = Vec::new();
+        let head = parse_response_head(&many(MAX_FIELDS - 1), false, false, &mut out)
+            .expect("within the limit")
+            .expect("complete");
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&out).matches("Set-Cookie").count(),
+            MAX_FIELDS - 1
+        );
+        assert!(parse_response_head(&many(MAX_FIELDS), false, false, &mut out).is_err());
     }
 
     #[test]
