@@ -74,6 +74,11 @@ fn every_bad_config_exits_2_naming_the_key() {
             "proxy.listen",
         ),
         (
+            "keep-alive timeout of zero",
+            format!("{GOOD}\n[proxy]\nkeepalive_timeout_secs = 0\n"),
+            "proxy.keepalive_timeout_secs",
+        ),
+        (
             "short secret",
             GOOD.replace("check-config-secret-0123", "short"),
             "identity.secret",

@@ -1145,3 +1145,63 @@ fn every_response_framing_keeps_client_and_backend_in_step() {
         "{metrics}"
     );
 }
+
+/// `proxy.keepalive_timeout_secs`: an idle keep-alive connection is closed after it, and so is a
+/// client that has begun a request head and trickles the rest byte by byte; a request that
+/// arrives in time on a connection idle for less is served.
+#[test]
+fn idle_and_trickling_clients_are_closed_after_the_keepalive_timeout() {
+    use std::io::{Read, Write};
+
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web], &[batch], "")
+        .replace("threads = 2\n", "threads = 2\nkeepalive_timeout_secs = 2\n");
+    let node = start_node(&text);
+    let request = b"GET /api/items HTTP/1.1\r\nHost: shop\r\nX-User-Id: gina\r\n\r\n";
+
+    // Served after 1 s of idleness; closed after 2 s more (a read sees the end, not a timeout).
+    let mut client = KeepAliveClient::connect(node.proxy);
+    assert_eq!(client.send(request, false).status, 200);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(client.send(request, false).status, 200);
+    let idle_since = Instant::now();
+    let mut stream = client.into_stream();
+    let mut byte = [0u8; 1];
+    assert_eq!(stream.read(&mut byte).expect("closed, not timed out"), 0);
+    let idle = idle_since.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(6),
+        "closed after {idle:?}"
+    );
+
+    // A head begun and trickled: closed within the timeout of its first byte although bytes
+    // keep coming.
+    let mut slow = std::net::TcpStream::connect(node.proxy).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    slow.set_nonblocking(false).expect("blocking");
+    let started = Instant::now();
+    let mut closed_after = None;
+    for byte in request.iter().take(request.len() - 4).cycle().take(200) {
+        if slow.write_all(&[*byte]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    let closed_after = closed_after.unwrap_or_else(|| {
+        // The write may still succeed into the socket buffer: the close shows as the end.
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        started.elapsed()
+    });
+    assert!(
+        closed_after < Duration::from_secs(6),
+        "a trickling head was kept open for {closed_after:?}"
+    );
+}

@@ -92,12 +92,16 @@ pub struct ProxyConfig {
     /// Requests whose header block is larger are answered 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Seconds an idle client connection is kept open for its next request, and the time a
+    /// request head may take to arrive once its first bytes have.
+    #[serde(default = "default_keepalive_timeout_secs")]
+    pub keepalive_timeout_secs: u64,
     /// Served on the proxy listener with TLS when set (HTTP/2 negotiated by ALPN).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Accept cleartext HTTP/2 with prior knowledge (h2c, e.g. gRPC without TLS) beside
-    /// HTTP/1.1. Off by default: to tell the two apart the listener waits for the first 24 bytes
-    /// of a connection, so a client that sends less and waits holds its connection open.
+    /// HTTP/1.1 (told apart by the connection's first bytes: the HTTP/2 preface or a request
+    /// line).
     #[serde(default)]
     pub h2c: bool,
 }
@@ -109,6 +113,7 @@ impl Default for ProxyConfig {
             threads: 0,
             shutdown_grace_secs: default_grace_secs(),
             max_header_bytes: default_max_header_bytes(),
+            keepalive_timeout_secs: default_keepalive_timeout_secs(),
             tls: None,
             h2c: false,
         }
@@ -123,6 +128,9 @@ fn default_grace_secs() -> u64 {
 }
 fn default_max_header_bytes() -> usize {
     16 * 1024
+}
+fn default_keepalive_timeout_secs() -> u64 {
+    60
 }
 
 /// The proxy listener's certificate and key, PEM files (a relative path is taken from the

@@ -217,6 +217,15 @@ impl Validator {
                 ),
             );
         }
+        if !(1..=3600).contains(&config.proxy.keepalive_timeout_secs) {
+            self.problem(
+                root.key("proxy").key("keepalive_timeout_secs"),
+                format!(
+                    "{} is out of range; expected 1 to 3600 seconds",
+                    config.proxy.keepalive_timeout_secs
+                ),
+            );
+        }
         if config.proxy.threads > 1024 {
             self.problem(
                 root.key("proxy").key("threads"),

@@ -27,8 +27,9 @@
 //!   connection to the same backend, and is not counted against it;
 //! - once a response byte is sent, a failure ends the client connection (the client sees a
 //!   truncated response, never a second one);
-//! - an idle client connection closes when the server shuts down or after 60 s (pingora's
-//!   keep-alive default); a request head must be complete within 60 s of its first bytes.
+//! - an idle client connection closes when the server shuts down or after
+//!   `proxy.keepalive_timeout_secs` (60 s by default, pingora's keep-alive); a request head must
+//!   be complete within that time of its first bytes.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -64,8 +65,6 @@ use crate::service::{
     FORWARDED_PROTO,
 };
 
-/// How long an idle client connection waits for its next request, and a request head may take.
-const KEEPALIVE: Duration = Duration::from_secs(60);
 /// A request head not complete within this many bytes goes to the general path.
 const HEAD_LIMIT: usize = 16 * 1024;
 /// Longest response head accepted from a backend.
@@ -99,6 +98,9 @@ pub struct FrontDoor {
     /// New upstream connections (idle ones wait per backend).
     transport: TransportConnector,
     h2c: bool,
+    /// How long an idle client connection waits for its next request, and a request head may
+    /// take once begun (`proxy.keepalive_timeout_secs`).
+    keepalive: Duration,
 }
 
 impl FrontDoor {
@@ -107,12 +109,14 @@ impl FrontDoor {
         plane: Arc<DataPlane>,
         connector_options: ConnectorOptions,
         h2c: bool,
+        keepalive: Duration,
     ) -> Self {
         FrontDoor {
             general: Arc::new(general),
             plane,
             transport: TransportConnector::new(Some(connector_options)),
             h2c,
+            keepalive,
         }
     }
 }
@@ -149,7 +153,7 @@ struct Connection {
     /// Bytes for the client (response head and the first body bytes, or our own answer).
     output: Vec<u8>,
     /// When the first bytes of the request head being read arrived (unix seconds): the whole
-    /// head must arrive within [`KEEPALIVE`] of them.
+    /// head must arrive within the keep-alive timeout of them.
     head_started_secs: u64,
 }
 
@@ -213,7 +217,11 @@ impl FrontDoor {
                 conn.head_started_secs = self.plane.now_secs();
             }
             let parsed = loop {
-                if need_bytes && !conn.read_request_bytes(&mut shutdown, &self.plane).await {
+                if need_bytes
+                    && !conn
+                        .read_request_bytes(&mut shutdown, &self.plane, self.keepalive)
+                        .await
+                {
                     return;
                 }
                 need_bytes = true;
@@ -397,7 +405,7 @@ impl FrontDoor {
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {
-            Some(KEEPALIVE.as_secs())
+            Some(self.keepalive.as_secs())
         });
         let reused = self.general.process_new_http(session, shutdown).await?;
         let (stream, _settings) = reused.consume();
@@ -599,12 +607,14 @@ impl FrontDoor {
 
 impl Connection {
     /// Reads more of a request into `input` (`plane` tells the time). Waiting for a new request
-    /// (nothing buffered) ends when the server shuts down. Returns false when the connection is
-    /// done: closed, broken, idle too long, too slow to send a head, or shutting down.
+    /// (nothing buffered) ends when the server shuts down or after `keepalive`; a head begun must
+    /// be complete within `keepalive`. Returns false when the connection is done: closed, broken,
+    /// idle too long, too slow to send a head, or shutting down.
     async fn read_request_bytes(
         &mut self,
         shutdown: &mut ShutdownWatch,
         plane: &DataPlane,
+        keepalive: Duration,
     ) -> bool {
         if self.input.capacity() - self.input.len() < 1024 {
             self.input.reserve(4096);
@@ -614,11 +624,11 @@ impl Connection {
             return false;
         }
         let limit = if waiting_for_new_request {
-            KEEPALIVE
+            keepalive
         } else {
             // The rest of a head shares the deadline of its first bytes (no trickling forever).
             let spent = plane.now_secs().saturating_sub(self.head_started_secs);
-            match KEEPALIVE.as_secs().checked_sub(spent) {
+            match keepalive.as_secs().checked_sub(spent) {
                 Some(left) if left > 0 => Duration::from_secs(left),
                 _ => return false,
             }

@@ -80,6 +80,7 @@ pub fn start_proxy(
         Arc::clone(&plane),
         ConnectorOptions::from_server_conf(&server.configuration),
         h2c,
+        Duration::from_secs(config.proxy.keepalive_timeout_secs),
     );
     let mut proxy = Service::new("prescale proxy".to_string(), front_door);
     let addr = config.proxy.listen.to_string();

@@ -267,6 +267,11 @@ impl KeepAliveClient {
     pub fn receive(&mut self, head: bool) -> HttpResponse {
         read_http1_response(&mut self.reader, head).expect("read response")
     }
+
+    /// The connection itself (nothing is left buffered between responses).
+    pub fn into_stream(self) -> TcpStream {
+        self.reader.into_inner()
+    }
 }
 
 /// Reads one HTTP/1.1 response: framed by `Content-Length`, chunked, or (neither) up to the close.
