@@ -1181,7 +1181,6 @@ fn idle_and_trickling_clients_are_closed_after_the_keepalive_timeout() {
     let mut slow = std::net::TcpStream::connect(node.proxy).expect("connect");
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
-    slow.set_nonblocking(false).expect("blocking");
     let started = Instant::now();
     let mut closed_after = None;
     for byte in request.iter().take(request.len() - 4).cycle().take(200) {

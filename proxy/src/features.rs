@@ -34,11 +34,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use http::Method;
-
-use crate::fields::HeaderLookup;
 use prescale_config::ProfilingConfig;
 pub use prescale_gossip::model::{FeatureVector, FEATURE_DIM, FEATURE_NAMES};
 
+use crate::fields::HeaderLookup;
 use crate::identity::UserKey;
 use crate::profiles::{Assignment, ProfileIdx, MAX_PROFILES};
 
@@ -376,9 +375,7 @@ impl UserState {
             profile: h(words[7] >> 48) & 0x7fff,
         }
     }
-}
 
-impl UserState {
     fn profile_index(&self) -> usize {
         usize::from(self.profile & 0xff)
     }
@@ -682,20 +679,23 @@ impl FeatureTable {
 
     /// `user`'s entry, locked, if resident.
     fn locked(&self, set: usize, user: UserKey) -> Option<EntryGuard<'_>> {
-        let tag = tag_of(user);
         // A way found unlocked may have been given to another user before the lock is taken: look
         // again (an insertion in progress holds the set's insertion lock, so this ends).
         for _ in 0..4 {
-            let way = self.find(set, user)?;
-            let guard = self.set(set)[way].lock();
-            if tags_match(guard.state.key, guard.state.requests, tag) {
+            if let Some(guard) = self.lock_found(set, user)? {
                 return Some(guard);
             }
         }
         let _insertions = lock(&self.insertion[set]);
+        self.lock_found(set, user).flatten()
+    }
+
+    /// Finds `user` in `set` and locks that entry: `None` when not found, `Some(None)` when the
+    /// entry turned out to hold someone else by the time it was locked.
+    fn lock_found(&self, set: usize, user: UserKey) -> Option<Option<EntryGuard<'_>>> {
         let way = self.find(set, user)?;
         let guard = self.set(set)[way].lock();
-        tags_match(guard.state.key, guard.state.requests, tag).then_some(guard)
+        Some(tags_match(guard.state.key, guard.state.requests, tag_of(user)).then_some(guard))
     }
 
     /// Inserts `user` into `set` at its home way (the set's least recently seen user, or an empty
@@ -703,11 +703,8 @@ impl FeatureTable {
     /// or the user's entry if another thread inserted it first.
     fn insert(&self, set: usize, user: UserKey) -> EntryGuard<'_> {
         let _insertions = lock(&self.insertion[set]);
-        if let Some(way) = self.find(set, user) {
-            let guard = self.set(set)[way].lock();
-            if tags_match(guard.state.key, guard.state.requests, tag_of(user)) {
-                return guard;
-            }
+        if let Some(guard) = self.lock_found(set, user).flatten() {
+            return guard;
         }
         let entries = self.set(set);
         let tags = &self.tags[set].0;
@@ -723,23 +720,21 @@ impl FeatureTable {
                 .map_or(0, |(i, _)| i),
         };
         let mut home_guard = entries[home].lock();
-        if victim != home {
-            let mut victim_guard = entries[victim].lock();
-            if victim_guard.state.requests == 0 {
-                gauge.resident.fetch_add(1, Ordering::Relaxed);
-            } else {
-                let old = victim_guard.state.profile_index();
-                gauge.profile_users[old].fetch_sub(1, Ordering::Relaxed);
-            }
+        let replaced = if victim == home {
+            home_guard.state
+        } else {
             // The new user takes the victim's place in the set, but at its home way: whoever is
             // there moves to the victim's way (the same users stay resident either way).
+            let mut victim_guard = entries[victim].lock();
+            let replaced = victim_guard.state;
             victim_guard.state = home_guard.state;
             tags[victim].store(tags[home].load(Ordering::Relaxed), Ordering::Relaxed);
-        } else if home_guard.state.requests == 0 {
+            replaced
+        };
+        if replaced.requests == 0 {
             gauge.resident.fetch_add(1, Ordering::Relaxed);
         } else {
-            let old = home_guard.state.profile_index();
-            gauge.profile_users[old].fetch_sub(1, Ordering::Relaxed);
+            gauge.profile_users[replaced.profile_index()].fetch_sub(1, Ordering::Relaxed);
         }
         home_guard.state = UserState {
             key: user.0,

@@ -391,17 +391,13 @@ impl FrontDoor {
 
     /// Gives the connection, with what was read of it, to the general path for one request;
     /// returns it (and what that path left unread) when it may carry another.
-    async fn hand_over(&self, conn: Connection, shutdown: &ShutdownWatch) -> Option<Connection> {
-        let Connection {
-            stream,
-            peer_ip,
-            input,
-            mut upstream_request,
-            response,
-            output,
-            head_started_secs,
-        } = conn;
-        let mut session = ServerSession::new_http1(Box::new(Rewind::new(stream, input)));
+    async fn hand_over(
+        &self,
+        mut conn: Connection,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Connection> {
+        let input = std::mem::take(&mut conn.input);
+        let mut session = ServerSession::new_http1(Box::new(Rewind::new(conn.stream, input)));
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {
@@ -410,17 +406,8 @@ impl FrontDoor {
         let reused = self.general.process_new_http(session, shutdown).await?;
         let (stream, _settings) = reused.consume();
         let rewind = stream.into_any().downcast::<Rewind>().ok()?;
-        let (stream, input) = rewind.into_parts();
-        upstream_request.clear();
-        Some(Connection {
-            stream,
-            peer_ip,
-            input,
-            upstream_request,
-            response,
-            output,
-            head_started_secs,
-        })
+        (conn.stream, conn.input) = rewind.into_parts();
+        Some(conn)
     }
 
     /// Forwards the admitted request in `conn.upstream_request`, with retries; answers 502/503/504
@@ -516,12 +503,9 @@ impl FrontDoor {
 
         conn.response.clear();
         let head = loop {
-            match parse_response_head(&conn.response, head_only, close, &mut conn.output)
+            match final_response_head(&mut conn.response, head_only, close, &mut conn.output)
                 .map_err(before)?
             {
-                Some(head) if head.informational => {
-                    conn.response.drain(..head.len);
-                }
                 Some(head) => break head,
                 None if conn.response.len() > RESPONSE_HEAD_LIMIT => {
                     return Err(before(invalid("backend response head too large")));
@@ -570,18 +554,10 @@ impl FrontDoor {
                 .await
                 .map_err(|error| Failed::AfterResponse { error, sent })?;
             let (take, finished) = if read == 0 {
-                match framing {
-                    Framing::UntilClose => (0, true),
-                    _ => {
-                        return Err(Failed::AfterResponse {
-                            error: Error::explain(
-                                ErrorType::ConnectionClosed,
-                                "backend closed the connection in the middle of the body",
-                            ),
-                            sent,
-                        })
-                    }
-                }
+                framing
+                    .at_close()
+                    .map_err(|error| Failed::AfterResponse { error, sent })?;
+                (0, true)
             } else {
                 framing
                     .advance(&conn.response)
@@ -710,6 +686,17 @@ impl Framing {
             Framing::UntilClose => Ok((bytes.len(), false)),
         }
     }
+
+    /// The backend closed the connection: the end of a body framed by the close, else an error.
+    fn at_close(&self) -> Result<(), Box<Error>> {
+        match self {
+            Framing::UntilClose => Ok(()),
+            _ => Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "backend closed the connection in the middle of the body",
+            )),
+        }
+    }
 }
 
 /// A parsed response head; the client's version of it is in the output buffer.
@@ -723,6 +710,24 @@ struct ResponseHead {
     reusable: bool,
     /// The client connection ends after this response.
     close_client: bool,
+}
+
+/// The final response head at the start of `response`, past any informational (1xx) heads, which
+/// are dropped from `response`; the client's version of it is in `out`. `None`: not complete yet.
+fn final_response_head(
+    response: &mut Vec<u8>,
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, Box<Error>> {
+    loop {
+        match parse_response_head(response, head_only, close, out)? {
+            Some(head) if head.informational => {
+                response.drain(..head.len);
+            }
+            head => return Ok(head),
+        }
+    }
 }
 
 /// Parses a response head at the start of `bytes` and writes the client's version of it to
@@ -1060,19 +1065,14 @@ pub fn read_backend_response(
     head_only: bool,
     cuts: &[usize],
 ) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let mut rest = stream;
+    let mut response = stream.to_vec();
     let mut head_out = Vec::new();
-    let head = loop {
-        match parse_response_head(rest, head_only, false, &mut head_out) {
-            Ok(Some(head)) if head.informational => rest = &rest[head.len..],
-            Ok(Some(head)) => break head,
-            Ok(None) => return Err("incomplete head".to_string()),
-            Err(e) => return Err(e.to_string()),
-        }
-    };
+    let head = final_response_head(&mut response, head_only, false, &mut head_out)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "incomplete head".to_string())?;
     let mut framing = head.framing;
     let mut body = Vec::new();
-    let after_head = &rest[head.len..];
+    let after_head = &response[head.len..];
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (after_head.len() + 1)).collect();
     points.sort_unstable();
     points.push(after_head.len());
@@ -1083,10 +1083,12 @@ pub fn read_backend_response(
         assert!(take <= read.len(), "framing took more than was read");
         body.extend_from_slice(&read[..take]);
         if done {
-            break;
+            return Ok((head_out, body));
         }
         start = point;
     }
+    // The stream ended before the body did: as the backend closing the connection.
+    framing.at_close().map_err(|e| e.to_string())?;
     Ok((head_out, body))
 }
 

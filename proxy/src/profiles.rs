@@ -23,12 +23,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderMap, HeaderName, Method};
-
-use crate::fields::HeaderLookup;
 use prescale_config::{AssignmentConfig, Config};
 use prescale_gossip::model::{ModelError, ProfileModel, FEATURE_DIM};
 
 use crate::features::FeatureVector;
+use crate::fields::HeaderLookup;
 
 /// A profile's small, stable index (for meter keys and per-profile gauges).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

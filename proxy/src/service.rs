@@ -414,7 +414,7 @@ pub(crate) fn failure_answer(status: u16) -> (&'static str, Option<u32>) {
     }
 }
 
-pub(crate) fn failure_status(e: &Error) -> u16 {
+fn failure_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
         _ => 502,
@@ -425,14 +425,14 @@ fn meter_fleet(meter: MeterKey) -> FleetIdx {
     FleetIdx(meter.fleet.0)
 }
 
-pub(crate) fn peer_ip(session: &Session) -> Option<IpAddr> {
+fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|addr| addr.as_inet())
         .map(|a| a.ip())
 }
 
-pub(crate) async fn respond(
+async fn respond(
     session: &mut Session,
     status: u16,
     message: &'static str,
