@@ -1,6 +1,8 @@
 //! `prescale forecaster`: the regional forecaster service — the QUIC receiver of proxies'
-//! sketches, the SQLite series store behind it, and its admin API (`/api/v1/series`,
-//! `/api/v1/nodes`, `/metrics`). Also used in-process by `prescale up`.
+//! sketches, the SQLite series store behind it, the live driver that runs the brain and the
+//! provisioners for the region (`live_cmd.rs`), and its admin API (`/api/v1/series`,
+//! `/api/v1/nodes`, `/api/v1/plan`, `/api/v1/forecast`, `/api/v1/mode`, `/metrics`). Also used
+//! in-process by `prescale up`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,11 +24,16 @@ pub struct Args {
     /// The configuration file; needs [mesh] and [forecaster] sections.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// Run the forecaster's clock (store minutes, planning ticks, drains) this many times faster,
+    /// 1 to 1000; the region's proxies must use the same factor.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    speedup: f64,
 }
 
-/// A running forecaster: its receiver and store.
+/// A running forecaster: its receiver, store and live driver.
 pub struct Forecaster {
-    pub receiver: SketchReceiver<StoreSink>,
+    pub receiver: Arc<SketchReceiver<StoreSink>>,
+    pub live: Option<Arc<crate::live_cmd::Live>>,
     pub sink: Arc<StoreSink>,
     pub quic_addr: SocketAddr,
     silent_after: Duration,
@@ -48,8 +55,13 @@ pub fn mesh_identity(config: &Config) -> Result<NodeIdentity, CliError> {
     })
 }
 
-/// Opens the store and starts the receiver on the current tokio runtime.
-pub fn start(config: &Config, control: &tokio::runtime::Handle) -> Result<Forecaster, CliError> {
+/// Opens the store, starts the receiver on the current tokio runtime and the live driver on its
+/// own thread.
+pub fn start(
+    config: &Config,
+    control: &tokio::runtime::Handle,
+    options: crate::live_cmd::LiveOptions,
+) -> Result<Forecaster, CliError> {
     let settings = config.forecaster.as_ref().ok_or_else(|| {
         CliError::input(anyhow!(
             "[forecaster] (listen, database) is required to run a forecaster"
@@ -70,22 +82,26 @@ pub fn start(config: &Config, control: &tokio::runtime::Handle) -> Result<Foreca
             .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?,
     );
     let _guard = control.enter();
-    let receiver = SketchReceiver::start(
-        ReceiverConfig::new(settings.listen, identity),
-        Arc::clone(&sink),
-    )
-    .map_err(|e| CliError::input(anyhow!("forecaster.listen {}: {e}", settings.listen)))?;
+    let receiver = Arc::new(
+        SketchReceiver::start(
+            ReceiverConfig::new(settings.listen, identity),
+            Arc::clone(&sink),
+        )
+        .map_err(|e| CliError::input(anyhow!("forecaster.listen {}: {e}", settings.listen)))?,
+    );
     let quic_addr = receiver
         .local_addr()
         .map_err(|e| CliError::runtime(anyhow!("forecaster address: {e}")))?;
     let retention = Duration::from_secs(settings.retention_days * 86_400);
     let pruned = Arc::clone(&sink);
+    let clock = options.clock;
     control.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
             let sink = Arc::clone(&pruned);
-            let now = unix_secs();
+            // Series minutes are node time.
+            let now = clock.now_secs();
             match tokio::task::spawn_blocking(move || sink.prune(now, retention.as_secs())).await {
                 Ok(Ok(rows)) if rows > 0 => tracing::info!(rows, "pruned series past retention"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "pruning the series store failed"),
@@ -94,8 +110,10 @@ pub fn start(config: &Config, control: &tokio::runtime::Handle) -> Result<Foreca
         }
     });
     tracing::info!(quic = %quic_addr, database = %settings.database.display(), "forecaster receiving sketches");
+    let live = crate::live_cmd::start(config, Arc::clone(&receiver), options)?.map(Arc::new);
     Ok(Forecaster {
         receiver,
+        live,
         sink,
         quic_addr,
         silent_after: Duration::from_secs(settings.silent_after_secs),
@@ -103,10 +121,22 @@ pub fn start(config: &Config, control: &tokio::runtime::Handle) -> Result<Foreca
 }
 
 impl Forecaster {
-    /// Admin routes: series and nodes.
+    /// Stops the live driver (and, when it was asked to, the instances it provisioned).
+    pub fn stop(&self) {
+        if let Some(live) = &self.live {
+            live.stop();
+        }
+    }
+
+    /// Admin routes: series, nodes, and the live driver's plan, forecast and mode.
     pub fn handlers(self: &Arc<Self>) -> Vec<Handler> {
         let forecaster = Arc::clone(self);
-        vec![Arc::new(move |request: &AdminRequest| {
+        let mut handlers: Vec<Handler> = self
+            .live
+            .as_ref()
+            .map(|live| live.handlers())
+            .unwrap_or_default();
+        handlers.push(Arc::new(move |request: &AdminRequest| {
             if request.method != http::Method::GET {
                 return None;
             }
@@ -115,7 +145,8 @@ impl Forecaster {
                 "/api/v1/nodes" => Some(forecaster.nodes()),
                 _ => None,
             }
-        })]
+        }));
+        handlers
     }
 
     fn series(&self, request: &AdminRequest) -> admin::AdminResponse {
@@ -194,9 +225,14 @@ impl Forecaster {
         admin::json(&serde_json::json!({ "nodes": nodes }))
     }
 
-    pub fn metrics(self: &Arc<Self>) -> MetricsSource {
+    pub fn metrics(self: &Arc<Self>) -> Vec<MetricsSource> {
         let forecaster = Arc::clone(self);
-        Arc::new(move |out: &mut String| {
+        let mut sources: Vec<MetricsSource> = self
+            .live
+            .as_ref()
+            .map(|l| vec![l.metrics()])
+            .unwrap_or_default();
+        sources.push(Arc::new(move |out: &mut String| {
             let r = forecaster.receiver.stats();
             let s = &forecaster.sink.stats;
             let counters = [
@@ -261,7 +297,8 @@ impl Forecaster {
                 "Proxies connected now.",
                 forecaster.receiver.connected(),
             );
-        })
+        }));
+        sources
     }
 
     pub fn readiness(self: &Arc<Self>) -> Readiness {
@@ -284,10 +321,15 @@ pub fn run(args: Args) -> Result<(), CliError> {
         .enable_all()
         .build()
         .context("cannot start the forecaster runtime")?;
-    let forecaster = Arc::new(start(&config, control.handle())?);
+    let options = crate::live_cmd::LiveOptions {
+        clock: crate::node_cmd::node_clock(args.speedup)?,
+        stop_instances_on_exit: false,
+        print_decisions: false,
+    };
+    let forecaster = Arc::new(start(&config, control.handle(), options)?);
     let (stop_admin, admin_stop_rx) = tokio::sync::watch::channel(false);
     let mut handlers = forecaster.handlers();
-    let mut metrics = vec![forecaster.metrics()];
+    let mut metrics = forecaster.metrics();
     let region = config.node_region().unwrap_or_default().to_string();
     if let Some(membership) = crate::membership_cmd::start(
         &config,
@@ -324,6 +366,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
     control
         .block_on(crate::node_cmd::wait_for_signal())
         .map_err(CliError::runtime)?;
+    // The fleet keeps serving: a forecaster that stops leaves its instances to the proxies and
+    // adopts them at its next start.
+    forecaster.stop();
     let _ = stop_admin.send(true);
     control.shutdown_timeout(Duration::from_secs(2));
     Ok(())

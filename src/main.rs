@@ -5,6 +5,7 @@ mod backend_cmd;
 mod certs_cmd;
 mod exit;
 mod forecaster_cmd;
+mod live_cmd;
 mod load_cmd;
 mod membership_cmd;
 mod node_cmd;

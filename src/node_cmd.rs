@@ -1,16 +1,15 @@
 //! `prescale proxy`, `prescale up` and `prescale check-config`: load the config, build the data
 //! plane, start the proxy and admin listeners, and shut down gracefully on SIGTERM/SIGINT.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use prescale_config::Config;
-use prescale_gossip::{SenderConfig, SketchSender};
+use prescale_gossip::{NodeClock, SenderConfig, SketchSender};
 use prescale_proxy::admin::AdminRoutes;
 use prescale_proxy::dataplane::DataPlane;
 use prescale_proxy::server::{start_admin, start_proxy};
@@ -22,6 +21,11 @@ pub struct ProxyArgs {
     /// The configuration file (TOML); see the README's configuration reference.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// Run the node's clock (sketch intervals, the time of day users are seen at, and an
+    /// in-process forecaster's minutes and ticks) this many times faster, 1 to 1000; every node
+    /// of a region must use the same factor.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    speedup: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -38,13 +42,26 @@ pub struct UpArgs {
     /// Admin listener: API, metrics, dashboard (default 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     admin_listen: SocketAddr,
-    /// Demo backends to start.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
-    backends: u16,
+    /// A configuration file to run all-in-one instead of the embedded default; the in-process
+    /// forecaster, mesh certificates and export are added where the file has none.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Backends always on (the planner's baseline; the embedded default's is 2); the forecaster
+    /// starts more ahead of forecast demand and stops them when it passes.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    backends: Option<u32>,
     /// Where the forecaster's database, the sketch spool and dev certificates live (kept across
     /// runs, so series continue). Default: the system temp directory's `prescale-up`.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Run the whole loop (sketch intervals, store minutes, planning ticks, drains, the time of
+    /// day users are seen at) this many times faster than real time, 1 to 1000.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    speedup: f64,
+    /// Seed the store with past demand (`timestamp,requests` CSV, `.gz` too), moved by whole
+    /// days so that it ends before now, so forecasts exist from the first minute.
+    #[arg(long, value_name = "TRACE")]
+    history: Option<PathBuf>,
 }
 
 pub fn check_config(args: CheckConfigArgs) -> Result<(), CliError> {
@@ -66,56 +83,144 @@ pub fn check_config(args: CheckConfigArgs) -> Result<(), CliError> {
 
 pub fn proxy(args: ProxyArgs) -> Result<(), CliError> {
     let config = prescale_config::load_file(&args.config).map_err(CliError::input)?;
-    run_node(config, None)
+    let options = crate::live_cmd::LiveOptions {
+        clock: node_clock(args.speedup)?,
+        stop_instances_on_exit: false,
+        print_decisions: false,
+    };
+    run_node(config, None, options)
+}
+
+/// The node clock for `--speedup X`.
+pub fn node_clock(speedup: f64) -> Result<NodeClock, CliError> {
+    NodeClock::with_speed(speedup).map_err(|e| CliError::input(anyhow!("--speedup {speedup}: {e}")))
 }
 
 pub fn up(args: UpArgs) -> Result<(), CliError> {
-    let mut children = DemoBackends::default();
-    let mut addresses = Vec::new();
-    for i in 0..args.backends {
-        let (child, addr) =
-            spawn_demo_backend(&format!("demo-{}", i + 1)).map_err(CliError::runtime)?;
-        children.0.push(child);
-        addresses.push(addr.to_string());
-    }
-    let mut config = prescale_config::embedded_default(&addresses).map_err(CliError::input)?;
+    let clock = node_clock(args.speedup)?;
+    let (mut config, origin) = match &args.config {
+        Some(path) => (
+            prescale_config::load_file(path).map_err(CliError::input)?,
+            path.display().to_string(),
+        ),
+        None => (
+            prescale_config::embedded_default().map_err(CliError::input)?,
+            "embedded default".to_string(),
+        ),
+    };
     config.proxy.listen = args.proxy_listen;
     config.admin.listen = args.admin_listen;
+    if let Some(n) = args.backends {
+        config.planner.baseline_instances = n;
+    }
     let state = args
         .state_dir
         .unwrap_or_else(|| std::env::temp_dir().join("prescale-up"));
     attach_local_forecaster(&mut config, &state).map_err(CliError::runtime)?;
-    prescale_config::check(&config, "embedded default").map_err(CliError::input)?;
-    let banner = where_to_look(&config, &addresses);
-    run_node(config, Some(banner))
-    // `children` drops here: the demo backends are stopped with the node.
+    prescale_config::check(&config, &origin).map_err(CliError::input)?;
+    if let Some(history) = &args.history {
+        seed_history(&config, history, &clock)?;
+    }
+    let banner = where_to_look(&config, &clock);
+    let options = crate::live_cmd::LiveOptions {
+        clock,
+        stop_instances_on_exit: true,
+        print_decisions: true,
+    };
+    run_node(config, Some(banner), options)
+}
+
+/// Writes the trace's minutes into the store as past demand of the default profile of the
+/// node's first fleet, moved by whole days so that its last minute ends before node now.
+fn seed_history(
+    config: &Config,
+    path: &std::path::Path,
+    clock: &NodeClock,
+) -> Result<(), CliError> {
+    let trace = prescale_regions::trace::Trace::from_path(path)
+        .map_err(|e| CliError::input(anyhow!("--history: {e}")))?;
+    if trace.is_empty() {
+        return Err(CliError::input(anyhow!(
+            "--history {}: the trace has no minutes",
+            path.display()
+        )));
+    }
+    let settings = config
+        .forecaster
+        .as_ref()
+        .ok_or_else(|| CliError::input(anyhow!("--history needs the in-process forecaster")))?;
+    let region = config.node_region().unwrap_or_default().to_string();
+    let fleet = config
+        .fleets
+        .iter()
+        .find(|f| f.region == region)
+        .map(|f| f.name.clone())
+        .ok_or_else(|| CliError::input(anyhow!("--history: region `{region}` has no fleet")))?;
+    let now = clock.now_secs() as i64 / 60 * 60;
+    let end = trace.minute_start(trace.len() - 1) + 60;
+    let shift = (now - end).div_euclid(86_400) * 86_400;
+    let points: Vec<(u64, u64)> = (0..trace.len())
+        .filter(|&m| trace.present[m])
+        .filter_map(|m| {
+            let minute = trace.minute_start(m) + shift;
+            (minute >= 0).then(|| (minute as u64, trace.requests[m].round().max(0.0) as u64))
+        })
+        .collect();
+    if let Some(parent) = settings.database.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))
+            .map_err(CliError::runtime)?;
+    }
+    let mut store = prescale_regions::store::SeriesStore::open(&settings.database)
+        .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?;
+    let written = store
+        .seed_history(&region, &config.assignment.default_profile, &fleet, &points)
+        .map_err(|e| CliError::runtime(anyhow!("--history: {e}")))?;
+    println!(
+        "history: {written} minutes of {} seeded as `{}` demand of fleet `{fleet}` ({} to {}, moved by {} days)",
+        path.display(),
+        config.assignment.default_profile,
+        crate::live_cmd::clock_text(((trace.start + shift).max(0) as u64) * 1000),
+        crate::live_cmd::clock_text(((end + shift).max(0) as u64) * 1000),
+        shift / 86_400
+    );
+    Ok(())
 }
 
 /// Gives the `up` node an in-process forecaster and points its exporter at it, with dev mesh
-/// certificates in `state/certs` (made once).
+/// certificates in `state/certs` (made once); a config file's own sections are kept.
 fn attach_local_forecaster(config: &mut Config, state: &std::path::Path) -> anyhow::Result<()> {
     let node = config.node.id.clone();
-    let certs = state.join("certs");
-    let cert = certs.join(format!("{node}.pem"));
-    let key = certs.join(format!("{node}.key.pem"));
-    if !(cert.exists() && key.exists() && certs.join("ca.pem").exists()) {
-        prescale_gossip::write_dev_certs(&certs, std::slice::from_ref(&node))
-            .with_context(|| format!("cannot write dev certificates to {}", certs.display()))?;
+    if config.mesh.is_none() {
+        let certs = state.join("certs");
+        let cert = certs.join(format!("{node}.pem"));
+        let key = certs.join(format!("{node}.key.pem"));
+        if !(cert.exists() && key.exists() && certs.join("ca.pem").exists()) {
+            prescale_gossip::write_dev_certs(&certs, std::slice::from_ref(&node))
+                .with_context(|| format!("cannot write dev certificates to {}", certs.display()))?;
+        }
+        config.mesh = Some(prescale_config::MeshConfig {
+            ca: certs.join("ca.pem"),
+            cert,
+            key,
+            membership_listen: None,
+            seeds: Vec::new(),
+        });
     }
-    config.mesh = Some(prescale_config::MeshConfig {
-        ca: certs.join("ca.pem"),
-        cert,
-        key,
-        membership_listen: None,
-        seeds: Vec::new(),
-    });
-    config.forecaster = Some(prescale_config::ForecasterConfig {
-        listen: "127.0.0.1:0".parse()?,
-        database: state.join("series.db"),
-        retention_days: 30,
-        silent_after_secs: 60,
-    });
-    config.export = Some(prescale_config::ExportConfig {
+    if config.forecaster.is_some() && config.export.is_some() {
+        return Ok(());
+    }
+    config
+        .forecaster
+        .get_or_insert(prescale_config::ForecasterConfig {
+            listen: "127.0.0.1:0".parse()?,
+            database: state.join("series.db"),
+            retention_days: 30,
+            silent_after_secs: 60,
+            lateness_secs: 30,
+            forecast_only: false,
+        });
+    config.export.get_or_insert(prescale_config::ExportConfig {
         // Port 0: the in-process forecaster's address, known once it is bound.
         forecaster: "127.0.0.1:0".parse()?,
         forecaster_name: node,
@@ -126,89 +231,37 @@ fn attach_local_forecaster(config: &mut Config, state: &std::path::Path) -> anyh
     Ok(())
 }
 
-/// Child processes started by `up`, stopped (SIGTERM, then kill) when dropped.
-#[derive(Default)]
-struct DemoBackends(Vec<Child>);
-
-impl Drop for DemoBackends {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-        }
-        for child in &mut self.0 {
-            for _ in 0..50 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn spawn_demo_backend(name: &str) -> anyhow::Result<(Child, SocketAddr)> {
-    let exe = std::env::current_exe().context("cannot find the prescale executable")?;
-    let mut child = Command::new(exe)
-        .args([
-            "backend",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-            "--latency-ms",
-            "2",
-            "--grace-secs",
-            "5",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start a demo backend")?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("demo backend has no stdout"))?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("cannot read the demo backend's address")?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| anyhow!("demo backend printed {line:?} instead of its address"))?;
-    Ok((child, addr))
-}
-
-fn where_to_look(config: &Config, backends: &[String]) -> String {
+fn where_to_look(config: &Config, clock: &NodeClock) -> String {
     let proxy = config.proxy.listen;
     let admin = config.admin.listen;
+    let speed = if clock.speed() > 1.0 {
+        format!(" (time runs {}× faster)", clock.speed())
+    } else {
+        String::new()
+    };
     format!(
-        "prescale is up.\n\
-         \x20 proxy      http://{proxy}/  → fleet `web` with demo backends {}\n\
+        "prescale is up{speed}.\n\
+         \x20 proxy      http://{proxy}/  → fleet `web`, demo backends started by the forecaster\n\
          \x20 dashboard  http://{admin}/\n\
          \x20 try:\n\
          \x20   curl -H 'X-User-Id: alice' http://{proxy}/api/items\n\
          \x20   curl -H 'X-User-Id: bob' http://{proxy}/batch/export\n\
          \x20   prescale load --target http://{proxy}/ --rps 50 --users 200 --duration 30s\n\
-         \x20   curl http://{admin}/api/v1/profiles\n\
+         \x20   curl http://{admin}/api/v1/plan\n\
          \x20   curl http://{admin}/api/v1/fleets\n\
          \x20   curl http://{admin}/metrics\n\
-         \x20 stop with Ctrl-C.",
-        backends.join(", ")
+         \x20 plan changes are printed below as they happen; stop with Ctrl-C."
     )
 }
 
 /// Runs proxy + admin (+ the sketch exporter, + an in-process forecaster for `up`) until
 /// SIGTERM/SIGINT, then drains.
-fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
-    let plane = Arc::new(DataPlane::new(&config).map_err(CliError::input)?);
+fn run_node(
+    config: Config,
+    banner: Option<String>,
+    options: crate::live_cmd::LiveOptions,
+) -> Result<(), CliError> {
+    let plane = Arc::new(DataPlane::with_clock(&config, options.clock).map_err(CliError::input)?);
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("prescale-control")
@@ -222,9 +275,13 @@ fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
     // A forecaster in the same process (`up`, or a config with both roles).
     let forecaster = match &config.forecaster {
         Some(_) => {
-            let forecaster = Arc::new(crate::forecaster_cmd::start(&config, control.handle())?);
+            let forecaster = Arc::new(crate::forecaster_cmd::start(
+                &config,
+                control.handle(),
+                options,
+            )?);
             handlers.extend(forecaster.handlers());
-            metrics.push(forecaster.metrics());
+            metrics.extend(forecaster.metrics());
             readiness.push(forecaster.readiness());
             Some(forecaster)
         }
@@ -325,6 +382,9 @@ fn run_node(config: Config, banner: Option<String>) -> Result<(), CliError> {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
             sender.flush(Duration::from_secs(3)).await
         });
+    }
+    if let Some(forecaster) = &forecaster {
+        forecaster.stop();
     }
     let _ = stop_admin.send(true);
     control.shutdown_timeout(Duration::from_secs(1));

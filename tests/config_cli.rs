@@ -135,6 +135,54 @@ fn every_bad_config_exits_2_naming_the_key() {
             "routes[0].fleet",
         ),
         (
+            "provisioner of an unknown kind",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "provisioner = { kind = \"docker\", command = [\"x\"] }",
+            ),
+            "fleets[0].provisioner",
+        ),
+        (
+            "provisioner command without {port}",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "provisioner = { kind = \"process\", command = [\"prescale\", \"backend\"] }",
+            ),
+            "fleets[0].provisioner.command",
+        ),
+        (
+            "provisioner command with an unknown placeholder",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "provisioner = { kind = \"process\", command = [\"prescale\", \"{port}\", \"{prot}\"] }",
+            ),
+            "fleets[0].provisioner.command[2]",
+        ),
+        (
+            "provisioner beside static backends",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "backends = [\"127.0.0.1:9001\"]\nprovisioner = { kind = \"process\", command = [\"b\", \"{port}\"] }",
+            ),
+            "fleets[0].backends",
+        ),
+        (
+            "provisioner on a public address",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "provisioner = { kind = \"process\", command = [\"b\", \"{port}\"], host = \"10.0.0.1\" }",
+            ),
+            "fleets[0].provisioner.host",
+        ),
+        (
+            "provisioner with a zero ready timeout",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "provisioner = { kind = \"process\", command = [\"b\", \"{port}\"], ready_timeout_secs = 0 }",
+            ),
+            "fleets[0].provisioner.ready_timeout_secs",
+        ),
+        (
             "bad load balancing",
             GOOD.replace("backends = [", "load_balancing = \"random\"\nbackends = ["),
             "fleets[0].load_balancing",
@@ -418,6 +466,23 @@ fn missing_file_and_bad_arguments_exit_2() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
+    for speedup in ["0.5", "5000", "nan"] {
+        let out = Command::new(bin())
+            .args(["up", "--speedup", speedup])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "--speedup {speedup}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--speedup"),
+            "--speedup {speedup}"
+        );
+    }
+    let out = Command::new(bin())
+        .args(["up", "--history", "/nonexistent/history.csv"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--history"));
 }
 
 #[test]
@@ -425,6 +490,7 @@ fn every_subcommand_has_help() {
     for sub in [
         "up",
         "proxy",
+        "forecaster",
         "check-config",
         "backend",
         "load",

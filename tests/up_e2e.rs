@@ -1,7 +1,7 @@
-//! `prescale up`, the README's first command, end to end: with no config it serves the embedded
-//! default through its own demo backends, its in-process forecaster stores what was served,
-//! SIGTERM stops it and its backends, and a restart on the same state goes on from the stored
-//! series.
+//! `prescale up`, the README's first command, end to end: with no config its forecaster's
+//! process provisioner starts the embedded default's two demo backends, it serves through them,
+//! its in-process forecaster stores what was served, SIGTERM stops it and its backends, and a
+//! restart on the same state goes on from the stored series.
 
 mod common;
 
@@ -57,7 +57,13 @@ fn up_serves_records_and_stops_cleanly_with_no_config() {
     let log = dir.path().join("up.log");
     let mut up = start_up(&state, &log);
 
-    // The demo backends it started.
+    // The demo backends its provisioner started: the baseline of two, both ready.
+    wait_until("two ready demo backends", Duration::from_secs(30), || {
+        let fleets = get(up.admin, "/api/v1/fleets", &[]).json();
+        fleets["fleets"][0]["backends"]
+            .as_array()
+            .is_some_and(|b| b.len() == 2 && b.iter().all(|b| b["state"] == "ready"))
+    });
     let fleets = get(up.admin, "/api/v1/fleets", &[]).json();
     let backends: Vec<SocketAddr> = fleets["fleets"][0]["backends"]
         .as_array()
@@ -109,6 +115,16 @@ fn up_serves_records_and_stops_cleanly_with_no_config() {
     let log = dir.path().join("up-again.log");
     let mut again = start_up(&state, &log);
     assert_eq!(stored(again.admin), 30);
+    wait_until(
+        "the ready demo backends again",
+        Duration::from_secs(30),
+        || {
+            let fleets = get(again.admin, "/api/v1/fleets", &[]).json();
+            fleets["fleets"][0]["backends"]
+                .as_array()
+                .is_some_and(|b| b.len() == 2 && b.iter().all(|b| b["state"] == "ready"))
+        },
+    );
     for _ in 0..5 {
         assert_eq!(
             get(again.proxy, "/", &[("x-user-id", "user-9")]).status,

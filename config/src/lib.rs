@@ -16,24 +16,19 @@ pub use schema::*;
 pub use validate::{is_name, BUILTIN_PROFILES};
 
 /// The configuration `prescale up` runs with when given no file: one region, one fleet whose
-/// backends `up` starts itself.
+/// backends the forecaster's process provisioner starts (demo backends, this executable).
 pub const EMBEDDED_DEFAULT: &str = include_str!("embedded-default.toml");
 
-/// The embedded default with its fleet's backends set to `backends` (addresses of the demo
-/// backends `up` started), validated.
-pub fn embedded_default(backends: &[String]) -> Result<Config, ConfigError> {
-    let mut config: Config =
-        toml::from_str(EMBEDDED_DEFAULT).map_err(|e| ConfigError::Invalid {
-            origin: "embedded default".to_string(),
-            problems: vec![Problem {
-                key: KeyPath::root(),
-                line: None,
-                message: e.message().to_string(),
-            }],
-        })?;
-    for fleet in &mut config.fleets {
-        fleet.backends = backends.to_vec();
-    }
+/// The embedded default, validated.
+pub fn embedded_default() -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(EMBEDDED_DEFAULT).map_err(|e| ConfigError::Invalid {
+        origin: "embedded default".to_string(),
+        problems: vec![Problem {
+            key: KeyPath::root(),
+            line: None,
+            message: e.message().to_string(),
+        }],
+    })?;
     check(&config, "embedded default")?;
     Ok(config)
 }

@@ -281,8 +281,15 @@ pub struct RegionConfig {
 pub struct FleetConfig {
     pub name: String,
     pub region: String,
-    /// Static backends as `host:port`.
+    /// Static backends as `host:port`. Empty for a fleet with a `provisioner`: its backends are
+    /// the ones the provisioner starts.
+    #[serde(default)]
     pub backends: Vec<String>,
+    /// Who starts and stops this fleet's backends on the forecaster's plan. Without one the
+    /// backends are the static `backends` and the forecaster plans and reports the fleet but
+    /// provisions nothing.
+    #[serde(default)]
+    pub provisioner: Option<ProvisionerConfig>,
     #[serde(default)]
     pub load_balancing: LoadBalancing,
     #[serde(default)]
@@ -331,6 +338,40 @@ pub struct FleetConfig {
     /// sized from its own expected arrivals, instead of sharing the fleet's warm pool.
     #[serde(default)]
     pub warm_sub_pools: Vec<String>,
+}
+
+/// How a fleet's backends are provisioned.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProvisionerConfig {
+    /// Local processes started from a command template, each on a free loopback port.
+    Process {
+        /// Program and arguments. `{port}` (required), `{host}`, `{fleet}` and `{instance}`
+        /// are replaced per instance, e.g. `["prescale", "backend", "--listen",
+        /// "{host}:{port}", "--name", "{instance}"]`. A program without a `/` is looked up in
+        /// `PATH`; `prescale` means this executable.
+        command: Vec<String>,
+        /// Address the processes listen on (loopback).
+        #[serde(default = "default_process_host")]
+        host: std::net::IpAddr,
+        /// Seconds a started process has to pass the fleet's health check before it is
+        /// stopped and counted as a failed start.
+        #[serde(default = "default_ready_timeout_secs")]
+        ready_timeout_secs: u64,
+        /// Seconds a process gets after SIGTERM before it is killed.
+        #[serde(default = "default_stop_timeout_secs")]
+        stop_timeout_secs: u64,
+    },
+}
+
+fn default_process_host() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+fn default_ready_timeout_secs() -> u64 {
+    60
+}
+fn default_stop_timeout_secs() -> u64 {
+    10
 }
 
 fn default_latency_slo_quantile() -> f64 {
@@ -628,6 +669,19 @@ pub struct ForecasterConfig {
     /// Seconds without a sketch after which a proxy is reported silent.
     #[serde(default = "default_silent_after_secs")]
     pub silent_after_secs: u64,
+    /// Seconds after a minute ends that the brain waits for proxies still to report it; a
+    /// minute is handed over sooner once every live proxy of the region has reported past it.
+    /// Sketches of a minute that arrive later are counted and corrected into the brain.
+    #[serde(default = "default_lateness_secs")]
+    pub lateness_secs: u64,
+    /// Plan and report but start or stop nothing (switchable at run time through
+    /// `POST /api/v1/mode`).
+    #[serde(default)]
+    pub forecast_only: bool,
+}
+
+fn default_lateness_secs() -> u64 {
+    30
 }
 
 fn default_retention_days() -> u64 {

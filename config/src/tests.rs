@@ -44,13 +44,16 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
-fn embedded_default_is_valid_once_backends_are_known() {
-    let c = embedded_default(&["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]).expect("valid");
-    assert_eq!(c.fleets[0].backends.len(), 2);
-    assert!(
-        embedded_default(&[]).is_err(),
-        "a fleet without backends is invalid"
-    );
+fn embedded_default_is_valid_and_provisions_its_fleet() {
+    let c = embedded_default().expect("valid");
+    assert!(c.fleets[0].backends.is_empty());
+    match &c.fleets[0].provisioner {
+        Some(crate::ProvisionerConfig::Process { command, .. }) => {
+            assert_eq!(command[0], "prescale");
+            assert!(command.iter().any(|a| a.contains("{port}")));
+        }
+        other => panic!("expected a process provisioner, got {other:?}"),
+    }
 }
 
 #[test]

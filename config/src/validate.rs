@@ -347,11 +347,19 @@ impl Validator {
                     ),
                 );
             }
-            if fleet.backends.is_empty() {
-                self.problem(
+            match &fleet.provisioner {
+                None if fleet.backends.is_empty() => self.problem(
                     at.key("backends"),
-                    "at least one backend (\"host:port\") is required",
-                );
+                    "at least one backend (\"host:port\") is required, or a [fleets.provisioner]",
+                ),
+                Some(_) if !fleet.backends.is_empty() => self.problem(
+                    at.key("backends"),
+                    "a fleet with a provisioner gets its backends from it; leave `backends` empty",
+                ),
+                _ => {}
+            }
+            if let Some(provisioner) = &fleet.provisioner {
+                self.provisioner(at.key("provisioner"), provisioner);
             }
             let mut backends = HashSet::new();
             for (j, backend) in fleet.backends.iter().enumerate() {
@@ -481,6 +489,51 @@ impl Validator {
                     );
                 } else if !seen.insert(profile.as_str()) {
                     self.problem(at, format!("profile `{profile}` is listed twice"));
+                }
+            }
+        }
+    }
+
+    fn provisioner(&mut self, at: KeyPath, provisioner: &crate::ProvisionerConfig) {
+        match provisioner {
+            crate::ProvisionerConfig::Process {
+                command,
+                host,
+                ready_timeout_secs,
+                stop_timeout_secs,
+            } => {
+                if command.is_empty() || command[0].trim().is_empty() {
+                    self.problem(
+                        at.key("command"),
+                        "expected a program and its arguments, e.g. [\"prescale\", \"backend\", \"--listen\", \"{host}:{port}\"]",
+                    );
+                } else if !command.iter().any(|a| a.contains("{port}")) {
+                    self.problem(
+                        at.key("command"),
+                        "no argument holds `{port}`: each instance must be told the port it listens on",
+                    );
+                }
+                for (j, arg) in command.iter().enumerate() {
+                    if let Some(unknown) = unknown_placeholder(arg) {
+                        self.problem(
+                            at.key("command").index(j),
+                            format!(
+                                "`{{{unknown}}}` is not a placeholder; expected {{port}}, {{host}}, {{fleet}} or {{instance}}"
+                            ),
+                        );
+                    }
+                }
+                if !host.is_loopback() {
+                    self.problem(
+                        at.key("host"),
+                        format!("{host} is not a loopback address; local processes listen on loopback, e.g. 127.0.0.1"),
+                    );
+                }
+                if !(1..=3600).contains(ready_timeout_secs) {
+                    self.problem(at.key("ready_timeout_secs"), "expected 1 to 3600 seconds");
+                }
+                if !(1..=600).contains(stop_timeout_secs) {
+                    self.problem(at.key("stop_timeout_secs"), "expected 1 to 600 seconds");
                 }
             }
         }
@@ -642,6 +695,9 @@ impl Validator {
             let at = root.key("forecaster");
             if forecaster.retention_days == 0 || forecaster.retention_days > 3650 {
                 self.problem(at.key("retention_days"), "expected 1 to 3650");
+            }
+            if !(1..=3600).contains(&forecaster.lateness_secs) {
+                self.problem(at.key("lateness_secs"), "expected 1 to 3600 seconds");
             }
             if forecaster.silent_after_secs == 0 {
                 self.problem(at.key("silent_after_secs"), "must be at least 1");
@@ -857,6 +913,21 @@ fn is_single_der_value(der: &[u8]) -> bool {
 }
 
 /// Names of regions, fleets and profiles appear in metrics labels and URLs.
+/// The first `{name}` in `arg` that is not one of the process provisioner's placeholders.
+fn unknown_placeholder(arg: &str) -> Option<&str> {
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after.find('}')?;
+        let name = &after[..close];
+        if !matches!(name, "port" | "host" | "fleet" | "instance") {
+            return Some(name);
+        }
+        rest = &after[close + 1..];
+    }
+    None
+}
+
 pub fn is_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64

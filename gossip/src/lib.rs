@@ -10,6 +10,7 @@
 //! - [`spool`]: the sender's bounded on-disk spool.
 //! - [`sender`] ([`SketchSender`], proxy side) and [`receiver`] ([`SketchReceiver`],
 //!   forecaster side): at-least-once delivery with acks, exactly-once into the sink by dedup.
+//! - [`clock`]: the node clock with a speed factor (`--speedup`).
 //! - [`membership`]: foca SWIM over QUIC datagrams; silent proxies; per-region totals.
 //!
 //! Invariants across the crate: no `unsafe`; nothing received from the network can panic it
@@ -17,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod codec;
 pub mod error;
 mod frame_io;
@@ -33,13 +35,15 @@ pub mod sketch;
 pub mod spool;
 pub mod tls;
 
+pub use clock::NodeClock;
 pub use codec::{decode, encode, Limits};
 pub use error::{Error, Result};
 pub use histogram::LatencyHistogram;
 pub use hll::HyperLogLog;
 pub use membership::{MemberId, MemberStatus, Membership, MembershipConfig, RegionTotals, Role};
 pub use messages::{
-    Ack, AckOutcome, FleetPlan, Message, MessageKind, ModelUpdate, PlanUpdate, TierTarget,
+    Ack, AckOutcome, BackendPhase, FleetPlan, Message, MessageKind, ModelUpdate, PlanUpdate,
+    PlannedBackend, ProfileGrant, TierTarget,
 };
 pub use receiver::{NodeStatus, ReceiverConfig, ReceiverStatsSnapshot, SketchReceiver, SketchSink};
 pub use sample::{SampledUser, UserSample};

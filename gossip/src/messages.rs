@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{ProfileId, ProfileModel};
+use crate::model::ProfileModel;
 use crate::sketch::{check_name, Sketch};
 
 /// Longest reason string accepted in a plan.
@@ -42,15 +42,56 @@ pub struct TierTarget {
     pub instances: u32,
 }
 
+/// Most backends one fleet plan may list.
+pub const MAX_PLANNED_BACKENDS: usize = 4096;
+/// Most profile grants one fleet plan may list.
+pub const MAX_GRANTS: usize = 256;
+
+/// Where a provisioned backend is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendPhase {
+    /// Requested, not yet passing its health check: never routed to.
+    Warming,
+    /// Serving: routed to while the proxy's own health check agrees.
+    Ready,
+    /// Marked for removal: no new requests; in-flight ones finish before it is stopped.
+    Draining,
+}
+
+/// One backend of a provisioned fleet as the forecaster's provisioner sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedBackend {
+    /// `ip:port` the proxy connects to.
+    pub address: String,
+    pub phase: BackendPhase,
+    /// Unix milliseconds when it entered `phase`.
+    pub since_ms: u64,
+}
+
+/// Capacity granted to one profile when the fleet's cap binds: each proxy admits the profile's
+/// requests up to its share of `requests_per_minute` and sheds the rest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileGrant {
+    pub profile: String,
+    /// Requests per minute the whole region may send this profile to the fleet.
+    pub requests_per_minute: u64,
+}
+
 /// The plan for one fleet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetPlan {
     pub fleet: String,
     pub tiers: Vec<TierTarget>,
     /// Profiles to shed first when the fleet is saturated, first shed first.
-    pub shed_order: Vec<ProfileId>,
+    pub shed_order: Vec<String>,
     /// Human-readable reasons for this plan.
     pub reasons: Vec<String>,
+    /// The fleet's provisioned backends, all of them (a proxy replaces its set with this list);
+    /// `None` for a fleet whose backends are static in the proxies' config.
+    pub backends: Option<Vec<PlannedBackend>>,
+    /// Per-profile grants while a cap binds; empty when every profile is admitted.
+    pub grants: Vec<ProfileGrant>,
 }
 
 /// A capacity plan for a region, versioned so proxies ignore stale ones.
@@ -109,6 +150,44 @@ impl Message {
                     check_name("plan fleet", &f.fleet, false)?;
                     for t in &f.tiers {
                         check_name("plan tier", &t.tier, false)?;
+                    }
+                    if let Some(backends) = &f.backends {
+                        if backends.len() > MAX_PLANNED_BACKENDS {
+                            return Err(Error::invalid(
+                                "plan backends",
+                                format!(
+                                    "{} backends, at most {MAX_PLANNED_BACKENDS}",
+                                    backends.len()
+                                ),
+                            ));
+                        }
+                        let mut seen = std::collections::HashSet::with_capacity(backends.len());
+                        for b in backends {
+                            let addr: std::net::SocketAddr = b.address.parse().map_err(|_| {
+                                Error::invalid(
+                                    "plan backend",
+                                    format!("`{}` is not an ip:port address", b.address),
+                                )
+                            })?;
+                            if !seen.insert(addr) {
+                                return Err(Error::invalid(
+                                    "plan backend",
+                                    format!("`{addr}` listed twice"),
+                                ));
+                            }
+                        }
+                    }
+                    if f.grants.len() > MAX_GRANTS {
+                        return Err(Error::invalid(
+                            "plan grants",
+                            format!("{} grants, at most {MAX_GRANTS}", f.grants.len()),
+                        ));
+                    }
+                    for p in &f.shed_order {
+                        check_name("plan shed profile", p, false)?;
+                    }
+                    for g in &f.grants {
+                        check_name("plan grant profile", &g.profile, false)?;
                     }
                     if let Some(r) = f.reasons.iter().find(|r| r.len() > MAX_REASON_LEN) {
                         return Err(Error::invalid(

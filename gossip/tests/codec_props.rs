@@ -5,7 +5,8 @@ use proptest::prelude::*;
 
 use prescale_gossip::codec::{decode, encode, Limits};
 use prescale_gossip::messages::{
-    Ack, AckOutcome, FleetPlan, Message, ModelUpdate, PlanUpdate, TierTarget,
+    Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, PlanUpdate, PlannedBackend,
+    ProfileGrant, TierTarget,
 };
 use prescale_gossip::model::{Centroid, FeatureVector, ProfileId, ProfileModel, FEATURE_DIM};
 use prescale_gossip::{EntryKey, HyperLogLog, LatencyHistogram, Sketch, UserSample};
@@ -133,18 +134,47 @@ fn plan() -> impl Strategy<Value = PlanUpdate> {
     let fleet = (
         name(),
         prop::collection::vec((name(), any::<u32>()), 0..4),
-        prop::collection::vec(any::<u32>(), 0..5),
+        prop::collection::vec(name(), 0..5),
         prop::collection::vec(".{0,40}", 0..3),
+        prop::option::of(prop::collection::vec(
+            (any::<[u8; 4]>(), 1u16.., 0u8..3, any::<u64>()),
+            0..4,
+        )),
+        prop::collection::vec((name(), any::<u64>()), 0..3),
     )
-        .prop_map(|(fleet, tiers, shed, reasons)| FleetPlan {
-            fleet,
-            tiers: tiers
-                .into_iter()
-                .map(|(tier, instances)| TierTarget { tier, instances })
-                .collect(),
-            shed_order: shed.into_iter().map(ProfileId).collect(),
-            reasons,
-        });
+        .prop_map(
+            |(fleet, tiers, shed, reasons, backends, grants)| FleetPlan {
+                fleet,
+                tiers: tiers
+                    .into_iter()
+                    .map(|(tier, instances)| TierTarget { tier, instances })
+                    .collect(),
+                shed_order: shed,
+                reasons,
+                backends: backends.map(|list| {
+                    let mut seen = std::collections::HashSet::new();
+                    list.into_iter()
+                        .filter(|(ip, port, _, _)| seen.insert((*ip, *port)))
+                        .map(|(ip, port, phase, since_ms)| PlannedBackend {
+                            address: std::net::SocketAddr::from((ip, port)).to_string(),
+                            phase: [
+                                BackendPhase::Warming,
+                                BackendPhase::Ready,
+                                BackendPhase::Draining,
+                            ][phase as usize],
+                            since_ms,
+                        })
+                        .collect()
+                }),
+                grants: grants
+                    .into_iter()
+                    .map(|(profile, requests_per_minute)| ProfileGrant {
+                        profile,
+                        requests_per_minute,
+                    })
+                    .collect(),
+            },
+        );
     (
         name(),
         any::<u64>(),

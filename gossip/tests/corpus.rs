@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use prescale_gossip::codec::{decode, encode, Limits, HEADER_LEN};
 use prescale_gossip::messages::{
-    Ack, AckOutcome, FleetPlan, Message, ModelUpdate, PlanUpdate, TierTarget,
+    Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, PlanUpdate, PlannedBackend,
+    ProfileGrant, TierTarget,
 };
 use prescale_gossip::model::{Centroid, FeatureVector, ProfileId, ProfileModel, FEATURE_DIM};
 use prescale_gossip::{EntryKey, Sketch};
@@ -115,8 +116,24 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     tier: "baseline".into(),
                     instances: 3,
                 }],
-                shed_order: vec![ProfileId(2)],
+                shed_order: vec!["batch".into()],
                 reasons: vec!["morning ramp".into()],
+                backends: Some(vec![
+                    PlannedBackend {
+                        address: "127.0.0.1:4001".into(),
+                        phase: BackendPhase::Ready,
+                        since_ms: 1_700_000_000_000,
+                    },
+                    PlannedBackend {
+                        address: "[::1]:4002".into(),
+                        phase: BackendPhase::Warming,
+                        since_ms: 1_700_000_001_000,
+                    },
+                ]),
+                grants: vec![ProfileGrant {
+                    profile: "interactive".into(),
+                    requests_per_minute: 12_000,
+                }],
             }],
         }),
         &limits,

@@ -350,8 +350,10 @@ async fn models_and_plans_flow_back_to_connected_nodes() {
                 tier: "baseline".into(),
                 instances: 4,
             }],
-            shed_order: vec![ProfileId(2), ProfileId(1)],
+            shed_order: vec!["batch".into(), "interactive".into()],
             reasons: vec!["forecast p90 above capacity at 09:00".into()],
+            backends: None,
+            grants: Vec::new(),
         }],
     };
     rx.publish_plan(plan.clone()).unwrap();

@@ -1,22 +1,28 @@
 //! The node's data-plane state and its two per-request operations: [`DataPlane::admit`] (who is
 //! this, where from, which profile, which fleet — or why not) and [`DataPlane::record`] (what
-//! happened). Also what the admin listener shows of it: profiles, fleets, metrics, readiness.
+//! happened). Models and plans from the forecaster are installed here
+//! ([`DataPlane::install_model`], [`DataPlane::apply_plan`]). Also what the admin listener shows
+//! of it: profiles, fleets, metrics, readiness.
 //!
 //! Invariants: `admit` and `record` do no IO; the routing table always has an entry for every
 //! profile index the registry has handed out (rebuilt when a model adds names); a request is
-//! recorded under the same meter key it was admitted with.
+//! recorded under the same meter key it was admitted with; a plan is applied only when it is for
+//! the node's region and newer than the last one applied, and nothing but a plan changes a
+//! provisioned fleet's backends (no plan, or no forecaster, leaves the last set in place).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::Method;
 use prescale_config::Config;
 use prescale_gossip::model::ProfileModel;
+use prescale_gossip::NodeClock;
+use prescale_gossip::{BackendPhase, PlanUpdate};
 use serde::Serialize;
 
 use crate::admin::{self, AdminRequest, Handler, MetricsSource, Readiness};
@@ -24,10 +30,11 @@ use crate::client_ip::ClientIpResolver;
 use crate::error::ProxyError;
 use crate::features::{FeatureTable, RequestTraits};
 use crate::fields::HeaderLookup;
-use crate::fleet::{FleetIdx, Fleets};
+use crate::fleet::{phase_name, FleetIdx, Fleets};
 use crate::geo::{GeoResolver, RegionId};
 use crate::identity::IdentityResolver;
 use crate::meters::{MeterFleet, MeterKey, MeterSnapshot, Meters, Observation};
+use crate::plan::{FleetApplied, PlanApplied, PlanError, PlanStamp};
 use crate::profiles::{
     ModelSwap, ModelSwapError, ProfileAssigner, ProfileIdx, ProfileRegistry, RequestFacts,
     MAX_PROFILES,
@@ -89,12 +96,20 @@ pub struct DataPlane {
     clock: CoarseClock,
     /// Requests answered before they had a user or a profile (400, 401, 431, other 4xx).
     rejected_early: [AtomicU64; 4],
+    /// The last plan applied (held while one is applied, so plans apply one at a time).
+    plan: Mutex<Option<PlanStamp>>,
 }
 
 const EARLY_STATUSES: [u16; 3] = [400, 401, 431];
 
 impl DataPlane {
+    /// A data plane on the wall clock.
     pub fn new(config: &Config) -> Result<Self, ProxyError> {
+        Self::with_clock(config, NodeClock::real())
+    }
+
+    /// A data plane whose features and sketches read `clock` (`--speedup`).
+    pub fn with_clock(config: &Config, clock: NodeClock) -> Result<Self, ProxyError> {
         let region = config
             .node_region()
             .ok_or_else(|| ProxyError::UnknownRegion {
@@ -139,8 +154,9 @@ impl DataPlane {
             max_header_bytes: config.proxy.max_header_bytes,
             tls: config.proxy.tls.is_some(),
             rate_samples: Mutex::new(VecDeque::new()),
-            clock: CoarseClock::start(),
+            clock: CoarseClock::on(clock),
             rejected_early: Default::default(),
+            plan: Mutex::new(None),
             region,
             config,
         };
@@ -177,6 +193,64 @@ impl DataPlane {
             tracing::error!(error = %e, "routing table not rebuilt after model install");
         }
         Ok(swap)
+    }
+
+    /// Applies a plan from the forecaster: refused whole when it is for another region or not
+    /// newer than the plan applied last; otherwise each fleet it names takes its part
+    /// ([`crate::fleet::Fleet::apply_plan`]: a provisioned fleet replaces its backends with the
+    /// plan's when it lists them, a static fleet keeps its own) and fleets this node does not
+    /// have are reported, not an error.
+    pub fn apply_plan(&self, plan: &PlanUpdate) -> Result<PlanApplied, PlanError> {
+        if plan.region != self.region {
+            return Err(PlanError::OtherRegion {
+                plan: plan.region.clone(),
+                node: self.region.clone(),
+            });
+        }
+        let mut applied = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = *applied {
+            if plan.version <= last.version {
+                return Err(PlanError::NotNewer {
+                    version: plan.version,
+                    applied: last.version,
+                });
+            }
+        }
+        let mut fleets = Vec::new();
+        let mut unknown_fleets = Vec::new();
+        for part in &plan.fleets {
+            let Some(index) = self.fleets.index_of(&part.fleet) else {
+                unknown_fleets.push(part.fleet.clone());
+                continue;
+            };
+            let fleet = self.fleets.get(index);
+            let outcome = fleet.apply_plan(part.backends.as_deref(), plan.version);
+            fleets.push(FleetApplied {
+                fleet: fleet.name.clone(),
+                outcome,
+                phases: fleet.phase_counts(),
+            });
+        }
+        *applied = Some(PlanStamp {
+            version: plan.version,
+            issued_at_ms: plan.issued_at_ms,
+        });
+        Ok(PlanApplied {
+            version: plan.version,
+            issued_at_ms: plan.issued_at_ms,
+            fleets,
+            unknown_fleets,
+        })
+    }
+
+    /// The version and issue time of the last plan applied.
+    pub fn applied_plan(&self) -> Option<PlanStamp> {
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node clock (exporter intervals and sketch times).
+    pub fn node_clock(&self) -> NodeClock {
+        self.clock.node()
     }
 
     /// Unix seconds of the request path's coarse clock.
@@ -460,16 +534,21 @@ impl DataPlane {
             }
             match request.path.as_str() {
                 "/api/v1/profiles" => Some(admin::json(&plane.profiles_report())),
-                "/api/v1/fleets" => Some(admin::json(&FleetsReport {
-                    region: plane.region.clone(),
-                    fleets: plane.fleets.iter().map(|f| f.status()).collect(),
-                })),
+                "/api/v1/fleets" => {
+                    let plan = plane.applied_plan();
+                    Some(admin::json(&FleetsReport {
+                        region: plane.region.clone(),
+                        plan_version: plan.map(|p| p.version),
+                        plan_issued_at_ms: plan.map(|p| p.issued_at_ms),
+                        fleets: plane.fleets.iter().map(|f| f.status()).collect(),
+                    }))
+                }
                 _ => None,
             }
         })]
     }
 
-    /// Readiness: every fleet has at least one healthy backend.
+    /// Readiness: every fleet has at least one Ready, healthy, non-ejected backend.
     pub fn readiness(self: &Arc<Self>) -> Readiness {
         let plane = Arc::clone(self);
         Arc::new(move || {
@@ -483,7 +562,7 @@ impl DataPlane {
                 Ok(())
             } else {
                 Err(format!(
-                    "no healthy backend in fleet(s) {}",
+                    "no ready, healthy backend in fleet(s) {}",
                     empty.join(", ")
                 ))
             }
@@ -632,11 +711,41 @@ impl DataPlane {
             "prescale_profile_model_version {}",
             self.assigner.model_version().unwrap_or(0)
         );
+        out.push_str("# HELP prescale_plan_version Version of the last plan applied from the forecaster (0: none).\n");
+        out.push_str("# TYPE prescale_plan_version gauge\n");
+        let _ = writeln!(
+            out,
+            "prescale_plan_version {}",
+            self.applied_plan().map_or(0, |p| p.version)
+        );
+        // One snapshot of each fleet's set, so every backend metric describes the same backends.
+        let sets: Vec<_> = self.fleets.iter().map(|f| (f, f.backends())).collect();
+        out.push_str("# HELP prescale_backend_state A backend's phase (1 for the current one): warming ones get no requests, draining ones only finish theirs.\n");
+        out.push_str("# TYPE prescale_backend_state gauge\n");
+        for (fleet, set) in &sets {
+            for backend in set.backends() {
+                let current = backend.phase();
+                for phase in [
+                    BackendPhase::Warming,
+                    BackendPhase::Ready,
+                    BackendPhase::Draining,
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "prescale_backend_state{{fleet=\"{}\",backend=\"{}\",state=\"{}\"}} {}",
+                        fleet.name,
+                        backend.addr,
+                        phase_name(phase),
+                        u8::from(phase == current)
+                    );
+                }
+            }
+        }
         out.push_str("# HELP prescale_backend_healthy Whether a backend passes active health checks and is not ejected.\n");
         out.push_str("# TYPE prescale_backend_healthy gauge\n");
-        for fleet in self.fleets.iter() {
-            for (i, backend) in fleet.backends().iter().enumerate() {
-                let up = u8::from(fleet.is_healthy(i) && !fleet.is_ejected(i));
+        for (fleet, set) in &sets {
+            for backend in set.backends() {
+                let up = u8::from(backend.is_healthy() && !fleet.is_ejected(backend));
                 let _ = writeln!(
                     out,
                     "prescale_backend_healthy{{fleet=\"{}\",backend=\"{}\"}} {up}",
@@ -646,8 +755,8 @@ impl DataPlane {
         }
         out.push_str("# HELP prescale_backend_in_flight Requests being forwarded to a backend.\n");
         out.push_str("# TYPE prescale_backend_in_flight gauge\n");
-        for fleet in self.fleets.iter() {
-            for backend in fleet.backends() {
+        for (fleet, set) in &sets {
+            for backend in set.backends() {
                 let n = backend.in_flight.load(std::sync::atomic::Ordering::Relaxed);
                 let _ = writeln!(
                     out,
@@ -658,8 +767,8 @@ impl DataPlane {
         }
         out.push_str("# HELP prescale_backend_failures_total Failed attempts (connect, timeout, broken response) per backend.\n");
         out.push_str("# TYPE prescale_backend_failures_total counter\n");
-        for fleet in self.fleets.iter() {
-            for backend in fleet.backends() {
+        for (fleet, set) in &sets {
+            for backend in set.backends() {
                 let n = backend.failures.load(std::sync::atomic::Ordering::Relaxed);
                 let _ = writeln!(
                     out,
@@ -679,41 +788,46 @@ fn identity_message(status: u16) -> &'static str {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// How often [`CoarseClock`] refreshes its time.
 pub const COARSE_CLOCK_TICK: Duration = Duration::from_millis(100);
 
-/// Unix seconds for the request path: one relaxed load instead of a clock read per request. A
-/// background thread refreshes it every [`COARSE_CLOCK_TICK`] and exits once the clock is
-/// dropped; if that thread cannot be started, every read asks the system clock.
+/// Node-time unix seconds for the request path: one relaxed load instead of a clock read per
+/// request. A background thread refreshes it from the node clock every [`COARSE_CLOCK_TICK`]
+/// of real time and exits once the clock is dropped; if that thread cannot be started, every
+/// read asks the node clock.
 #[derive(Debug)]
 pub struct CoarseClock {
     secs: Arc<AtomicU64>,
     ticking: bool,
+    node: NodeClock,
 }
 
 impl CoarseClock {
+    /// A coarse reading of the wall clock.
     pub fn start() -> Self {
-        let secs = Arc::new(AtomicU64::new(unix_now()));
+        Self::on(NodeClock::real())
+    }
+
+    /// A coarse reading of `node` (which may run faster than real time).
+    pub fn on(node: NodeClock) -> Self {
+        let secs = Arc::new(AtomicU64::new(node.now_secs()));
         let shared = Arc::downgrade(&secs);
         let ticking = std::thread::Builder::new()
             .name("prescale-clock".into())
             .spawn(move || loop {
                 std::thread::sleep(COARSE_CLOCK_TICK);
                 let Some(secs) = shared.upgrade() else { break };
-                secs.store(unix_now(), Ordering::Relaxed);
+                secs.store(node.now_secs(), Ordering::Relaxed);
             })
             .is_ok();
         if !ticking {
             tracing::warn!("coarse clock thread not started: reading the system clock per request");
         }
-        CoarseClock { secs, ticking }
+        CoarseClock {
+            secs,
+            ticking,
+            node,
+        }
     }
 
     /// Unix seconds, at most one tick old.
@@ -721,8 +835,13 @@ impl CoarseClock {
         if self.ticking {
             self.secs.load(Ordering::Relaxed)
         } else {
-            unix_now()
+            self.node.now_secs()
         }
+    }
+
+    /// The node clock this reads.
+    pub fn node(&self) -> NodeClock {
+        self.node
     }
 }
 
@@ -763,5 +882,8 @@ pub struct LatencySummary {
 #[derive(Debug, Serialize)]
 struct FleetsReport {
     region: String,
+    /// The last plan applied (null before the first).
+    plan_version: Option<u64>,
+    plan_issued_at_ms: Option<u64>,
     fleets: Vec<crate::fleet::FleetStatus>,
 }

@@ -1,7 +1,8 @@
 //! The crate's one error type for things that stop the proxy from starting: a GeoIP database
 //! that cannot be used, JWT key material that cannot be loaded, a region that does not exist.
 //! Per-request problems have their own small types that map to an HTTP status
-//! ([`crate::identity::IdentityError`], [`crate::client_ip::ClientIpError`]).
+//! ([`crate::identity::IdentityError`], [`crate::client_ip::ClientIpError`]); a plan from the
+//! forecaster that is not applied says why with [`crate::plan::PlanError`].
 //!
 //! Invariant: messages name the file or config key and what is wrong with it, never a raw
 //! identity or secret.

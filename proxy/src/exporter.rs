@@ -2,19 +2,21 @@
 //! minutes) it turns the meters' delta into a [`Sketch`] — counts, latency histogram, unique-user
 //! HyperLogLog and a sample of users' feature vectors per (profile, origin region, fleet) — and
 //! hands it to the QUIC sender, which spools it until the forecaster acknowledges it. Profile
-//! models pushed back by the forecaster are installed here.
+//! models and plans pushed back by the forecaster are installed and applied here.
 //!
 //! Invariants: every request recorded in the meters lands in exactly one sketch (the delta of
-//! consecutive cumulative snapshots); sketches carry hashed user keys only.
+//! consecutive cumulative snapshots); sketches carry hashed user keys only; when the forecaster
+//! goes quiet or away, the last model and plan stay in force.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prescale_gossip::{EntryKey, Sketch, SketchSender};
 use tokio::sync::watch;
 
 use crate::dataplane::DataPlane;
 use crate::meters::{MeterKey, MeterSnapshot};
+use crate::plan::PlanError;
 
 /// Builds the sketch of `[start_ms, end_ms)` from the meters' delta and interval users.
 pub fn build_sketch(
@@ -74,16 +76,21 @@ pub async fn run(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let clock = plane.node_clock();
     let interval_ms = interval.as_millis().max(1) as u64;
     let mut previous = plane.meters.snapshot();
-    let mut start_ms = unix_ms();
+    let mut start_ms = clock.now_ms();
     let mut models = sender.models();
     let mut models_open = true;
+    let mut plans = sender.plans();
+    let mut plans_open = true;
+    // A plan that came before this task started.
+    apply_latest_plan(&plane, &mut plans);
     loop {
-        let now = unix_ms();
+        let now = clock.now_ms();
         let boundary = (now / interval_ms + 1) * interval_ms;
         let stop = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(boundary - now)) => false,
+            _ = tokio::time::sleep(clock.real_until(boundary)) => false,
             _ = shutdown.changed() => true,
             changed = models.changed(), if models_open => {
                 match changed {
@@ -94,29 +101,36 @@ pub async fn run(
                 }
                 continue;
             }
+            changed = plans.changed(), if plans_open => {
+                match changed {
+                    Ok(()) => apply_latest_plan(&plane, &mut plans),
+                    // No more plans: the last one applied stays in force.
+                    Err(_) => plans_open = false,
+                }
+                continue;
+            }
         };
-        let end_ms = if stop { unix_ms() } else { boundary };
+        let end_ms = if stop { clock.now_ms() } else { boundary };
         let current = plane.meters.snapshot();
         let delta = current.delta(&previous);
-        let mut spooled = true;
-        if !delta.entries.is_empty() {
-            let sketch = build_sketch(&plane, &delta, start_ms, end_ms.max(start_ms + 1));
-            let submit_to = Arc::clone(&sender);
-            spooled = match tokio::task::spawn_blocking(move || submit_to.submit(sketch)).await {
-                Ok(Ok(sequence)) => {
-                    tracing::debug!(sequence, "sketch spooled");
-                    true
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "sketch could not be spooled; the next one will carry its counts");
-                    false
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "sketch spooling task failed; the next one will carry its counts");
-                    false
-                }
-            };
-        }
+        // Sent even when nothing was served: an empty sketch tells the forecaster this node has
+        // reported through `end_ms`, so a quiet interval counts as zero demand, not missing data.
+        let sketch = build_sketch(&plane, &delta, start_ms, end_ms.max(start_ms + 1));
+        let submit_to = Arc::clone(&sender);
+        let spooled = match tokio::task::spawn_blocking(move || submit_to.submit(sketch)).await {
+            Ok(Ok(sequence)) => {
+                tracing::debug!(sequence, "sketch spooled");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "sketch could not be spooled; the next one will carry its counts");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sketch spooling task failed; the next one will carry its counts");
+                false
+            }
+        };
         if spooled {
             previous = current;
             start_ms = end_ms;
@@ -139,9 +153,31 @@ fn install_latest_model(
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+fn apply_latest_plan(
+    plane: &DataPlane,
+    plans: &mut watch::Receiver<Option<Arc<prescale_gossip::PlanUpdate>>>,
+) {
+    let update = plans.borrow_and_update().clone();
+    let Some(plan) = update else { return };
+    match plane.apply_plan(&plan) {
+        Ok(applied) => {
+            tracing::info!(
+                version = applied.version,
+                issued_at_ms = applied.issued_at_ms,
+                fleets = %applied,
+                "plan from the forecaster applied"
+            );
+            if !applied.unknown_fleets.is_empty() {
+                tracing::warn!(
+                    version = applied.version,
+                    fleets = %applied.unknown_fleets.join(", "),
+                    "plan names fleets this node does not have; their parts were ignored"
+                );
+            }
+        }
+        Err(e @ PlanError::NotNewer { .. }) => {
+            tracing::debug!(error = %e, "plan from the forecaster not applied")
+        }
+        Err(e) => tracing::warn!(error = %e, "plan from the forecaster not applied"),
+    }
 }

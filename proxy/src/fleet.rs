@@ -1,68 +1,362 @@
-//! Fleets: the backend pools of the node's region, their load balancing (pingora's round robin or
-//! Ketama consistent hashing on the user key), active health checks and passive ejection, and
-//! per-backend in-flight counts.
+//! Fleets: the backend pools of the node's region. A fleet's backends are one immutable
+//! [`BackendSet`] behind an `ArcSwap`: the backends' shared state, an address map, and the
+//! selection structure (pingora's round robin, or Ketama consistent hashing on the user key)
+//! built once per set from the backends that were Ready when it was built. A fleet without a
+//! provisioner keeps the set built from its config (every backend Ready) forever; a provisioned
+//! fleet starts empty and takes the backends each plan lists ([`Fleet::apply_backends`]: a new
+//! set when the backends or which of them are Ready changed, else phases updated in place). Also here: active health checks (pingora's HTTP check, run per
+//! backend, with the fleet's thresholds), passive ejection, per-backend and per-fleet in-flight
+//! counts, and the tried set of a request.
 //!
-//! Invariants: a backend is chosen only when the active check says healthy and it is not ejected;
-//! a request never goes twice to the same backend (retries pick another); in-flight counts go
-//! back down when the request's guard drops, whatever path the request took.
+//! Invariants:
+//! - a backend is chosen only when it is Ready, its health check says healthy, it is not ejected
+//!   and the request has not tried it yet; Warming and Draining backends get no new requests;
+//! - a request never goes twice to the same backend (the tried set holds backend identities,
+//!   unique for the life of the process, so it works for any number of backends);
+//! - a backend whose address persists from one set to the next keeps its state (counters, idle
+//!   connections, health, ejection): only its phase changes; one that leaves the set is dropped
+//!   with the last reference to it, which closes its idle upstream connections (those of a
+//!   backend entering Draining close at once);
+//! - in-flight counts go back down when the request's guard drops, whatever path the request
+//!   took and however the set changed meanwhile (the guard holds the backend itself);
+//! - choosing a backend is one `ArcSwap` load and a walk of the selection structure (one map
+//!   look-up and a few atomic loads per candidate): no lock, no allocation; health checks run on
+//!   the Ready backends only (the others get no requests);
+//! - without a plan, or when plans stop coming, nothing changes: the last set stays.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pingora::lb::health_check::HttpHealthCheck;
-use pingora::lb::selection::{Consistent, RoundRobin};
-use pingora::lb::{Backend, LoadBalancer};
+use arc_swap::ArcSwap;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
+use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
+use pingora::lb::Backend;
 use pingora::upstreams::peer::HttpPeer;
 use prescale_config::{FleetConfig, LoadBalancing, TimeoutConfig};
+use prescale_gossip::{BackendPhase, PlannedBackend};
 use serde::Serialize;
 
 use crate::error::ProxyError;
+use crate::plan::{FleetOutcome, PhaseCounts, PlanError, SetChange};
 use crate::upstream_pool::IdleConnections;
 
 /// Idle keep-alive connections kept per backend (beyond that, released connections close).
 pub const IDLE_CONNECTIONS_PER_BACKEND: usize = 512;
 /// How long an upstream connection may wait idle for its next request.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most attempts one request makes: the first and up to 10 retries (the most `retries` a fleet
+/// may configure).
+pub const MAX_ATTEMPTS: usize = 11;
+
+/// Identities of backend states: never reused while the process runs.
+static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
+
+/// `ready_since_ms` of a backend that has never been Ready.
+const NEVER: u64 = u64::MAX;
 
 /// Index of a fleet in [`Fleets`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FleetIdx(pub u16);
 
-/// What the proxy knows about one backend, beyond pingora's health state.
+/// The backends one request has tried, by identity ([`BackendState::id`]): a small inline list,
+/// as many as a request may make attempts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tried {
+    ids: [u64; MAX_ATTEMPTS],
+    len: u8,
+}
+
+impl Tried {
+    pub const fn new() -> Self {
+        Tried {
+            ids: [0; MAX_ATTEMPTS],
+            len: 0,
+        }
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.ids[..usize::from(self.len)].contains(&id)
+    }
+
+    /// Adds a backend; false when the list is full (no further attempt may be made).
+    pub fn insert(&mut self, id: u64) -> bool {
+        if self.contains(id) {
+            return true;
+        }
+        let Some(slot) = self.ids.get_mut(usize::from(self.len)) else {
+            return false;
+        };
+        *slot = id;
+        self.len += 1;
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() == MAX_ATTEMPTS
+    }
+}
+
+/// What the proxy knows about one backend: where it is, its phase, health, ejection, counters
+/// and idle connections. Shared by every set it is part of and by the requests on it.
 #[derive(Debug)]
 pub struct BackendState {
+    id: u64,
     pub addr: SocketAddr,
     /// How pingora connects to it (address, timeouts, pool key), built once.
     pub peer: HttpPeer,
     /// Keep-alive connections of the direct path waiting for a request.
     pub idle: IdleConnections,
-    /// The same backend as pingora's balancer knows it (for health look-ups).
-    balancer_key: Backend,
+    /// The backend as the health check probes it.
+    target: Backend,
+    phase: AtomicU8,
+    /// Unix milliseconds it entered its phase.
+    since_ms: AtomicU64,
+    /// Unix milliseconds it last became Ready ([`NEVER`] if it has not been).
+    ready_since_ms: AtomicU64,
+    /// The active health check's verdict (a backend starts healthy).
+    healthy: AtomicBool,
+    /// Consecutive passed checks while unhealthy / failed checks while healthy.
+    check_successes: AtomicU32,
+    check_failures: AtomicU32,
     pub in_flight: AtomicU32,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Consecutive failed requests (passive health).
     consecutive_failures: AtomicU32,
     /// Milliseconds since the fleet's epoch until which the backend is ejected (0 = not ejected).
     ejected_until_ms: AtomicU64,
+    /// The in-flight count of the backend's fleet (shared by all its backends).
+    fleet_in_flight: Arc<AtomicU32>,
 }
 
-enum Balancer {
-    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
-    Consistent(Arc<LoadBalancer<Consistent>>),
+fn phase_code(phase: BackendPhase) -> u8 {
+    match phase {
+        BackendPhase::Warming => 0,
+        BackendPhase::Ready => 1,
+        BackendPhase::Draining => 2,
+    }
+}
+
+fn phase_of(code: u8) -> BackendPhase {
+    match code {
+        0 => BackendPhase::Warming,
+        1 => BackendPhase::Ready,
+        _ => BackendPhase::Draining,
+    }
+}
+
+/// The phase as the admin API and metrics name it.
+pub fn phase_name(phase: BackendPhase) -> &'static str {
+    match phase {
+        BackendPhase::Warming => "warming",
+        BackendPhase::Ready => "ready",
+        BackendPhase::Draining => "draining",
+    }
+}
+
+const READY: u8 = 1;
+
+impl BackendState {
+    /// Identity for the tried set, unique for the life of the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn phase(&self) -> BackendPhase {
+        phase_of(self.phase.load(Ordering::Relaxed))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == READY
+    }
+
+    /// Unix milliseconds it entered its current phase.
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms.load(Ordering::Relaxed)
+    }
+
+    /// Unix milliseconds it last became Ready, if it ever was.
+    pub fn ready_since_ms(&self) -> Option<u64> {
+        Some(self.ready_since_ms.load(Ordering::Relaxed)).filter(|&ms| ms != NEVER)
+    }
+
+    /// Whether the active health check says healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new request may go here (`now_ms` on the fleet's clock).
+    fn routable(&self, now_ms: u64) -> bool {
+        self.is_ready()
+            && self.is_healthy()
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    fn set_phase(&self, phase: BackendPhase, since_ms: u64) {
+        let previous = self.phase.swap(phase_code(phase), Ordering::Relaxed);
+        self.since_ms.store(since_ms, Ordering::Relaxed);
+        if phase == BackendPhase::Ready {
+            self.ready_since_ms.store(since_ms, Ordering::Relaxed);
+        }
+        if phase == BackendPhase::Draining && previous != phase_code(BackendPhase::Draining) {
+            // No new request will use them; closing them lets the backend drain.
+            self.idle.clear();
+        }
+    }
+
+    /// Books one active check; returns the new verdict when it flipped.
+    fn observe_check(
+        &self,
+        passed: bool,
+        healthy_threshold: usize,
+        unhealthy_threshold: usize,
+    ) -> Option<bool> {
+        let healthy = self.is_healthy();
+        let (towards, against, threshold) = if passed {
+            (
+                &self.check_successes,
+                &self.check_failures,
+                healthy_threshold,
+            )
+        } else {
+            (
+                &self.check_failures,
+                &self.check_successes,
+                unhealthy_threshold,
+            )
+        };
+        against.store(0, Ordering::Relaxed);
+        if passed == healthy {
+            towards.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let count = towards.fetch_add(1, Ordering::Relaxed) as usize + 1;
+        if count < threshold {
+            return None;
+        }
+        towards.store(0, Ordering::Relaxed);
+        self.healthy.store(passed, Ordering::Relaxed);
+        Some(passed)
+    }
+
+    /// Starts counting a request against the backend and its fleet; the counts drop with the
+    /// guard, which keeps the backend alive (a set swap meanwhile changes nothing for it).
+    pub fn begin(self: Arc<Self>) -> InFlight {
+        self.fleet_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight { backend: self }
+    }
+}
+
+/// How one set chooses among its Ready backends.
+enum Selection {
+    RoundRobin(Arc<RoundRobin>),
+    Consistent(Arc<Consistent>),
+}
+
+/// One immutable generation of a fleet's backends.
+pub struct BackendSet {
+    backends: Vec<Arc<BackendState>>,
+    by_addr: HashMap<SocketAddr, usize>,
+    selection: Selection,
+    /// Backends in `selection` (the Ready ones when the set was built).
+    selectable: usize,
+}
+
+impl BackendSet {
+    fn build(backends: Vec<Arc<BackendState>>, load_balancing: LoadBalancing) -> Self {
+        let by_addr = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.addr, i))
+            .collect();
+        let ready: BTreeSet<Backend> = backends
+            .iter()
+            .filter(|b| b.is_ready())
+            .map(|b| b.target.clone())
+            .collect();
+        let selection = match load_balancing {
+            LoadBalancing::RoundRobin => Selection::RoundRobin(Arc::new(RoundRobin::build(&ready))),
+            LoadBalancing::ConsistentHash => {
+                Selection::Consistent(Arc::new(Consistent::build(&ready)))
+            }
+        };
+        BackendSet {
+            backends,
+            by_addr,
+            selection,
+            selectable: ready.len(),
+        }
+    }
+
+    pub fn backends(&self) -> &[Arc<BackendState>] {
+        &self.backends
+    }
+
+    pub fn get(&self, addr: &SocketAddr) -> Option<&Arc<BackendState>> {
+        self.by_addr.get(addr).map(|&i| &self.backends[i])
+    }
+
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// The first candidate of `candidates` a new request of `tried` may go to.
+    fn pick(
+        &self,
+        mut candidates: impl BackendIter,
+        tried: &Tried,
+        now_ms: u64,
+    ) -> Option<Arc<BackendState>> {
+        // As pingora's balancer bounds its walk (round robin's fallbacks and the ring may repeat
+        // backends).
+        let max_iterations = self.selectable * 2 + 1;
+        for _ in 0..max_iterations {
+            let candidate = candidates.next()?;
+            let Some(&index) = candidate.addr.as_inet().and_then(|a| self.by_addr.get(a)) else {
+                continue;
+            };
+            let backend = &self.backends[index];
+            if backend.routable(now_ms) && !tried.contains(backend.id) {
+                return Some(Arc::clone(backend));
+            }
+        }
+        None
+    }
 }
 
 /// One fleet of the node's region.
 pub struct Fleet {
     pub name: String,
     pub config: FleetConfig,
-    balancer: Balancer,
-    backends: Vec<BackendState>,
-    by_addr: HashMap<SocketAddr, usize>,
-    epoch: std::time::Instant,
-    in_flight: AtomicU32,
+    set: ArcSwap<BackendSet>,
+    epoch: Instant,
+    in_flight: Arc<AtomicU32>,
+    /// Per backend, for its idle connections.
+    worker_threads: usize,
+    checker: Arc<HttpHealthCheck>,
+    /// Serialises set replacements (plans), never taken on the request path.
+    apply_lock: Mutex<()>,
+    /// Version of the last plan applied to this fleet ([`NEVER`]: none).
+    plan_version: AtomicU64,
+    /// A plan listed backends for this static fleet (warned about once).
+    warned_static_plan: AtomicBool,
 }
 
 /// Outcome of one attempt on a backend, for passive health.
@@ -74,126 +368,98 @@ pub enum Attempt {
 }
 
 impl Fleet {
-    /// `worker_threads`: the proxy's threads (each gets its own idle upstream connections).
+    /// `worker_threads`: the proxy's threads (each gets its own idle upstream connections). A
+    /// static fleet's backends are resolved here and Ready from now on; a provisioned fleet
+    /// starts with none.
     pub fn new(config: &FleetConfig, worker_threads: usize) -> Result<Self, ProxyError> {
-        let mut addrs = Vec::with_capacity(config.backends.len());
-        for backend in &config.backends {
-            let addr = resolve(backend).map_err(|source| ProxyError::Backend {
-                fleet: config.name.clone(),
-                backend: backend.clone(),
-                source,
-            })?;
-            addrs.push(addr);
-        }
-        let health_check = health_check(config);
-        let balancer = match config.load_balancing {
-            LoadBalancing::RoundRobin => {
-                let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().copied())
-                    .map_err(|source| ProxyError::Backend {
-                        fleet: config.name.clone(),
-                        backend: format!("{addrs:?}"),
-                        source,
-                    })?;
-                lb.set_health_check(health_check);
-                Balancer::RoundRobin(Arc::new(lb))
-            }
-            LoadBalancing::ConsistentHash => {
-                let mut lb = LoadBalancer::<Consistent>::try_from_iter(addrs.iter().copied())
-                    .map_err(|source| ProxyError::Backend {
-                        fleet: config.name.clone(),
-                        backend: format!("{addrs:?}"),
-                        source,
-                    })?;
-                lb.set_health_check(health_check);
-                Balancer::Consistent(Arc::new(lb))
-            }
-        };
-        let backends: Vec<BackendState> = addrs
-            .iter()
-            .map(|&addr| BackendState {
-                addr,
-                peer: backend_peer(addr, &config.timeouts),
-                idle: IdleConnections::new(
-                    IDLE_CONNECTIONS_PER_BACKEND,
-                    worker_threads,
-                    UPSTREAM_IDLE_TIMEOUT,
-                ),
-                balancer_key: Backend {
-                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
-                    weight: 1,
-                    ext: Default::default(),
-                },
-                in_flight: AtomicU32::new(0),
-                requests: AtomicU64::new(0),
-                failures: AtomicU64::new(0),
-                consecutive_failures: AtomicU32::new(0),
-                ejected_until_ms: AtomicU64::new(0),
-            })
-            .collect();
-        let by_addr = addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect();
-        Ok(Fleet {
+        let mut fleet = Fleet {
             name: config.name.clone(),
             config: config.clone(),
-            balancer,
-            backends,
-            by_addr,
-            epoch: std::time::Instant::now(),
-            in_flight: AtomicU32::new(0),
-        })
+            set: ArcSwap::from_pointee(BackendSet::build(Vec::new(), config.load_balancing)),
+            epoch: Instant::now(),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            worker_threads,
+            checker: Arc::new(health_check(config)),
+            apply_lock: Mutex::new(()),
+            plan_version: AtomicU64::new(NEVER),
+            warned_static_plan: AtomicBool::new(false),
+        };
+        if config.provisioner.is_none() {
+            let now = unix_ms();
+            let mut seen = HashSet::new();
+            let mut backends = Vec::with_capacity(config.backends.len());
+            for backend in &config.backends {
+                let addr = resolve(backend).map_err(|source| ProxyError::Backend {
+                    fleet: config.name.clone(),
+                    backend: backend.clone(),
+                    source,
+                })?;
+                if !seen.insert(addr) {
+                    tracing::warn!(fleet = %config.name, %backend, %addr, "backend resolves to an address listed before; kept once");
+                    continue;
+                }
+                let state = fleet.new_backend(addr);
+                state.set_phase(BackendPhase::Ready, now);
+                backends.push(Arc::new(state));
+            }
+            fleet.set = ArcSwap::from_pointee(BackendSet::build(backends, config.load_balancing));
+        }
+        Ok(fleet)
     }
 
-    /// Picks a healthy, non-ejected backend not in `tried` (a bit set of backend indexes).
-    /// `user_key` steers consistent hashing; round robin ignores it.
-    pub fn select(&self, user_key: u64, tried: u64) -> Option<usize> {
+    fn new_backend(&self, addr: SocketAddr) -> BackendState {
+        BackendState {
+            id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            peer: backend_peer(addr, &self.config.timeouts),
+            idle: IdleConnections::new(
+                IDLE_CONNECTIONS_PER_BACKEND,
+                self.worker_threads,
+                UPSTREAM_IDLE_TIMEOUT,
+            ),
+            target: Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+                weight: 1,
+                ext: Default::default(),
+            },
+            phase: AtomicU8::new(phase_code(BackendPhase::Warming)),
+            since_ms: AtomicU64::new(0),
+            ready_since_ms: AtomicU64::new(NEVER),
+            healthy: AtomicBool::new(true),
+            check_successes: AtomicU32::new(0),
+            check_failures: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            fleet_in_flight: Arc::clone(&self.in_flight),
+        }
+    }
+
+    /// Whether the fleet's backends come from plans (it has a provisioner) rather than the config.
+    pub fn is_provisioned(&self) -> bool {
+        self.config.provisioner.is_some()
+    }
+
+    /// Picks a Ready, healthy, non-ejected backend that is not in `tried`. `user_key` steers
+    /// consistent hashing; round robin ignores it.
+    pub fn select(&self, user_key: u64, tried: &Tried) -> Option<Arc<BackendState>> {
+        let set = self.set.load();
+        if set.selectable == 0 {
+            return None;
+        }
         let now_ms = self.now_ms();
         let key = user_key.to_le_bytes();
-        let accept = |backend: &Backend, healthy: bool| -> bool {
-            if !healthy {
-                return false;
-            }
-            let Some(index) = self.index_of(backend) else {
-                return false;
-            };
-            tried & (1u64 << (index % 64)) == 0
-                && self.backends[index]
-                    .ejected_until_ms
-                    .load(Ordering::Relaxed)
-                    <= now_ms
-        };
-        let max_iterations = self.backends.len() * 2 + 1;
-        let chosen = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(&key, max_iterations, accept),
-            Balancer::Consistent(lb) => lb.select_with(&key, max_iterations, accept),
-        }?;
-        self.index_of(&chosen)
-    }
-
-    fn index_of(&self, backend: &Backend) -> Option<usize> {
-        let addr = backend.addr.as_inet()?;
-        self.by_addr.get(addr).copied()
-    }
-
-    pub fn backend(&self, index: usize) -> &BackendState {
-        &self.backends[index]
-    }
-
-    pub fn backends(&self) -> &[BackendState] {
-        &self.backends
-    }
-
-    /// Starts counting a request against the fleet and the backend; the count drops with the guard.
-    pub fn begin(self: &Arc<Self>, index: usize) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.backends[index]
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        self.backends[index]
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            fleet: Arc::clone(self),
-            index,
+        match &set.selection {
+            Selection::RoundRobin(s) => set.pick(s.iter(&key), tried, now_ms),
+            Selection::Consistent(s) => set.pick(s.iter(&key), tried, now_ms),
         }
+    }
+
+    /// The current set (for reports: requests use [`Fleet::select`]).
+    pub fn backends(&self) -> Arc<BackendSet> {
+        self.set.load_full()
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -201,8 +467,7 @@ impl Fleet {
     }
 
     /// Passive health: enough consecutive failures eject the backend for `eject_secs`.
-    pub fn record(&self, index: usize, attempt: Attempt) {
-        let backend = &self.backends[index];
+    pub fn record(&self, backend: &BackendState, attempt: Attempt) {
         match attempt {
             Attempt::Succeeded => {
                 if backend.consecutive_failures.load(Ordering::Relaxed) != 0 {
@@ -222,38 +487,170 @@ impl Fleet {
         }
     }
 
-    pub fn is_healthy(&self, index: usize) -> bool {
-        let backend = &self.backends[index].balancer_key;
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends().ready(backend),
-            Balancer::Consistent(lb) => lb.backends().ready(backend),
-        }
+    pub fn is_ejected(&self, backend: &BackendState) -> bool {
+        backend.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
     }
 
-    pub fn is_ejected(&self, index: usize) -> bool {
-        self.backends[index]
-            .ejected_until_ms
-            .load(Ordering::Relaxed)
-            > self.now_ms()
-    }
-
-    /// Backends that are healthy and not ejected.
+    /// Backends a new request may go to: Ready, healthy and not ejected.
     pub fn available(&self) -> usize {
-        (0..self.backends.len())
-            .filter(|&i| self.is_healthy(i) && !self.is_ejected(i))
+        let now_ms = self.now_ms();
+        self.set
+            .load()
+            .backends
+            .iter()
+            .filter(|b| b.routable(now_ms))
             .count()
     }
 
-    /// Runs one round of active health checks on every backend.
+    /// Backends of the current set per phase.
+    pub fn phase_counts(&self) -> PhaseCounts {
+        let mut counts = PhaseCounts::default();
+        for backend in self.set.load().backends.iter() {
+            match backend.phase() {
+                BackendPhase::Warming => counts.warming += 1,
+                BackendPhase::Ready => counts.ready += 1,
+                BackendPhase::Draining => counts.draining += 1,
+            }
+        }
+        counts
+    }
+
+    /// Runs one round of active health checks, at once on every Ready backend of the current
+    /// set (Warming and Draining ones get no requests; a backend entering Ready starts from the
+    /// verdict it has, healthy for a new one). `healthy_threshold` consecutive passes make an
+    /// unhealthy backend healthy, `unhealthy_threshold` consecutive failures the reverse.
     pub async fn check_health(&self) {
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
-            Balancer::Consistent(lb) => lb.backends().run_health_check(true).await,
+        let set = self.set.load_full();
+        let mut checks = tokio::task::JoinSet::new();
+        for backend in set.backends.iter().filter(|b| b.is_ready()) {
+            let backend = Arc::clone(backend);
+            let checker = Arc::clone(&self.checker);
+            checks.spawn(async move {
+                let result = checker.check(&backend.target).await;
+                (backend, result)
+            });
+        }
+        drop(set);
+        let thresholds = &self.config.health_check;
+        while let Some(joined) = checks.join_next().await {
+            let (backend, result) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    // That backend keeps its verdict for this round.
+                    tracing::warn!(fleet = %self.name, error = %e, "health check task failed");
+                    continue;
+                }
+            };
+            match backend.observe_check(
+                result.is_ok(),
+                thresholds.healthy_threshold,
+                thresholds.unhealthy_threshold,
+            ) {
+                Some(true) => {
+                    tracing::info!(fleet = %self.name, backend = %backend.addr, "backend passes its health check again")
+                }
+                Some(false) => {
+                    let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!(fleet = %self.name, backend = %backend.addr, %error, "backend fails its health check")
+                }
+                None => {}
+            }
         }
     }
 
     pub fn health_interval(&self) -> Duration {
         Duration::from_millis(self.config.health_check.interval_ms)
+    }
+
+    /// Replaces a provisioned fleet's set with `planned` (its complete list of backends). A
+    /// backend whose address was in the set keeps its state, with the planned phase; new ones
+    /// start healthy with no history; the others leave the set (requests in flight on them
+    /// finish). Nothing changes when the list cannot be used or the fleet is static.
+    pub fn apply_backends(&self, planned: &[PlannedBackend]) -> Result<SetChange, PlanError> {
+        if !self.is_provisioned() {
+            return Err(PlanError::StaticFleet {
+                fleet: self.name.clone(),
+            });
+        }
+        let mut parsed = Vec::with_capacity(planned.len());
+        let mut seen = HashSet::with_capacity(planned.len());
+        for backend in planned {
+            let addr: SocketAddr = backend.address.parse().map_err(|_| PlanError::BadAddress {
+                fleet: self.name.clone(),
+                address: backend.address.clone(),
+            })?;
+            if !seen.insert(addr) {
+                return Err(PlanError::DuplicateAddress {
+                    fleet: self.name.clone(),
+                    address: backend.address.clone(),
+                });
+            }
+            parsed.push((addr, backend));
+        }
+        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.set.load_full();
+        let mut next = Vec::with_capacity(parsed.len());
+        let mut change = SetChange::default();
+        // Whether a kept backend entered or left Ready (the selection is built from Ready ones).
+        let mut selection_changed = false;
+        for (addr, backend) in parsed {
+            let state = match current.get(&addr) {
+                Some(existing) => {
+                    change.kept += 1;
+                    let was_ready = existing.is_ready();
+                    existing.set_phase(backend.phase, backend.since_ms);
+                    selection_changed |= was_ready != existing.is_ready();
+                    Arc::clone(existing)
+                }
+                None => {
+                    change.added += 1;
+                    let state = self.new_backend(addr);
+                    state.set_phase(backend.phase, backend.since_ms);
+                    Arc::new(state)
+                }
+            };
+            next.push(state);
+        }
+        change.removed = current.len() - change.kept;
+        if change.added == 0 && change.removed == 0 && !selection_changed {
+            // The same backends, Ready as before: the set (and its ring) stays.
+            return Ok(change);
+        }
+        for gone in current.backends.iter().filter(|b| !seen.contains(&b.addr)) {
+            tracing::info!(fleet = %self.name, backend = %gone.addr, in_flight = gone.in_flight.load(Ordering::Relaxed), "backend left the fleet");
+        }
+        self.set.store(Arc::new(BackendSet::build(
+            next,
+            self.config.load_balancing,
+        )));
+        Ok(change)
+    }
+
+    /// Applies this fleet's part of plan `version`: a provisioned fleet takes `backends` when
+    /// the plan lists them (and keeps its set when not); a static fleet ignores them.
+    pub fn apply_plan(&self, backends: Option<&[PlannedBackend]>, version: u64) -> FleetOutcome {
+        let outcome = match (self.is_provisioned(), backends) {
+            (true, Some(planned)) => match self.apply_backends(planned) {
+                Ok(change) => FleetOutcome::Replaced(change),
+                Err(e) => return FleetOutcome::Refused(e),
+            },
+            (true, None) => FleetOutcome::Kept,
+            (false, listed) => {
+                if listed.is_some() && !self.warned_static_plan.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(fleet = %self.name, "a plan lists backends for this fleet, whose backends are static in the config; ignored (and not logged again)");
+                }
+                FleetOutcome::Static {
+                    ignored_backends: listed.is_some(),
+                }
+            }
+        };
+        self.plan_version.store(version, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Version of the last plan applied to this fleet.
+    pub fn plan_version(&self) -> Option<u64> {
+        Some(self.plan_version.load(Ordering::Relaxed)).filter(|&v| v != NEVER)
     }
 
     fn now_ms(&self) -> u64 {
@@ -262,6 +659,8 @@ impl Fleet {
     }
 
     pub fn status(&self) -> FleetStatus {
+        let set = self.set.load();
+        let now_ms = self.now_ms();
         FleetStatus {
             name: self.name.clone(),
             region: self.config.region.clone(),
@@ -269,37 +668,46 @@ impl Fleet {
                 LoadBalancing::RoundRobin => "round_robin",
                 LoadBalancing::ConsistentHash => "consistent_hash",
             },
+            provisioned: self.is_provisioned(),
+            plan_version: self.plan_version(),
             in_flight: self.in_flight(),
-            available_backends: self.available(),
-            backends: (0..self.backends.len())
-                .map(|i| {
-                    let b = &self.backends[i];
-                    BackendStatus {
-                        address: b.addr.to_string(),
-                        healthy: self.is_healthy(i),
-                        ejected: self.is_ejected(i),
-                        in_flight: b.in_flight.load(Ordering::Relaxed),
-                        requests: b.requests.load(Ordering::Relaxed),
-                        failures: b.failures.load(Ordering::Relaxed),
-                    }
+            available_backends: set.backends.iter().filter(|b| b.routable(now_ms)).count(),
+            backends: set
+                .backends
+                .iter()
+                .map(|b| BackendStatus {
+                    address: b.addr.to_string(),
+                    state: phase_name(b.phase()),
+                    state_since_ms: b.since_ms(),
+                    ready_since_ms: b.ready_since_ms(),
+                    healthy: b.is_healthy(),
+                    ejected: b.ejected_until_ms.load(Ordering::Relaxed) > now_ms,
+                    in_flight: b.in_flight.load(Ordering::Relaxed),
+                    requests: b.requests.load(Ordering::Relaxed),
+                    failures: b.failures.load(Ordering::Relaxed),
                 })
                 .collect(),
         }
     }
 }
 
-/// Decrements the fleet's and backend's in-flight counts when dropped.
+/// Decrements the backend's and its fleet's in-flight counts when dropped; holds the backend
+/// (whatever set it is in by then) for the request's attempt.
+#[derive(Debug)]
 pub struct InFlight {
-    fleet: Arc<Fleet>,
-    index: usize,
+    backend: Arc<BackendState>,
+}
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.backend
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.fleet.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.fleet.backends[self.index]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.backend.fleet_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -308,6 +716,10 @@ pub struct FleetStatus {
     pub name: String,
     pub region: String,
     pub load_balancing: &'static str,
+    /// Backends come from plans (the fleet has a provisioner).
+    pub provisioned: bool,
+    /// Version of the last plan applied to this fleet.
+    pub plan_version: Option<u64>,
     pub in_flight: u32,
     pub available_backends: usize,
     pub backends: Vec<BackendStatus>,
@@ -316,6 +728,12 @@ pub struct FleetStatus {
 #[derive(Debug, Serialize)]
 pub struct BackendStatus {
     pub address: String,
+    /// "warming" | "ready" | "draining".
+    pub state: &'static str,
+    /// Unix milliseconds it entered `state`.
+    pub state_since_ms: u64,
+    /// Unix milliseconds it last became ready (null if never).
+    pub ready_since_ms: Option<u64>,
     pub healthy: bool,
     pub ejected: bool,
     pub in_flight: u32,
@@ -323,7 +741,7 @@ pub struct BackendStatus {
     pub failures: u64,
 }
 
-fn health_check(config: &FleetConfig) -> Box<HttpHealthCheck> {
+fn health_check(config: &FleetConfig) -> HttpHealthCheck {
     let mut check = HttpHealthCheck::new("localhost", false);
     check.consecutive_success = config.health_check.healthy_threshold;
     check.consecutive_failure = config.health_check.unhealthy_threshold;
@@ -342,7 +760,7 @@ fn health_check(config: &FleetConfig) -> Box<HttpHealthCheck> {
             tracing::error!(fleet = %config.name, error = %e, "invalid health check path; probing / instead")
         }
     }
-    Box::new(check)
+    check
 }
 
 fn resolve(backend: &str) -> std::io::Result<SocketAddr> {
@@ -351,6 +769,13 @@ fn resolve(backend: &str) -> std::io::Result<SocketAddr> {
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// All fleets of the node's region.
@@ -401,3 +826,6 @@ fn backend_peer(addr: SocketAddr, timeouts: &TimeoutConfig) -> HttpPeer {
     peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
     peer
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,8 @@
 //! - a response is framed as the backend framed it (length, chunked, or until close); when its
 //!   end is the backend closing, the client connection closes after it too;
 //! - an upstream connection is kept idle only after a complete HTTP/1.1 response whose framing
-//!   and `Connection` allow reuse and after which nothing more arrived;
+//!   and `Connection` allow reuse and after which nothing more arrived, and only while its
+//!   backend is Ready (a draining backend's connections close as its requests finish);
 //! - a reused upstream connection that fails before any response byte is retried once on a new
 //!   connection to the same backend, and is not counted against it;
 //! - once a response byte is sent, a failure ends the client connection (the client sees a
@@ -59,7 +60,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::chunked::ChunkedScanner;
 use crate::dataplane::{Admitted, DataPlane, Rejection};
 use crate::fields::HeaderFields;
-use crate::fleet::{Attempt, Fleet};
+use crate::fleet::{Attempt, BackendState, Fleet};
 use crate::service::{
     failure_answer, forwarded_for, forwarded_proto, ProxyService, RequestCtx, FORWARDED_FOR,
     FORWARDED_PROTO,
@@ -426,35 +427,38 @@ impl FrontDoor {
         // Set after a reused connection failed before any response: the same backend once more,
         // without counting an attempt (the backend did nothing wrong); from then on only new
         // connections, so this happens at most once.
-        let mut stale_retry: Option<usize> = None;
+        let mut stale_retry = false;
         let mut reuse = true;
         let failure = loop {
-            let index = match stale_retry.take() {
-                Some(index) => index,
-                None => match ctx.begin_attempt(fleet, routed.user) {
-                    Ok(index) => index,
-                    Err(status) => break status,
-                },
+            if !std::mem::take(&mut stale_retry) {
+                if let Err(status) = ctx.begin_attempt(fleet, routed.user) {
+                    break status;
+                }
+            }
+            let Some(backend) = ctx.backend() else {
+                break 503;
             };
-            match self
-                .exchange(conn, &mut ctx, fleet, index, reuse, head_only, close)
-                .await
-            {
+            let result = self
+                .exchange(conn, backend, fleet, reuse, head_only, close)
+                .await;
+            match result {
                 Ok(sent) => {
+                    ctx.response_started = true;
                     ctx.finish(&self.plane, Some(sent.status), 0, sent.body_bytes);
                     return sent.keep_client;
                 }
                 Err(Failed::AfterResponse { error, sent }) => {
                     tracing::debug!(%error, "response cut short");
+                    ctx.response_started = true;
                     ctx.finish(&self.plane, Some(sent.status), 0, sent.body_bytes);
                     return false;
                 }
                 Err(Failed::BeforeResponse { reused: true, .. }) => {
                     reuse = false;
-                    stale_retry = Some(index);
+                    stale_retry = true;
                 }
                 Err(Failed::BeforeResponse { error, .. }) => {
-                    tracing::debug!(%error, backend = %fleet.backend(index).addr, "attempt failed");
+                    tracing::debug!(%error, backend = %backend.addr, "attempt failed");
                     if !ctx.attempt_failed(fleet, &error) {
                         break ctx.failure_status;
                     }
@@ -468,21 +472,19 @@ impl FrontDoor {
         false
     }
 
-    /// One attempt: take an idle connection (when `reuse`) or connect, send the request, read the
-    /// response head and pass the response to the client; a complete response leaves the
-    /// connection idle for the next request.
-    #[allow(clippy::too_many_arguments)]
+    /// One attempt on `backend`: take an idle connection (when `reuse`) or connect, send the
+    /// request, read the response head and pass the response to the client; a complete response
+    /// leaves the connection idle for the next request (while the backend is Ready). Once the
+    /// result is `Ok` or `AfterResponse`, the response has begun.
     async fn exchange(
         &self,
         conn: &mut Connection,
-        ctx: &mut RequestCtx,
+        backend: &BackendState,
         fleet: &Fleet,
-        index: usize,
         reuse: bool,
         head_only: bool,
         close: bool,
     ) -> Result<Sent, Failed> {
-        let backend = fleet.backend(index);
         let peer = &backend.peer;
         let read_timeout = peer.options.read_timeout;
         let now = self.plane.now_secs();
@@ -524,8 +526,7 @@ impl FrontDoor {
             }
         };
 
-        fleet.record(index, Attempt::Succeeded);
-        ctx.response_started = true;
+        fleet.record(backend, Attempt::Succeeded);
         let mut sent = Sent {
             status: head.status,
             body_bytes: 0,
@@ -574,7 +575,8 @@ impl FrontDoor {
                     .map_err(|error| Failed::AfterResponse { error, sent })?;
             }
         }
-        if reusable {
+        // A draining backend gets no more requests: its connection closes instead.
+        if reusable && backend.is_ready() {
             backend.idle.put(upstream, now);
         }
         Ok(sent)

@@ -25,6 +25,7 @@ mod hints;
 mod http1;
 pub mod identity;
 pub mod meters;
+pub mod plan;
 pub mod profiles;
 pub mod server;
 pub mod service;

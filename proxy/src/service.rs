@@ -5,7 +5,7 @@
 //! |--------------------------|--------------------------------------------------------------------|
 //! | `request_filter`         | header limits, client address, identity → `UserKey`, origin region, |
 //! |                          | feature update → profile, profile → fleet; early 4xx/503 answers    |
-//! | `upstream_peer`          | a healthy, non-ejected, untried backend of the fleet               |
+//! | `upstream_peer`          | a Ready, healthy, non-ejected, untried backend of the fleet        |
 //! | `upstream_request_filter`| `X-Forwarded-For` / `X-Forwarded-Proto`                             |
 //! | `fail_to_connect`        | passive ejection bookkeeping, retry on another backend             |
 //! | `error_while_proxy`      | retry idempotent requests that got no response yet                 |
@@ -35,19 +35,18 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::dataplane::{Admitted, DataPlane, Rejection};
 use crate::fields::{visible_ascii, HeaderLookup};
-use crate::fleet::{Attempt, Fleet, FleetIdx, InFlight};
+use crate::fleet::{Attempt, BackendState, Fleet, FleetIdx, InFlight, Tried};
 use crate::meters::{MeterKey, Observation};
 
 /// Per-request state carried between hooks.
 pub struct RequestCtx {
     started: Instant,
     routed: Option<Routed>,
-    /// Backend index of the current attempt.
-    backend: Option<usize>,
-    /// Backends already tried, as a bit set of indexes.
-    tried: u64,
+    /// Backends already tried (their identities).
+    tried: Tried,
     attempts: u32,
     pub(crate) response_started: bool,
+    /// The current attempt: its backend, counted in flight until the next attempt or the end.
     in_flight: Option<InFlight>,
     /// No usable response came from a backend (connect/read failure, timeout).
     upstream_failed: bool,
@@ -62,8 +61,7 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             routed: None,
-            backend: None,
-            tried: 0,
+            tried: Tried::new(),
             attempts: 0,
             response_started: false,
             in_flight: None,
@@ -126,23 +124,31 @@ impl RequestCtx {
         plane.record(routed.user, routed.meter, observation);
     }
 
-    /// Starts the next attempt on `fleet`: a healthy, untried backend (its index), or, when none
-    /// is left, the status for the client — how the last attempt failed (502, or 504 for a
+    /// Starts the next attempt on `fleet`: a Ready, healthy, untried backend, or, when none is
+    /// left, the status for the client — how the last attempt failed (502, or 504 for a
     /// timeout), or 503 when nothing could be tried.
-    pub(crate) fn begin_attempt(&mut self, fleet: &Arc<Fleet>, user: u64) -> Result<usize, u16> {
-        let Some(index) = fleet.select(user, self.tried) else {
-            return Err(if self.attempts > 0 {
-                self.failure_status
-            } else {
-                503
-            });
+    pub(crate) fn begin_attempt(&mut self, fleet: &Fleet, user: u64) -> Result<&BackendState, u16> {
+        let no_backend = if self.attempts > 0 {
+            self.failure_status
+        } else {
+            503
         };
-        self.tried |= 1u64 << (index % 64);
+        if self.tried.is_full() {
+            return Err(no_backend);
+        }
+        let Some(backend) = fleet.select(user, &self.tried) else {
+            return Err(no_backend);
+        };
+        self.tried.insert(backend.id());
         self.attempts += 1;
-        self.backend = Some(index);
         // Replacing the guard ends the previous attempt's in-flight count.
-        self.in_flight = Some(fleet.begin(index));
-        Ok(index)
+        let guard = self.in_flight.insert(backend.begin());
+        Ok(guard.backend())
+    }
+
+    /// The backend of the current attempt.
+    pub(crate) fn backend(&self) -> Option<&Arc<BackendState>> {
+        self.in_flight.as_ref().map(InFlight::backend)
     }
 
     /// Books the current attempt on `fleet` as failed with `e` (passive ejection, and the status
@@ -150,8 +156,8 @@ impl RequestCtx {
     pub(crate) fn attempt_failed(&mut self, fleet: &Fleet, e: &Error) -> bool {
         self.upstream_failed = true;
         self.failure_status = failure_status(e);
-        if let Some(index) = self.backend {
-            fleet.record(index, Attempt::Failed);
+        if let Some(backend) = self.backend() {
+            fleet.record(backend, Attempt::Failed);
         }
         self.attempts <= fleet.config.retries
     }
@@ -281,7 +287,7 @@ impl ProxyHttp for ProxyService {
             ));
         };
         let fleet = self.plane.fleets.get(routed.fleet);
-        let index = ctx.begin_attempt(fleet, routed.user).map_err(|status| {
+        let backend = ctx.begin_attempt(fleet, routed.user).map_err(|status| {
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
                 "no healthy backend left to try",
@@ -289,7 +295,7 @@ impl ProxyHttp for ProxyService {
             e.set_retry(false);
             e
         })?;
-        Ok(Box::new(fleet.backend(index).peer.clone()))
+        Ok(Box::new(backend.peer.clone()))
     }
 
     async fn upstream_request_filter(
@@ -308,11 +314,11 @@ impl ProxyHttp for ProxyService {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.response_started = true;
-        if let (Some(routed), Some(index)) = (ctx.routed, ctx.backend) {
+        if let (Some(routed), Some(backend)) = (ctx.routed, ctx.backend()) {
             self.plane
                 .fleets
                 .get(routed.fleet)
-                .record(index, Attempt::Succeeded);
+                .record(backend, Attempt::Succeeded);
         }
         Ok(())
     }

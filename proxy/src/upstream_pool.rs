@@ -82,6 +82,13 @@ impl IdleConnections {
         let _ = self.own_stripe().push((stream, now));
     }
 
+    /// Closes every idle connection, on all threads (the backend gets no more requests).
+    pub fn clear(&self) {
+        for queue in self.stripes.iter() {
+            while queue.pop().is_some() {}
+        }
+    }
+
     /// Connections waiting, on all threads.
     pub fn len(&self) -> usize {
         self.stripes.iter().map(ArrayQueue::len).sum()

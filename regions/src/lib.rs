@@ -1,23 +1,26 @@
-//! prescale-regions: the regional forecaster's core.
+//! prescale-regions: the regional forecaster's IO shell around the sans-IO brain
+//! (`prescale-brain`, re-exported as [`brain`], [`forecast`] and [`planner`]).
 //!
-//! * [`brain`]: the sans-IO, clock-free state machine (observe, set events, poll, next wakeup)
-//!   that the live forecaster and `prescale replay` both drive;
-//! * [`forecast`]: per-series forecasting (seasonal profile, augurs MSTL + AutoETS, naive
-//!   fallbacks), rolling-origin model choice and calibrated intervals;
-//! * [`planner`]: capacity tiers, scale-up/down rules and revenue-weighted allocation under a cap;
+//! * [`store`] and [`ingest`]: the SQLite series store and the sketch sink that writes it;
+//! * [`ledger`]: provisioned instances, plan versions and decisions, in the same file;
+//! * [`live`]: the live driver that feeds the brain complete minutes, polls it, steers the
+//!   [`provision`]ers and publishes plans;
 //! * [`replay`]: the policy simulator behind `prescale replay`, with [`trace`] parsing and
 //!   [`plot`] drawing.
 //!
-//! Invariant: nothing under `brain`, `forecast` and `planner` reads a clock, a file or a socket.
+//! Invariant: decisions are made only in `prescale-brain`; this crate feeds it and carries its
+//! decisions out.
 
-pub mod brain;
 pub mod error;
-pub mod forecast;
 pub mod ingest;
-pub mod planner;
+pub mod ledger;
+pub mod live;
 pub mod plot;
+pub mod provision;
 pub mod replay;
 pub mod store;
 pub mod trace;
 
 pub use error::{Error, Result};
+/// The sans-IO core, re-exported: the same code this crate's live driver and replay run.
+pub use prescale_brain::{brain, forecast, planner};

@@ -68,6 +68,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (region, profile, fleet, origin, minute)
      ) WITHOUT ROWID;
      CREATE INDEX series_by_minute ON series (minute);",
+    // 2: how far each node has reported (the end of its latest interval), for the live
+    // driver's "is this minute complete" check.
+    // Coverage: how many sketches (empty ones included) each minute of a region got, so a
+    // quiet minute (covered, no requests) is told from a missing one (not covered).
+    "ALTER TABLE nodes ADD COLUMN reported_through_ms INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE coverage (
+        region TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        sketches INTEGER NOT NULL,
+        PRIMARY KEY (region, minute)
+     ) WITHOUT ROWID;",
 ];
 
 /// One minute of one series.
@@ -109,6 +120,18 @@ pub struct NodeRecord {
     /// Sketches the node dropped from a full spool.
     pub dropped: u64,
     pub sketches: u64,
+    /// The end (unix ms) of the latest interval the node has reported; 0 before migration 2.
+    pub reported_through_ms: u64,
+}
+
+/// Requests of one (profile, fleet) of a region in one minute, summed over origin regions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MinuteRequests {
+    pub profile: String,
+    pub fleet: String,
+    /// Unix seconds of the minute's start.
+    pub minute: u64,
+    pub requests: u64,
 }
 
 /// What happened to one sketch.
@@ -247,6 +270,7 @@ impl SeriesStore {
             }
         }
         write_nodes(&tx, &nodes, now_ms)?;
+        write_coverage(&tx, sketches, &outcomes)?;
         write_rows(&tx, rows, histograms, users)?;
         tx.commit().map_err(|e| store_error("commit ingest", e))?;
         Ok(outcomes)
@@ -394,12 +418,151 @@ impl SeriesStore {
             .map_err(|e| store_error("read totals row", e))
     }
 
+    /// Requests per (profile, fleet, minute) of `region` in minutes `[from, to)` (unix
+    /// seconds), ordered by minute.
+    pub fn region_minutes(&self, region: &str, from: u64, to: u64) -> Result<Vec<MinuteRequests>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT profile, fleet, minute, SUM(requests) FROM series
+                 WHERE region = ?1 AND minute >= ?2 AND minute < ?3
+                 GROUP BY minute, profile, fleet ORDER BY minute, profile, fleet",
+            )
+            .map_err(|e| store_error("prepare region minutes query", e))?;
+        let rows = statement
+            .query_map(params![region, from as i64, to as i64], |row| {
+                Ok(MinuteRequests {
+                    profile: row.get(0)?,
+                    fleet: row.get(1)?,
+                    minute: row.get::<_, i64>(2)? as u64,
+                    requests: row.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(|e| store_error("run region minutes query", e))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| store_error("read region minutes row", e))
+    }
+
+    /// Requests and the merged latency histogram (microseconds) a fleet of `region` served in
+    /// the minute starting at `minute` (unix seconds); `None` when it served nothing.
+    pub fn fleet_minute_latency(
+        &self,
+        region: &str,
+        fleet: &str,
+        minute: u64,
+    ) -> Result<Option<(u64, hdrhistogram::Histogram<u64>)>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT requests, latency FROM series WHERE region = ?1 AND fleet = ?2 AND minute = ?3",
+            )
+            .map_err(|e| store_error("prepare fleet latency query", e))?;
+        let rows = statement
+            .query_map(params![region, fleet, minute as i64], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| store_error("run fleet latency query", e))?;
+        let mut requests = 0u64;
+        let mut total = LatencyHistogram::empty();
+        for row in rows {
+            let (n, latency) = row.map_err(|e| store_error("read fleet latency row", e))?;
+            requests = requests.saturating_add(n);
+            let latency = LatencyHistogram::from_bytes(latency)
+                .map_err(|e| sketch_error("stored latency histogram", e))?;
+            total
+                .merge(&latency)
+                .map_err(|e| sketch_error("merge latency histograms", e))?;
+        }
+        if requests == 0 {
+            return Ok(None);
+        }
+        let histogram = total
+            .to_histogram()
+            .map_err(|e| sketch_error("decode latency histogram", e))?;
+        Ok(Some((requests, histogram)))
+    }
+
+    /// The minutes (unix seconds of their start) of `region` in `[from, to)` that at least one
+    /// sketch covered, ascending.
+    pub fn covered_minutes(&self, region: &str, from: u64, to: u64) -> Result<Vec<u64>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT minute FROM coverage WHERE region = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute",
+            )
+            .map_err(|e| store_error("prepare coverage query", e))?;
+        let rows = statement
+            .query_map(params![region, from as i64, to as i64], |row| {
+                Ok(row.get::<_, i64>(0)? as u64)
+            })
+            .map_err(|e| store_error("run coverage query", e))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| store_error("read coverage row", e))
+    }
+
+    /// Seeds past demand of one (region, profile, fleet) series: each point becomes a stored,
+    /// covered minute (no latency or user data). Minutes that already hold data are left alone,
+    /// so seeding twice, or over live data, changes nothing. Returns the minutes written.
+    pub fn seed_history(
+        &mut self,
+        region: &str,
+        profile: &str,
+        fleet: &str,
+        points: &[(u64, u64)],
+    ) -> Result<usize> {
+        let empty_latency = LatencyHistogram::empty();
+        let empty_users = self
+            .users
+            .encode(&HyperLogLog::default())
+            .map_err(|e| sketch_error("encode an empty user count", e))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| store_error("begin history seeding", e))?;
+        let mut written = 0;
+        {
+            let mut row = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO series (region, origin, profile, fleet, minute, requests, errors, bytes_in, bytes_out, latency, users)
+                     VALUES (?1, ?1, ?2, ?3, ?4, ?5, 0, 0, 0, ?6, ?7)",
+                )
+                .map_err(|e| store_error("prepare the history insert", e))?;
+            let mut covered = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO coverage (region, minute, sketches) VALUES (?1, ?2, 1)",
+                )
+                .map_err(|e| store_error("prepare the history coverage", e))?;
+            for &(minute, requests) in points {
+                let minute = (minute / 60 * 60) as i64;
+                let inserted = covered
+                    .execute(params![region, minute])
+                    .map_err(|e| store_error("seed coverage", e))?;
+                if inserted > 0 {
+                    row.execute(params![
+                        region,
+                        profile,
+                        fleet,
+                        minute,
+                        requests as i64,
+                        empty_latency.as_bytes(),
+                        empty_users
+                    ])
+                    .map_err(|e| store_error("seed a history minute", e))?;
+                    written += 1;
+                }
+            }
+        }
+        tx.commit()
+            .map_err(|e| store_error("commit history seeding", e))?;
+        Ok(written)
+    }
+
     /// Every node that has sent a sketch.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT node, region, last_seen_ms, last_sequence, spooled, dropped, sketches FROM nodes ORDER BY node",
+                "SELECT node, region, last_seen_ms, last_sequence, spooled, dropped, sketches, reported_through_ms FROM nodes ORDER BY node",
             )
             .map_err(|e| store_error("prepare nodes query", e))?;
         let rows = statement
@@ -412,6 +575,7 @@ impl SeriesStore {
                     spooled: row.get::<_, i64>(4)? as u64,
                     dropped: row.get::<_, i64>(5)? as u64,
                     sketches: row.get::<_, i64>(6)? as u64,
+                    reported_through_ms: row.get::<_, i64>(7)? as u64,
                 })
             })
             .map_err(|e| store_error("run nodes query", e))?;
@@ -533,6 +697,7 @@ struct NodeUpdate<'a> {
     spooled: u32,
     dropped: u64,
     stored: u64,
+    reported_through_ms: u64,
 }
 
 impl<'a> NodeUpdate<'a> {
@@ -543,6 +708,7 @@ impl<'a> NodeUpdate<'a> {
             spooled: sketch.sender.spooled,
             dropped: sketch.sender.dropped,
             stored: u64::from(inserted),
+            reported_through_ms: sketch.interval_end_ms,
         }
     }
 
@@ -554,6 +720,7 @@ impl<'a> NodeUpdate<'a> {
         self.spooled = sketch.sender.spooled;
         self.dropped = sketch.sender.dropped;
         self.stored += u64::from(inserted);
+        self.reported_through_ms = self.reported_through_ms.max(sketch.interval_end_ms);
     }
 }
 
@@ -564,10 +731,11 @@ fn write_nodes(
 ) -> Result<()> {
     let mut upsert = tx
         .prepare_cached(
-            "INSERT INTO nodes (node, region, last_seen_ms, last_sequence, spooled, dropped, sketches)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO nodes (node, region, last_seen_ms, last_sequence, spooled, dropped, sketches, reported_through_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (node) DO UPDATE SET region = ?2, last_seen_ms = ?3,
-                last_sequence = MAX(last_sequence, ?4), spooled = ?5, dropped = ?6, sketches = sketches + ?7",
+                last_sequence = MAX(last_sequence, ?4), spooled = ?5, dropped = ?6, sketches = sketches + ?7,
+                reported_through_ms = MAX(reported_through_ms, ?8)",
         )
         .map_err(|e| store_error("prepare the node update", e))?;
     for (node, update) in nodes {
@@ -579,9 +747,33 @@ fn write_nodes(
                 update.last_sequence as i64,
                 i64::from(update.spooled),
                 update.dropped as i64,
-                update.stored as i64
+                update.stored as i64,
+                update.reported_through_ms as i64
             ])
             .map_err(|e| store_error(format!("update node {node}"), e))?;
+    }
+    Ok(())
+}
+
+/// Counts each newly stored sketch towards its minute's coverage.
+fn write_coverage(tx: &Transaction<'_>, sketches: &[Sketch], outcomes: &[Ingested]) -> Result<()> {
+    let mut minutes: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+    for (sketch, outcome) in sketches.iter().zip(outcomes) {
+        if *outcome == Ingested::Stored {
+            let minute = (sketch.interval_start_ms / 60_000 * 60) as i64;
+            *minutes.entry((sketch.region.as_str(), minute)).or_default() += 1;
+        }
+    }
+    let mut upsert = tx
+        .prepare_cached(
+            "INSERT INTO coverage (region, minute, sketches) VALUES (?1, ?2, ?3)
+             ON CONFLICT (region, minute) DO UPDATE SET sketches = sketches + ?3",
+        )
+        .map_err(|e| store_error("prepare the coverage update", e))?;
+    for ((region, minute), count) in minutes {
+        upsert
+            .execute(params![region, minute, count])
+            .map_err(|e| store_error(format!("update coverage of {region} at {minute}"), e))?;
     }
     Ok(())
 }
@@ -951,6 +1143,8 @@ mod tests {
                 spooled: 3,
                 dropped: 1,
                 sketches: 3,
+                // The latest interval end of any of its sketches, in whatever order they came.
+                reported_through_ms: 60_000 * 5 + 10_000,
             }]
         );
     }

@@ -76,7 +76,7 @@ fn registry_is_append_only_and_bounded() {
 
 #[test]
 fn registry_from_config_knows_configured_names() {
-    let mut config = prescale_config::embedded_default(&["127.0.0.1:1".to_string()]).unwrap();
+    let mut config = prescale_config::embedded_default().unwrap();
     config.routes.push(prescale_config::RouteConfig {
         profile: "routed".into(),
         fleet: "web".into(),

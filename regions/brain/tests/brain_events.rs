@@ -1,11 +1,11 @@
 //! Scheduled events on top of the forecast: a multiplier applies inside its window only, and a
 //! "learn from the last event with the same tag" event uses what the last one actually did.
 
-use prescale_config::brain::{ForecastConfig, PlannerConfig};
-use prescale_regions::brain::{
+use prescale_brain::brain::{
     Brain, EventEffect, EventScope, FleetKey, FleetProfile, FleetSpec, ScheduledEvent,
 };
-use prescale_regions::planner::CapacityModel;
+use prescale_brain::planner::CapacityModel;
+use prescale_config::brain::{ForecastConfig, PlannerConfig};
 
 fn brain() -> (Brain, FleetKey) {
     let key = FleetKey {

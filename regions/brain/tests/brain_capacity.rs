@@ -2,13 +2,13 @@
 //! pool into per-profile sub-pools for profiles whose instances need their own configuration.
 
 use hdrhistogram::Histogram;
-use prescale_config::brain::{ForecastConfig, PlannerConfig};
-use prescale_regions::brain::{
+use prescale_brain::brain::{
     Action, Brain, Decision, EventEffect, EventScope, FleetKey, FleetProfile, FleetSpec,
     ScheduledEvent, WarmPool,
 };
-use prescale_regions::planner::capacity::{CapacitySource, LatencySlo};
-use prescale_regions::planner::CapacityModel;
+use prescale_brain::planner::capacity::{CapacitySource, LatencySlo};
+use prescale_brain::planner::CapacityModel;
+use prescale_config::brain::{ForecastConfig, PlannerConfig};
 
 fn key() -> FleetKey {
     FleetKey {

@@ -1,12 +1,12 @@
 //! Planner invariants, by property: never below baseline or above the cap, no oscillation on flat
 //! or noisy-flat demand, drain before removal, revenue order under a cap.
 
-use prescale_config::brain::{ForecastConfig, PlannerConfig};
-use prescale_regions::brain::{Action, Brain, Decision, FleetKey, FleetProfile, FleetSpec};
-use prescale_regions::forecast::{ForecastPoint, Model};
-use prescale_regions::planner::{
+use prescale_brain::brain::{Action, Brain, Decision, FleetKey, FleetProfile, FleetSpec};
+use prescale_brain::forecast::{ForecastPoint, Model};
+use prescale_brain::planner::{
     allocate_under_cap, plan_fleet, CapacityModel, PlanInput, ProfileNeed, Step,
 };
+use prescale_config::brain::{ForecastConfig, PlannerConfig};
 use proptest::prelude::*;
 
 fn capacity(rps: f64, cold_start: f64) -> CapacityModel {

@@ -413,6 +413,33 @@ impl Brain {
         Some(scale_point(base, factor))
     }
 
+    /// Bring every forecaster up to `now` without planning: score the forecasts whose minute has
+    /// come and record this origin's. A driver that hands over history (a restart rebuilding
+    /// from its store) calls this after each minute it observes, so the model choice and the
+    /// calibrated intervals are what they would have been had the brain run through it.
+    pub fn learn(&mut self, now: UnixSeconds) {
+        let now_minute = now.div_euclid(60);
+        self.update_profiles(now_minute);
+        for fleet in self.fleets.values_mut() {
+            fleet.total.update(now_minute);
+        }
+    }
+
+    /// The (region, profile) series the brain has seen.
+    pub fn series_keys(&self) -> Vec<SeriesKey> {
+        self.profiles.keys().cloned().collect()
+    }
+
+    /// The fleets the brain plans.
+    pub fn fleet_keys(&self) -> Vec<FleetKey> {
+        self.fleets.keys().cloned().collect()
+    }
+
+    /// What the brain was told about a fleet.
+    pub fn fleet_spec(&self, fleet: &FleetKey) -> Option<&FleetSpec> {
+        self.fleets.get(fleet).map(|f| &f.spec)
+    }
+
     /// Advance to `now`: remove drained instances that are due and, on a planning tick, update
     /// every forecast and plan every fleet. Returns the decisions, each with its reason.
     pub fn poll(&mut self, now: UnixSeconds) -> Vec<Decision> {

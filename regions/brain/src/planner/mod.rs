@@ -120,11 +120,15 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
         } else {
             Step::Hold
         };
+        let reason = match step {
+            Step::ScaleUp { from, to } => format!("baseline {from}→{to}: no forecast yet"),
+            _ => format!("hold {}: no forecast yet", input.current),
+        };
         return Plan {
             tiers,
             step,
             down_condition: false,
-            reason: format!("hold {}: no forecast yet", input.current),
+            reason,
         };
     };
     let predictive = capacity.instances_for(at_lead.upper * margin);

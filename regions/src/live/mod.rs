@@ -1,0 +1,931 @@
+//! The live driver: the IO shell that runs the brain for a region, the way `prescale replay`
+//! runs it on a trace — the same [`Brain`], fed complete minutes from the series store and
+//! polled on its own wakeups, its decisions carried out by the fleets' provisioners and
+//! published to the proxies as versioned plans.
+//!
+//! One [`LiveDriver::step`] at node time `now`:
+//! 1. (first step only) rebuild the brain from the store: every covered minute of the history
+//!    window is observed and learned in order, so model choice and calibration are what they
+//!    were; running instances come from the provisioners, which adopt what still runs;
+//! 2. hand over every minute that is complete ([`completeness`]): observed (zero for known
+//!    profiles that sent nothing) or absent (no sketch covers it: missing data, not quiet);
+//! 3. look again at the minutes handed in the last hour: requests that arrived late are counted
+//!    and handed over as a correction (the brain adds them to their minute);
+//! 4. poll the brain once the minute before `now` has been handed over (or is past the lateness
+//!    bound), and log its decisions with their reasons;
+//! 5. steer each provisioned fleet to the planned count; publish the plan when it changed.
+//!
+//! Fail-static, by construction: when no proxy has reported for longer than the lateness bound
+//! the brain is not polled (the fleet holds what it has); a provisioner failure leaves the
+//! planned count where it was; during the first minutes after a start (the cold window) no plan
+//! shrinks a fleet below what it was running when the driver took over.
+
+pub mod completeness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prescale_brain::brain::{Action, Brain, Decision, FleetKey, FleetSpec, WarmPool};
+use prescale_brain::forecast::ForecastPoint;
+use prescale_brain::planner::capacity::CapacityEstimate;
+use prescale_brain::planner::Tiers;
+use prescale_gossip::{FleetPlan, NodeClock, PlanUpdate, PlannedBackend, TierTarget};
+use serde::Serialize;
+
+pub use completeness::{CompletenessRule, MinuteState, NodeProgress};
+
+use crate::ledger::{DecisionRecord, Ledger};
+use crate::provision::{Provisioner, ProvisionerStatus};
+use crate::store::SeriesStore;
+
+/// How far back late requests are looked for and handed over as corrections.
+pub const LATE_WINDOW_MINUTES: u64 = 60;
+/// The longest real time between two steps (provisioner health checks, plan pushes).
+pub const STEP_INTERVAL: Duration = Duration::from_millis(200);
+/// Decisions kept per fleet in the view.
+const VIEW_DECISIONS: usize = 20;
+/// Horizons the view forecasts, minutes ahead.
+pub const VIEW_HORIZONS: [i64; 3] = [5, 30, 1440];
+
+/// A fleet as the driver runs it.
+pub struct LiveFleet {
+    pub spec: FleetSpec,
+    /// `None`: static backends, planned and reported but not provisioned.
+    pub provisioner: Option<Box<dyn Provisioner>>,
+    /// Backends a static fleet has (its config).
+    pub static_backends: u32,
+}
+
+/// The driver's settings for one region.
+#[derive(Clone, Debug)]
+pub struct LiveSettings {
+    pub region: String,
+    pub rule: CompletenessRule,
+    /// Minutes of stored history the brain is rebuilt from at start.
+    pub history_minutes: u64,
+    /// Start in forecast-only mode (plan and report, provision nothing).
+    pub forecast_only: bool,
+    /// Minutes after the start during which no fleet is shrunk below what it ran at the start.
+    pub cold_minutes: u64,
+}
+
+/// Publishes a plan to the region's proxies.
+pub type PlanPublisher = Box<dyn FnMut(PlanUpdate) -> Result<(), String> + Send>;
+/// Told of every decision as it is made (`prescale up` prints them).
+pub type DecisionObserver = Box<dyn FnMut(&DecisionRecord) + Send>;
+
+/// Counters of the driver, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    pub minutes_observed: AtomicU64,
+    pub minutes_absent: AtomicU64,
+    pub late_minutes: AtomicU64,
+    pub late_requests: AtomicU64,
+    pub ticks: AtomicU64,
+    pub last_tick_micros: AtomicU64,
+    pub max_tick_micros: AtomicU64,
+    pub decisions: AtomicU64,
+    pub plans_published: AtomicU64,
+    pub publish_failures: AtomicU64,
+    pub store_failures: AtomicU64,
+}
+
+/// What the driver shares with the admin API: its latest view, the mode switch, the counters.
+#[derive(Debug)]
+pub struct LiveShared {
+    view: Mutex<LiveView>,
+    forecast_only: AtomicBool,
+    pub stats: LiveStats,
+}
+
+impl LiveShared {
+    /// The latest view of the region.
+    pub fn view(&self) -> LiveView {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn forecast_only(&self) -> bool {
+        self.forecast_only.load(Ordering::Relaxed)
+    }
+
+    /// Forecast-only: plan and report, start and stop nothing (takes effect at the next step).
+    pub fn set_forecast_only(&self, on: bool) {
+        self.forecast_only.store(on, Ordering::Relaxed);
+    }
+}
+
+/// The region as the admin API shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LiveView {
+    pub region: String,
+    /// Node time of the step that made this view, unix ms.
+    pub at_ms: u64,
+    pub forecast_only: bool,
+    /// Why the brain is not being polled, when it is not.
+    pub holding: Option<String>,
+    /// End of the last minute handed to the brain, unix ms.
+    pub observed_through_ms: Option<u64>,
+    pub plan_version: Option<u64>,
+    pub fleets: Vec<FleetView>,
+    pub series: Vec<SeriesView>,
+}
+
+/// One fleet's plan, instances and forecast.
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetView {
+    pub fleet: String,
+    pub provisioned: bool,
+    /// Instances the plan wants serving (warming and ready).
+    pub planned: u32,
+    pub tiers: Option<Tiers>,
+    pub warm_pools: Vec<WarmPool>,
+    pub capacity: Option<CapacityEstimate>,
+    pub shed_order: Vec<String>,
+    pub reason: Option<String>,
+    pub instances: InstanceCounts,
+    pub backends: Vec<PlannedBackend>,
+    pub provisioner: Option<ProvisionerStatus>,
+    /// The fleet total's forecast (requests per minute) at [`VIEW_HORIZONS`].
+    pub forecast: Vec<HorizonPoint>,
+    /// Each candidate model's recent mean absolute error at 30 minutes (null until scored).
+    pub model_errors: Vec<ModelError>,
+    /// The latest decisions, newest first.
+    pub decisions: Vec<DecisionRecord>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct InstanceCounts {
+    pub warming: u32,
+    pub ready: u32,
+    pub draining: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelError {
+    pub model: &'static str,
+    pub mean_absolute_error: Option<f64>,
+}
+
+/// One profile's forecast.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeriesView {
+    pub profile: String,
+    pub forecast: Vec<HorizonPoint>,
+}
+
+/// A forecast point with its interval, requests per minute.
+#[derive(Clone, Debug, Serialize)]
+pub struct HorizonPoint {
+    pub horizon_minutes: i64,
+    /// Unix seconds of the forecast minute's start.
+    pub minute: i64,
+    pub point: f64,
+    pub lower: f64,
+    pub upper: f64,
+    /// The bound the plan covers (the SLO quantile).
+    pub slo_upper: f64,
+    pub model: &'static str,
+}
+
+impl HorizonPoint {
+    fn new(horizon_minutes: i64, p: &ForecastPoint) -> Self {
+        HorizonPoint {
+            horizon_minutes,
+            minute: p.minute * 60,
+            point: p.point,
+            lower: p.lower,
+            upper: p.upper,
+            slo_upper: p.slo_upper,
+            model: p.model.name(),
+        }
+    }
+}
+
+struct FleetRun {
+    key: FleetKey,
+    provisioner: Option<Box<dyn Provisioner>>,
+    static_backends: u32,
+    learn_capacity: bool,
+    /// Serving instances when the driver took over (the cold window's floor).
+    floor: u32,
+    /// The latest decisions, newest first.
+    recent: std::collections::VecDeque<DecisionRecord>,
+}
+
+/// What was handed to the brain for one minute.
+struct Handed {
+    absent: bool,
+    by_profile: BTreeMap<String, u64>,
+}
+
+/// The live driver of one region. See the module docs for what a step does.
+pub struct LiveDriver {
+    settings: LiveSettings,
+    brain: Brain,
+    store: SeriesStore,
+    ledger: Ledger,
+    fleets: Vec<FleetRun>,
+    profiles: BTreeSet<String>,
+    /// Start (unix ms) of the next minute to hand over; `None` before the first step.
+    next_minute_ms: Option<u64>,
+    handed: BTreeMap<u64, Handed>,
+    started_ms: Option<u64>,
+    shared: Arc<LiveShared>,
+    publish: PlanPublisher,
+    observer: Option<DecisionObserver>,
+    published: Option<Vec<FleetPlan>>,
+    plan_version: Option<u64>,
+    forecasts: (Vec<Vec<HorizonPoint>>, Vec<SeriesView>),
+    holding: Option<String>,
+}
+
+impl LiveDriver {
+    /// A driver for `settings.region`. Each fleet's brain state starts from the instances its
+    /// provisioner runs now (adopted after a restart), or its static backends.
+    pub fn new(
+        settings: LiveSettings,
+        mut brain: Brain,
+        store: SeriesStore,
+        ledger: Ledger,
+        fleets: Vec<LiveFleet>,
+        publish: PlanPublisher,
+    ) -> Self {
+        let mut profiles = BTreeSet::new();
+        let mut runs = Vec::new();
+        for fleet in fleets {
+            let serving = match &fleet.provisioner {
+                Some(p) => {
+                    let s = p.status();
+                    s.warming + s.ready
+                }
+                None => fleet.static_backends,
+            };
+            let mut spec = fleet.spec;
+            spec.initial_instances = serving;
+            profiles.extend(spec.profiles.iter().map(|p| p.name.clone()));
+            runs.push(FleetRun {
+                key: spec.key.clone(),
+                provisioner: fleet.provisioner,
+                static_backends: fleet.static_backends,
+                learn_capacity: spec.learn_capacity.is_some(),
+                floor: serving,
+                recent: std::collections::VecDeque::new(),
+            });
+            brain.add_fleet(spec);
+        }
+        for run in &mut runs {
+            if let Ok(last) = ledger.decisions(&settings.region, &run.key.fleet, VIEW_DECISIONS) {
+                run.recent = last.into();
+            }
+        }
+        let shared = Arc::new(LiveShared {
+            view: Mutex::new(LiveView {
+                region: settings.region.clone(),
+                forecast_only: settings.forecast_only,
+                ..LiveView::default()
+            }),
+            forecast_only: AtomicBool::new(settings.forecast_only),
+            stats: LiveStats::default(),
+        });
+        LiveDriver {
+            settings,
+            brain,
+            store,
+            ledger,
+            fleets: runs,
+            profiles,
+            next_minute_ms: None,
+            handed: BTreeMap::new(),
+            started_ms: None,
+            shared,
+            publish,
+            observer: None,
+            published: None,
+            plan_version: None,
+            forecasts: (Vec::new(), Vec::new()),
+            holding: None,
+        }
+    }
+
+    /// Call `observer` with every decision as it is made.
+    pub fn on_decision(&mut self, observer: DecisionObserver) {
+        self.observer = Some(observer);
+    }
+
+    /// What the admin API reads.
+    pub fn shared(&self) -> Arc<LiveShared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// One step at node time `now_ms`; returns the node time of the next wakeup the brain asks
+    /// for (the caller steps at least every [`STEP_INTERVAL`] anyway, for the provisioners).
+    pub fn step(&mut self, now_ms: u64) -> u64 {
+        let began = Instant::now();
+        if self.started_ms.is_none() {
+            self.started_ms = Some(now_ms);
+            self.catch_up(now_ms);
+        }
+        let nodes = self.node_progress();
+        let handed = self.feed(now_ms, &nodes);
+        if handed > 0 {
+            self.correct_late(now_ms);
+        }
+        let decisions = self.plan(now_ms, &nodes);
+        let changed = !decisions.is_empty();
+        for decision in &decisions {
+            self.record_decision(decision, now_ms);
+        }
+        self.provision(now_ms);
+        self.publish_plan(now_ms);
+        if handed > 0 || changed || self.forecasts.0.is_empty() {
+            self.refresh_forecasts(now_ms);
+        }
+        self.refresh_view(now_ms);
+        let micros = began.elapsed().as_micros() as u64;
+        let stats = &self.shared.stats;
+        stats.ticks.fetch_add(1, Ordering::Relaxed);
+        stats.last_tick_micros.store(micros, Ordering::Relaxed);
+        stats.max_tick_micros.fetch_max(micros, Ordering::Relaxed);
+        let next_minute_end = now_ms / 60_000 * 60_000 + 60_000;
+        self.brain
+            .next_wakeup()
+            .map(|s| (s.max(0) as u64) * 1000)
+            .unwrap_or(next_minute_end)
+            .min(next_minute_end)
+    }
+
+    /// Runs the driver on its own thread until `stop`, stepping on the node clock. When
+    /// `stop_instances`, the provisioned instances are stopped on the way out (the all-in-one
+    /// `up`); otherwise they keep serving and the next start adopts them.
+    pub fn spawn(
+        mut self,
+        clock: NodeClock,
+        stop: Arc<AtomicBool>,
+        stop_instances: bool,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("live-driver".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let next = self.step(clock.now_ms());
+                    let wait = clock.real_until(next).min(STEP_INTERVAL);
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20).min(wait));
+                    }
+                }
+                if stop_instances {
+                    for fleet in &mut self.fleets {
+                        if let Some(p) = fleet.provisioner.as_mut() {
+                            p.stop_all();
+                        }
+                    }
+                }
+            })
+    }
+
+    fn node_progress(&mut self) -> Vec<NodeProgress> {
+        match self.store.nodes() {
+            Ok(nodes) => nodes
+                .into_iter()
+                .filter(|n| n.region == self.settings.region)
+                .map(|n| NodeProgress {
+                    node: n.node,
+                    reported_through_ms: n.reported_through_ms,
+                })
+                .collect(),
+            Err(e) => {
+                self.store_failed("read node progress", &e);
+                Vec::new()
+            }
+        }
+    }
+
+    fn store_failed(&self, what: &str, e: &crate::Error) {
+        self.shared
+            .stats
+            .store_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(region = %self.settings.region, error = %e, "live driver: cannot {what}");
+    }
+
+    /// Rebuilds the brain from the stored history window, minute by minute.
+    fn catch_up(&mut self, now_ms: u64) {
+        let now_minute = now_ms / 60_000 * 60;
+        let from = now_minute.saturating_sub(self.settings.history_minutes * 60);
+        // Minutes up to two before now are history; the last one or two are left to the normal
+        // completeness rule.
+        let through = now_minute.saturating_sub(60);
+        let covered = match self
+            .store
+            .covered_minutes(&self.settings.region, from, through)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.store_failed("read the history coverage", &e);
+                Vec::new()
+            }
+        };
+        let Some(&first) = covered.first() else {
+            self.next_minute_ms = Some(through * 1000);
+            return;
+        };
+        let rows = match self
+            .store
+            .region_minutes(&self.settings.region, first, through)
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.store_failed("read the history", &e);
+                Vec::new()
+            }
+        };
+        let mut by_minute: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
+        for row in rows {
+            self.profiles.insert(row.profile.clone());
+            *by_minute
+                .entry(row.minute)
+                .or_default()
+                .entry(row.profile)
+                .or_default() += row.requests;
+        }
+        let minutes = covered.len();
+        for minute in covered {
+            let values = by_minute.remove(&minute).unwrap_or_default();
+            self.observe_minute(minute, &values);
+            self.brain.learn(minute as i64 + 60);
+        }
+        tracing::info!(region = %self.settings.region, minutes, "brain rebuilt from the stored history");
+        self.next_minute_ms = Some(through * 1000);
+    }
+
+    fn observe_minute(&mut self, minute: u64, values: &BTreeMap<String, u64>) {
+        for profile in &self.profiles {
+            let requests = values.get(profile).copied().unwrap_or(0);
+            self.brain.observe(
+                minute as i64 + 60,
+                &self.settings.region,
+                profile,
+                minute as i64,
+                requests as f64,
+            );
+        }
+    }
+
+    /// Hands over every complete minute; returns how many.
+    fn feed(&mut self, now_ms: u64, nodes: &[NodeProgress]) -> usize {
+        let Some(mut next) = self.next_minute_ms else {
+            return 0;
+        };
+        let mut handed = 0;
+        while next + 60_000 <= now_ms {
+            let minute = next / 1000;
+            let covered =
+                match self
+                    .store
+                    .covered_minutes(&self.settings.region, minute, minute + 60)
+                {
+                    Ok(c) => !c.is_empty(),
+                    Err(e) => {
+                        self.store_failed("read coverage", &e);
+                        break;
+                    }
+                };
+            match self.settings.rule.state(next, now_ms, nodes, covered) {
+                MinuteState::Open => break,
+                MinuteState::Absent => {
+                    self.shared
+                        .stats
+                        .minutes_absent
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.handed.insert(
+                        minute,
+                        Handed {
+                            absent: true,
+                            by_profile: BTreeMap::new(),
+                        },
+                    );
+                }
+                MinuteState::Complete => {
+                    let rows =
+                        match self
+                            .store
+                            .region_minutes(&self.settings.region, minute, minute + 60)
+                        {
+                            Ok(rows) => rows,
+                            Err(e) => {
+                                self.store_failed("read a minute", &e);
+                                break;
+                            }
+                        };
+                    let mut values: BTreeMap<String, u64> = BTreeMap::new();
+                    for row in rows {
+                        self.profiles.insert(row.profile.clone());
+                        *values.entry(row.profile).or_default() += row.requests;
+                    }
+                    self.observe_minute(minute, &values);
+                    self.observe_latency(minute);
+                    self.shared
+                        .stats
+                        .minutes_observed
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.handed.insert(
+                        minute,
+                        Handed {
+                            absent: false,
+                            by_profile: values,
+                        },
+                    );
+                }
+            }
+            handed += 1;
+            next += 60_000;
+        }
+        self.next_minute_ms = Some(next);
+        let oldest = (next / 1000).saturating_sub(LATE_WINDOW_MINUTES * 60);
+        self.handed.retain(|&m, _| m >= oldest);
+        handed
+    }
+
+    fn observe_latency(&mut self, minute: u64) {
+        for fleet in self.fleets.iter().filter(|f| f.learn_capacity) {
+            let serving = match &fleet.provisioner {
+                Some(p) => p.status().ready,
+                None => fleet.static_backends,
+            };
+            match self
+                .store
+                .fleet_minute_latency(&self.settings.region, &fleet.key.fleet, minute)
+            {
+                Ok(Some((requests, histogram))) => self.brain.observe_fleet_latency(
+                    &fleet.key,
+                    serving,
+                    requests as f64,
+                    &histogram,
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    self.shared
+                        .stats
+                        .store_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(fleet = %fleet.key.fleet, error = %e, "live driver: cannot read the fleet's latency");
+                }
+            }
+        }
+    }
+
+    /// Requests stored for minutes already handed over are handed over as corrections.
+    fn correct_late(&mut self, now_ms: u64) {
+        let (Some((&from, _)), Some(next)) = (self.handed.first_key_value(), self.next_minute_ms)
+        else {
+            return;
+        };
+        let rows = match self
+            .store
+            .region_minutes(&self.settings.region, from, next / 1000)
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.store_failed("read minutes for late corrections", &e);
+                return;
+            }
+        };
+        let mut stored: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
+        for row in rows {
+            *stored
+                .entry(row.minute)
+                .or_default()
+                .entry(row.profile)
+                .or_default() += row.requests;
+        }
+        for (minute, values) in stored {
+            let Some(handed) = self.handed.get_mut(&minute) else {
+                continue;
+            };
+            let mut late = 0;
+            for (profile, requests) in values {
+                let before = handed.by_profile.get(&profile).copied().unwrap_or(0);
+                if requests > before {
+                    let delta = requests - before;
+                    self.brain.observe(
+                        (now_ms / 1000) as i64,
+                        &self.settings.region,
+                        &profile,
+                        minute as i64,
+                        delta as f64,
+                    );
+                    self.profiles.insert(profile.clone());
+                    handed.by_profile.insert(profile, requests);
+                    late += delta;
+                }
+            }
+            if late > 0 {
+                let stats = &self.shared.stats;
+                stats.late_minutes.fetch_add(1, Ordering::Relaxed);
+                stats.late_requests.fetch_add(late, Ordering::Relaxed);
+                tracing::info!(region = %self.settings.region, minute, late, was_absent = handed.absent, "late requests handed to the brain");
+                handed.absent = false;
+            }
+        }
+    }
+
+    /// Polls the brain when the minute before now is in (or the wait for it is over), unless
+    /// the region's data has stopped.
+    fn plan(&mut self, now_ms: u64, nodes: &[NodeProgress]) -> Vec<Decision> {
+        let observed_through = self.next_minute_ms.unwrap_or(0);
+        let minute_start = now_ms / 60_000 * 60_000;
+        let freshest = nodes.iter().map(|n| n.reported_through_ms).max();
+        let stale_after = self.settings.rule.lateness_ms + 120_000;
+        self.holding = match freshest {
+            None => Some("no proxy of the region has reported yet".to_string()),
+            Some(f) if f + stale_after < now_ms => Some(format!(
+                "no data from the region's proxies since {} (unix ms): holding capacity",
+                f
+            )),
+            _ => None,
+        };
+        let previous_in = observed_through >= minute_start;
+        let waited = now_ms >= minute_start + self.settings.rule.lateness_ms;
+        // With no data at all yet the brain still brings fleets up to their baseline.
+        let never_reported = freshest.is_none();
+        if (self.holding.is_some() && !never_reported) || !(previous_in || waited) {
+            return Vec::new();
+        }
+        let now = (now_ms / 1000) as i64;
+        let mut decisions = Vec::new();
+        let mut at = now;
+        loop {
+            decisions.extend(self.brain.poll(at));
+            match self.brain.next_wakeup() {
+                Some(next) if next > at && next <= now => at = next,
+                _ => break,
+            }
+        }
+        decisions
+    }
+
+    fn record_decision(&mut self, decision: &Decision, now_ms: u64) {
+        let action = match decision.action {
+            Action::ScaleUp { from, to } => format!("scale_up {from}→{to}"),
+            Action::Drain { from, to, .. } => format!("drain {from}→{to}"),
+            Action::Remove { count } => format!("remove {count}"),
+        };
+        let record = DecisionRecord {
+            at_ms: now_ms,
+            region: decision.fleet.region.clone(),
+            fleet: decision.fleet.fleet.clone(),
+            action,
+            reason: decision.reason.clone(),
+        };
+        self.shared.stats.decisions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(fleet = %record.fleet, action = %record.action, reason = %record.reason, "plan decision");
+        if let Err(e) = self.ledger.log_decision(&record) {
+            self.store_failed("log a decision", &e);
+        }
+        if let Some(observer) = self.observer.as_mut() {
+            observer(&record);
+        }
+        if let Some(fleet) = self.fleets.iter_mut().find(|f| f.key == decision.fleet) {
+            fleet.recent.push_front(record);
+            fleet.recent.truncate(VIEW_DECISIONS);
+        }
+    }
+
+    fn cold(&self, now_ms: u64) -> bool {
+        self.started_ms
+            .is_some_and(|s| now_ms < s + self.settings.cold_minutes * 60_000)
+    }
+
+    fn provision(&mut self, now_ms: u64) {
+        let forecast_only = self.shared.forecast_only();
+        let cold = self.cold(now_ms);
+        for fleet in &mut self.fleets {
+            let planned = self
+                .brain
+                .fleet_status(&fleet.key)
+                .map(|s| s.running)
+                .unwrap_or(fleet.floor);
+            match fleet.provisioner.as_mut() {
+                Some(provisioner) => {
+                    let desired = if cold && planned < fleet.floor {
+                        // A cold brain never shrinks the fleet it took over.
+                        self.brain.set_fleet_instances(&fleet.key, fleet.floor);
+                        fleet.floor
+                    } else {
+                        planned
+                    };
+                    if forecast_only {
+                        // Nothing is started or stopped, but health and exits are still
+                        // watched so the plan shows the truth.
+                        provisioner.observe(now_ms);
+                    } else {
+                        provisioner.reconcile(now_ms, desired);
+                    }
+                }
+                None => self
+                    .brain
+                    .set_fleet_instances(&fleet.key, fleet.static_backends),
+            }
+        }
+    }
+
+    fn fleet_plans(&self) -> Vec<FleetPlan> {
+        self.fleets
+            .iter()
+            .map(|fleet| {
+                let status = self.brain.fleet_status(&fleet.key);
+                let tiers = status.map(|s| s.tiers).unwrap_or_default();
+                FleetPlan {
+                    fleet: fleet.key.fleet.clone(),
+                    tiers: [
+                        ("baseline", tiers.baseline),
+                        ("predictive", tiers.predictive),
+                        ("burst", tiers.burst),
+                        ("guard", tiers.guard),
+                        ("warm_pool", tiers.warm_pool),
+                        ("total", tiers.total),
+                    ]
+                    .into_iter()
+                    .map(|(tier, instances)| TierTarget {
+                        tier: tier.to_string(),
+                        instances,
+                    })
+                    .collect(),
+                    shed_order: status.map(|s| s.shed_order.clone()).unwrap_or_default(),
+                    reasons: status
+                        .map(|s| {
+                            vec![truncate(
+                                &s.reason,
+                                prescale_gossip::messages::MAX_REASON_LEN,
+                            )]
+                        })
+                        .unwrap_or_default(),
+                    backends: fleet.provisioner.as_ref().map(|p| p.backends()),
+                    grants: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    fn publish_plan(&mut self, now_ms: u64) {
+        let plans = self.fleet_plans();
+        // A new version when what the proxies act on changed; the reason text alone (it names
+        // the minute it looked at) does not make one.
+        let acted_on = |plans: &[FleetPlan]| -> Vec<FleetPlan> {
+            plans
+                .iter()
+                .map(|p| FleetPlan {
+                    reasons: Vec::new(),
+                    ..p.clone()
+                })
+                .collect()
+        };
+        if self
+            .published
+            .as_ref()
+            .is_some_and(|last| acted_on(last) == acted_on(&plans))
+        {
+            return;
+        }
+        let version = match self.ledger.next_plan_version(&self.settings.region, 0) {
+            Ok(v) => v,
+            Err(e) => {
+                self.store_failed("take a plan version", &e);
+                return;
+            }
+        };
+        let update = PlanUpdate {
+            region: self.settings.region.clone(),
+            version,
+            issued_at_ms: now_ms,
+            fleets: plans.clone(),
+        };
+        match (self.publish)(update) {
+            Ok(()) => {
+                self.shared
+                    .stats
+                    .plans_published
+                    .fetch_add(1, Ordering::Relaxed);
+                self.published = Some(plans);
+                self.plan_version = Some(version);
+            }
+            Err(e) => {
+                self.shared
+                    .stats
+                    .publish_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(region = %self.settings.region, error = %e, "plan not published; retrying at the next step");
+            }
+        }
+    }
+
+    fn refresh_forecasts(&mut self, now_ms: u64) {
+        let now = (now_ms / 1000) as i64;
+        let now_minute = now.div_euclid(60);
+        let mut fleets = Vec::new();
+        for fleet in &self.fleets {
+            let points = VIEW_HORIZONS
+                .iter()
+                .filter_map(|&h| {
+                    self.brain
+                        .fleet_forecast(&fleet.key, now, now_minute + h)
+                        .map(|p| HorizonPoint::new(h, &p))
+                })
+                .collect();
+            fleets.push(points);
+        }
+        let mut series = Vec::new();
+        for key in self.brain.series_keys() {
+            if key.region != self.settings.region {
+                continue;
+            }
+            let forecast = VIEW_HORIZONS
+                .iter()
+                .filter_map(|&h| {
+                    self.brain
+                        .series_forecast(&key, now, now_minute + h)
+                        .map(|p| HorizonPoint::new(h, &p))
+                })
+                .collect();
+            series.push(SeriesView {
+                profile: key.profile,
+                forecast,
+            });
+        }
+        self.forecasts = (fleets, series);
+    }
+
+    fn refresh_view(&mut self, now_ms: u64) {
+        let mut fleets = Vec::with_capacity(self.fleets.len());
+        for (i, fleet) in self.fleets.iter().enumerate() {
+            let status = self.brain.fleet_status(&fleet.key);
+            let provisioner = fleet.provisioner.as_ref().map(|p| p.status());
+            let backends = fleet
+                .provisioner
+                .as_ref()
+                .map(|p| p.backends())
+                .unwrap_or_default();
+            let instances = match &provisioner {
+                Some(s) => InstanceCounts {
+                    warming: s.warming,
+                    ready: s.ready,
+                    draining: s.draining,
+                },
+                None => InstanceCounts {
+                    ready: fleet.static_backends,
+                    ..InstanceCounts::default()
+                },
+            };
+            let decisions = fleet.recent.iter().cloned().collect();
+            fleets.push(FleetView {
+                fleet: fleet.key.fleet.clone(),
+                provisioned: fleet.provisioner.is_some(),
+                planned: status.map(|s| s.running).unwrap_or(fleet.floor),
+                tiers: status.map(|s| s.tiers),
+                warm_pools: status.map(|s| s.warm_pools.clone()).unwrap_or_default(),
+                capacity: status.map(|s| s.capacity.clone()),
+                shed_order: status.map(|s| s.shed_order.clone()).unwrap_or_default(),
+                reason: status.map(|s| s.reason.clone()),
+                instances,
+                backends,
+                provisioner,
+                forecast: self.forecasts.0.get(i).cloned().unwrap_or_default(),
+                model_errors: self
+                    .brain
+                    .fleet_model_errors(&fleet.key)
+                    .into_iter()
+                    .map(|(m, e)| ModelError {
+                        model: m.name(),
+                        mean_absolute_error: e,
+                    })
+                    .collect(),
+                decisions,
+            });
+        }
+        let view = LiveView {
+            region: self.settings.region.clone(),
+            at_ms: now_ms,
+            forecast_only: self.shared.forecast_only(),
+            holding: self.holding.clone(),
+            observed_through_ms: self.next_minute_ms,
+            plan_version: self.plan_version,
+            fleets,
+            series: self.forecasts.1.clone(),
+        };
+        *self.shared.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}

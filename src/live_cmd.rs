@@ -1,0 +1,413 @@
+//! Wiring of the live driver into `prescale forecaster` and `prescale up`: the brain's fleets
+//! and provisioners from config, the plan publisher (the QUIC receiver's push to proxies), the
+//! driver thread on the node clock, and the admin routes `/api/v1/plan`, `/api/v1/forecast` and
+//! `POST /api/v1/mode`, with the driver's metrics.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use prescale_config::{Config, FleetConfig, ProvisionerConfig};
+use prescale_gossip::{NodeClock, SketchReceiver};
+use prescale_proxy::admin::{self, AdminRequest, Handler, MetricsSource};
+use prescale_regions::brain::{Brain, FleetKey, FleetProfile, FleetSpec};
+use prescale_regions::ingest::StoreSink;
+use prescale_regions::ledger::{DecisionRecord, Ledger};
+use prescale_regions::live::{
+    CompletenessRule, LiveDriver, LiveFleet, LiveSettings, LiveShared, VIEW_HORIZONS,
+};
+use prescale_regions::planner::capacity::LatencySlo;
+use prescale_regions::planner::CapacityModel;
+use prescale_regions::provision::{ProcessProvisioner, ProcessSettings, Provisioner};
+use prescale_regions::store::SeriesStore;
+
+use crate::exit::CliError;
+
+/// How the node runs its driver.
+#[derive(Clone, Copy)]
+pub struct LiveOptions {
+    pub clock: NodeClock,
+    /// Stop the provisioned instances when the node stops (`up`); a standalone forecaster
+    /// leaves them serving and adopts them at its next start.
+    pub stop_instances_on_exit: bool,
+    /// Print each decision to stdout as it is made (`up`).
+    pub print_decisions: bool,
+}
+
+/// A running driver.
+pub struct Live {
+    pub shared: Arc<LiveShared>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Live {
+    /// Stops the driver (and, for `up`, its instances) and waits for it.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The brain's view of a fleet: every profile the config routes to it, with revenue weights.
+fn fleet_spec(config: &Config, region: &str, fleet: &FleetConfig) -> FleetSpec {
+    let mut names: Vec<String> = prescale_config::BUILTIN_PROFILES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    names.push(config.assignment.default_profile.clone());
+    names.extend(config.profiles.iter().map(|p| p.name.clone()));
+    names.extend(config.assignment.rules.iter().map(|r| r.profile.clone()));
+    names.sort();
+    names.dedup();
+    let profiles = names
+        .into_iter()
+        .filter(|name| {
+            config
+                .fleet_for(region, name)
+                .is_some_and(|f| f.name == fleet.name)
+        })
+        .map(|name| FleetProfile {
+            revenue_weight: config.profile_settings(&name).0,
+            name,
+        })
+        .collect();
+    FleetSpec {
+        key: FleetKey {
+            region: region.to_string(),
+            fleet: fleet.name.clone(),
+        },
+        profiles,
+        capacity: CapacityModel {
+            rps_per_instance: fleet.capacity_rps,
+            cold_start_seconds: fleet.cold_start_secs as f64,
+            cost_per_instance_hour: fleet.cost_per_instance_hour,
+        },
+        max_instances: fleet.max_instances,
+        budget_per_hour: fleet.budget_per_hour,
+        initial_instances: 0,
+        learn_capacity: fleet
+            .learn_capacity
+            .then_some(fleet.latency_slo_ms)
+            .flatten()
+            .map(|ms| LatencySlo {
+                seconds: ms as f64 / 1000.0,
+                quantile: fleet.latency_slo_quantile,
+            }),
+        warm_sub_pools: fleet.warm_sub_pools.clone(),
+    }
+}
+
+fn provisioner(
+    config: &Config,
+    region: &str,
+    fleet: &FleetConfig,
+    database: &Path,
+    clock: &NodeClock,
+) -> Result<Option<Box<dyn Provisioner>>, CliError> {
+    let Some(ProvisionerConfig::Process {
+        command,
+        host,
+        ready_timeout_secs,
+        stop_timeout_secs,
+    }) = &fleet.provisioner
+    else {
+        return Ok(None);
+    };
+    let ledger =
+        Ledger::open(database).map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?;
+    let settings = ProcessSettings {
+        region: region.to_string(),
+        fleet: fleet.name.clone(),
+        command: command.clone(),
+        self_exe: std::env::current_exe().ok(),
+        host: *host,
+        ready_timeout: Duration::from_secs(*ready_timeout_secs),
+        stop_timeout: Duration::from_secs(*stop_timeout_secs),
+        health_path: fleet.health_check.path.clone(),
+        health_timeout: Duration::from_millis(fleet.health_check.timeout_ms),
+        drain_ms: u64::from(config.planner.drain_seconds) * 1000,
+        speed: clock.speed(),
+    };
+    Ok(Some(Box::new(ProcessProvisioner::new(
+        settings,
+        ledger,
+        clock.now_ms(),
+    ))))
+}
+
+/// Builds and starts the driver of the forecaster's region, if it has fleets.
+pub fn start(
+    config: &Config,
+    receiver: Arc<SketchReceiver<StoreSink>>,
+    options: LiveOptions,
+) -> Result<Option<Live>, CliError> {
+    let settings = config.forecaster.as_ref().ok_or_else(|| {
+        CliError::input(anyhow!("[forecaster] is required to run the live driver"))
+    })?;
+    let Some(region) = config.node_region().map(str::to_string) else {
+        return Ok(None);
+    };
+    let fleets_of_region: Vec<&FleetConfig> = config
+        .fleets
+        .iter()
+        .filter(|f| f.region == region)
+        .collect();
+    if fleets_of_region.is_empty() {
+        return Ok(None);
+    }
+    let mut fleets = Vec::new();
+    for fleet in &fleets_of_region {
+        fleets.push(LiveFleet {
+            spec: fleet_spec(config, &region, fleet),
+            provisioner: provisioner(config, &region, fleet, &settings.database, &options.clock)?,
+            static_backends: fleet.backends.len() as u32,
+        });
+    }
+    let store = SeriesStore::open(&settings.database)
+        .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?;
+    let ledger = Ledger::open(&settings.database)
+        .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?;
+    let longest_lead = fleets_of_region
+        .iter()
+        .map(|f| f.cold_start_secs / 60 + 1)
+        .max()
+        .unwrap_or(1);
+    let live_settings = LiveSettings {
+        region: region.clone(),
+        rule: CompletenessRule {
+            lateness_ms: settings.lateness_secs * 1000,
+            silent_after_ms: settings.silent_after_secs * 1000,
+        },
+        history_minutes: u64::from(config.forecast.history_days) * 1440,
+        forecast_only: settings.forecast_only,
+        cold_minutes: longest_lead + u64::from(config.planner.stabilization_minutes) + 1,
+    };
+    let brain = Brain::new(config.forecast.clone(), config.planner.clone());
+    let publisher = Arc::clone(&receiver);
+    let mut driver = LiveDriver::new(
+        live_settings,
+        brain,
+        store,
+        ledger,
+        fleets,
+        Box::new(move |plan| publisher.publish_plan(plan).map_err(|e| e.to_string())),
+    );
+    if options.print_decisions {
+        driver.on_decision(Box::new(|d: &DecisionRecord| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{} plan {}/{}: {} — {}",
+                clock_text(d.at_ms),
+                d.region,
+                d.fleet,
+                d.action,
+                d.reason
+            );
+            let _ = out.flush();
+        }));
+    }
+    let shared = driver.shared();
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = driver
+        .spawn(
+            options.clock,
+            Arc::clone(&stop),
+            options.stop_instances_on_exit,
+        )
+        .map_err(|e| CliError::runtime(anyhow!("cannot start the live driver: {e}")))?;
+    tracing::info!(%region, speedup = options.clock.speed(), "live driver running");
+    Ok(Some(Live {
+        shared,
+        stop,
+        thread: Mutex::new(Some(thread)),
+    }))
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of unix milliseconds.
+pub fn clock_text(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let of_day = secs % 86_400;
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+impl Live {
+    /// `GET /api/v1/plan`, `GET /api/v1/forecast`, `POST /api/v1/mode`.
+    pub fn handlers(self: &Arc<Self>) -> Vec<Handler> {
+        let live = Arc::clone(self);
+        vec![Arc::new(move |request: &AdminRequest| {
+            match (request.method.clone(), request.path.as_str()) {
+                (http::Method::GET, "/api/v1/plan") => Some(admin::json(&live.shared.view())),
+                (http::Method::GET, "/api/v1/forecast") => Some(live.forecast(request)),
+                (http::Method::POST, "/api/v1/mode") => Some(live.set_mode(request)),
+                (_, "/api/v1/plan" | "/api/v1/forecast" | "/api/v1/mode") => {
+                    Some(admin::json_error(
+                        http::StatusCode::METHOD_NOT_ALLOWED,
+                        "GET /api/v1/plan, GET /api/v1/forecast, POST /api/v1/mode",
+                    ))
+                }
+                _ => None,
+            }
+        })]
+    }
+
+    fn forecast(&self, request: &AdminRequest) -> admin::AdminResponse {
+        let view = self.shared.view();
+        if let Some(region) = request.query_param("region") {
+            if region != view.region {
+                return admin::json_error(
+                    http::StatusCode::NOT_FOUND,
+                    &format!(
+                        "region `{region}` is not planned here (this forecaster plans `{}`)",
+                        view.region
+                    ),
+                );
+            }
+        }
+        let profile = request.query_param("profile");
+        let fleet = request.query_param("fleet");
+        if let Some(name) = &fleet {
+            if !view.fleets.iter().any(|f| &f.fleet == name) {
+                return admin::json_error(
+                    http::StatusCode::NOT_FOUND,
+                    &format!("no fleet `{name}` in region `{}`", view.region),
+                );
+            }
+        }
+        let fleets: Vec<_> = view
+            .fleets
+            .iter()
+            .filter(|f| fleet.as_ref().is_none_or(|n| &f.fleet == n) && profile.is_none())
+            .map(|f| serde_json::json!({ "fleet": f.fleet, "points": f.forecast }))
+            .collect();
+        let series: Vec<_> = view
+            .series
+            .iter()
+            .filter(|s| profile.as_ref().is_none_or(|p| &s.profile == p) && fleet.is_none())
+            .map(|s| serde_json::json!({ "profile": s.profile, "points": s.forecast }))
+            .collect();
+        if let Some(name) = &profile {
+            if series.is_empty() {
+                return admin::json_error(
+                    http::StatusCode::NOT_FOUND,
+                    &format!(
+                        "no forecast yet for profile `{name}` in region `{}`",
+                        view.region
+                    ),
+                );
+            }
+        }
+        admin::json(&serde_json::json!({
+            "region": view.region,
+            "at_ms": view.at_ms,
+            "unit": "requests per minute",
+            "horizons_minutes": VIEW_HORIZONS,
+            "fleets": fleets,
+            "profiles": series,
+        }))
+    }
+
+    fn set_mode(&self, request: &AdminRequest) -> admin::AdminResponse {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Mode {
+            forecast_only: bool,
+        }
+        match serde_json::from_slice::<Mode>(&request.body) {
+            Ok(mode) => {
+                self.shared.set_forecast_only(mode.forecast_only);
+                tracing::info!(forecast_only = mode.forecast_only, "mode changed");
+                admin::json(&serde_json::json!({ "forecast_only": mode.forecast_only }))
+            }
+            Err(e) => admin::json_error(
+                http::StatusCode::BAD_REQUEST,
+                &format!("expected {{\"forecast_only\": true|false}}: {e}"),
+            ),
+        }
+    }
+
+    pub fn metrics(self: &Arc<Self>) -> MetricsSource {
+        let live = Arc::clone(self);
+        Arc::new(move |out: &mut String| {
+            use std::fmt::Write;
+            let s = &live.shared.stats;
+            let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+            let rows = [
+                ("prescale_live_minutes_observed_total", "counter", "Complete minutes handed to the brain.", load(&s.minutes_observed)),
+                ("prescale_live_minutes_absent_total", "counter", "Minutes no sketch covered (missing data, not zero demand).", load(&s.minutes_absent)),
+                ("prescale_live_late_minutes_total", "counter", "Minutes corrected after hand-over because sketches came late.", load(&s.late_minutes)),
+                ("prescale_live_late_requests_total", "counter", "Requests that arrived after their minute was handed to the brain (then corrected).", load(&s.late_requests)),
+                ("prescale_live_ticks_total", "counter", "Driver steps.", load(&s.ticks)),
+                ("prescale_live_tick_seconds_last", "gauge", "Duration of the last driver step.", 0),
+                ("prescale_live_decisions_total", "counter", "Plan decisions (scale-up, drain, remove).", load(&s.decisions)),
+                ("prescale_live_plans_published_total", "counter", "Plan versions pushed to the proxies.", load(&s.plans_published)),
+                ("prescale_live_plan_publish_failures_total", "counter", "Plans that could not be pushed (retried).", load(&s.publish_failures)),
+                ("prescale_live_store_failures_total", "counter", "Store or ledger reads and writes of the driver that failed.", load(&s.store_failures)),
+            ];
+            for (name, kind, help, value) in rows {
+                if name == "prescale_live_tick_seconds_last" {
+                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                    let _ = writeln!(out, "{name} {}", load(&s.last_tick_micros) as f64 / 1e6);
+                    continue;
+                }
+                admin::write_metric(out, name, kind, help, value);
+            }
+            let view = live.shared.view();
+            let _ = writeln!(out, "# HELP prescale_forecast_only Whether the forecaster only plans and reports (provisions nothing).\n# TYPE prescale_forecast_only gauge\nprescale_forecast_only {}", u8::from(view.forecast_only));
+            let _ = writeln!(out, "# HELP prescale_live_holding Whether the driver holds capacity for lack of data.\n# TYPE prescale_live_holding gauge\nprescale_live_holding{{region=\"{}\"}} {}", view.region, u8::from(view.holding.is_some()));
+            let _ = writeln!(out, "# HELP prescale_plan_instances Instances the plan wants serving per fleet.\n# TYPE prescale_plan_instances gauge");
+            for f in &view.fleets {
+                let _ = writeln!(
+                    out,
+                    "prescale_plan_instances{{region=\"{}\",fleet=\"{}\"}} {}",
+                    view.region, f.fleet, f.planned
+                );
+            }
+            let _ = writeln!(out, "# HELP prescale_fleet_instances Instances per fleet and state.\n# TYPE prescale_fleet_instances gauge");
+            for f in &view.fleets {
+                for (state, n) in [
+                    ("warming", f.instances.warming),
+                    ("ready", f.instances.ready),
+                    ("draining", f.instances.draining),
+                ] {
+                    let _ = writeln!(out, "prescale_fleet_instances{{region=\"{}\",fleet=\"{}\",state=\"{state}\"}} {n}", view.region, f.fleet);
+                }
+            }
+            let _ = writeln!(out, "# HELP prescale_provisioner_start_failures_total Instance starts that failed (retried with backoff).\n# TYPE prescale_provisioner_start_failures_total counter");
+            for f in &view.fleets {
+                if let Some(p) = &f.provisioner {
+                    let _ = writeln!(out, "prescale_provisioner_start_failures_total{{region=\"{}\",fleet=\"{}\",provisioner=\"{}\"}} {}", view.region, f.fleet, p.kind, p.start_failures_total);
+                }
+            }
+            let _ = writeln!(out, "# HELP prescale_provisioner_unexpected_exits_total Ready instances that exited on their own (replaced).\n# TYPE prescale_provisioner_unexpected_exits_total counter");
+            for f in &view.fleets {
+                if let Some(p) = &f.provisioner {
+                    let _ = writeln!(out, "prescale_provisioner_unexpected_exits_total{{region=\"{}\",fleet=\"{}\",provisioner=\"{}\"}} {}", view.region, f.fleet, p.kind, p.unexpected_exits_total);
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,721 @@
+//! Live pre-provisioning end to end, on the node clock at 60× (a minute per second): the
+//! forecaster's live driver runs the brain on the stored series, the `process` provisioner starts
+//! and stops real `prescale backend` processes, and the plans reach real proxies over QUIC.
+//!
+//! * `up` seeded with three days of a daily ramp gets backends ready before the ramp comes
+//!   again, carries the whole load, and scales in afterwards without failing a request;
+//! * a region of two proxies and a separate forecaster: an unforecast surge gets capacity from
+//!   the reactive guard within a cold start, a killed backend is replaced, the proxies keep
+//!   serving while the forecaster is killed, and the restarted forecaster adopts the running
+//!   instances instead of shrinking the fleet.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+const SPEEDUP: f64 = 60.0;
+
+fn loopback() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
+}
+
+fn udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    socket.local_addr().expect("addr").port()
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Node time of a clock at [`SPEEDUP`], as every process of the machine reads it (it runs from
+/// the machine's boot).
+fn node_now_ms() -> u64 {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .expect("/proc/uptime")
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("uptime");
+    wall_ms() + ((SPEEDUP - 1.0) * uptime * 1000.0) as u64
+}
+
+/// Kills every process whose command line carries `marker` (the backends a test's provisioner
+/// started: a forecaster that is killed or leaves them serving does not stop them).
+struct BackendReaper {
+    marker: String,
+}
+
+impl BackendReaper {
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(&self.marker) && text.contains(" backend ") {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// The pid of the backend listening on `address`.
+    fn pid_of(&self, address: &str) -> Option<u32> {
+        self.pids().into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(address))
+                .unwrap_or(false)
+        })
+    }
+}
+
+impl Drop for BackendReaper {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn provisioned_fleet(marker: &str, capacity_rps: f64, cold_start_secs: u64) -> String {
+    format!(
+        r#"
+[[fleets]]
+name = "web"
+region = "local"
+capacity_rps = {capacity_rps}
+cold_start_secs = {cold_start_secs}
+health_check = {{ interval_ms = 200, timeout_ms = 300 }}
+
+[fleets.provisioner]
+kind = "process"
+command = ["prescale", "backend", "--listen", "{{host}}:{{port}}", "--name", "{marker}-{{instance}}", "--threads", "1", "--grace-secs", "5"]
+"#
+    )
+}
+
+/// Starts `prescale ARGS` with stdout and stderr in files.
+fn start_with_stdout(name: &str, args: &[&str], out: &Path, log: &Path) -> Proc {
+    let child = Command::new(bin())
+        .args(args)
+        .env("PRESCALE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).expect("stdout file"))
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn prescale");
+    Proc {
+        child,
+        name: name.to_string(),
+    }
+}
+
+fn plan(admin: SocketAddr) -> serde_json::Value {
+    let r = get(admin, "/api/v1/plan", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn fleet_view(admin: SocketAddr) -> serde_json::Value {
+    plan(admin)["fleets"][0].clone()
+}
+
+/// Demand of the daily pattern at unix second `t`: 30 requests a minute, a ramp over 3 minutes
+/// from `ramp` (minute of the day) to 480, held for 8 minutes.
+fn daily(t: u64, ramp: u64) -> u64 {
+    let since = ((t / 60) % 1440 + 1440 - ramp) % 1440;
+    match since {
+        0..=2 => 30 + 150 * since,
+        3..=10 => 480,
+        _ => 30,
+    }
+}
+
+fn write_trace(path: &Path, start: u64, minutes: u64, ramp: u64) {
+    let mut text = String::from("timestamp,requests\n");
+    for m in 0..minutes {
+        let t = start + m * 60;
+        text.push_str(&format!("{t},{}\n", daily(t, ramp)));
+    }
+    std::fs::write(path, text).expect("write trace");
+}
+
+/// Instances of 2 req/s needed for `requests` in a minute.
+fn needed(requests: u64) -> usize {
+    (requests as f64 / 60.0 / 2.0 - 1e-9).ceil().max(0.0) as usize
+}
+
+#[test]
+fn backends_are_ready_before_a_forecast_daily_ramp_and_scale_in_fails_no_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = format!("live-up-{}", std::process::id());
+    let reaper = BackendReaper {
+        marker: marker.clone(),
+    };
+    let config = dir.path().join("up.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[node]
+id = "up-1"
+region = "local"
+
+[identity]
+secret = "live-e2e-secret-0123456789"
+
+[[regions]]
+name = "local"
+{}
+[planner]
+baseline_instances = 1
+"#,
+            provisioned_fleet(&marker, 2.0, 120)
+        ),
+    )
+    .expect("write config");
+
+    // Three days of history whose ramp comes again 20 node-minutes from now.
+    let now = node_now_ms() / 1000 / 60 * 60;
+    let ramp = (now / 60 + 20) % 1440;
+    let history = dir.path().join("history.csv");
+    write_trace(&history, now - 3 * 86_400, 3 * 1440, ramp);
+
+    let (proxy, admin) = (loopback(), loopback());
+    let (out, log) = (dir.path().join("up.out"), dir.path().join("up.log"));
+    let state = dir.path().join("state");
+    let mut up = start_with_stdout(
+        "up",
+        &[
+            "up",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+            "--speedup",
+            "60",
+            "--history",
+            history.to_str().expect("utf-8"),
+            "--proxy-listen",
+            &proxy.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ],
+        &out,
+        &log,
+    );
+    wait_for_status(admin, "/readyz", 200, Duration::from_secs(60), &log);
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(printed.contains("4320 minutes"), "{printed}");
+
+    // The load replays the same pattern from the node's current minute for 34 minutes: the
+    // ramp, the hold, and the fall back that scales the fleet in.
+    let node_now = plan(admin)["at_ms"].as_u64().expect("at_ms") / 1000 / 60 * 60;
+    let ramp_at_ms = {
+        let minutes_to_ramp = (ramp + 1440 - (node_now / 60) % 1440) % 1440;
+        (node_now + minutes_to_ramp * 60) * 1000
+    };
+    assert!(
+        ramp_at_ms > node_now_ms() + 5_000,
+        "the ramp must still be ahead of the node clock"
+    );
+    let load_trace = dir.path().join("load.csv");
+    write_trace(
+        &load_trace,
+        node_now,
+        34 + (ramp_at_ms / 1000 - node_now) / 60,
+        ramp,
+    );
+    let mut load = Command::new(bin())
+        .args([
+            "load",
+            "--target",
+            &format!("http://{proxy}/"),
+            "--trace",
+            load_trace.to_str().expect("utf-8"),
+            "--speedup",
+            "60",
+            "--users",
+            "40",
+            "--duration",
+            "120s",
+            "--progress",
+            "60s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run load");
+
+    // While it runs: when each backend became ready (node time), as the plan records it.
+    let mut ready_since: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut max_ready = 0;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while load.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "the load did not finish");
+        let fleet = fleet_view(admin);
+        let backends = fleet["backends"].as_array().cloned().unwrap_or_default();
+        let ready = backends
+            .iter()
+            .filter(|b| b["phase"] == "ready")
+            .inspect(|b| {
+                let address = b["address"].as_str().expect("address").to_string();
+                let since = b["since_ms"].as_u64().expect("since");
+                ready_since.entry(address).or_insert(since);
+            })
+            .count();
+        max_ready = max_ready.max(ready);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = load.wait_with_output().expect("load output");
+    assert!(output.status.success(), "load failed");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("load summary JSON");
+
+    // Every request of the load got a 200: through the ramp and through the scale-in.
+    let sent = summary["requests_sent"].as_u64().expect("sent");
+    assert!(sent > 5_000, "{summary}");
+    assert_eq!(summary["status"]["2xx"].as_u64(), Some(sent), "{summary}");
+    assert_eq!(summary["status"]["errors"].as_u64(), Some(0), "{summary}");
+    let metrics = get(admin, "/metrics", &[]).text();
+    assert_eq!(
+        metric_sum(&metrics, "prescale_requests_total", &[("status", "2xx")]),
+        sent as f64
+    );
+
+    // Every minute of the ramp had the instances its demand needs ready before it began.
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    for k in 0..4u64 {
+        let minute_ms = ramp_at_ms + k * 60_000;
+        let need = needed(daily(minute_ms / 1000, ramp));
+        let ready_before = ready_since.values().filter(|&&t| t <= minute_ms).count();
+        assert!(
+            ready_before >= need,
+            "ramp minute {k}: {ready_before} instances ready before it, {need} needed; \
+             ready since {ready_since:?}; plan lines:\n{printed}"
+        );
+    }
+    let ahead_ms = ready_since
+        .values()
+        .filter(|&&t| t <= ramp_at_ms + 3 * 60_000)
+        .map(|&t| ramp_at_ms as i64 - t as i64)
+        .min()
+        .unwrap_or(0);
+    eprintln!(
+        "ramp at {ramp_at_ms} (node ms); ready since {ready_since:?}; the last instance the \
+         ramp needed was ready {ahead_ms} node-ms before the ramp began"
+    );
+    assert!(
+        max_ready >= 4,
+        "the hold needs 4 instances: {ready_since:?}"
+    );
+
+    // Afterwards the fleet drained back: a drain decision, and fewer instances than at peak.
+    let decisions = fleet_view(admin)["decisions"]
+        .as_array()
+        .expect("decisions")
+        .clone();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["action"].as_str().unwrap_or("").starts_with("drain")),
+        "no scale-in after the ramp: {printed}"
+    );
+    let instances = &fleet_view(admin)["instances"];
+    assert!(
+        instances["ready"].as_u64().unwrap_or(99) < 4,
+        "still at peak size: {instances}"
+    );
+    assert!(printed.contains("plan local/web: scale_up 1→"), "{printed}");
+    assert!(printed.contains("plan local/web: drain"), "{printed}");
+
+    up.proc_signal_and_wait();
+    // `up` stops what it started.
+    wait_until("up's backends to stop", Duration::from_secs(20), || {
+        reaper.pids().is_empty()
+    });
+}
+
+trait StopGracefully {
+    fn proc_signal_and_wait(&mut self);
+}
+
+impl StopGracefully for Proc {
+    fn proc_signal_and_wait(&mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+}
+
+fn write_certs(dir: &Path, nodes: &[&str]) {
+    let mut command = Command::new(bin());
+    command.args(["certs", "--out", dir.to_str().expect("utf8")]);
+    for node in nodes {
+        command.args(["--node", node]);
+    }
+    let out = command.output().expect("run certs");
+    assert!(
+        out.status.success(),
+        "certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Region {
+    dir: PathBuf,
+    marker: String,
+    quic: SocketAddr,
+    forecaster_admin: SocketAddr,
+}
+
+impl Region {
+    fn common(&self, node: &str) -> String {
+        let certs = self.dir.join("certs");
+        format!(
+            r#"
+[node]
+id = "{node}"
+region = "local"
+
+[identity]
+secret = "live-e2e-secret-0123456789"
+
+[[regions]]
+name = "local"
+
+[planner]
+baseline_instances = 2
+
+[mesh]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+{fleet}"#,
+            ca = certs.join("ca.pem").display(),
+            cert = certs.join(format!("{node}.pem")).display(),
+            key = certs.join(format!("{node}.key.pem")).display(),
+            fleet = provisioned_fleet(&self.marker, 2.0, 60),
+        )
+    }
+
+    fn start_forecaster(&self, log: &str) -> Proc {
+        let config = self.dir.join("fc-1.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[admin]\nlisten = \"{}\"\n[forecaster]\nlisten = \"{}\"\ndatabase = \"{}\"\n{}",
+                self.forecaster_admin,
+                self.quic,
+                self.dir.join("fc.db").display(),
+                self.common("fc-1")
+            ),
+        )
+        .expect("write forecaster config");
+        let log = self.dir.join(log);
+        let proc = start(
+            "forecaster",
+            &[
+                "forecaster",
+                "--config",
+                config.to_str().expect("utf8"),
+                "--speedup",
+                "60",
+            ],
+            &log,
+        );
+        wait_for_status(
+            self.forecaster_admin,
+            "/readyz",
+            200,
+            Duration::from_secs(30),
+            &log,
+        );
+        proc
+    }
+
+    fn start_proxy(&self, node: &str) -> (Proc, SocketAddr, SocketAddr) {
+        let (proxy, admin) = (loopback(), loopback());
+        let config = self.dir.join(format!("{node}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[proxy]\nlisten = \"{proxy}\"\n[admin]\nlisten = \"{admin}\"\n[export]\nforecaster = \"{}\"\nforecaster_name = \"fc-1\"\nspool_dir = \"{}\"\n{}",
+                self.quic,
+                self.dir.join(format!("{node}-spool")).display(),
+                self.common(node)
+            ),
+        )
+        .expect("write proxy config");
+        let log = self.dir.join(format!("{node}.log"));
+        let proc = start(
+            node,
+            &[
+                "proxy",
+                "--config",
+                config.to_str().expect("utf8"),
+                "--speedup",
+                "60",
+            ],
+            &log,
+        );
+        // Ready once the forecaster's plan gave it a ready backend.
+        wait_for_status(admin, "/readyz", 200, Duration::from_secs(60), &log);
+        (proc, proxy, admin)
+    }
+}
+
+fn provisioner(admin: SocketAddr) -> serde_json::Value {
+    fleet_view(admin)["provisioner"].clone()
+}
+
+fn ready_backends(fleet: &serde_json::Value) -> Vec<String> {
+    fleet["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|b| b["phase"] == "ready")
+        .map(|b| b["address"].as_str().expect("address").to_string())
+        .collect()
+}
+
+/// Node time now, from the forecaster's last step.
+fn node_ms(admin: SocketAddr) -> u64 {
+    plan(admin)["at_ms"].as_u64().expect("at_ms")
+}
+
+fn proxy_plan_version(admin: SocketAddr) -> u64 {
+    get(admin, "/api/v1/fleets", &[]).json()["plan_version"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_region_keeps_serving_through_surges_killed_backends_and_a_killed_forecaster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_certs(&dir.path().join("certs"), &["fc-1", "px-1", "px-2"]);
+    let region = Region {
+        dir: dir.path().to_path_buf(),
+        marker: format!("live-region-{}", std::process::id()),
+        quic: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
+        forecaster_admin: loopback(),
+    };
+    let reaper = BackendReaper {
+        marker: region.marker.clone(),
+    };
+    let fc_admin = region.forecaster_admin;
+    // Three quiet days in the store (30 requests a minute), so the forecast is confident and
+    // the surge is a surprise the model did not see coming.
+    {
+        let now = node_now_ms() / 1000 / 60 * 60;
+        let points: Vec<(u64, u64)> = (1..=3 * 1440u64).map(|m| (now - m * 60, 30)).collect();
+        let mut store = prescale_regions::store::SeriesStore::open(&dir.path().join("fc.db"))
+            .expect("open the store");
+        store
+            .seed_history("local", "default", "web", &points)
+            .expect("seed");
+    }
+    let mut forecaster = region.start_forecaster("fc-1.log");
+    let (mut px1, proxy1, admin1) = region.start_proxy("px-1");
+    let (mut px2, proxy2, admin2) = region.start_proxy("px-2");
+    wait_until("the baseline of 2 ready", Duration::from_secs(30), || {
+        ready_backends(&fleet_view(fc_admin)).len() == 2
+    });
+
+    // An unforecast surge: 400 requests a node-minute need 4 instances of 2 req/s. The reactive
+    // guard gets them ready within the minute it is seen in plus one cold start (60
+    // node-seconds), with a minute of slack for the planning tick.
+    let surge_at = node_ms(fc_admin);
+    let surge = Command::new(bin())
+        .args([
+            "load",
+            "--target",
+            &format!("http://{proxy1}/"),
+            "--rps",
+            "400",
+            "--users",
+            "40",
+            "--duration",
+            "8s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run load");
+    let mut capacity_at = None;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let fleet = fleet_view(fc_admin);
+        if ready_backends(&fleet).len() >= 4 {
+            capacity_at = fleet["at_ms"].as_u64().or(Some(node_ms(fc_admin)));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let capacity_at = capacity_at.unwrap_or_else(|| {
+        panic!(
+            "the surge never got 4 ready instances: {}",
+            fleet_view(fc_admin)
+        )
+    });
+    let took_ms = capacity_at.saturating_sub(surge_at);
+    eprintln!("surge: 4 instances ready {took_ms} node-ms after it began");
+    assert!(
+        took_ms <= 180_000,
+        "capacity took {took_ms} node-ms: {}",
+        fleet_view(fc_admin)
+    );
+    let surge = surge.wait_with_output().expect("load output");
+    let summary: serde_json::Value = serde_json::from_slice(&surge.stdout).expect("summary");
+    let sent = summary["requests_sent"].as_u64().expect("sent");
+    assert_eq!(summary["status"]["2xx"].as_u64(), Some(sent), "{summary}");
+    let reasons: Vec<String> = fleet_view(fc_admin)["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("reactive guard")),
+        "{reasons:?}"
+    );
+
+    // Back to the baseline; then one of its backends is killed behind the forecaster's back:
+    // it is replaced, and the proxies route to the replacement.
+    wait_until(
+        "the fleet back at its baseline",
+        Duration::from_secs(40),
+        || {
+            let f = fleet_view(fc_admin);
+            f["planned"] == 2 && f["instances"]["draining"] == 0 && ready_backends(&f).len() == 2
+        },
+    );
+    let before = ready_backends(&fleet_view(fc_admin));
+    let victim = reaper.pid_of(&before[0]).expect("the victim's pid");
+    let _ = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status();
+    wait_until("a replacement", Duration::from_secs(20), || {
+        let f = fleet_view(fc_admin);
+        let ready = ready_backends(&f);
+        f["provisioner"]["unexpected_exits_total"] == 1
+            && ready.len() == 2
+            && !ready.contains(&before[0])
+    });
+    let replaced = ready_backends(&fleet_view(fc_admin));
+    wait_until(
+        "the proxies to route to the replacement",
+        Duration::from_secs(10),
+        || {
+            [admin1, admin2].iter().all(|&admin| {
+                let fleets = get(admin, "/api/v1/fleets", &[]).json();
+                let on_proxy: Vec<String> = fleets["fleets"][0]["backends"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|b| b["state"] == "ready")
+                    .map(|b| b["address"].as_str().unwrap_or("").to_string())
+                    .collect();
+                replaced.iter().all(|a| on_proxy.contains(a))
+            })
+        },
+    );
+
+    // The forecaster dies: the proxies keep the last plan and its backends and serve on.
+    let version_before = proxy_plan_version(admin2);
+    forecaster.signal("KILL");
+    forecaster.wait_exit(Duration::from_secs(10));
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut served = 0;
+    while Instant::now() < until {
+        for proxy in [proxy1, proxy2] {
+            let r = get(proxy, "/api/items", &[("x-user-id", "steady")]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            served += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served > 50);
+
+    // Restarted on the same store, it adopts the instances that kept serving: nothing new is
+    // started, nothing is drained, and its plans (newer versions) are applied by the proxies.
+    let mut forecaster = region.start_forecaster("fc-1-again.log");
+    wait_until(
+        "the restarted forecaster's plan on the proxies",
+        Duration::from_secs(20),
+        || proxy_plan_version(admin2) > version_before,
+    );
+    let adopted = provisioner(fc_admin);
+    assert_eq!(adopted["adopted_total"], 2, "{adopted}");
+    let watch_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < watch_until {
+        let f = fleet_view(fc_admin);
+        assert_eq!(f["provisioner"]["started_total"], 0, "{f}");
+        assert_eq!(f["provisioner"]["stopped_total"], 0, "{f}");
+        assert!(f["planned"].as_u64().unwrap_or(0) >= 2, "{f}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ready_backends(&fleet_view(fc_admin)), replaced);
+
+    // Forecast-only: a backend killed now is not replaced; switched back, it is.
+    let r = request(
+        fc_admin,
+        "POST",
+        "/api/v1/mode",
+        &[("content-type", "application/json")],
+        b"{\"forecast_only\": true}",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let bad = request(fc_admin, "POST", "/api/v1/mode", &[], b"{\"forecast\": 1}");
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("forecast_only"), "{}", bad.text());
+    let victim = reaper.pid_of(&replaced[0]).expect("pid");
+    let _ = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status();
+    wait_until("the kill to be noticed", Duration::from_secs(10), || {
+        fleet_view(fc_admin)["provisioner"]["unexpected_exits_total"] == 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let f = fleet_view(fc_admin);
+    assert_eq!(ready_backends(&f).len(), 1, "{f}");
+    assert_eq!(f["provisioner"]["started_total"], 0, "{f}");
+    assert_eq!(plan(fc_admin)["forecast_only"], true);
+    let r = request(
+        fc_admin,
+        "POST",
+        "/api/v1/mode",
+        &[],
+        b"{\"forecast_only\": false}",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(
+        "the replacement after forecast-only",
+        Duration::from_secs(20),
+        || ready_backends(&fleet_view(fc_admin)).len() == 2,
+    );
+
+    for proc in [&mut px1, &mut px2, &mut forecaster] {
+        proc.proc_signal_and_wait();
+    }
+    drop(reaper);
+}
