@@ -110,7 +110,13 @@ pub fn start(
         }
     });
     tracing::info!(quic = %quic_addr, database = %settings.database.display(), "forecaster receiving sketches");
-    let live = crate::live_cmd::start(config, Arc::clone(&receiver), options)?.map(Arc::new);
+    let live = crate::live_cmd::start(
+        config,
+        Arc::clone(&receiver),
+        Arc::clone(&sink.traffic),
+        options,
+    )?
+    .map(Arc::new);
     Ok(Forecaster {
         receiver,
         live,

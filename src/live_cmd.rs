@@ -1,7 +1,9 @@
 //! Wiring of the live driver into `prescale forecaster` and `prescale up`: the brain's fleets
 //! and provisioners from config, the plan publisher (the QUIC receiver's push to proxies), the
-//! driver thread on the node clock, and the admin routes `/api/v1/plan`, `/api/v1/forecast` and
-//! `POST /api/v1/mode`, with the driver's metrics.
+//! driver thread on the node clock, and the admin routes `/api/v1/plan`, `/api/v1/forecast`,
+//! `POST /api/v1/mode` and the scheduled events (`/api/v1/events`, `/api/v1/events/{id}`: kept
+//! in the forecaster's database, applied by the driver after each change), with the driver's
+//! metrics.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,7 @@ use prescale_config::{Config, FleetConfig, ProvisionerConfig};
 use prescale_gossip::{NodeClock, SketchReceiver};
 use prescale_proxy::admin::{self, AdminRequest, Handler, MetricsSource};
 use prescale_regions::brain::{Brain, FleetKey, FleetProfile, FleetSpec};
+use prescale_regions::events::{EventInput, EventStore};
 use prescale_regions::ingest::StoreSink;
 use prescale_regions::ledger::{DecisionRecord, Ledger};
 use prescale_regions::live::{
@@ -41,6 +44,12 @@ pub struct Live {
     pub shared: Arc<LiveShared>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The scheduled events as the admin API changes them (the driver reads its own connection).
+    events: Mutex<EventStore>,
+    /// Regions an event's scope may name (the config's).
+    regions: Vec<String>,
+    /// Node time for the events' created/updated stamps.
+    clock: NodeClock,
 }
 
 impl Live {
@@ -145,6 +154,7 @@ fn provisioner(
 pub fn start(
     config: &Config,
     receiver: Arc<SketchReceiver<StoreSink>>,
+    traffic: Arc<prescale_regions::ingest::NodeTraffic>,
     options: LiveOptions,
 ) -> Result<Option<Live>, CliError> {
     let settings = config.forecaster.as_ref().ok_or_else(|| {
@@ -188,6 +198,11 @@ pub fn start(
         forecast_only: settings.forecast_only,
         cold_minutes: longest_lead + u64::from(config.planner.stabilization_minutes) + 1,
     };
+    let open_events = || {
+        EventStore::open(&settings.database)
+            .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))
+    };
+    let (driver_events, admin_events) = (open_events()?, open_events()?);
     let brain = Brain::new(config.forecast.clone(), config.planner.clone());
     let publisher = Arc::clone(&receiver);
     let mut driver = LiveDriver::new(
@@ -198,6 +213,8 @@ pub fn start(
         fleets,
         Box::new(move |plan| publisher.publish_plan(plan).map_err(|e| e.to_string())),
     );
+    driver.use_events(driver_events);
+    driver.use_traffic(traffic);
     if options.print_decisions {
         driver.on_decision(Box::new(|d: &DecisionRecord| {
             use std::io::Write;
@@ -228,6 +245,9 @@ pub fn start(
         shared,
         stop,
         thread: Mutex::new(Some(thread)),
+        events: Mutex::new(admin_events),
+        regions: config.regions.iter().map(|r| r.name.clone()).collect(),
+        clock: options.clock,
     }))
 }
 
@@ -255,10 +275,21 @@ pub fn clock_text(ms: u64) -> String {
 }
 
 impl Live {
-    /// `GET /api/v1/plan`, `GET /api/v1/forecast`, `POST /api/v1/mode`.
+    /// `GET /api/v1/plan`, `GET /api/v1/forecast`, `POST /api/v1/mode`, and the scheduled
+    /// events: `GET`/`POST /api/v1/events`, `GET`/`PUT`/`DELETE /api/v1/events/{id}`.
     pub fn handlers(self: &Arc<Self>) -> Vec<Handler> {
         let live = Arc::clone(self);
         vec![Arc::new(move |request: &AdminRequest| {
+            if request.path == EVENTS_PATH {
+                return Some(live.events_collection(request));
+            }
+            if let Some(id) = request
+                .path
+                .strip_prefix(EVENTS_PATH)
+                .and_then(|rest| rest.strip_prefix('/'))
+            {
+                return Some(live.event_item(request, id));
+            }
             match (request.method.clone(), request.path.as_str()) {
                 (http::Method::GET, "/api/v1/plan") => Some(admin::json(&live.shared.view())),
                 (http::Method::GET, "/api/v1/forecast") => Some(live.forecast(request)),
@@ -330,6 +361,78 @@ impl Live {
         }))
     }
 
+    fn event_store(&self) -> std::sync::MutexGuard<'_, EventStore> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `GET /api/v1/events` (all, by start), `POST /api/v1/events` (create → 201).
+    fn events_collection(&self, request: &AdminRequest) -> admin::AdminResponse {
+        match request.method {
+            http::Method::GET => match self.event_store().list() {
+                Ok(events) => admin::json(&serde_json::json!({ "events": events })),
+                Err(e) => event_error(e),
+            },
+            http::Method::POST => {
+                let input = match EventInput::from_json(&request.body, &self.regions) {
+                    Ok(input) => input,
+                    Err(e) => return event_error(e),
+                };
+                let created = self.event_store().create(&input, self.clock.now_ms());
+                match created {
+                    Ok(event) => {
+                        self.shared.events_changed();
+                        tracing::info!(id = %event.id, tag = %event.tag, start = event.start, end = event.end, "scheduled event created");
+                        admin::json_with_status(http::StatusCode::CREATED, &event)
+                    }
+                    Err(e) => event_error(e),
+                }
+            }
+            _ => method_not_allowed("GET, POST", "GET or POST /api/v1/events"),
+        }
+    }
+
+    /// `GET`, `PUT` (replace → 200) and `DELETE` (→ 200 with the deleted event) of one event.
+    fn event_item(&self, request: &AdminRequest, id: &str) -> admin::AdminResponse {
+        match request.method {
+            http::Method::GET => match self.event_store().get(id) {
+                Ok(event) => admin::json(&event),
+                Err(e) => event_error(e),
+            },
+            http::Method::PUT => {
+                let mut store = self.event_store();
+                // An unknown id is a 404 whatever the body holds.
+                if let Err(e) = store.get(id) {
+                    return event_error(e);
+                }
+                let input = match EventInput::from_json(&request.body, &self.regions) {
+                    Ok(input) => input,
+                    Err(e) => return event_error(e),
+                };
+                match store.update(id, &input, self.clock.now_ms()) {
+                    Ok(event) => {
+                        drop(store);
+                        self.shared.events_changed();
+                        tracing::info!(id = %event.id, version = event.version, "scheduled event updated");
+                        admin::json(&event)
+                    }
+                    Err(e) => event_error(e),
+                }
+            }
+            http::Method::DELETE => {
+                let deleted = self.event_store().delete(id);
+                match deleted {
+                    Ok(event) => {
+                        self.shared.events_changed();
+                        tracing::info!(id = %event.id, "scheduled event deleted");
+                        admin::json(&event)
+                    }
+                    Err(e) => event_error(e),
+                }
+            }
+            _ => method_not_allowed("GET, PUT, DELETE", "GET, PUT or DELETE /api/v1/events/{id}"),
+        }
+    }
+
     fn set_mode(&self, request: &AdminRequest) -> admin::AdminResponse {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -366,6 +469,7 @@ impl Live {
                 ("prescale_live_plans_published_total", "counter", "Plan versions pushed to the proxies.", load(&s.plans_published)),
                 ("prescale_live_plan_publish_failures_total", "counter", "Plans that could not be pushed (retried).", load(&s.publish_failures)),
                 ("prescale_live_store_failures_total", "counter", "Store or ledger reads and writes of the driver that failed.", load(&s.store_failures)),
+                ("prescale_live_event_syncs_total", "counter", "Times the driver re-read the scheduled events and handed them to the brain (at start and after each change).", load(&s.event_syncs)),
             ];
             for (name, kind, help, value) in rows {
                 if name == "prescale_live_tick_seconds_last" {
@@ -378,6 +482,15 @@ impl Live {
             let view = live.shared.view();
             let _ = writeln!(out, "# HELP prescale_forecast_only Whether the forecaster only plans and reports (provisions nothing).\n# TYPE prescale_forecast_only gauge\nprescale_forecast_only {}", u8::from(view.forecast_only));
             let _ = writeln!(out, "# HELP prescale_live_holding Whether the driver holds capacity for lack of data.\n# TYPE prescale_live_holding gauge\nprescale_live_holding{{region=\"{}\"}} {}", view.region, u8::from(view.holding.is_some()));
+            let active = view.events.iter().filter(|e| e.active).count();
+            let _ = writeln!(out, "# HELP prescale_scheduled_events Scheduled events of the region the plan takes into account, running now or yet to come.\n# TYPE prescale_scheduled_events gauge");
+            for (state, n) in [("active", active), ("upcoming", view.events.len() - active)] {
+                let _ = writeln!(
+                    out,
+                    "prescale_scheduled_events{{region=\"{}\",state=\"{state}\"}} {n}",
+                    view.region
+                );
+            }
             let _ = writeln!(out, "# HELP prescale_plan_instances Instances the plan wants serving per fleet.\n# TYPE prescale_plan_instances gauge");
             for f in &view.fleets {
                 let _ = writeln!(
@@ -410,4 +523,30 @@ impl Live {
             }
         })
     }
+}
+
+const EVENTS_PATH: &str = "/api/v1/events";
+
+/// An event store or input error as the admin API answers it: 400 naming the field, 404 for an
+/// unknown id, 409 for a taken id, 500 when the database fails.
+fn event_error(e: prescale_regions::Error) -> admin::AdminResponse {
+    use prescale_regions::Error;
+    let status = match &e {
+        Error::EventInput { .. } => http::StatusCode::BAD_REQUEST,
+        Error::EventNotFound { .. } => http::StatusCode::NOT_FOUND,
+        Error::EventConflict { .. } => http::StatusCode::CONFLICT,
+        _ => {
+            tracing::warn!(error = %e, "scheduled events: the database failed");
+            http::StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    admin::json_error(status, &e.to_string())
+}
+
+fn method_not_allowed(allow: &'static str, message: &str) -> admin::AdminResponse {
+    let mut response = admin::json_error(http::StatusCode::METHOD_NOT_ALLOWED, message);
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    response
 }

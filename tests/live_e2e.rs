@@ -719,3 +719,149 @@ fn a_region_keeps_serving_through_surges_killed_backends_and_a_killed_forecaster
     }
     drop(reaper);
 }
+
+#[test]
+fn under_a_cap_the_low_revenue_profile_is_shed_and_the_high_revenue_one_is_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = format!("live-cap-{}", std::process::id());
+    let reaper = BackendReaper {
+        marker: marker.clone(),
+    };
+    let config = dir.path().join("cap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[node]
+id = "up-1"
+region = "local"
+
+[identity]
+secret = "live-e2e-secret-0123456789"
+
+[[regions]]
+name = "local"
+
+[[profiles]]
+name = "interactive"
+revenue_weight = 3.0
+
+[[profiles]]
+name = "batch"
+revenue_weight = 0.5
+
+[assignment]
+new_user_min_requests = 0
+rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api", profile = "interactive" }}]
+{}
+[planner]
+baseline_instances = 1
+"#,
+            provisioned_fleet(&marker, 2.0, 60).replace(
+                "[fleets.provisioner]",
+                "max_instances = 1\n[fleets.provisioner]"
+            )
+        ),
+    )
+    .expect("write config");
+    let (proxy, admin) = (loopback(), loopback());
+    let log = dir.path().join("up.log");
+    let mut up = start_with_stdout(
+        "up",
+        &[
+            "up",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--state-dir",
+            dir.path().join("state").to_str().expect("utf-8"),
+            "--speedup",
+            "60",
+            "--proxy-listen",
+            &proxy.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ],
+        &dir.path().join("up.out"),
+        &log,
+    );
+    wait_for_status(admin, "/readyz", 200, Duration::from_secs(60), &log);
+
+    // Interactive 1 req/s and batch 4 req/s of node time need 3 instances of 2 req/s; the cap
+    // allows 1. At 60×, a real request per second is one a node-minute.
+    let load = |path: &str, rps: &str| {
+        Command::new(bin())
+            .args([
+                "load",
+                "--target",
+                &format!("http://{proxy}{path}"),
+                "--rps",
+                rps,
+                "--users",
+                "20",
+                "--duration",
+                "25s",
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run load")
+    };
+    let interactive = load("/api/items", "60");
+    let batch = load("/batch/export", "240");
+    let summary = |child: std::process::Child| -> serde_json::Value {
+        let out = child.wait_with_output().expect("load output");
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).expect("summary")
+    };
+    let interactive = summary(interactive);
+    let batch = summary(batch);
+
+    // The plan names batch to shed first and grants interactive what its forecast asks for.
+    let fleet = fleet_view(admin);
+    assert_eq!(fleet["shed_order"][0], "batch", "{fleet}");
+    let fleets = get(admin, "/api/v1/fleets", &[]).json();
+    let grants = fleets["fleets"][0]["grants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        grants.iter().any(|g| g["profile"] == "interactive"),
+        "no grants on the proxy: {fleets}"
+    );
+    let metrics = get(admin, "/metrics", &[]).text();
+    let batch_shed = metric_sum(
+        &metrics,
+        "prescale_grant_shed_total",
+        &[("profile", "batch")],
+    );
+    let interactive_shed = metric_sum(
+        &metrics,
+        "prescale_grant_shed_total",
+        &[("profile", "interactive")],
+    );
+    eprintln!(
+        "interactive {}; batch {}; shed batch {batch_shed}, interactive {interactive_shed}",
+        interactive["status"], batch["status"]
+    );
+    // Every interactive request was served; a good part of batch's was shed with a 503.
+    let sent = interactive["requests_sent"].as_u64().expect("sent");
+    assert_eq!(
+        interactive["status"]["2xx"].as_u64(),
+        Some(sent),
+        "{interactive}"
+    );
+    assert_eq!(interactive_shed, 0.0);
+    let batch_sent = batch["requests_sent"].as_u64().expect("sent") as f64;
+    let batch_5xx = batch["status"]["5xx"].as_u64().expect("5xx") as f64;
+    assert!(batch_5xx > 0.2 * batch_sent, "{batch}");
+    assert_eq!(batch_5xx, batch_shed, "{batch}");
+    // Never more than the cap.
+    assert!(fleet["planned"].as_u64().unwrap_or(99) <= 1, "{fleet}");
+    let r = get(proxy, "/batch/export", &[("x-user-id", "late")]);
+    if r.status == 503 {
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    up.proc_signal_and_wait();
+    drop(reaper);
+}

@@ -42,8 +42,8 @@ pub use histogram::LatencyHistogram;
 pub use hll::HyperLogLog;
 pub use membership::{MemberId, MemberStatus, Membership, MembershipConfig, RegionTotals, Role};
 pub use messages::{
-    Ack, AckOutcome, BackendPhase, FleetPlan, Message, MessageKind, ModelUpdate, PlanUpdate,
-    PlannedBackend, ProfileGrant, TierTarget,
+    Ack, AckOutcome, BackendPhase, FleetPlan, Message, MessageKind, ModelUpdate, NodeShare,
+    PlanUpdate, PlannedBackend, ProfileGrant, TierTarget,
 };
 pub use receiver::{NodeStatus, ReceiverConfig, ReceiverStatsSnapshot, SketchReceiver, SketchSink};
 pub use sample::{SampledUser, UserSample};

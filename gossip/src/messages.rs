@@ -46,6 +46,8 @@ pub struct TierTarget {
 pub const MAX_PLANNED_BACKENDS: usize = 4096;
 /// Most profile grants one fleet plan may list.
 pub const MAX_GRANTS: usize = 256;
+/// Most proxies one grant may be split over.
+pub const MAX_GRANT_SHARES: usize = 1024;
 
 /// Where a provisioned backend is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -70,11 +72,23 @@ pub struct PlannedBackend {
 }
 
 /// Capacity granted to one profile when the fleet's cap binds: each proxy admits the profile's
-/// requests up to its share of `requests_per_minute` and sheds the rest.
+/// requests up to its share and sheds the rest, lowest revenue first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileGrant {
     pub profile: String,
+    /// Relative revenue per request (proxies shed the lowest first).
+    pub revenue_weight_milli: u64,
     /// Requests per minute the whole region may send this profile to the fleet.
+    pub requests_per_minute: u64,
+    /// Each proxy's part of it, by its share of the profile's recent requests; a proxy not
+    /// listed takes an even share.
+    pub shares: Vec<NodeShare>,
+}
+
+/// One proxy's part of a grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeShare {
+    pub node: String,
     pub requests_per_minute: u64,
 }
 
@@ -188,6 +202,15 @@ impl Message {
                     }
                     for g in &f.grants {
                         check_name("plan grant profile", &g.profile, false)?;
+                        if g.shares.len() > MAX_GRANT_SHARES {
+                            return Err(Error::invalid(
+                                "plan grant shares",
+                                format!("{} shares, at most {MAX_GRANT_SHARES}", g.shares.len()),
+                            ));
+                        }
+                        for share in &g.shares {
+                            check_name("plan grant node", &share.node, false)?;
+                        }
                     }
                     if let Some(r) = f.reasons.iter().find(|r| r.len() > MAX_REASON_LEN) {
                         return Err(Error::invalid(

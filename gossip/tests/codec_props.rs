@@ -5,8 +5,8 @@ use proptest::prelude::*;
 
 use prescale_gossip::codec::{decode, encode, Limits};
 use prescale_gossip::messages::{
-    Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, PlanUpdate, PlannedBackend,
-    ProfileGrant, TierTarget,
+    Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, NodeShare, PlanUpdate,
+    PlannedBackend, ProfileGrant, TierTarget,
 };
 use prescale_gossip::model::{Centroid, FeatureVector, ProfileId, ProfileModel, FEATURE_DIM};
 use prescale_gossip::{EntryKey, HyperLogLog, LatencyHistogram, Sketch, UserSample};
@@ -140,7 +140,15 @@ fn plan() -> impl Strategy<Value = PlanUpdate> {
             (any::<[u8; 4]>(), 1u16.., 0u8..3, any::<u64>()),
             0..4,
         )),
-        prop::collection::vec((name(), any::<u64>()), 0..3),
+        prop::collection::vec(
+            (
+                name(),
+                any::<u64>(),
+                any::<u64>(),
+                prop::collection::vec((name(), any::<u64>()), 0..3),
+            ),
+            0..3,
+        ),
     )
         .prop_map(
             |(fleet, tiers, shed, reasons, backends, grants)| FleetPlan {
@@ -168,10 +176,22 @@ fn plan() -> impl Strategy<Value = PlanUpdate> {
                 }),
                 grants: grants
                     .into_iter()
-                    .map(|(profile, requests_per_minute)| ProfileGrant {
-                        profile,
-                        requests_per_minute,
-                    })
+                    .map(
+                        |(profile, revenue_weight_milli, requests_per_minute, shares)| {
+                            ProfileGrant {
+                                profile,
+                                revenue_weight_milli,
+                                requests_per_minute,
+                                shares: shares
+                                    .into_iter()
+                                    .map(|(node, requests_per_minute)| NodeShare {
+                                        node,
+                                        requests_per_minute,
+                                    })
+                                    .collect(),
+                            }
+                        },
+                    )
                     .collect(),
             },
         );

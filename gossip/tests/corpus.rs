@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use prescale_gossip::codec::{decode, encode, Limits, HEADER_LEN};
 use prescale_gossip::messages::{
-    Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, PlanUpdate, PlannedBackend,
-    ProfileGrant, TierTarget,
+    Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, NodeShare, PlanUpdate,
+    PlannedBackend, ProfileGrant, TierTarget,
 };
 use prescale_gossip::model::{Centroid, FeatureVector, ProfileId, ProfileModel, FEATURE_DIM};
 use prescale_gossip::{EntryKey, Sketch};
@@ -132,7 +132,12 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 ]),
                 grants: vec![ProfileGrant {
                     profile: "interactive".into(),
+                    revenue_weight_milli: 3_000,
                     requests_per_minute: 12_000,
+                    shares: vec![NodeShare {
+                        node: "proxy-eu-1".into(),
+                        requests_per_minute: 12_000,
+                    }],
                 }],
             }],
         }),

@@ -32,6 +32,7 @@ use crate::features::{FeatureTable, RequestTraits};
 use crate::fields::HeaderLookup;
 use crate::fleet::{phase_name, FleetIdx, Fleets};
 use crate::geo::{GeoResolver, RegionId};
+use crate::grants::{GrantDecision, GrantEntry, GrantTable};
 use crate::identity::IdentityResolver;
 use crate::meters::{MeterFleet, MeterKey, MeterSnapshot, Meters, Observation};
 use crate::plan::{FleetApplied, PlanApplied, PlanError, PlanStamp};
@@ -225,6 +226,7 @@ impl DataPlane {
             };
             let fleet = self.fleets.get(index);
             let outcome = fleet.apply_plan(part.backends.as_deref(), plan.version);
+            fleet.set_grants(self.grant_table(&part.grants));
             fleets.push(FleetApplied {
                 fleet: fleet.name.clone(),
                 outcome,
@@ -241,6 +243,47 @@ impl DataPlane {
             fleets,
             unknown_fleets,
         })
+    }
+
+    /// This proxy's part of a fleet's grants: its listed share, or an even one when it is not
+    /// listed; grants for profiles this node has never heard of are left out.
+    fn grant_table(&self, grants: &[prescale_gossip::ProfileGrant]) -> Option<GrantTable> {
+        if grants.is_empty() {
+            return None;
+        }
+        let registry = self.assigner.registry();
+        let entries = grants
+            .iter()
+            .filter_map(|g| {
+                let profile = registry.index_of(&g.profile)?;
+                let mine = g
+                    .shares
+                    .iter()
+                    .find(|s| s.node == self.node_id)
+                    .map(|s| s.requests_per_minute as f64)
+                    .unwrap_or_else(|| {
+                        g.requests_per_minute as f64 / (g.shares.len() as f64 + 1.0)
+                    });
+                Some(GrantEntry {
+                    profile,
+                    name: g.profile.clone(),
+                    revenue_weight_milli: g.revenue_weight_milli,
+                    requests_per_minute: mine,
+                })
+            })
+            .collect();
+        let names = registry.names();
+        let revenue_of = |p: ProfileIdx| {
+            names
+                .get(usize::from(p.0))
+                .map(|name| (self.config.profile_settings(name).0 * 1000.0).max(0.0) as u64)
+                .unwrap_or(0)
+        };
+        Some(GrantTable::new(
+            entries,
+            revenue_of,
+            self.node_clock().speed(),
+        ))
     }
 
     /// The version and issue time of the last plan applied.
@@ -321,6 +364,18 @@ impl DataPlane {
             fleet: MeterFleet(fleet_idx.0),
         };
         let fleet = self.fleets.get(fleet_idx);
+        if let Some(grants) = fleet.grant_table().as_ref() {
+            if grants.admit(profile) == GrantDecision::Shed {
+                fleet.grant_shed.add(profile);
+                return Err(Rejection {
+                    status: 503,
+                    message: "fleet at its capacity cap: higher-revenue traffic is served first; retry shortly\n",
+                    retry_after_secs: Some(1),
+                    meter: Some(meter),
+                    user: user.0,
+                });
+            }
+        }
         let per_backend = fleet.config.max_in_flight_per_backend;
         if per_backend > 0 {
             let priority = self
@@ -751,6 +806,34 @@ impl DataPlane {
                     "prescale_backend_healthy{{fleet=\"{}\",backend=\"{}\"}} {up}",
                     fleet.name, backend.addr
                 );
+            }
+        }
+        out.push_str("# HELP prescale_grant_shed_total Requests shed because their profile's grant (and every lower-revenue one) was used up while the fleet's cap binds.\n");
+        out.push_str("# TYPE prescale_grant_shed_total counter\n");
+        let names = self.assigner.registry().names();
+        for fleet in self.fleets.iter() {
+            for (index, name) in names.iter().enumerate() {
+                let n = fleet.grant_shed.get(ProfileIdx(index as u16));
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "prescale_grant_shed_total{{fleet=\"{}\",profile=\"{name}\"}} {n}",
+                        fleet.name
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP prescale_grant_requests_per_minute This proxy's grant per profile while the fleet's cap binds.\n");
+        out.push_str("# TYPE prescale_grant_requests_per_minute gauge\n");
+        for fleet in self.fleets.iter() {
+            if let Some(table) = fleet.grants() {
+                for e in table.entries() {
+                    let _ = writeln!(
+                        out,
+                        "prescale_grant_requests_per_minute{{fleet=\"{}\",profile=\"{}\"}} {}",
+                        fleet.name, e.name, e.requests_per_minute
+                    );
+                }
             }
         }
         out.push_str("# HELP prescale_backend_in_flight Requests being forwarded to a backend.\n");

@@ -40,6 +40,7 @@ use prescale_gossip::{BackendPhase, PlannedBackend};
 use serde::Serialize;
 
 use crate::error::ProxyError;
+use crate::grants::{GrantTable, ShedCounters};
 use crate::plan::{FleetOutcome, PhaseCounts, PlanError, SetChange};
 use crate::upstream_pool::IdleConnections;
 
@@ -357,6 +358,10 @@ pub struct Fleet {
     plan_version: AtomicU64,
     /// A plan listed backends for this static fleet (warned about once).
     warned_static_plan: AtomicBool,
+    /// Per-profile grants while the fleet's cap binds (`None`: every profile admitted).
+    grants: arc_swap::ArcSwapOption<GrantTable>,
+    /// Requests shed by grant, per profile.
+    pub grant_shed: ShedCounters,
 }
 
 /// Outcome of one attempt on a backend, for passive health.
@@ -383,6 +388,8 @@ impl Fleet {
             apply_lock: Mutex::new(()),
             plan_version: AtomicU64::new(NEVER),
             warned_static_plan: AtomicBool::new(false),
+            grants: arc_swap::ArcSwapOption::empty(),
+            grant_shed: ShedCounters::default(),
         };
         if config.provisioner.is_none() {
             let now = unix_ms();
@@ -658,6 +665,21 @@ impl Fleet {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
+    /// Puts grants in force (`None`: admit every profile).
+    pub fn set_grants(&self, grants: Option<GrantTable>) {
+        self.grants.store(grants.map(Arc::new));
+    }
+
+    /// The grants in force, if the cap binds.
+    pub fn grants(&self) -> Option<Arc<GrantTable>> {
+        self.grants.load_full()
+    }
+
+    /// Whether grants are in force (one atomic load: the request path's check).
+    pub fn grant_table(&self) -> arc_swap::Guard<Option<Arc<GrantTable>>> {
+        self.grants.load()
+    }
+
     pub fn status(&self) -> FleetStatus {
         let set = self.set.load();
         let now_ms = self.now_ms();
@@ -687,6 +709,21 @@ impl Fleet {
                     failures: b.failures.load(Ordering::Relaxed),
                 })
                 .collect(),
+            grants: self
+                .grants()
+                .map(|table| {
+                    table
+                        .entries()
+                        .iter()
+                        .map(|e| crate::grants::GrantStatus {
+                            profile: e.name.clone(),
+                            revenue_weight: e.revenue_weight_milli as f64 / 1000.0,
+                            requests_per_minute: e.requests_per_minute,
+                            shed: self.grant_shed.get(e.profile),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -723,6 +760,8 @@ pub struct FleetStatus {
     pub in_flight: u32,
     pub available_backends: usize,
     pub backends: Vec<BackendStatus>,
+    /// Grants in force while the fleet's cap binds (empty: every profile admitted).
+    pub grants: Vec<crate::grants::GrantStatus>,
 }
 
 #[derive(Debug, Serialize)]

@@ -21,6 +21,7 @@ pub mod features;
 pub mod fields;
 pub mod fleet;
 pub mod geo;
+pub mod grants;
 mod hints;
 mod http1;
 pub mod identity;

@@ -29,6 +29,19 @@ pub enum Error {
         #[source]
         source: Option<rusqlite::Error>,
     },
+    /// A scheduled event from outside (the admin API) that is not valid; `field` names the
+    /// offending field (`scope.region`, `effect.factor`, …), `None` when the body as a whole is.
+    #[error("{}{message}", field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    EventInput {
+        field: Option<String>,
+        message: String,
+    },
+    /// No scheduled event has this id.
+    #[error("no scheduled event `{id}`")]
+    EventNotFound { id: String },
+    /// A scheduled event with this id exists already.
+    #[error("a scheduled event `{id}` exists already")]
+    EventConflict { id: String },
     /// Drawing the replay plot failed.
     #[error("cannot draw plot {path}: {message}")]
     Plot { path: PathBuf, message: String },

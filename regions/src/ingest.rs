@@ -40,7 +40,67 @@ pub struct StoreSink {
     queue: mpsc::SyncSender<(Sketch, Reply)>,
     reader: Mutex<SeriesStore>,
     pub stats: Arc<IngestStats>,
+    /// Each proxy's recent requests per (fleet, profile), for splitting grants among proxies.
+    pub traffic: Arc<NodeTraffic>,
     path: PathBuf,
+}
+
+/// Minutes of per-proxy traffic kept in memory.
+const TRAFFIC_MINUTES: u64 = 10;
+
+/// Each proxy's requests per (fleet, profile) over the last few minutes it reported, as stored:
+/// what the live driver splits a profile's grant by (a proxy gets the share of the grant that it
+/// had of the profile's requests). In memory only: after a restart shares start even.
+#[derive(Debug, Default)]
+pub struct NodeTraffic {
+    recent: Mutex<std::collections::HashMap<TrafficKey, Vec<MinuteCount>>>,
+}
+
+/// (node, fleet, profile).
+type TrafficKey = (String, String, String);
+/// (minute start, requests).
+type MinuteCount = (u64, u64);
+
+impl NodeTraffic {
+    fn record(&self, sketch: &Sketch) {
+        let minute = sketch.interval_start_ms / 60_000 * 60;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in &sketch.entries {
+            let key = (
+                sketch.node.clone(),
+                entry.key.fleet.clone(),
+                entry.key.profile.clone(),
+            );
+            let minutes = recent.entry(key).or_default();
+            match minutes.iter_mut().find(|(m, _)| *m == minute) {
+                Some((_, n)) => *n += entry.stats.requests,
+                None => minutes.push((minute, entry.stats.requests)),
+            }
+            let newest = minutes.iter().map(|(m, _)| *m).max().unwrap_or(minute);
+            minutes.retain(|(m, _)| *m + TRAFFIC_MINUTES * 60 > newest);
+        }
+    }
+
+    /// Requests per proxy of `profile` on `fleet` in minutes starting at or after `from`
+    /// (unix seconds), proxies with none left out.
+    pub fn shares(&self, fleet: &str, profile: &str, from: u64) -> Vec<(String, u64)> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, u64)> = recent
+            .iter()
+            .filter(|((_, f, p), _)| f == fleet && p == profile)
+            .map(|((node, _, _), minutes)| {
+                let n = minutes
+                    .iter()
+                    .filter(|(m, _)| *m >= from)
+                    .map(|(_, n)| n)
+                    .sum();
+                (node.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 impl StoreSink {
@@ -51,9 +111,11 @@ impl StoreSink {
         let (queue, receiver) = mpsc::sync_channel::<(Sketch, Reply)>(4 * MAX_BATCH);
         let stats = Arc::new(IngestStats::default());
         let writer_stats = Arc::clone(&stats);
+        let traffic = Arc::new(NodeTraffic::default());
+        let writer_traffic = Arc::clone(&traffic);
         std::thread::Builder::new()
             .name("series-writer".into())
-            .spawn(move || write_loop(writer, receiver, writer_stats))
+            .spawn(move || write_loop(writer, receiver, writer_stats, writer_traffic))
             .map_err(|e| Error::Store {
                 what: format!("start the writer thread: {e}"),
                 source: None,
@@ -62,6 +124,7 @@ impl StoreSink {
             queue,
             reader: Mutex::new(reader),
             stats,
+            traffic,
             path: path.to_path_buf(),
         })
     }
@@ -104,6 +167,7 @@ fn write_loop(
     mut store: SeriesStore,
     receiver: mpsc::Receiver<(Sketch, Reply)>,
     stats: Arc<IngestStats>,
+    traffic: Arc<NodeTraffic>,
 ) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -122,6 +186,11 @@ fn write_loop(
         // Replies go out only after `ingest` returned, i.e. after the commit that holds them.
         match store.ingest(&sketches, now_ms) {
             Ok(outcomes) => {
+                for (sketch, outcome) in sketches.iter().zip(&outcomes) {
+                    if *outcome == Ingested::Stored {
+                        traffic.record(sketch);
+                    }
+                }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     count(&stats, Ok(outcome));
                     let _ = reply.send(Ok(outcome));
@@ -134,6 +203,9 @@ fn write_loop(
                         .ingest(std::slice::from_ref(&sketch), now_ms)
                         .map(|mut o| o.pop().unwrap_or(Ingested::Duplicate))
                         .map_err(|e| format!("sketch {}#{}: {e}", sketch.node, sketch.sequence));
+                    if outcome == Ok(Ingested::Stored) {
+                        traffic.record(&sketch);
+                    }
                     count(&stats, outcome.as_ref().map(|o| *o).map_err(|_| ()));
                     let _ = reply.send(outcome);
                 }

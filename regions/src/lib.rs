@@ -3,6 +3,7 @@
 //!
 //! * [`store`] and [`ingest`]: the SQLite series store and the sketch sink that writes it;
 //! * [`ledger`]: provisioned instances, plan versions and decisions, in the same file;
+//! * [`events`]: scheduled events operators create through the admin API, in the same file;
 //! * [`live`]: the live driver that feeds the brain complete minutes, polls it, steers the
 //!   [`provision`]ers and publishes plans;
 //! * [`replay`]: the policy simulator behind `prescale replay`, with [`trace`] parsing and
@@ -12,6 +13,7 @@
 //! decisions out.
 
 pub mod error;
+pub mod events;
 pub mod ingest;
 pub mod ledger;
 pub mod live;

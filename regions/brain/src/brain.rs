@@ -168,7 +168,22 @@ pub struct FleetStatus {
     /// Requests/s per instance the plan used, and where the figure comes from.
     pub capacity: CapacityEstimate,
     pub shed_order: Vec<String>,
+    /// Capacity granted to each profile while the cap binds (empty when it does not): what the
+    /// proxies admit of each profile, highest revenue-weighted demand served first.
+    pub grants: Vec<ProfileGrant>,
     pub reason: String,
+}
+
+/// The capacity a profile is granted while its fleet's cap binds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProfileGrant {
+    pub profile: String,
+    /// Instances' worth of capacity granted.
+    pub instances: f64,
+    /// The same as requests per minute the fleet may take of this profile.
+    pub requests_per_minute: f64,
+    /// Requests per minute the profile's own forecast (its SLO bound at the lead time) asks for.
+    pub wanted_per_minute: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -669,10 +684,10 @@ impl Brain {
                 .max(plan.tiers.guard)
                 > c
         });
-        let shed_order = if capped {
-            self.shed_order(&spec, now_minute, lead, cap.unwrap_or(0))
+        let (shed_order, grants) = if capped {
+            self.allocate(&spec, now_minute, lead, cap.unwrap_or(0))
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let state = self.fleets.get_mut(key)?;
         state.down_held_minutes = if plan.down_condition {
@@ -745,6 +760,7 @@ impl Brain {
             warm_pools: warm_pools.clone(),
             capacity,
             shed_order: shed_order.clone(),
+            grants,
             reason: reason.clone(),
         });
         decision.map(|action| Decision {
@@ -835,13 +851,15 @@ impl Brain {
         pools
     }
 
-    fn shed_order(
+    /// Under a binding cap: each profile's need from its own forecast (its SLO bound at the lead
+    /// time), the cap shared out by revenue weight, and the order to shed in.
+    fn allocate(
         &mut self,
         spec: &FleetSpec,
         now_minute: i64,
         lead: usize,
         cap: u32,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, Vec<ProfileGrant>) {
         let mut needs = Vec::new();
         for profile in &spec.profiles {
             let key = SeriesKey {
@@ -857,7 +875,20 @@ impl Brain {
                 revenue_weight: profile.revenue_weight,
             });
         }
-        allocate_under_cap(&needs, cap as f64).shed_order
+        let allocation = allocate_under_cap(&needs, cap as f64);
+        let per_instance = spec.capacity.rps_per_instance * 60.0;
+        let grants = allocation
+            .granted
+            .iter()
+            .zip(&needs)
+            .map(|((profile, instances), need)| ProfileGrant {
+                profile: profile.clone(),
+                instances: *instances,
+                requests_per_minute: instances * per_instance,
+                wanted_per_minute: need.instances * per_instance,
+            })
+            .collect();
+        (allocation.shed_order, grants)
     }
 }
 

@@ -4,9 +4,13 @@
 //! published to the proxies as versioned plans.
 //!
 //! One [`LiveDriver::step`] at node time `now`:
+//! 0. when the scheduled events changed (the admin API bumps a counter after each change; the
+//!    first step always loads them), re-read them from the [`EventStore`] and hand them to the
+//!    brain: `set_event` for each stored event, `remove_event` for ids that are gone;
 //! 1. (first step only) rebuild the brain from the store: every covered minute of the history
 //!    window is observed and learned in order, so model choice and calibration are what they
-//!    were; running instances come from the provisioners, which adopt what still runs;
+//!    were (and events of the history window teach their tags); running instances come from the
+//!    provisioners, which adopt what still runs;
 //! 2. hand over every minute that is complete ([`completeness`]): observed (zero for known
 //!    profiles that sent nothing) or absent (no sketch covers it: missing data, not quiet);
 //! 3. look again at the minutes handed in the last hour: requests that arrived late are counted
@@ -27,7 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prescale_brain::brain::{Action, Brain, Decision, FleetKey, FleetSpec, WarmPool};
+use prescale_brain::brain::{
+    Action, Brain, Decision, EventEffect, EventScope, FleetKey, FleetSpec, UnixSeconds, WarmPool,
+};
 use prescale_brain::forecast::ForecastPoint;
 use prescale_brain::planner::capacity::CapacityEstimate;
 use prescale_brain::planner::Tiers;
@@ -36,6 +42,7 @@ use serde::Serialize;
 
 pub use completeness::{CompletenessRule, MinuteState, NodeProgress};
 
+use crate::events::{EventStore, StoredEvent};
 use crate::ledger::{DecisionRecord, Ledger};
 use crate::provision::{Provisioner, ProvisionerStatus};
 use crate::store::SeriesStore;
@@ -44,6 +51,8 @@ use crate::store::SeriesStore;
 pub const LATE_WINDOW_MINUTES: u64 = 60;
 /// The longest real time between two steps (provisioner health checks, plan pushes).
 pub const STEP_INTERVAL: Duration = Duration::from_millis(200);
+/// Minutes of each proxy's traffic a grant is split by.
+pub const GRANT_SHARE_MINUTES: u64 = 5;
 /// Decisions kept per fleet in the view.
 const VIEW_DECISIONS: usize = 20;
 /// Horizons the view forecasts, minutes ahead.
@@ -90,6 +99,8 @@ pub struct LiveStats {
     pub plans_published: AtomicU64,
     pub publish_failures: AtomicU64,
     pub store_failures: AtomicU64,
+    /// Times the scheduled events were re-read and handed to the brain.
+    pub event_syncs: AtomicU64,
 }
 
 /// What the driver shares with the admin API: its latest view, the mode switch, the counters.
@@ -97,6 +108,9 @@ pub struct LiveStats {
 pub struct LiveShared {
     view: Mutex<LiveView>,
     forecast_only: AtomicBool,
+    /// Bumped after every change of the stored scheduled events; the driver re-reads them when
+    /// it differs from what it last applied.
+    events_generation: AtomicU64,
     pub stats: LiveStats,
 }
 
@@ -114,6 +128,12 @@ impl LiveShared {
     pub fn set_forecast_only(&self, on: bool) {
         self.forecast_only.store(on, Ordering::Relaxed);
     }
+
+    /// Tells the driver the stored scheduled events changed (call after the change is
+    /// committed); it applies them at its next step.
+    pub fn events_changed(&self) {
+        self.events_generation.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// The region as the admin API shows it.
@@ -130,6 +150,31 @@ pub struct LiveView {
     pub plan_version: Option<u64>,
     pub fleets: Vec<FleetView>,
     pub series: Vec<SeriesView>,
+    /// Scheduled events of the region that are running or yet to come, by start: what the
+    /// forecasts and the plan take into account.
+    pub events: Vec<EventView>,
+}
+
+/// A scheduled event as the plan sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventView {
+    pub id: String,
+    pub tag: String,
+    /// Unix seconds (node time).
+    pub start: UnixSeconds,
+    pub end: UnixSeconds,
+    pub scope: EventScope,
+    pub effect: EventEffect,
+    pub version: u64,
+    /// Running now (`start <= now < end`); otherwise it is yet to come.
+    pub active: bool,
+    /// What the forecasts of the series it touches are multiplied by while it runs: the
+    /// effect's factor, or for `learn_from_tag` the ratio its tag learned (1 until an event
+    /// with the tag has finished).
+    pub multiplier: f64,
+    /// For `learn_from_tag`: the ratio of observed to forecast demand of the last finished
+    /// event with the same tag, if there was one.
+    pub learned: Option<f64>,
 }
 
 /// One fleet's plan, instances and forecast.
@@ -239,6 +284,18 @@ pub struct LiveDriver {
     plan_version: Option<u64>,
     forecasts: (Vec<Vec<HorizonPoint>>, Vec<SeriesView>),
     holding: Option<String>,
+    /// Each proxy's recent traffic per profile, to split grants by (`None`: even splits).
+    traffic: Option<Arc<crate::ingest::NodeTraffic>>,
+    /// Proxies of the region that reported within the silence bound, at the last step.
+    live_nodes: Vec<String>,
+    /// Node time of the current step.
+    now_ms: u64,
+    /// Where scheduled events are kept; `None`: the brain gets none.
+    event_store: Option<EventStore>,
+    /// The events last read from the store (and handed to the brain), by start.
+    events: Vec<StoredEvent>,
+    /// The change counter the events were last read at.
+    events_generation: Option<u64>,
 }
 
 impl LiveDriver {
@@ -287,6 +344,7 @@ impl LiveDriver {
                 ..LiveView::default()
             }),
             forecast_only: AtomicBool::new(settings.forecast_only),
+            events_generation: AtomicU64::new(0),
             stats: LiveStats::default(),
         });
         LiveDriver {
@@ -306,7 +364,25 @@ impl LiveDriver {
             plan_version: None,
             forecasts: (Vec::new(), Vec::new()),
             holding: None,
+            traffic: None,
+            live_nodes: Vec::new(),
+            now_ms: 0,
+            event_store: None,
+            events: Vec::new(),
+            events_generation: None,
         }
+    }
+
+    /// Apply the scheduled events kept in `store`: all of them at the first step, then again
+    /// after every [`LiveShared::events_changed`].
+    pub fn use_events(&mut self, store: EventStore) {
+        self.event_store = Some(store);
+        self.events_generation = None;
+    }
+
+    /// Split grants among proxies by their recent traffic, as the sketch sink tallies it.
+    pub fn use_traffic(&mut self, traffic: Arc<crate::ingest::NodeTraffic>) {
+        self.traffic = Some(traffic);
     }
 
     /// Call `observer` with every decision as it is made.
@@ -323,11 +399,19 @@ impl LiveDriver {
     /// for (the caller steps at least every [`STEP_INTERVAL`] anyway, for the provisioners).
     pub fn step(&mut self, now_ms: u64) -> u64 {
         let began = Instant::now();
+        // Events first, so that a rebuild from the history sees (and learns from) them too.
+        let events_changed = self.sync_events();
         if self.started_ms.is_none() {
             self.started_ms = Some(now_ms);
             self.catch_up(now_ms);
         }
         let nodes = self.node_progress();
+        self.now_ms = now_ms;
+        self.live_nodes = nodes
+            .iter()
+            .filter(|n| n.reported_through_ms + self.settings.rule.silent_after_ms >= now_ms)
+            .map(|n| n.node.clone())
+            .collect();
         let handed = self.feed(now_ms, &nodes);
         if handed > 0 {
             self.correct_late(now_ms);
@@ -339,7 +423,7 @@ impl LiveDriver {
         }
         self.provision(now_ms);
         self.publish_plan(now_ms);
-        if handed > 0 || changed || self.forecasts.0.is_empty() {
+        if handed > 0 || changed || events_changed || self.forecasts.0.is_empty() {
             self.refresh_forecasts(now_ms);
         }
         self.refresh_view(now_ms);
@@ -384,6 +468,73 @@ impl LiveDriver {
                     }
                 }
             })
+    }
+
+    /// Re-reads the stored events when they changed and hands them to the brain; returns
+    /// whether they were re-read. A store that cannot be read leaves the brain's events as they
+    /// were and is tried again at the next step.
+    fn sync_events(&mut self) -> bool {
+        let Some(store) = &self.event_store else {
+            return false;
+        };
+        let generation = self.shared.events_generation.load(Ordering::Acquire);
+        if self.events_generation == Some(generation) {
+            return false;
+        }
+        let events = match store.list() {
+            Ok(events) => events,
+            Err(e) => {
+                self.store_failed("read the scheduled events", &e);
+                return false;
+            }
+        };
+        let kept: BTreeSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        for gone in self.events.iter().filter(|e| !kept.contains(e.id.as_str())) {
+            self.brain.remove_event(&gone.id);
+        }
+        // Every stored event, ended ones too: the brain drops an event once it has ended (and
+        // learns its tag from it), so handing it over again changes nothing.
+        for event in &events {
+            self.brain.set_event(event.to_brain());
+        }
+        tracing::info!(region = %self.settings.region, events = events.len(), "scheduled events applied");
+        self.events = events;
+        self.events_generation = Some(generation);
+        self.shared
+            .stats
+            .event_syncs
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    fn event_views(&self, now_ms: u64) -> Vec<EventView> {
+        let now = (now_ms / 1000) as i64;
+        self.events
+            .iter()
+            .filter(|e| e.end > now && e.touches_region(&self.settings.region))
+            .map(|e| {
+                let learned = match e.effect {
+                    EventEffect::LearnFromTag => self.brain.learned_multiplier(&e.tag),
+                    EventEffect::Multiplier { .. } => None,
+                };
+                let multiplier = match e.effect {
+                    EventEffect::Multiplier { factor } => factor,
+                    EventEffect::LearnFromTag => learned.unwrap_or(1.0),
+                };
+                EventView {
+                    id: e.id.clone(),
+                    tag: e.tag.clone(),
+                    start: e.start,
+                    end: e.end,
+                    scope: e.scope.clone(),
+                    effect: e.effect.clone(),
+                    version: e.version,
+                    active: e.start <= now,
+                    multiplier,
+                    learned,
+                }
+            })
+            .collect()
     }
 
     fn node_progress(&mut self) -> Vec<NodeProgress> {
@@ -764,7 +915,69 @@ impl LiveDriver {
                         })
                         .unwrap_or_default(),
                     backends: fleet.provisioner.as_ref().map(|p| p.backends()),
-                    grants: Vec::new(),
+                    grants: status
+                        .map(|s| self.grants_for(fleet, &s.grants))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// The brain's grants for a fleet as the proxies get them: each split among the region's
+    /// live proxies, 90 % by their share of the profile's requests over the last
+    /// [`GRANT_SHARE_MINUTES`] and 10 % evenly (so a proxy that has seen none of a profile yet
+    /// can still admit some). Rounded to 2 % steps, so a plan is not re-issued for noise.
+    fn grants_for(
+        &self,
+        fleet: &FleetRun,
+        grants: &[prescale_brain::brain::ProfileGrant],
+    ) -> Vec<prescale_gossip::ProfileGrant> {
+        let weights: BTreeMap<&str, f64> = self
+            .brain
+            .fleet_spec(&fleet.key)
+            .map(|spec| {
+                spec.profiles
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.revenue_weight))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let from = (self.now_ms / 1000 / 60 * 60).saturating_sub(GRANT_SHARE_MINUTES * 60);
+        grants
+            .iter()
+            .map(|g| {
+                let total = round_2_percent(g.requests_per_minute);
+                let seen = self
+                    .traffic
+                    .as_ref()
+                    .map(|t| t.shares(&fleet.key.fleet, &g.profile, from))
+                    .unwrap_or_default();
+                let seen_total: u64 = seen.iter().map(|(_, n)| n).sum();
+                let live = self.live_nodes.len().max(1) as f64;
+                let shares = self
+                    .live_nodes
+                    .iter()
+                    .map(|node| {
+                        let mine = seen.iter().find(|(n, _)| n == node).map_or(0, |(_, r)| *r);
+                        let by_traffic = if seen_total > 0 {
+                            mine as f64 / seen_total as f64
+                        } else {
+                            1.0 / live
+                        };
+                        let part = total * (0.9 * by_traffic + 0.1 / live);
+                        prescale_gossip::NodeShare {
+                            node: node.clone(),
+                            requests_per_minute: round_2_percent(part) as u64,
+                        }
+                    })
+                    .collect();
+                prescale_gossip::ProfileGrant {
+                    profile: g.profile.clone(),
+                    revenue_weight_milli: (weights.get(g.profile.as_str()).copied().unwrap_or(1.0)
+                        * 1000.0)
+                        .max(0.0) as u64,
+                    requests_per_minute: total as u64,
+                    shares,
                 }
             })
             .collect()
@@ -914,9 +1127,19 @@ impl LiveDriver {
             plan_version: self.plan_version,
             fleets,
             series: self.forecasts.1.clone(),
+            events: self.event_views(now_ms),
         };
         *self.shared.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
     }
+}
+
+/// `value` rounded to a step of 2 % of itself (at least 1).
+fn round_2_percent(value: f64) -> f64 {
+    if !value.is_finite() || value <= 0.0 {
+        return 0.0;
+    }
+    let step = 10f64.powf((value * 0.02).log10().floor()).max(1.0);
+    (value / step).round() * step
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -928,4 +1151,184 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EventInput;
+    use crate::planner::CapacityModel;
+    use prescale_brain::brain::FleetProfile;
+
+    const NOW_MS: u64 = 1_700_000_040_000 / 60_000 * 60_000;
+
+    fn driver(path: &std::path::Path) -> LiveDriver {
+        let settings = LiveSettings {
+            region: "local".into(),
+            rule: CompletenessRule {
+                lateness_ms: 30_000,
+                silent_after_ms: 60_000,
+            },
+            history_minutes: 1440,
+            forecast_only: true,
+            cold_minutes: 3,
+        };
+        let spec = FleetSpec {
+            key: FleetKey {
+                region: "local".into(),
+                fleet: "web".into(),
+            },
+            profiles: vec![FleetProfile {
+                name: "default".into(),
+                revenue_weight: 1.0,
+            }],
+            capacity: CapacityModel {
+                rps_per_instance: 10.0,
+                cold_start_seconds: 60.0,
+                cost_per_instance_hour: 0.0,
+            },
+            max_instances: None,
+            budget_per_hour: None,
+            initial_instances: 1,
+            learn_capacity: None,
+            warm_sub_pools: Vec::new(),
+        };
+        let mut driver = LiveDriver::new(
+            settings,
+            Brain::new(Default::default(), Default::default()),
+            SeriesStore::open(path).expect("store"),
+            Ledger::open(path).expect("ledger"),
+            vec![LiveFleet {
+                spec,
+                provisioner: None,
+                static_backends: 1,
+            }],
+            Box::new(|_| Ok(())),
+        );
+        driver.use_events(EventStore::open(path).expect("events"));
+        driver
+    }
+
+    fn point_30(driver: &LiveDriver) -> f64 {
+        let view = driver.shared().view();
+        view.fleets[0]
+            .forecast
+            .iter()
+            .find(|p| p.horizon_minutes == 30)
+            .expect("30-minute point")
+            .point
+    }
+
+    fn event(id: Option<&str>, region: &str, start: i64, end: i64, factor: f64) -> EventInput {
+        EventInput {
+            id: id.map(str::to_string),
+            tag: "launch".into(),
+            start,
+            end,
+            scope: EventScope::Region {
+                region: region.into(),
+            },
+            effect: EventEffect::Multiplier { factor },
+        }
+    }
+
+    #[test]
+    fn stored_events_reach_the_brain_at_start_and_after_each_change() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("series.db");
+        let now = (NOW_MS / 1000) as i64;
+        let points: Vec<(u64, u64)> = (1..=1440u64)
+            .map(|m| (NOW_MS / 1000 - 60 - m * 60, 600))
+            .collect();
+        SeriesStore::open(&path)
+            .expect("store")
+            .seed_history("local", "default", "web", &points)
+            .expect("seed");
+
+        let mut live = driver(&path);
+        live.step(NOW_MS);
+        let base = point_30(&live);
+        assert!(base > 300.0, "a forecast from the flat history: {base}");
+        assert!(live.shared().view().events.is_empty());
+
+        // An operator adds events: one for the next two hours here, one in another region, one
+        // that is over.
+        let mut admin = EventStore::open(&path).expect("events");
+        let created = admin
+            .create(&event(None, "local", now, now + 7200, 3.0), NOW_MS)
+            .unwrap();
+        admin
+            .create(&event(None, "elsewhere", now, now + 7200, 5.0), NOW_MS)
+            .unwrap();
+        admin
+            .create(&event(None, "local", now - 7200, now - 3600, 7.0), NOW_MS)
+            .unwrap();
+        // Not applied until the driver is told.
+        live.step(NOW_MS + 100);
+        assert_eq!(point_30(&live), base);
+        live.shared().events_changed();
+        live.step(NOW_MS + 200);
+        let tripled = point_30(&live);
+        assert!((tripled / base - 3.0).abs() < 1e-9, "{tripled} vs {base}");
+        let view = live.shared().view();
+        assert_eq!(view.events.len(), 1, "{:?}", view.events);
+        assert_eq!(view.events[0].id, created.id);
+        assert!(view.events[0].active);
+        assert_eq!(view.events[0].multiplier, 3.0);
+        assert_eq!(live.shared().stats.event_syncs.load(Ordering::Relaxed), 2);
+
+        admin
+            .update(
+                &created.id,
+                &event(None, "local", now, now + 7200, 2.0),
+                NOW_MS,
+            )
+            .unwrap();
+        live.shared().events_changed();
+        live.step(NOW_MS + 300);
+        assert!((point_30(&live) / base - 2.0).abs() < 1e-9);
+        assert_eq!(live.shared().view().events[0].version, 2);
+
+        // Later in the future: upcoming, and the forecast 30 minutes ahead is untouched.
+        admin
+            .update(
+                &created.id,
+                &event(None, "local", now + 7200, now + 9000, 2.0),
+                NOW_MS,
+            )
+            .unwrap();
+        live.shared().events_changed();
+        live.step(NOW_MS + 400);
+        assert_eq!(point_30(&live), base);
+        assert!(!live.shared().view().events[0].active);
+
+        admin.delete(&created.id).unwrap();
+        admin
+            .create(&event(Some("sale"), "local", now, now + 3600, 4.0), NOW_MS)
+            .unwrap();
+        live.shared().events_changed();
+        live.step(NOW_MS + 500);
+        assert!((point_30(&live) / base - 4.0).abs() < 1e-9);
+        let ids: Vec<String> = live
+            .shared()
+            .view()
+            .events
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["sale"]);
+
+        // A restarted driver loads what is stored.
+        drop(live);
+        let mut restarted = driver(&path);
+        restarted.step(NOW_MS + 600);
+        assert!((point_30(&restarted) / base - 4.0).abs() < 1e-6);
+        assert_eq!(restarted.shared().view().events[0].id, "sale");
+
+        admin.delete("sale").unwrap();
+        restarted.shared().events_changed();
+        restarted.step(NOW_MS + 700);
+        assert!((point_30(&restarted) / base - 1.0).abs() < 1e-6);
+        assert!(restarted.shared().view().events.is_empty());
+    }
 }
