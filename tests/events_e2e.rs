@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -18,61 +18,6 @@ use serde_json::json;
 const SPEEDUP: f64 = 60.0;
 /// Requests per node minute of the history, and of the load (at 60×: per real second).
 const RATE: u64 = 120;
-
-fn loopback() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
-}
-
-/// Node time of a clock at [`SPEEDUP`], as every process of the machine reads it (it runs from
-/// the machine's boot).
-fn node_now_ms() -> u64 {
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .expect("/proc/uptime")
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("uptime");
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    wall + ((SPEEDUP - 1.0) * uptime * 1000.0) as u64
-}
-
-/// Kills the demo backends `up` started when the test ends early: every `backend` process whose
-/// working directory is the one `up` was started in (they inherit it).
-struct BackendReaper {
-    cwd: PathBuf,
-}
-
-impl BackendReaper {
-    fn pids(&self) -> Vec<u32> {
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let same_dir =
-                std::fs::read_link(entry.path().join("cwd")).is_ok_and(|d| d == self.cwd);
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if same_dir && text.contains(" backend ") {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-}
-
-impl Drop for BackendReaper {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-    }
-}
 
 /// A child killed when dropped.
 struct Killed(Child);
@@ -97,20 +42,7 @@ fn start_up(
     admin: SocketAddr,
     log: PathBuf,
 ) -> Up {
-    let mut args = vec![
-        "up".to_string(),
-        "--state-dir".into(),
-        state.display().to_string(),
-        "--speedup".into(),
-        "60".into(),
-        "--proxy-listen".into(),
-        proxy.to_string(),
-        "--admin-listen".into(),
-        admin.to_string(),
-    ];
-    if let Some(history) = history {
-        args.extend(["--history".into(), history.display().to_string()]);
-    }
+    let args = up_args(state, proxy, admin, None, history);
     let child = Command::new(bin())
         .args(&args)
         .current_dir(cwd)
@@ -239,10 +171,10 @@ fn scheduled_events_through_the_admin_api_drive_the_forecast_and_survive_a_resta
     std::fs::create_dir_all(&run).expect("run dir");
     let run = run.canonicalize().expect("canonical run dir");
     let state = dir.path().join("state");
-    let reaper = BackendReaper { cwd: run.clone() };
+    let reaper = BackendReaper::by_cwd(&run);
 
     // Three days of flat demand, in node time, ending before node now.
-    let now = node_now_ms() / 1000 / 60 * 60;
+    let now = node_now_ms(SPEEDUP) / 1000 / 60 * 60;
     let history = dir.path().join("history.csv");
     let mut text = String::from("timestamp,requests\n");
     for m in (1..=3 * 1440u64).rev() {
@@ -289,7 +221,7 @@ fn scheduled_events_through_the_admin_api_drive_the_forecast_and_survive_a_resta
     assert!(plan_events(admin).is_empty());
 
     // Create: three times the demand for the whole region over the next two node-hours.
-    let node_now = node_now_ms() / 1000;
+    let node_now = node_now_ms(SPEEDUP) / 1000;
     let (start, end) = (node_now - 60, node_now + 7200);
     let created = send(
         admin,

@@ -14,83 +14,11 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 
 const SPEEDUP: f64 = 60.0;
-
-fn loopback() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
-}
-
-fn udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
-    socket.local_addr().expect("addr").port()
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
-}
-
-/// Node time of a clock at [`SPEEDUP`], as every process of the machine reads it (it runs from
-/// the machine's boot).
-fn node_now_ms() -> u64 {
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .expect("/proc/uptime")
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("uptime");
-    wall_ms() + ((SPEEDUP - 1.0) * uptime * 1000.0) as u64
-}
-
-/// Kills every process whose command line carries `marker` (the backends a test's provisioner
-/// started: a forecaster that is killed or leaves them serving does not stop them).
-struct BackendReaper {
-    marker: String,
-}
-
-impl BackendReaper {
-    fn pids(&self) -> Vec<u32> {
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(&self.marker) && text.contains(" backend ") {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-
-    /// The pid of the backend listening on `address`.
-    fn pid_of(&self, address: &str) -> Option<u32> {
-        self.pids().into_iter().find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(address))
-                .unwrap_or(false)
-        })
-    }
-}
-
-impl Drop for BackendReaper {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-    }
-}
 
 fn provisioned_fleet(marker: &str, capacity_rps: f64, cold_start_secs: u64) -> String {
     format!(
@@ -107,6 +35,43 @@ kind = "process"
 command = ["prescale", "backend", "--listen", "{{host}}:{{port}}", "--name", "{marker}-{{instance}}", "--threads", "1", "--grace-secs", "5"]
 "#
     )
+}
+
+/// A single-node config (`up-1` in region `local`) with `rest` (fleets, profiles, ...).
+fn up_config(dir: &Path, rest: &str) -> PathBuf {
+    let path = dir.join("up.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[node]\nid = \"up-1\"\nregion = \"local\"\n\n[identity]\nsecret = \"live-e2e-secret-0123456789\"\n\n[[regions]]\nname = \"local\"\n{rest}"
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// A running `prescale up --config ... --speedup 60`, its addresses and output files.
+struct Up {
+    proc: Proc,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    out: PathBuf,
+}
+
+fn start_up(dir: &Path, config: &Path, history: Option<&Path>) -> Up {
+    let (proxy, admin) = (loopback(), loopback());
+    let (out, log) = (dir.join("up.out"), dir.join("up.log"));
+    let state = dir.join("state");
+    let args = up_args(&state, proxy, admin, Some(config), history);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = start_with_stdout("up", &args, &out, &log);
+    wait_for_status(admin, "/readyz", 200, Duration::from_secs(60), &log);
+    Up {
+        proc,
+        proxy,
+        admin,
+        out,
+    }
 }
 
 /// Starts `prescale ARGS` with stdout and stderr in files.
@@ -164,62 +129,23 @@ fn needed(requests: u64) -> usize {
 fn backends_are_ready_before_a_forecast_daily_ramp_and_scale_in_fails_no_request() {
     let dir = tempfile::tempdir().expect("temp dir");
     let marker = format!("live-up-{}", std::process::id());
-    let reaper = BackendReaper {
-        marker: marker.clone(),
-    };
-    let config = dir.path().join("up.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[node]
-id = "up-1"
-region = "local"
-
-[identity]
-secret = "live-e2e-secret-0123456789"
-
-[[regions]]
-name = "local"
-{}
-[planner]
-baseline_instances = 1
-"#,
+    let reaper = BackendReaper::by_marker(&marker);
+    let config = up_config(
+        dir.path(),
+        &format!(
+            "{}\n[planner]\nbaseline_instances = 1\n",
             provisioned_fleet(&marker, 2.0, 120)
         ),
-    )
-    .expect("write config");
+    );
 
     // Three days of history whose ramp comes again 20 node-minutes from now.
-    let now = node_now_ms() / 1000 / 60 * 60;
+    let now = node_now_ms(SPEEDUP) / 1000 / 60 * 60;
     let ramp = (now / 60 + 20) % 1440;
     let history = dir.path().join("history.csv");
     write_trace(&history, now - 3 * 86_400, 3 * 1440, ramp);
 
-    let (proxy, admin) = (loopback(), loopback());
-    let (out, log) = (dir.path().join("up.out"), dir.path().join("up.log"));
-    let state = dir.path().join("state");
-    let mut up = start_with_stdout(
-        "up",
-        &[
-            "up",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--state-dir",
-            state.to_str().expect("utf-8"),
-            "--speedup",
-            "60",
-            "--history",
-            history.to_str().expect("utf-8"),
-            "--proxy-listen",
-            &proxy.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ],
-        &out,
-        &log,
-    );
-    wait_for_status(admin, "/readyz", 200, Duration::from_secs(60), &log);
+    let mut up = start_up(dir.path(), &config, Some(&history));
+    let (proxy, admin, out) = (up.proxy, up.admin, up.out.clone());
     let printed = std::fs::read_to_string(&out).unwrap_or_default();
     assert!(printed.contains("4320 minutes"), "{printed}");
 
@@ -231,7 +157,7 @@ baseline_instances = 1
         (node_now + minutes_to_ramp * 60) * 1000
     };
     assert!(
-        ramp_at_ms > node_now_ms() + 5_000,
+        ramp_at_ms > node_now_ms(SPEEDUP) + 5_000,
         "the ramp must still be ahead of the node clock"
     );
     let load_trace = dir.path().join("load.csv");
@@ -344,8 +270,21 @@ baseline_instances = 1
     );
     assert!(printed.contains("plan local/web: scale_up 1→"), "{printed}");
     assert!(printed.contains("plan local/web: drain"), "{printed}");
+    // Every instance is in exactly one tier set, the oldest in the baseline.
+    let fleet = fleet_view(admin);
+    let sets = fleet["tier_sets"].as_array().cloned().unwrap_or_default();
+    assert_eq!(sets[0]["tier"], "baseline", "{fleet}");
+    let in_sets: usize = sets
+        .iter()
+        .map(|s| s["instances"].as_array().map_or(0, |i| i.len()))
+        .sum();
+    assert_eq!(
+        in_sets,
+        fleet["backends"].as_array().map_or(0, |b| b.len()),
+        "{fleet}"
+    );
 
-    up.proc_signal_and_wait();
+    up.proc.proc_signal_and_wait();
     // `up` stops what it started.
     wait_until("up's backends to stop", Duration::from_secs(20), || {
         reaper.pids().is_empty()
@@ -362,20 +301,6 @@ impl StopGracefully for Proc {
         let status = self.wait_exit(Duration::from_secs(30));
         assert!(status.success(), "{} exited with {status}", self.name);
     }
-}
-
-fn write_certs(dir: &Path, nodes: &[&str]) {
-    let mut command = Command::new(bin());
-    command.args(["certs", "--out", dir.to_str().expect("utf8")]);
-    for node in nodes {
-        command.args(["--node", node]);
-    }
-    let out = command.output().expect("run certs");
-    assert!(
-        out.status.success(),
-        "certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 struct Region {
@@ -517,14 +442,12 @@ fn a_region_keeps_serving_through_surges_killed_backends_and_a_killed_forecaster
         quic: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
         forecaster_admin: loopback(),
     };
-    let reaper = BackendReaper {
-        marker: region.marker.clone(),
-    };
+    let reaper = BackendReaper::by_marker(&region.marker);
     let fc_admin = region.forecaster_admin;
     // Three quiet days in the store (30 requests a minute), so the forecast is confident and
     // the surge is a surprise the model did not see coming.
     {
-        let now = node_now_ms() / 1000 / 60 * 60;
+        let now = node_now_ms(SPEEDUP) / 1000 / 60 * 60;
         let points: Vec<(u64, u64)> = (1..=3 * 1440u64).map(|m| (now - m * 60, 30)).collect();
         let mut store = prescale_regions::store::SeriesStore::open(&dir.path().join("fc.db"))
             .expect("open the store");
@@ -724,24 +647,11 @@ fn a_region_keeps_serving_through_surges_killed_backends_and_a_killed_forecaster
 fn under_a_cap_the_low_revenue_profile_is_shed_and_the_high_revenue_one_is_not() {
     let dir = tempfile::tempdir().expect("temp dir");
     let marker = format!("live-cap-{}", std::process::id());
-    let reaper = BackendReaper {
-        marker: marker.clone(),
-    };
-    let config = dir.path().join("cap.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let reaper = BackendReaper::by_marker(&marker);
+    let config = up_config(
+        dir.path(),
+        &format!(
             r#"
-[node]
-id = "up-1"
-region = "local"
-
-[identity]
-secret = "live-e2e-secret-0123456789"
-
-[[regions]]
-name = "local"
-
 [[profiles]]
 name = "interactive"
 revenue_weight = 3.0
@@ -762,29 +672,9 @@ baseline_instances = 1
                 "max_instances = 1\n[fleets.provisioner]"
             )
         ),
-    )
-    .expect("write config");
-    let (proxy, admin) = (loopback(), loopback());
-    let log = dir.path().join("up.log");
-    let mut up = start_with_stdout(
-        "up",
-        &[
-            "up",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--state-dir",
-            dir.path().join("state").to_str().expect("utf-8"),
-            "--speedup",
-            "60",
-            "--proxy-listen",
-            &proxy.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ],
-        &dir.path().join("up.out"),
-        &log,
     );
-    wait_for_status(admin, "/readyz", 200, Duration::from_secs(60), &log);
+    let mut up = start_up(dir.path(), &config, None);
+    let (proxy, admin) = (up.proxy, up.admin);
 
     // Interactive 1 req/s and batch 4 req/s of node time need 3 instances of 2 req/s; the cap
     // allows 1. At 60×, a real request per second is one a node-minute.
@@ -862,6 +752,6 @@ baseline_instances = 1
     if r.status == 503 {
         assert_eq!(r.header("retry-after"), Some("1"));
     }
-    up.proc_signal_and_wait();
+    up.proc.proc_signal_and_wait();
     drop(reaper);
 }

@@ -9,36 +9,12 @@ mod common;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn loopback() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
-}
-
-fn udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
-    socket.local_addr().expect("addr").port()
-}
-
-fn write_certs(dir: &Path, nodes: &[&str]) {
-    let mut command = Command::new(bin());
-    command.args(["certs", "--out", dir.to_str().expect("utf8")]);
-    for node in nodes {
-        command.args(["--node", node]);
-    }
-    let out = command.output().expect("run certs");
-    assert!(
-        out.status.success(),
-        "certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Paths {
     certs: PathBuf,

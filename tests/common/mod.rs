@@ -555,3 +555,144 @@ pub async fn https1_get(
     );
     read_response(sender.send_request(request)).await
 }
+
+/// A loopback address with a port that was free a moment ago.
+pub fn loopback() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
+}
+
+/// A UDP loopback port that was free a moment ago.
+pub fn udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    socket.local_addr().expect("addr").port()
+}
+
+/// `prescale certs` for `nodes` into `dir`.
+pub fn write_certs(dir: &Path, nodes: &[&str]) {
+    let mut command = Command::new(bin());
+    command.args(["certs", "--out", dir.to_str().expect("utf8")]);
+    for node in nodes {
+        command.args(["--node", node]);
+    }
+    let out = command.output().expect("run certs");
+    assert!(
+        out.status.success(),
+        "certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Node time of a clock at `speedup` (above 1), as every process of the machine reads it: it runs
+/// from the machine's boot.
+pub fn node_now_ms(speedup: f64) -> u64 {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .expect("/proc/uptime")
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("uptime");
+    wall_ms() + ((speedup - 1.0) * uptime * 1000.0) as u64
+}
+
+/// Kills, when dropped, the demo backends a test's provisioner started (a forecaster that is
+/// killed, or leaves its instances serving, does not stop them): every `backend` process whose
+/// command line carries `marker`, or whose working directory is `cwd`.
+pub struct BackendReaper {
+    marker: Option<String>,
+    cwd: Option<PathBuf>,
+}
+
+impl BackendReaper {
+    pub fn by_marker(marker: &str) -> Self {
+        BackendReaper {
+            marker: Some(marker.to_string()),
+            cwd: None,
+        }
+    }
+
+    pub fn by_cwd(cwd: &Path) -> Self {
+        BackendReaper {
+            marker: None,
+            cwd: Some(cwd.to_path_buf()),
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let ours = match (&self.marker, &self.cwd) {
+                (Some(marker), _) => text.contains(marker.as_str()),
+                (None, Some(cwd)) => {
+                    std::fs::read_link(entry.path().join("cwd")).is_ok_and(|d| &d == cwd)
+                }
+                (None, None) => false,
+            };
+            if ours && text.contains(" backend ") {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// The pid of the backend listening on `address`.
+    pub fn pid_of(&self, address: &str) -> Option<u32> {
+        self.pids().into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(address))
+                .unwrap_or(false)
+        })
+    }
+}
+
+impl Drop for BackendReaper {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Arguments of `prescale up --speedup 60` on `proxy` and `admin` with its state in `state`, and
+/// a config file and a history trace when given.
+pub fn up_args(
+    state: &Path,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    config: Option<&Path>,
+    history: Option<&Path>,
+) -> Vec<String> {
+    let mut args = vec![
+        "up".to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--speedup".into(),
+        "60".into(),
+        "--proxy-listen".into(),
+        proxy.to_string(),
+        "--admin-listen".into(),
+        admin.to_string(),
+    ];
+    if let Some(config) = config {
+        args.extend(["--config".into(), config.display().to_string()]);
+    }
+    if let Some(history) = history {
+        args.extend(["--history".into(), history.display().to_string()]);
+    }
+    args
+}

@@ -25,15 +25,14 @@
 //! shrinks a fleet below what it was running when the driver took over.
 
 pub mod completeness;
+pub mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prescale_brain::brain::{
-    Action, Brain, Decision, EventEffect, EventScope, FleetKey, FleetSpec, UnixSeconds, WarmPool,
-};
+use prescale_brain::brain::{Action, Brain, Decision, EventEffect, FleetKey, FleetSpec, WarmPool};
 use prescale_brain::forecast::ForecastPoint;
 use prescale_brain::planner::capacity::CapacityEstimate;
 use prescale_brain::planner::Tiers;
@@ -158,14 +157,10 @@ pub struct LiveView {
 /// A scheduled event as the plan sees it.
 #[derive(Clone, Debug, Serialize)]
 pub struct EventView {
-    pub id: String,
-    pub tag: String,
-    /// Unix seconds (node time).
-    pub start: UnixSeconds,
-    pub end: UnixSeconds,
-    pub scope: EventScope,
-    pub effect: EventEffect,
-    pub version: u64,
+    /// The event as stored (id, tag, start and end in node-time unix seconds, scope, effect,
+    /// version, stamps).
+    #[serde(flatten)]
+    pub event: StoredEvent,
     /// Running now (`start <= now < end`); otherwise it is yet to come.
     pub active: bool,
     /// What the forecasts of the series it touches are multiplied by while it runs: the
@@ -191,6 +186,9 @@ pub struct FleetView {
     pub reason: Option<String>,
     pub instances: InstanceCounts,
     pub backends: Vec<PlannedBackend>,
+    /// The instances of each tier (baseline, predictive, burst, guard, warm pool and its
+    /// sub-pools, held, draining) with their phases ([`tiers`]); empty for static fleets.
+    pub tier_sets: Vec<tiers::TierSet>,
     pub provisioner: Option<ProvisionerStatus>,
     /// The fleet total's forecast (requests per minute) at [`VIEW_HORIZONS`].
     pub forecast: Vec<HorizonPoint>,
@@ -522,13 +520,7 @@ impl LiveDriver {
                     EventEffect::LearnFromTag => learned.unwrap_or(1.0),
                 };
                 EventView {
-                    id: e.id.clone(),
-                    tag: e.tag.clone(),
-                    start: e.start,
-                    end: e.end,
-                    scope: e.scope.clone(),
-                    effect: e.effect.clone(),
-                    version: e.version,
+                    event: e.clone(),
                     active: e.start <= now,
                     multiplier,
                     learned,
@@ -1093,6 +1085,12 @@ impl LiveDriver {
                 },
             };
             let decisions = fleet.recent.iter().cloned().collect();
+            let tier_sets = match status {
+                Some(s) if fleet.provisioner.is_some() => {
+                    tiers::tier_sets(&s.tiers, &s.warm_pools, &backends)
+                }
+                _ => Vec::new(),
+            };
             fleets.push(FleetView {
                 fleet: fleet.key.fleet.clone(),
                 provisioned: fleet.provisioner.is_some(),
@@ -1104,6 +1102,7 @@ impl LiveDriver {
                 reason: status.map(|s| s.reason.clone()),
                 instances,
                 backends,
+                tier_sets,
                 provisioner,
                 forecast: self.forecasts.0.get(i).cloned().unwrap_or_default(),
                 model_errors: self
@@ -1158,7 +1157,7 @@ mod tests {
     use super::*;
     use crate::events::EventInput;
     use crate::planner::CapacityModel;
-    use prescale_brain::brain::FleetProfile;
+    use prescale_brain::brain::{EventScope, FleetProfile};
 
     const NOW_MS: u64 = 1_700_000_040_000 / 60_000 * 60_000;
 
@@ -1272,7 +1271,7 @@ mod tests {
         assert!((tripled / base - 3.0).abs() < 1e-9, "{tripled} vs {base}");
         let view = live.shared().view();
         assert_eq!(view.events.len(), 1, "{:?}", view.events);
-        assert_eq!(view.events[0].id, created.id);
+        assert_eq!(view.events[0].event.id, created.id);
         assert!(view.events[0].active);
         assert_eq!(view.events[0].multiplier, 3.0);
         assert_eq!(live.shared().stats.event_syncs.load(Ordering::Relaxed), 2);
@@ -1287,7 +1286,7 @@ mod tests {
         live.shared().events_changed();
         live.step(NOW_MS + 300);
         assert!((point_30(&live) / base - 2.0).abs() < 1e-9);
-        assert_eq!(live.shared().view().events[0].version, 2);
+        assert_eq!(live.shared().view().events[0].event.version, 2);
 
         // Later in the future: upcoming, and the forecast 30 minutes ahead is untouched.
         admin
@@ -1314,7 +1313,7 @@ mod tests {
             .view()
             .events
             .into_iter()
-            .map(|e| e.id)
+            .map(|e| e.event.id)
             .collect();
         assert_eq!(ids, ["sale"]);
 
@@ -1323,7 +1322,7 @@ mod tests {
         let mut restarted = driver(&path);
         restarted.step(NOW_MS + 600);
         assert!((point_30(&restarted) / base - 4.0).abs() < 1e-6);
-        assert_eq!(restarted.shared().view().events[0].id, "sale");
+        assert_eq!(restarted.shared().view().events[0].event.id, "sale");
 
         admin.delete("sale").unwrap();
         restarted.shared().events_changed();
