@@ -345,6 +345,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
     )? {
         handlers.extend(crate::membership_cmd::handlers(&membership));
         metrics.push(crate::membership_cmd::metrics(&membership));
+        if let Some(live) = &forecaster.live {
+            crate::membership_cmd::tell_live_driver(&membership, live, &region);
+        }
         crate::membership_cmd::publish_totals(
             membership,
             Arc::clone(&forecaster.sink),

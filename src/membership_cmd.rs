@@ -48,6 +48,21 @@ pub fn start(
     Ok(Some(Arc::new(membership)))
 }
 
+/// Lets the live driver count the region's proxies membership knows alive as live (it then waits
+/// for their sketches of a minute, up to the lateness bound, even when they have gone quiet).
+pub fn tell_live_driver(membership: &Arc<Membership>, live: &crate::live_cmd::Live, region: &str) {
+    let membership = Arc::clone(membership);
+    let region = region.to_string();
+    live.shared.use_membership(Box::new(move || {
+        membership
+            .alive(Some(Role::Proxy))
+            .into_iter()
+            .filter(|m| m.region == region)
+            .map(|m| m.name)
+            .collect()
+    }));
+}
+
 /// Every `every`, the forecaster publishes its region's requests per profile over the last
 /// complete minute.
 pub fn publish_totals(

@@ -299,6 +299,9 @@ fn run_node(
         handlers.extend(crate::membership_cmd::handlers(&membership));
         metrics.push(crate::membership_cmd::metrics(&membership));
         if let Some(forecaster) = &forecaster {
+            if let Some(live) = &forecaster.live {
+                crate::membership_cmd::tell_live_driver(&membership, live, &plane.region);
+            }
             crate::membership_cmd::publish_totals(
                 membership,
                 Arc::clone(&forecaster.sink),

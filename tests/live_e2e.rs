@@ -710,6 +710,18 @@ baseline_instances = 1
     // The plan names batch to shed first and grants interactive what its forecast asks for.
     let fleet = fleet_view(admin);
     assert_eq!(fleet["shed_order"][0], "batch", "{fleet}");
+    let planned_grants = fleet["grants"].as_array().cloned().unwrap_or_default();
+    let granted = |profile: &str| {
+        planned_grants
+            .iter()
+            .find(|g| g["profile"] == profile)
+            .and_then(|g| g["requests_per_minute"].as_f64())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        granted("interactive") > granted("batch"),
+        "interactive is served first: {fleet}"
+    );
     let fleets = get(admin, "/api/v1/fleets", &[]).json();
     let grants = fleets["fleets"][0]["grants"]
         .as_array()

@@ -4,8 +4,10 @@
 //!
 //! Invariant: a profile is never shed while a lower-revenue profile is admitted on this proxy. A
 //! profile past its own grant borrows from the grants of lower-revenue profiles, lowest first,
-//! so when capacity runs short it is the lowest-revenue traffic that goes. Profiles without a
-//! grant of their own (not in the plan) only borrow.
+//! and may run their buckets into debt (down to minus one second's worth), which they repay
+//! before they are admitted again: so when capacity runs short it is the lowest-revenue traffic
+//! that goes, even when that profile had just spent its own tokens. Profiles without a grant of
+//! their own (not in the plan) only borrow.
 //!
 //! Cost: nothing on the request path while no grant is in force (one `ArcSwapOption` load);
 //! while one is, a short mutex section per request of the fleet (a degraded mode, not the
@@ -139,7 +141,7 @@ impl GrantTable {
             if self.entries[i].revenue_weight_milli >= revenue {
                 break;
             }
-            if buckets.tokens[i] >= 1.0 {
+            if buckets.tokens[i] > -burst(&self.entries[i], self.speed) {
                 buckets.tokens[i] -= 1.0;
                 return GrantDecision::Borrowed;
             }
@@ -203,7 +205,7 @@ mod tests {
     #[test]
     fn a_high_revenue_profile_past_its_grant_takes_from_the_lowest_first() {
         // interactive (3.0) 60/min, batch (0.5) 60/min, default (1.0) 60/min: a second's worth
-        // (1 token) each.
+        // (1 token) each, and each lower bucket can be borrowed a second's worth into debt.
         let table = GrantTable::new(
             vec![
                 entry(1, "interactive", 3000, 60.0),
@@ -215,17 +217,28 @@ mod tests {
         );
         let t = Instant::now();
         assert_eq!(table.admit_at(ProfileIdx(1), t), GrantDecision::Granted);
-        // Its own token is spent: it borrows batch's (the lowest) before default's.
+        // Its own token is spent: it borrows batch's (the lowest) before default's, batch's
+        // into debt.
         assert_eq!(table.admit_at(ProfileIdx(1), t), GrantDecision::Borrowed);
         assert_eq!(table.admit_at(ProfileIdx(2), t), GrantDecision::Shed);
         assert_eq!(table.admit_at(ProfileIdx(1), t), GrantDecision::Borrowed);
+        assert_eq!(table.admit_at(ProfileIdx(1), t), GrantDecision::Borrowed);
         assert_eq!(table.admit_at(ProfileIdx(3), t), GrantDecision::Shed);
+        assert_eq!(table.admit_at(ProfileIdx(1), t), GrantDecision::Borrowed);
         // Nothing left at or below interactive's revenue.
         assert_eq!(table.admit_at(ProfileIdx(1), t), GrantDecision::Shed);
-        // Batch can never borrow from above.
+        // Batch can never borrow from above, and repays its debt before it is admitted again.
         let later = t + Duration::from_secs(1);
-        assert_eq!(table.admit_at(ProfileIdx(2), later), GrantDecision::Granted);
         assert_eq!(table.admit_at(ProfileIdx(2), later), GrantDecision::Shed);
+        let even_later = t + Duration::from_secs(2);
+        assert_eq!(
+            table.admit_at(ProfileIdx(2), even_later),
+            GrantDecision::Granted
+        );
+        assert_eq!(
+            table.admit_at(ProfileIdx(2), even_later),
+            GrantDecision::Shed
+        );
     }
 
     #[test]

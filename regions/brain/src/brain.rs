@@ -171,8 +171,27 @@ pub struct FleetStatus {
     /// Capacity granted to each profile while the cap binds (empty when it does not): what the
     /// proxies admit of each profile, highest revenue-weighted demand served first.
     pub grants: Vec<ProfileGrant>,
+    /// Which forecast sized the fleet: its total's, or the sum of its profiles'.
+    pub sizing: Sizing,
     pub reason: String,
 }
+
+/// How a fleet's forecast path is made, and how each way has done at the lead time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sizing {
+    /// `fleet_total` (the total's own forecast and calibrated interval) or `sum_of_profiles`
+    /// (each profile's forecast summed, their interval widths combined as independent errors).
+    pub method: &'static str,
+    /// Recent mean absolute error at the lead time of each way, requests per minute (None until
+    /// scored; the sum is only tracked for fleets of two or more profiles with series).
+    pub fleet_total_error: Option<f64>,
+    pub sum_of_profiles_error: Option<f64>,
+}
+
+/// Lead-time minutes scored before the sum of profiles may size a fleet.
+const MIN_SIZING_SCORED: u32 = 60;
+/// Weight of a new error in the methods' running mean absolute error.
+const SIZING_EWMA: f64 = 1.0 / 240.0;
 
 /// The capacity a profile is granted while its fleet's cap binds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -199,9 +218,43 @@ struct FleetState {
     above_bound_streak: u32,
     learner: Option<CapacityLearner>,
     status: Option<FleetStatus>,
+    /// Lead-time forecasts waiting for their minute: (minute, fleet total's point, sum of the
+    /// profiles' points).
+    sizing_pending: std::collections::VecDeque<(i64, f64, f64)>,
+    /// Running mean absolute errors of the two ways, and how many minutes were scored.
+    sizing_error: [f64; 2],
+    sizing_scored: u32,
 }
 
 impl FleetState {
+    fn sizing(&self, method: &'static str) -> Sizing {
+        let scored = self.sizing_scored > 0;
+        Sizing {
+            method,
+            fleet_total_error: scored.then_some(self.sizing_error[0]),
+            sum_of_profiles_error: scored.then_some(self.sizing_error[1]),
+        }
+    }
+
+    /// Scores the pending lead-time forecasts whose minute is observed (up to `origin`).
+    fn score_sizing(&mut self, origin: i64) {
+        while let Some(&(minute, total, sum)) = self.sizing_pending.front() {
+            if minute > origin {
+                break;
+            }
+            self.sizing_pending.pop_front();
+            let Some(observed) = self.total.series().get(minute) else {
+                continue;
+            };
+            let errors = [(total - observed).abs(), (sum - observed).abs()];
+            self.sizing_scored += 1;
+            let weight = (1.0 / self.sizing_scored as f64).max(SIZING_EWMA);
+            for (running, e) in self.sizing_error.iter_mut().zip(errors) {
+                *running += weight * (e - *running);
+            }
+        }
+    }
+
     fn capacity(&self) -> CapacityEstimate {
         match &self.learner {
             Some(learner) => learner.estimate(),
@@ -281,6 +334,9 @@ impl Brain {
                 above_bound_streak: 0,
                 learner,
                 status: None,
+                sizing_pending: std::collections::VecDeque::new(),
+                sizing_error: [0.0; 2],
+                sizing_scored: 0,
             },
         );
     }
@@ -658,10 +714,30 @@ impl Brain {
         let window = spec.capacity.lead_minutes() + config.stabilization_minutes as i64;
         let mut path = Vec::with_capacity(window as usize + 1);
         if let Some(origin) = origin {
+            state.score_sizing(origin);
             for k in 0..=window {
                 let state = self.fleets.get_mut(key)?;
                 let base = state.total.forecast(origin, now_minute + k);
                 path.push(self.with_events(&spec, now_minute, base));
+            }
+        }
+        // The sum of the fleet's profiles' forecasts, for fleets of several profiles: it sizes
+        // the fleet once it has beaten the total's forecast at the lead time for long enough.
+        let lead_index = (spec.capacity.lead_minutes() as usize).min(path.len().saturating_sub(1));
+        let mut method = "fleet_total";
+        if let Some(summed) = self.profiles_path(&spec, now, now_minute, window) {
+            let state = self.fleets.get_mut(key)?;
+            if let (Some(total), Some(sum)) = (path.get(lead_index), summed.get(lead_index)) {
+                state
+                    .sizing_pending
+                    .push_back((total.minute, total.point, sum.point));
+            }
+            if state.sizing_scored >= MIN_SIZING_SCORED
+                && state.sizing_error[1] < 0.95 * state.sizing_error[0]
+                && summed.len() == path.len()
+            {
+                path = summed;
+                method = "sum_of_profiles";
             }
         }
         let state = self.fleets.get_mut(key)?;
@@ -702,6 +778,14 @@ impl Brain {
         };
         let state = self.fleets.get_mut(key)?;
         let mut reason = plan.reason.clone();
+        if method == "sum_of_profiles" {
+            reason.push_str(&format!(
+                "; sized by the sum of {} profile forecasts (recent error {:.1} vs the total's {:.1} req/min)",
+                spec.profiles.len().max(1),
+                state.sizing_error[1],
+                state.sizing_error[0]
+            ));
+        }
         if let CapacitySource::Learned { why } = &capacity.source {
             reason.push_str(&format!(
                 "; capacity {:.1} req/s per instance learned from {why}",
@@ -761,6 +845,7 @@ impl Brain {
             capacity,
             shed_order: shed_order.clone(),
             grants,
+            sizing: state.sizing(method),
             reason: reason.clone(),
         });
         decision.map(|action| Decision {
@@ -849,6 +934,64 @@ impl Brain {
             (a.profile.is_none(), &a.profile).cmp(&(b.profile.is_none(), &b.profile))
         });
         pools
+    }
+
+    /// The forecast path of a fleet as the sum of its profiles' forecasts (events applied per
+    /// profile), the interval widths combined as independent errors; `None` for fleets with
+    /// fewer than two profiles that have series.
+    fn profiles_path(
+        &mut self,
+        spec: &FleetSpec,
+        now: UnixSeconds,
+        now_minute: i64,
+        window: i64,
+    ) -> Option<Vec<ForecastPoint>> {
+        let keys: Vec<SeriesKey> = if spec.profiles.is_empty() {
+            self.profiles
+                .keys()
+                .filter(|k| k.region == spec.key.region)
+                .cloned()
+                .collect()
+        } else {
+            spec.profiles
+                .iter()
+                .map(|p| SeriesKey {
+                    region: spec.key.region.clone(),
+                    profile: p.name.clone(),
+                })
+                .filter(|k| self.profiles.contains_key(k))
+                .collect()
+        };
+        if keys.len() < 2 {
+            return None;
+        }
+        let mut path = Vec::with_capacity(window as usize + 1);
+        for k in 0..=window {
+            let target = now_minute + k;
+            let (mut point, mut up, mut down, mut slo) = (0.0, 0.0, 0.0, 0.0);
+            let mut model = None;
+            for key in &keys {
+                let Some(p) = self.series_forecast(key, now, target) else {
+                    continue;
+                };
+                point += p.point;
+                up += (p.upper - p.point).powi(2);
+                down += (p.point - p.lower).powi(2);
+                slo += (p.slo_upper - p.point).powi(2);
+                model.get_or_insert(p.model);
+            }
+            let model = model?;
+            let upper = point + up.sqrt();
+            path.push(ForecastPoint {
+                minute: target,
+                point,
+                lower: (point - down.sqrt()).max(0.0),
+                upper,
+                slo_upper: (point + slo.sqrt()).max(upper),
+                model,
+            });
+        }
+        Some(path)
     }
 
     /// Under a binding cap: each profile's need from its own forecast (its SLO bound at the lead

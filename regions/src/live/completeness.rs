@@ -1,9 +1,10 @@
 //! When a minute is complete: the rule the live driver hands minutes to the brain by.
 //!
 //! A minute is complete once every live proxy of the region has reported past its end, or once
-//! the lateness bound after its end has passed. A proxy is live while it reported within the
-//! silence bound (proxies send a sketch every interval, empty ones included, so a quiet proxy
-//! still says how far it has reported). A due minute that no sketch covers at all (the store's
+//! the lateness bound after its end has passed. A proxy is live while membership (SWIM, when the
+//! forecaster runs it) says it is alive, or while it reported within the silence bound (proxies
+//! send a sketch every interval, empty ones included, so a quiet proxy still says how far it has
+//! reported). A due minute that no sketch covers at all (the store's
 //! coverage of the minute) is *absent* — missing data, not zero demand: the brain is not told it
 //! was quiet.
 //!
@@ -14,8 +15,10 @@
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeProgress {
     pub node: String,
-    /// End (node time, unix ms) of the latest interval it reported.
+    /// End (node time, unix ms) of the latest interval it reported (0: never).
     pub reported_through_ms: u64,
+    /// Membership counts it alive (false without membership).
+    pub member_alive: bool,
 }
 
 /// The rule's two bounds, in node milliseconds.
@@ -55,7 +58,7 @@ impl CompletenessRule {
         let late = now_ms >= end + self.lateness_ms;
         let live: Vec<&NodeProgress> = nodes
             .iter()
-            .filter(|n| n.reported_through_ms + self.silent_after_ms >= now_ms)
+            .filter(|n| n.member_alive || n.reported_through_ms + self.silent_after_ms >= now_ms)
             .collect();
         let all_live_past = !live.is_empty() && live.iter().all(|n| n.reported_through_ms >= end);
         match (all_live_past || late, covered) {
@@ -79,6 +82,7 @@ mod tests {
         NodeProgress {
             node: name.into(),
             reported_through_ms: through,
+            member_alive: false,
         }
     }
 
@@ -115,6 +119,21 @@ mod tests {
         let nodes = [node("a", m + 60_000), node("b", m - 60_000)];
         assert_eq!(
             RULE.state(m, m + 61_000, &nodes, true),
+            MinuteState::Complete
+        );
+    }
+
+    #[test]
+    fn a_proxy_membership_counts_alive_is_waited_for_until_the_lateness_bound() {
+        let m = 600_000;
+        // b has not reported for two minutes, but membership says it is alive: it may be
+        // sending late, so the minute waits for it, up to the lateness bound.
+        let mut b = node("b", m - 60_000);
+        b.member_alive = true;
+        let nodes = [node("a", m + 60_000), b];
+        assert_eq!(RULE.state(m, m + 61_000, &nodes, true), MinuteState::Open);
+        assert_eq!(
+            RULE.state(m, m + 90_000, &nodes, true),
             MinuteState::Complete
         );
     }

@@ -103,14 +103,26 @@ pub struct LiveStats {
 }
 
 /// What the driver shares with the admin API: its latest view, the mode switch, the counters.
-#[derive(Debug)]
 pub struct LiveShared {
     view: Mutex<LiveView>,
     forecast_only: AtomicBool,
     /// Bumped after every change of the stored scheduled events; the driver re-reads them when
     /// it differs from what it last applied.
     events_generation: AtomicU64,
+    membership: Mutex<Option<AliveProxies>>,
     pub stats: LiveStats,
+}
+
+/// The names of the region's proxies membership counts alive.
+pub type AliveProxies = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
+impl std::fmt::Debug for LiveShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveShared")
+            .field("forecast_only", &self.forecast_only)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LiveShared {
@@ -126,6 +138,17 @@ impl LiveShared {
     /// Forecast-only: plan and report, start and stop nothing (takes effect at the next step).
     pub fn set_forecast_only(&self, on: bool) {
         self.forecast_only.store(on, Ordering::Relaxed);
+    }
+
+    /// Lets membership tell the driver which proxies of its region are alive (the names of
+    /// alive proxy members); without it, liveness is the proxies' own reporting.
+    pub fn use_membership(&self, alive_proxies: AliveProxies) {
+        *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = Some(alive_proxies);
+    }
+
+    fn alive_proxies(&self) -> Option<Vec<String>> {
+        let source = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        source.as_ref().map(|alive| alive())
     }
 
     /// Tells the driver the stored scheduled events changed (call after the change is
@@ -180,9 +203,14 @@ pub struct FleetView {
     /// Instances the plan wants serving (warming and ready).
     pub planned: u32,
     pub tiers: Option<Tiers>,
+    /// Which forecast sized the fleet (its total's or the sum of its profiles'), and how each
+    /// has done at the lead time.
+    pub sizing: Option<prescale_brain::brain::Sizing>,
     pub warm_pools: Vec<WarmPool>,
     pub capacity: Option<CapacityEstimate>,
     pub shed_order: Vec<String>,
+    /// Capacity granted to each profile while the cap binds (empty when it does not).
+    pub grants: Vec<prescale_brain::brain::ProfileGrant>,
     pub reason: Option<String>,
     pub instances: InstanceCounts,
     pub backends: Vec<PlannedBackend>,
@@ -343,6 +371,7 @@ impl LiveDriver {
             }),
             forecast_only: AtomicBool::new(settings.forecast_only),
             events_generation: AtomicU64::new(0),
+            membership: Mutex::new(None),
             stats: LiveStats::default(),
         });
         LiveDriver {
@@ -530,11 +559,13 @@ impl LiveDriver {
     }
 
     fn node_progress(&mut self) -> Vec<NodeProgress> {
-        match self.store.nodes() {
+        let members = self.shared.alive_proxies();
+        let mut nodes: Vec<NodeProgress> = match self.store.nodes() {
             Ok(nodes) => nodes
                 .into_iter()
                 .filter(|n| n.region == self.settings.region)
                 .map(|n| NodeProgress {
+                    member_alive: members.as_ref().is_some_and(|m| m.contains(&n.node)),
                     node: n.node,
                     reported_through_ms: n.reported_through_ms,
                 })
@@ -543,7 +574,18 @@ impl LiveDriver {
                 self.store_failed("read node progress", &e);
                 Vec::new()
             }
+        };
+        // Proxies membership knows but that have not reported yet are waited for too.
+        for member in members.unwrap_or_default() {
+            if !nodes.iter().any(|n| n.node == member) {
+                nodes.push(NodeProgress {
+                    node: member,
+                    reported_through_ms: 0,
+                    member_alive: true,
+                });
+            }
         }
+        nodes
     }
 
     fn store_failed(&self, what: &str, e: &crate::Error) {
@@ -1096,9 +1138,11 @@ impl LiveDriver {
                 provisioned: fleet.provisioner.is_some(),
                 planned: status.map(|s| s.running).unwrap_or(fleet.floor),
                 tiers: status.map(|s| s.tiers),
+                sizing: status.map(|s| s.sizing.clone()),
                 warm_pools: status.map(|s| s.warm_pools.clone()).unwrap_or_default(),
                 capacity: status.map(|s| s.capacity.clone()),
                 shed_order: status.map(|s| s.shed_order.clone()).unwrap_or_default(),
+                grants: status.map(|s| s.grants.clone()).unwrap_or_default(),
                 reason: status.map(|s| s.reason.clone()),
                 instances,
                 backends,
