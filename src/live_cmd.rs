@@ -464,7 +464,6 @@ impl Live {
                 ("prescale_live_late_minutes_total", "counter", "Minutes corrected after hand-over because sketches came late.", load(&s.late_minutes)),
                 ("prescale_live_late_requests_total", "counter", "Requests that arrived after their minute was handed to the brain (then corrected).", load(&s.late_requests)),
                 ("prescale_live_ticks_total", "counter", "Driver steps.", load(&s.ticks)),
-                ("prescale_live_tick_seconds_last", "gauge", "Duration of the last driver step.", 0),
                 ("prescale_live_decisions_total", "counter", "Plan decisions (scale-up, drain, remove).", load(&s.decisions)),
                 ("prescale_live_plans_published_total", "counter", "Plan versions pushed to the proxies.", load(&s.plans_published)),
                 ("prescale_live_plan_publish_failures_total", "counter", "Plans that could not be pushed (retried).", load(&s.publish_failures)),
@@ -472,13 +471,9 @@ impl Live {
                 ("prescale_live_event_syncs_total", "counter", "Times the driver re-read the scheduled events and handed them to the brain (at start and after each change).", load(&s.event_syncs)),
             ];
             for (name, kind, help, value) in rows {
-                if name == "prescale_live_tick_seconds_last" {
-                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                    let _ = writeln!(out, "{name} {}", load(&s.last_tick_micros) as f64 / 1e6);
-                    continue;
-                }
                 admin::write_metric(out, name, kind, help, value);
             }
+            let _ = writeln!(out, "# HELP prescale_live_tick_seconds_last Duration of the last driver step.\n# TYPE prescale_live_tick_seconds_last gauge\nprescale_live_tick_seconds_last {}", load(&s.last_tick_micros) as f64 / 1e6);
             let view = live.shared.view();
             let _ = writeln!(out, "# HELP prescale_forecast_only Whether the forecaster only plans and reports (provisions nothing).\n# TYPE prescale_forecast_only gauge\nprescale_forecast_only {}", u8::from(view.forecast_only));
             let _ = writeln!(out, "# HELP prescale_live_holding Whether the driver holds capacity for lack of data.\n# TYPE prescale_live_holding gauge\nprescale_live_holding{{region=\"{}\"}} {}", view.region, u8::from(view.holding.is_some()));

@@ -234,6 +234,17 @@ fn attach_local_forecaster(config: &mut Config, state: &std::path::Path) -> anyh
 fn where_to_look(config: &Config, clock: &NodeClock) -> String {
     let proxy = config.proxy.listen;
     let admin = config.admin.listen;
+    let region = config.node_region().unwrap_or_default();
+    let fleets = config
+        .fleets
+        .iter()
+        .filter(|f| f.region == region)
+        .map(|f| match &f.provisioner {
+            Some(_) => format!("fleet `{}`, backends started by the forecaster", f.name),
+            None => format!("fleet `{}` ({} static backends)", f.name, f.backends.len()),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     let speed = if clock.speed() > 1.0 {
         format!(" (time runs {}× faster)", clock.speed())
     } else {
@@ -241,7 +252,7 @@ fn where_to_look(config: &Config, clock: &NodeClock) -> String {
     };
     format!(
         "prescale is up{speed}.\n\
-         \x20 proxy      http://{proxy}/  → fleet `web`, demo backends started by the forecaster\n\
+         \x20 proxy      http://{proxy}/  → {fleets}\n\
          \x20 dashboard  http://{admin}/\n\
          \x20 try:\n\
          \x20   curl -H 'X-User-Id: alice' http://{proxy}/api/items\n\

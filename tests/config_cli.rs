@@ -183,6 +183,20 @@ fn every_bad_config_exits_2_naming_the_key() {
             "fleets[0].provisioner.ready_timeout_secs",
         ),
         (
+            "forecaster lateness of zero",
+            format!(
+                "{GOOD}\n[forecaster]\nlisten = \"127.0.0.1:7400\"\ndatabase = \"/tmp/x.db\"\nlateness_secs = 0\n"
+            ),
+            "forecaster.lateness_secs",
+        ),
+        (
+            "forecast_only that is not a boolean",
+            format!(
+                "{GOOD}\n[forecaster]\nlisten = \"127.0.0.1:7400\"\ndatabase = \"/tmp/x.db\"\nforecast_only = \"yes\"\n"
+            ),
+            "forecaster.forecast_only",
+        ),
+        (
             "bad load balancing",
             GOOD.replace("backends = [", "load_balancing = \"random\"\nbackends = ["),
             "fleets[0].load_balancing",

@@ -308,9 +308,21 @@ struct Region {
     marker: String,
     quic: SocketAddr,
     forecaster_admin: SocketAddr,
+    /// More `[forecaster]` keys.
+    forecaster_keys: String,
 }
 
 impl Region {
+    fn new(dir: &Path, name: &str, forecaster_keys: &str) -> Self {
+        Region {
+            dir: dir.to_path_buf(),
+            marker: format!("{name}-{}", std::process::id()),
+            quic: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
+            forecaster_admin: loopback(),
+            forecaster_keys: forecaster_keys.to_string(),
+        }
+    }
+
     fn common(&self, node: &str) -> String {
         let certs = self.dir.join("certs");
         format!(
@@ -345,10 +357,11 @@ key = "{key}"
         std::fs::write(
             &config,
             format!(
-                "[admin]\nlisten = \"{}\"\n[forecaster]\nlisten = \"{}\"\ndatabase = \"{}\"\n{}",
+                "[admin]\nlisten = \"{}\"\n[forecaster]\nlisten = \"{}\"\ndatabase = \"{}\"\n{}\n{}",
                 self.forecaster_admin,
                 self.quic,
                 self.dir.join("fc.db").display(),
+                self.forecaster_keys,
                 self.common("fc-1")
             ),
         )
@@ -436,12 +449,7 @@ fn proxy_plan_version(admin: SocketAddr) -> u64 {
 fn a_region_keeps_serving_through_surges_killed_backends_and_a_killed_forecaster() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_certs(&dir.path().join("certs"), &["fc-1", "px-1", "px-2"]);
-    let region = Region {
-        dir: dir.path().to_path_buf(),
-        marker: format!("live-region-{}", std::process::id()),
-        quic: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
-        forecaster_admin: loopback(),
-    };
+    let region = Region::new(dir.path(), "live-region", "");
     let reaper = BackendReaper::by_marker(&region.marker);
     let fc_admin = region.forecaster_admin;
     // Three quiet days in the store (30 requests a minute), so the forecast is confident and
@@ -765,5 +773,45 @@ baseline_instances = 1
         assert_eq!(r.header("retry-after"), Some("1"));
     }
     up.proc.proc_signal_and_wait();
+    drop(reaper);
+}
+
+#[test]
+fn a_forecaster_configured_forecast_only_plans_but_starts_nothing_until_switched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_certs(&dir.path().join("certs"), &["fc-1"]);
+    let region = Region::new(dir.path(), "live-forecast-only", "forecast_only = true");
+    let reaper = BackendReaper::by_marker(&region.marker);
+    let fc_admin = region.forecaster_admin;
+    let mut forecaster = region.start_forecaster("fc-1.log");
+    // It plans the baseline of 2 (no proxy has reported yet) but starts nothing.
+    wait_until("the baseline decision", Duration::from_secs(20), || {
+        fleet_view(fc_admin)["decisions"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["action"] == "scale_up 0→2"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let view = plan(fc_admin);
+    assert_eq!(view["forecast_only"], true, "{view}");
+    assert_eq!(
+        view["fleets"][0]["provisioner"]["started_total"], 0,
+        "{view}"
+    );
+    assert!(reaper.pids().is_empty());
+    let metrics = get(fc_admin, "/metrics", &[]).text();
+    assert_eq!(metric_sum(&metrics, "prescale_forecast_only", &[]), 1.0);
+    // Switched to provisioning, it starts the planned instances.
+    let r = request(
+        fc_admin,
+        "POST",
+        "/api/v1/mode",
+        &[],
+        b"{\"forecast_only\": false}",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until("the baseline ready", Duration::from_secs(20), || {
+        ready_backends(&fleet_view(fc_admin)).len() == 2
+    });
+    forecaster.proc_signal_and_wait();
     drop(reaper);
 }

@@ -42,6 +42,12 @@ pub enum MinuteState {
 }
 
 impl CompletenessRule {
+    /// Whether `node` is live at `now_ms`: membership counts it alive, or it reported within the
+    /// silence bound.
+    pub fn is_live(&self, node: &NodeProgress, now_ms: u64) -> bool {
+        node.member_alive || node.reported_through_ms + self.silent_after_ms >= now_ms
+    }
+
     /// The state of the minute starting at `minute_start_ms` at node time `now_ms`; `covered`:
     /// whether any sketch of the minute was stored.
     pub fn state(
@@ -56,10 +62,7 @@ impl CompletenessRule {
             return MinuteState::Open;
         }
         let late = now_ms >= end + self.lateness_ms;
-        let live: Vec<&NodeProgress> = nodes
-            .iter()
-            .filter(|n| n.member_alive || n.reported_through_ms + self.silent_after_ms >= now_ms)
-            .collect();
+        let live: Vec<&NodeProgress> = nodes.iter().filter(|n| self.is_live(n, now_ms)).collect();
         let all_live_past = !live.is_empty() && live.iter().all(|n| n.reported_through_ms >= end);
         match (all_live_past || late, covered) {
             (false, _) => MinuteState::Open,

@@ -436,7 +436,7 @@ impl LiveDriver {
         self.now_ms = now_ms;
         self.live_nodes = nodes
             .iter()
-            .filter(|n| n.reported_through_ms + self.settings.rule.silent_after_ms >= now_ms)
+            .filter(|n| self.settings.rule.is_live(n, now_ms))
             .map(|n| n.node.clone())
             .collect();
         let handed = self.feed(now_ms, &nodes);
