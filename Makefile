@@ -1,13 +1,17 @@
 # The two commands: `make up` runs the embedded default, `make test` runs the test suite.
-# Both install what a fresh machine lacks (cmake, for pingora's zlib-ng) before running cargo.
+# Both install what a fresh machine lacks before running cargo: cmake (pingora's zlib-ng), and for
+# the tests Chromium, Prometheus and systemd-analyze (scripts/ensure-deps.sh).
 
-.PHONY: up test deps bench
+.PHONY: up test deps test-deps bench
 
 deps:
 	@scripts/ensure-deps.sh
 
+test-deps:
+	@scripts/ensure-deps.sh --test
+
 up: deps
 	cargo run --release -- up
 
-test: deps
+test: test-deps
 	cargo test --workspace --lib --bins --tests --no-fail-fast

@@ -1,7 +1,8 @@
 //! `prescale forecaster`: the regional forecaster service — the QUIC receiver of proxies'
 //! sketches, the SQLite series store behind it, the live driver that runs the brain and the
 //! provisioners for the region (`live_cmd.rs`), and its admin API (`/api/v1/series`,
-//! `/api/v1/nodes`, `/api/v1/plan`, `/api/v1/forecast`, `/api/v1/mode`, `/metrics`). Also used
+//! `/api/v1/nodes`, `/api/v1/plan`, `/api/v1/forecast`, `/api/v1/mode`, `/api/v1/report` from
+//! `report_cmd.rs`, `/metrics`). Also used
 //! in-process by `prescale up`.
 
 use std::net::SocketAddr;
@@ -94,6 +95,7 @@ pub fn start(
         .map_err(|e| CliError::runtime(anyhow!("forecaster address: {e}")))?;
     let retention = Duration::from_secs(settings.retention_days * 86_400);
     let pruned = Arc::clone(&sink);
+    let history_database = settings.database.clone();
     let clock = options.clock;
     control.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -105,6 +107,18 @@ pub fn start(
             match tokio::task::spawn_blocking(move || sink.prune(now, retention.as_secs())).await {
                 Ok(Ok(rows)) if rows > 0 => tracing::info!(rows, "pruned series past retention"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "pruning the series store failed"),
+                _ => {}
+            }
+            let database = history_database.clone();
+            let cutoff = now.saturating_sub(retention.as_secs());
+            let pruned_history = tokio::task::spawn_blocking(move || {
+                prescale_regions::history::History::open(&database)?.prune(cutoff)
+            });
+            match pruned_history.await {
+                Ok(Ok(rows)) if rows > 0 => {
+                    tracing::info!(rows, "pruned capacity history past retention")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning the capacity history failed"),
                 _ => {}
             }
         }
@@ -152,6 +166,9 @@ impl Forecaster {
                 _ => None,
             }
         }));
+        handlers.push(crate::report_cmd::admin_handler(
+            self.sink.path().to_path_buf(),
+        ));
         handlers
     }
 
@@ -336,6 +353,15 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let (stop_admin, admin_stop_rx) = tokio::sync::watch::channel(false);
     let mut handlers = forecaster.handlers();
     let mut metrics = forecaster.metrics();
+    let (stop_keda, keda_stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(keda) = crate::keda_cmd::start(
+        &config,
+        forecaster.live.as_ref(),
+        control.handle(),
+        keda_stop_rx,
+    )? {
+        metrics.push(keda.metrics());
+    }
     let region = config.node_region().unwrap_or_default().to_string();
     if let Some(membership) = crate::membership_cmd::start(
         &config,
@@ -361,7 +387,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         handlers,
         metrics,
         readiness: vec![forecaster.readiness()],
-        dashboard: None,
+        dashboard: Some(prescale_proxy::dashboard::PAGE),
         token: config.admin.token.clone(),
     };
     let admin_addr = prescale_proxy::server::start_admin(
@@ -378,6 +404,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     // The fleet keeps serving: a forecaster that stops leaves its instances to the proxies and
     // adopts them at its next start.
     forecaster.stop();
+    let _ = stop_keda.send(true);
     let _ = stop_admin.send(true);
     control.shutdown_timeout(Duration::from_secs(2));
     Ok(())

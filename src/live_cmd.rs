@@ -16,6 +16,7 @@ use prescale_gossip::{NodeClock, SketchReceiver};
 use prescale_proxy::admin::{self, AdminRequest, Handler, MetricsSource};
 use prescale_regions::brain::{Brain, FleetKey, FleetProfile, FleetSpec};
 use prescale_regions::events::{EventInput, EventStore};
+use prescale_regions::history::History;
 use prescale_regions::ingest::StoreSink;
 use prescale_regions::ledger::{DecisionRecord, Ledger};
 use prescale_regions::live::{
@@ -23,7 +24,14 @@ use prescale_regions::live::{
 };
 use prescale_regions::planner::capacity::LatencySlo;
 use prescale_regions::planner::CapacityModel;
-use prescale_regions::provision::{ProcessProvisioner, ProcessSettings, Provisioner};
+use prescale_regions::provision::applied::AppliedStore;
+use prescale_regions::provision::remote::{FleetRef, RemoteBackend};
+use prescale_regions::provision::webhook::WebhookSecret;
+use prescale_regions::provision::{
+    ExecBackend, ExecSettings, KubernetesBackend, KubernetesSettings, ProcessProvisioner,
+    ProcessSettings, Provisioner, RemoteProvisioner, SetupError, WebhookBackend, WebhookSettings,
+    WorkloadKind,
+};
 use prescale_regions::store::SeriesStore;
 
 use crate::exit::CliError;
@@ -50,6 +58,8 @@ pub struct Live {
     regions: Vec<String>,
     /// Node time for the events' created/updated stamps.
     clock: NodeClock,
+    /// The capacity history as `/api/v1/history` reads it (the driver writes its own).
+    history: Mutex<History>,
 }
 
 impl Live {
@@ -119,35 +129,132 @@ fn provisioner(
     database: &Path,
     clock: &NodeClock,
 ) -> Result<Option<Box<dyn Provisioner>>, CliError> {
-    let Some(ProvisionerConfig::Process {
-        command,
-        host,
-        ready_timeout_secs,
-        stop_timeout_secs,
-    }) = &fleet.provisioner
-    else {
+    let Some(provisioner) = &fleet.provisioner else {
         return Ok(None);
     };
-    let ledger =
-        Ledger::open(database).map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?;
-    let settings = ProcessSettings {
+    let index = config
+        .fleets
+        .iter()
+        .position(|f| std::ptr::eq(f, fleet))
+        .unwrap_or_default();
+    // A setting that cannot be used is bad input (exit 2), named as in the file.
+    let setup_error = |e: SetupError| match e {
+        SetupError::Config { key, message } => CliError::input(anyhow!(
+            "fleets[{index}].provisioner.{key}: {message} (fleet `{}`)",
+            fleet.name
+        )),
+        io @ SetupError::Io { .. } => CliError::runtime(anyhow!("fleet `{}`: {io}", fleet.name)),
+    };
+    let fleet_ref = FleetRef {
         region: region.to_string(),
         fleet: fleet.name.clone(),
-        command: command.clone(),
-        self_exe: std::env::current_exe().ok(),
-        host: *host,
-        ready_timeout: Duration::from_secs(*ready_timeout_secs),
-        stop_timeout: Duration::from_secs(*stop_timeout_secs),
-        health_path: fleet.health_check.path.clone(),
-        health_timeout: Duration::from_millis(fleet.health_check.timeout_ms),
-        drain_ms: u64::from(config.planner.drain_seconds) * 1000,
-        speed: clock.speed(),
     };
-    Ok(Some(Box::new(ProcessProvisioner::new(
-        settings,
-        ledger,
-        clock.now_ms(),
-    ))))
+    let applied = || {
+        AppliedStore::open(database)
+            .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))
+    };
+    match provisioner {
+        ProvisionerConfig::Process {
+            command,
+            host,
+            ready_timeout_secs,
+            stop_timeout_secs,
+        } => {
+            let ledger = Ledger::open(database)
+                .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?;
+            let settings = ProcessSettings {
+                region: region.to_string(),
+                fleet: fleet.name.clone(),
+                command: command.clone(),
+                self_exe: std::env::current_exe().ok(),
+                host: *host,
+                ready_timeout: Duration::from_secs(*ready_timeout_secs),
+                stop_timeout: Duration::from_secs(*stop_timeout_secs),
+                health_path: fleet.health_check.path.clone(),
+                health_timeout: Duration::from_millis(fleet.health_check.timeout_ms),
+                drain_ms: u64::from(config.planner.drain_seconds) * 1000,
+                speed: clock.speed(),
+            };
+            Ok(Some(Box::new(ProcessProvisioner::new(
+                settings,
+                ledger,
+                clock.now_ms(),
+            ))))
+        }
+        ProvisionerConfig::Exec {
+            command,
+            timeout_secs,
+        } => {
+            let backend = ExecBackend::new(ExecSettings {
+                command: command.clone(),
+                timeout: Duration::from_secs(*timeout_secs),
+            })
+            .map_err(setup_error)?;
+            start_remote(backend, fleet_ref, *clock, applied()?)
+        }
+        ProvisionerConfig::Webhook {
+            url,
+            secret_env,
+            timeout_secs,
+        } => {
+            let secret = secret_env
+                .as_deref()
+                .map(WebhookSecret::from_env)
+                .transpose()
+                .map_err(setup_error)?;
+            let backend = WebhookBackend::new(WebhookSettings {
+                url: url.clone(),
+                secret,
+                timeout: Duration::from_secs(*timeout_secs),
+            })
+            .map_err(setup_error)?;
+            start_remote(backend, fleet_ref, *clock, applied()?)
+        }
+        ProvisionerConfig::Kubernetes {
+            namespace,
+            deployment,
+            statefulset,
+            kubeconfig,
+            scale_in_step,
+            timeout_secs,
+        } => {
+            let (kind, name) = match (deployment, statefulset) {
+                (Some(name), _) => (WorkloadKind::Deployment, name.clone()),
+                (None, Some(name)) => (WorkloadKind::StatefulSet, name.clone()),
+                (None, None) => {
+                    return Err(setup_error(SetupError::Config {
+                        key: "deployment",
+                        message: "the workload to scale is required".into(),
+                    }))
+                }
+            };
+            let backend = KubernetesBackend::new(KubernetesSettings {
+                namespace: namespace.clone(),
+                kind,
+                name,
+                kubeconfig: kubeconfig.clone(),
+                scale_in_step: *scale_in_step,
+                timeout: Duration::from_secs(*timeout_secs),
+            })
+            .map_err(setup_error)?;
+            start_remote(backend, fleet_ref, *clock, applied()?)
+        }
+    }
+}
+
+/// Starts a remote provisioner's worker for its fleet.
+fn start_remote<B: RemoteBackend>(
+    backend: B,
+    fleet: FleetRef,
+    clock: NodeClock,
+    store: AppliedStore,
+) -> Result<Option<Box<dyn Provisioner>>, CliError> {
+    let name = fleet.fleet.clone();
+    let provisioner =
+        RemoteProvisioner::start(backend, fleet, clock, Some(store)).map_err(|e| {
+            CliError::runtime(anyhow!("fleet `{name}`: cannot start its provisioner: {e}"))
+        })?;
+    Ok(Some(Box::new(provisioner)))
 }
 
 /// Builds and starts the driver of the forecaster's region, if it has fleets.
@@ -203,6 +310,11 @@ pub fn start(
             .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))
     };
     let (driver_events, admin_events) = (open_events()?, open_events()?);
+    let open_history = || {
+        History::open(&settings.database)
+            .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))
+    };
+    let (driver_history, admin_history) = (open_history()?, open_history()?);
     let brain = Brain::new(config.forecast.clone(), config.planner.clone());
     let publisher = Arc::clone(&receiver);
     let mut driver = LiveDriver::new(
@@ -214,6 +326,7 @@ pub fn start(
         Box::new(move |plan| publisher.publish_plan(plan).map_err(|e| e.to_string())),
     );
     driver.use_events(driver_events);
+    driver.use_history(driver_history);
     driver.use_traffic(traffic);
     if options.print_decisions {
         driver.on_decision(Box::new(|d: &DecisionRecord| {
@@ -248,6 +361,7 @@ pub fn start(
         events: Mutex::new(admin_events),
         regions: config.regions.iter().map(|r| r.name.clone()).collect(),
         clock: options.clock,
+        history: Mutex::new(admin_history),
     }))
 }
 
@@ -293,11 +407,12 @@ impl Live {
             match (request.method.clone(), request.path.as_str()) {
                 (http::Method::GET, "/api/v1/plan") => Some(admin::json(&live.shared.view())),
                 (http::Method::GET, "/api/v1/forecast") => Some(live.forecast(request)),
+                (http::Method::GET, "/api/v1/history") => Some(live.history(request)),
                 (http::Method::POST, "/api/v1/mode") => Some(live.set_mode(request)),
-                (_, "/api/v1/plan" | "/api/v1/forecast" | "/api/v1/mode") => {
+                (_, "/api/v1/plan" | "/api/v1/forecast" | "/api/v1/history" | "/api/v1/mode") => {
                     Some(admin::json_error(
                         http::StatusCode::METHOD_NOT_ALLOWED,
-                        "GET /api/v1/plan, GET /api/v1/forecast, POST /api/v1/mode",
+                        "GET /api/v1/plan, GET /api/v1/forecast, GET /api/v1/history, POST /api/v1/mode",
                     ))
                 }
                 _ => None,
@@ -359,6 +474,92 @@ impl Live {
             "fleets": fleets,
             "profiles": series,
         }))
+    }
+
+    /// `GET /api/v1/history?fleet=F[&region=R][&from=S&to=S | &minutes=N]`: a fleet's recorded
+    /// minutes (capacity, demand, lead-time forecast), by default the last
+    /// [`HISTORY_DEFAULT_MINUTES`] before now.
+    fn history(&self, request: &AdminRequest) -> admin::AdminResponse {
+        let bad = |message: String| admin::json_error(http::StatusCode::BAD_REQUEST, &message);
+        let view = self.shared.view();
+        if let Some(region) = request.query_param("region") {
+            if region != view.region {
+                return admin::json_error(
+                    http::StatusCode::NOT_FOUND,
+                    &format!(
+                        "region `{region}` is not planned here (this forecaster plans `{}`)",
+                        view.region
+                    ),
+                );
+            }
+        }
+        let Some(fleet) = request.query_param("fleet") else {
+            return bad("fleet: required (one of the region's fleets)".to_string());
+        };
+        if !view.fleets.iter().any(|f| f.fleet == fleet) {
+            return admin::json_error(
+                http::StatusCode::NOT_FOUND,
+                &format!("no fleet `{fleet}` in region `{}`", view.region),
+            );
+        }
+        let seconds = |name: &str| -> Result<Option<u64>, String> {
+            request
+                .query_param(name)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        format!("{name}: expected unix seconds (a whole number), got `{v}`")
+                    })
+                })
+                .transpose()
+        };
+        let (from, to, minutes) = match (seconds("from"), seconds("to"), seconds("minutes")) {
+            (Ok(f), Ok(t), Ok(m)) => (f, t, m),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
+        };
+        if minutes.is_some() && (from.is_some() || to.is_some()) {
+            return bad("minutes: give either minutes or from/to, not both".to_string());
+        }
+        let now = self.clock.now_ms() / 1000 / 60 * 60 + 60;
+        let (from, to) = match (from, to, minutes) {
+            (_, _, Some(m)) if m == 0 || m > HISTORY_MAX_MINUTES => {
+                return bad(format!(
+                    "minutes: between 1 and {HISTORY_MAX_MINUTES}, got {m}"
+                ))
+            }
+            (_, _, Some(m)) => (now.saturating_sub(m * 60), now),
+            (from, to, None) => {
+                let to = to.unwrap_or(now);
+                let from = from.unwrap_or(to.saturating_sub(HISTORY_DEFAULT_MINUTES * 60));
+                if from >= to {
+                    return bad(format!("from: must be before to ({from} >= {to})"));
+                }
+                if to - from > HISTORY_MAX_MINUTES * 60 {
+                    return bad(format!(
+                        "to: at most {HISTORY_MAX_MINUTES} minutes after from"
+                    ));
+                }
+                (from, to)
+            }
+        };
+        let minutes = self
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fleet_minutes(&view.region, &fleet, from, to);
+        match minutes {
+            Ok(minutes) => admin::json(&serde_json::json!({
+                "region": view.region,
+                "fleet": fleet,
+                "from": from,
+                "to": to,
+                "unit": "requests per minute",
+                "minutes": minutes,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "capacity history: the database failed");
+                admin::json_error(http::StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            }
+        }
     }
 
     fn event_store(&self) -> std::sync::MutexGuard<'_, EventStore> {
@@ -504,10 +705,85 @@ impl Live {
                     let _ = writeln!(out, "prescale_fleet_instances{{region=\"{}\",fleet=\"{}\",state=\"{state}\"}} {n}", view.region, f.fleet);
                 }
             }
-            let _ = writeln!(out, "# HELP prescale_provisioner_start_failures_total Instance starts that failed (retried with backoff).\n# TYPE prescale_provisioner_start_failures_total counter");
+            let _ = writeln!(out, "# HELP prescale_fleet_ready_instances Ready instances per fleet (the ready capacity's count).\n# TYPE prescale_fleet_ready_instances gauge");
+            for f in &view.fleets {
+                let _ = writeln!(
+                    out,
+                    "prescale_fleet_ready_instances{{region=\"{}\",fleet=\"{}\"}} {}",
+                    view.region, f.fleet, f.instances.ready
+                );
+            }
+            let _ = writeln!(out, "# HELP prescale_fleet_demand_requests Requests of the fleet's profiles in the last minute handed to the brain.\n# TYPE prescale_fleet_demand_requests gauge");
+            for f in &view.fleets {
+                if let Some(last) = &f.accuracy.last {
+                    let _ = writeln!(
+                        out,
+                        "prescale_fleet_demand_requests{{region=\"{}\",fleet=\"{}\"}} {}",
+                        view.region, f.fleet, last.demand
+                    );
+                }
+            }
+            let _ = writeln!(out, "# HELP prescale_fleet_forecast_requests The forecast made one lead time ahead of the last handed minute (requests in it): point and interval bounds.\n# TYPE prescale_fleet_forecast_requests gauge");
+            for f in &view.fleets {
+                if let Some(forecast) = f.accuracy.last.as_ref().and_then(|l| l.forecast.as_ref()) {
+                    for (bound, v) in [
+                        ("point", forecast.point),
+                        ("lower", forecast.lower),
+                        ("upper", forecast.upper),
+                    ] {
+                        let _ = writeln!(out, "prescale_fleet_forecast_requests{{region=\"{}\",fleet=\"{}\",bound=\"{bound}\"}} {v}", view.region, f.fleet);
+                    }
+                }
+            }
+            let _ = writeln!(out, "# HELP prescale_forecast_minutes_total Handed minutes that had a forecast recorded one lead time before them.\n# TYPE prescale_forecast_minutes_total counter");
+            for f in &view.fleets {
+                let _ = writeln!(
+                    out,
+                    "prescale_forecast_minutes_total{{region=\"{}\",fleet=\"{}\"}} {}",
+                    view.region, f.fleet, f.accuracy.minutes_scored
+                );
+            }
+            let _ = writeln!(out, "# HELP prescale_forecast_misses_total Of those, minutes whose demand fell outside the forecast's interval.\n# TYPE prescale_forecast_misses_total counter");
+            for f in &view.fleets {
+                let _ = writeln!(
+                    out,
+                    "prescale_forecast_misses_total{{region=\"{}\",fleet=\"{}\"}} {}",
+                    view.region, f.fleet, f.accuracy.misses
+                );
+            }
+            let _ = writeln!(out, "# HELP prescale_provisioner_start_failures_total Instance starts that failed, or remote provisioner calls that failed or timed out (retried with backoff).\n# TYPE prescale_provisioner_start_failures_total counter");
             for f in &view.fleets {
                 if let Some(p) = &f.provisioner {
                     let _ = writeln!(out, "prescale_provisioner_start_failures_total{{region=\"{}\",fleet=\"{}\",provisioner=\"{}\"}} {}", view.region, f.fleet, p.kind, p.start_failures_total);
+                }
+            }
+            let _ = writeln!(out, "# HELP prescale_provisioner_calls_total Calls of the remote provisioners (exec, webhook, kubernetes): `apply` carries a target out (or a step of it), `read` reads the remote side's counts; by outcome (ok, error, timeout; failures are retried with backoff).\n# TYPE prescale_provisioner_calls_total counter");
+            for f in &view.fleets {
+                let Some((p, remote)) = f
+                    .provisioner
+                    .as_ref()
+                    .and_then(|p| p.remote.as_ref().map(|r| (p, r)))
+                else {
+                    continue;
+                };
+                for (call, counts) in [("apply", &remote.calls), ("read", &remote.reads)] {
+                    for (outcome, n) in [
+                        ("ok", counts.ok),
+                        ("error", counts.error),
+                        ("timeout", counts.timeout),
+                    ] {
+                        let _ = writeln!(out, "prescale_provisioner_calls_total{{region=\"{}\",fleet=\"{}\",provisioner=\"{}\",call=\"{call}\",outcome=\"{outcome}\"}} {n}", view.region, f.fleet, p.kind);
+                    }
+                }
+            }
+            let _ = writeln!(out, "# HELP prescale_provisioner_pending Whether a remote provisioner has a target it has not carried out yet (being called for, stepped toward or retried).\n# TYPE prescale_provisioner_pending gauge");
+            for f in &view.fleets {
+                if let Some((p, remote)) = f
+                    .provisioner
+                    .as_ref()
+                    .and_then(|p| p.remote.as_ref().map(|r| (p, r)))
+                {
+                    let _ = writeln!(out, "prescale_provisioner_pending{{region=\"{}\",fleet=\"{}\",provisioner=\"{}\"}} {}", view.region, f.fleet, p.kind, u8::from(remote.pending.is_some()));
                 }
             }
             let _ = writeln!(out, "# HELP prescale_provisioner_unexpected_exits_total Ready instances that exited on their own (replaced).\n# TYPE prescale_provisioner_unexpected_exits_total counter");
@@ -521,6 +797,9 @@ impl Live {
 }
 
 const EVENTS_PATH: &str = "/api/v1/events";
+/// Minutes `/api/v1/history` answers by default, and at most (a week).
+const HISTORY_DEFAULT_MINUTES: u64 = 180;
+const HISTORY_MAX_MINUTES: u64 = 10_080;
 
 /// An event store or input error as the admin API answers it: 400 naming the field, 404 for an
 /// unknown id, 409 for a taken id, 500 when the database fails.

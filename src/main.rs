@@ -5,11 +5,13 @@ mod backend_cmd;
 mod certs_cmd;
 mod exit;
 mod forecaster_cmd;
+mod keda_cmd;
 mod live_cmd;
 mod load_cmd;
 mod membership_cmd;
 mod node_cmd;
 mod replay_cmd;
+mod report_cmd;
 
 use std::process::ExitCode;
 
@@ -40,6 +42,9 @@ enum Command {
     CheckConfig(node_cmd::CheckConfigArgs),
     /// Simulate scaling policies (predictive, reactive HPA, oracle) on a request trace.
     Replay(replay_cmd::Args),
+    /// Capacity report of a region or all over a period (HTML, Markdown or JSON), from a
+    /// forecaster's database or its admin API.
+    Report(report_cmd::Args),
     /// Write a development CA and node certificates for the QUIC mesh.
     Certs(certs_cmd::Args),
     /// Run a demo HTTP backend.
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => node_cmd::check_config(args),
         Command::Forecaster(args) => forecaster_cmd::run(args),
         Command::Replay(args) => replay_cmd::run(args),
+        Command::Report(args) => report_cmd::run(args),
         Command::Certs(args) => certs_cmd::run(args),
         Command::Backend(args) => backend_cmd::run(args),
         Command::Load(args) => load_cmd::run(args),

@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// days so that it ends before now, so forecasts exist from the first minute.
     #[arg(long, value_name = "TRACE")]
     history: Option<PathBuf>,
+    /// KEDA's external scaler (gRPC) listener; default: a loopback port chosen at start (or the
+    /// config's `forecaster.keda_listen`), printed with the other addresses.
+    #[arg(long, value_name = "ADDR")]
+    keda: Option<SocketAddr>,
 }
 
 pub fn check_config(args: CheckConfigArgs) -> Result<(), CliError> {
@@ -117,6 +121,16 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
         .state_dir
         .unwrap_or_else(|| std::env::temp_dir().join("prescale-up"));
     attach_local_forecaster(&mut config, &state).map_err(CliError::runtime)?;
+    if let Some(forecaster) = config.forecaster.as_mut() {
+        match args.keda {
+            Some(addr) => forecaster.keda_listen = Some(addr),
+            None => {
+                forecaster
+                    .keda_listen
+                    .get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
+            }
+        }
+    }
     prescale_config::check(&config, &origin).map_err(CliError::input)?;
     if let Some(history) = &args.history {
         seed_history(&config, history, &clock)?;
@@ -219,6 +233,9 @@ fn attach_local_forecaster(config: &mut Config, state: &std::path::Path) -> anyh
             silent_after_secs: 60,
             lateness_secs: 30,
             forecast_only: false,
+            keda_listen: None,
+            keda_tls_cert: None,
+            keda_tls_key: None,
         });
     config.export.get_or_insert(prescale_config::ExportConfig {
         // Port 0: the in-process forecaster's address, known once it is bound.
@@ -231,7 +248,10 @@ fn attach_local_forecaster(config: &mut Config, state: &std::path::Path) -> anyh
     Ok(())
 }
 
-fn where_to_look(config: &Config, clock: &NodeClock) -> String {
+/// What `up` prints once it serves, given the KEDA scaler's address when it runs.
+type Banner = Box<dyn FnOnce(Option<&crate::keda_cmd::Keda>) -> String>;
+
+fn where_to_look(config: &Config, clock: &NodeClock) -> Banner {
     let proxy = config.proxy.listen;
     let admin = config.admin.listen;
     let region = config.node_region().unwrap_or_default();
@@ -240,7 +260,15 @@ fn where_to_look(config: &Config, clock: &NodeClock) -> String {
         .iter()
         .filter(|f| f.region == region)
         .map(|f| match &f.provisioner {
-            Some(_) => format!("fleet `{}`, backends started by the forecaster", f.name),
+            Some(p) if p.supplies_backends() => {
+                format!("fleet `{}`, backends started by the forecaster", f.name)
+            }
+            Some(p) => format!(
+                "fleet `{}` ({} backends, scaled through the `{}` provisioner)",
+                f.name,
+                f.backends.len(),
+                p.kind()
+            ),
             None => format!("fleet `{}` ({} static backends)", f.name, f.backends.len()),
         })
         .collect::<Vec<_>>()
@@ -250,26 +278,44 @@ fn where_to_look(config: &Config, clock: &NodeClock) -> String {
     } else {
         String::new()
     };
-    format!(
-        "prescale is up{speed}.\n\
-         \x20 proxy      http://{proxy}/  → {fleets}\n\
-         \x20 dashboard  http://{admin}/\n\
-         \x20 try:\n\
-         \x20   curl -H 'X-User-Id: alice' http://{proxy}/api/items\n\
-         \x20   curl -H 'X-User-Id: bob' http://{proxy}/batch/export\n\
-         \x20   prescale load --target http://{proxy}/ --rps 50 --users 200 --duration 30s\n\
-         \x20   curl http://{admin}/api/v1/plan\n\
-         \x20   curl http://{admin}/api/v1/fleets\n\
-         \x20   curl http://{admin}/metrics\n\
-         \x20 plan changes are printed below as they happen; stop with Ctrl-C."
-    )
+    let first_fleet = config
+        .fleets
+        .iter()
+        .find(|f| f.region == region)
+        .map(|f| f.name.clone())
+        .unwrap_or_default();
+    let region = region.to_string();
+    Box::new(move |keda: Option<&crate::keda_cmd::Keda>| {
+        let keda = keda
+            .map(|k| {
+                let tls = if k.running.tls { ", TLS" } else { "" };
+                format!(
+                    "\n\x20 keda       {}  → KEDA external scaler (gRPC{tls}; trigger metadata region={region}, fleet={first_fleet})",
+                    k.local_addr()
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "prescale is up{speed}.\n\
+             \x20 proxy      http://{proxy}/  → {fleets}\n\
+             \x20 dashboard  http://{admin}/{keda}\n\
+             \x20 try:\n\
+             \x20   curl -H 'X-User-Id: alice' http://{proxy}/api/items\n\
+             \x20   curl -H 'X-User-Id: bob' http://{proxy}/batch/export\n\
+             \x20   prescale load --target http://{proxy}/ --rps 50 --users 200 --duration 30s\n\
+             \x20   curl http://{admin}/api/v1/plan\n\
+             \x20   curl http://{admin}/api/v1/fleets\n\
+             \x20   curl http://{admin}/metrics\n\
+             \x20 plan changes are printed below as they happen; stop with Ctrl-C."
+        )
+    })
 }
 
 /// Runs proxy + admin (+ the sketch exporter, + an in-process forecaster for `up`) until
 /// SIGTERM/SIGINT, then drains.
 fn run_node(
     config: Config,
-    banner: Option<String>,
+    banner: Option<Banner>,
     options: crate::live_cmd::LiveOptions,
 ) -> Result<(), CliError> {
     let plane = Arc::new(DataPlane::with_clock(&config, options.clock).map_err(CliError::input)?);
@@ -298,6 +344,23 @@ fn run_node(
         }
         None => None,
     };
+    let (stop_keda, keda_stop_rx) = tokio::sync::watch::channel(false);
+    let keda = match &forecaster {
+        Some(f) => {
+            match crate::keda_cmd::start(&config, f.live.as_ref(), control.handle(), keda_stop_rx) {
+                Ok(keda) => keda,
+                Err(e) => {
+                    // `up` stops what its driver may have started already.
+                    f.stop();
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(keda) = &keda {
+        metrics.push(keda.metrics());
+    }
 
     let role = if forecaster.is_some() {
         prescale_gossip::Role::Forecaster
@@ -373,7 +436,7 @@ fn run_node(
         start_proxy(&config, Arc::clone(&plane), control.handle()).map_err(CliError::input)?;
     tracing::info!(proxy = %config.proxy.listen, admin = %admin_addr, node = %config.node.id, "prescale node running");
     if let Some(banner) = banner {
-        println!("{banner}");
+        println!("{}", banner(keda.as_ref()));
         let _ = std::io::stdout().flush();
     }
 
@@ -400,6 +463,7 @@ fn run_node(
     if let Some(forecaster) = &forecaster {
         forecaster.stop();
     }
+    let _ = stop_keda.send(true);
     let _ = stop_admin.send(true);
     control.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("stopped");

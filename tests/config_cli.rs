@@ -183,6 +183,62 @@ fn every_bad_config_exits_2_naming_the_key() {
             "fleets[0].provisioner.ready_timeout_secs",
         ),
         (
+            "remote provisioner without backends",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "provisioner = { kind = \"exec\", command = [\"/usr/local/bin/scale\"] }",
+            ),
+            "fleets[0].backends",
+        ),
+        (
+            "exec provisioner with an empty command",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "backends = [\"127.0.0.1:9001\"]\nprovisioner = { kind = \"exec\", command = [] }",
+            ),
+            "fleets[0].provisioner.command",
+        ),
+        (
+            "webhook to a URL that is not http",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "backends = [\"127.0.0.1:9001\"]\nprovisioner = { kind = \"webhook\", url = \"scaler.internal/desired\" }",
+            ),
+            "fleets[0].provisioner.url",
+        ),
+        (
+            "webhook secret in place of its variable's name",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "backends = [\"127.0.0.1:9001\"]\nprovisioner = { kind = \"webhook\", url = \"https://scaler.internal/\", secret_env = \"s3cr3t-value!\" }",
+            ),
+            "fleets[0].provisioner.secret_env",
+        ),
+        (
+            "kubernetes without a workload",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "backends = [\"127.0.0.1:9001\"]\nprovisioner = { kind = \"kubernetes\", namespace = \"shop\" }",
+            ),
+            "fleets[0].provisioner.deployment",
+        ),
+        (
+            "kubernetes with a missing kubeconfig",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "backends = [\"127.0.0.1:9001\"]\nprovisioner = { kind = \"kubernetes\", deployment = \"web\", kubeconfig = \"/nonexistent/kubeconfig\" }",
+            ),
+            "fleets[0].provisioner.kubeconfig",
+        ),
+        (
+            "kubernetes scale-in step of zero",
+            GOOD.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "backends = [\"127.0.0.1:9001\"]\nprovisioner = { kind = \"kubernetes\", deployment = \"web\", scale_in_step = 0 }",
+            ),
+            "fleets[0].provisioner.scale_in_step",
+        ),
+        (
             "forecaster lateness of zero",
             format!(
                 "{GOOD}\n[forecaster]\nlisten = \"127.0.0.1:7400\"\ndatabase = \"/tmp/x.db\"\nlateness_secs = 0\n"
@@ -439,6 +495,74 @@ fn prescale_proxy_exits_2_on_unusable_tls_files() {
         if status.code() != Some(2) || !stderr.contains(named) || stderr.contains("panicked") {
             failures.push(format!(
                 "{what}: {status}, expected exit status 2 and a message naming `{named}`; stderr:\n{stderr}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A config `up` starts from whose fleet has `provisioner` (inline) beside a static backend.
+fn up_with_provisioner(dir: &std::path::Path, provisioner: &str) -> std::path::PathBuf {
+    let path = dir.join("up.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace(
+            "region = \"eu\"\n\n[identity]",
+            "id = \"up-1\"\nregion = \"eu\"\n\n[identity]",
+        )
+        .replace(
+            "backends = [\"127.0.0.1:9001\"]",
+            &format!("backends = [\"127.0.0.1:9001\"]\nprovisioner = {provisioner}"),
+        ),
+    )
+    .expect("write");
+    path
+}
+
+#[test]
+fn provisioner_settings_only_a_start_can_check_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, "clusters: [this is not, a kubeconfig").expect("write");
+    let cases = [
+        (
+            "webhook secret variable that is not set",
+            "{ kind = \"webhook\", url = \"http://127.0.0.1:9/\", secret_env = \"PRESCALE_TEST_UNSET_HOOK_KEY\" }".to_string(),
+            "fleets[0].provisioner.secret_env",
+            "PRESCALE_TEST_UNSET_HOOK_KEY",
+        ),
+        (
+            "kubeconfig that is not one",
+            format!(
+                "{{ kind = \"kubernetes\", deployment = \"web\", kubeconfig = \"{}\" }}",
+                kubeconfig.display()
+            ),
+            "fleets[0].provisioner.kubeconfig",
+            "kubeconfig",
+        ),
+        (
+            "kubernetes outside a cluster without a kubeconfig",
+            "{ kind = \"kubernetes\", deployment = \"web\" }".to_string(),
+            "fleets[0].provisioner.kubeconfig",
+            "service account",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, provisioner, key, detail) in cases {
+        let config = up_with_provisioner(dir.path(), &provisioner);
+        let state = dir.path().join("state");
+        let (proxy, admin) = (loopback(), loopback());
+        let out = Command::new(bin())
+            .args(up_args(&state, proxy, admin, Some(&config), None))
+            .env_remove("PRESCALE_TEST_UNSET_HOOK_KEY")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("run up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) || !stderr.contains(key) || !stderr.contains(detail) {
+            failures.push(format!(
+                "{what}: {}, expected exit status 2 and a message naming `{key}` ({detail}); stderr:\n{stderr}",
+                out.status
             ));
         }
     }

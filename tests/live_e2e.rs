@@ -20,36 +20,6 @@ use common::*;
 
 const SPEEDUP: f64 = 60.0;
 
-fn provisioned_fleet(marker: &str, capacity_rps: f64, cold_start_secs: u64) -> String {
-    format!(
-        r#"
-[[fleets]]
-name = "web"
-region = "local"
-capacity_rps = {capacity_rps}
-cold_start_secs = {cold_start_secs}
-health_check = {{ interval_ms = 200, timeout_ms = 300 }}
-
-[fleets.provisioner]
-kind = "process"
-command = ["prescale", "backend", "--listen", "{{host}}:{{port}}", "--name", "{marker}-{{instance}}", "--threads", "1", "--grace-secs", "5"]
-"#
-    )
-}
-
-/// A single-node config (`up-1` in region `local`) with `rest` (fleets, profiles, ...).
-fn up_config(dir: &Path, rest: &str) -> PathBuf {
-    let path = dir.join("up.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[node]\nid = \"up-1\"\nregion = \"local\"\n\n[identity]\nsecret = \"live-e2e-secret-0123456789\"\n\n[[regions]]\nname = \"local\"\n{rest}"
-        ),
-    )
-    .expect("write config");
-    path
-}
-
 /// A running `prescale up --config ... --speedup 60`, its addresses and output files.
 struct Up {
     proc: Proc,
@@ -74,22 +44,6 @@ fn start_up(dir: &Path, config: &Path, history: Option<&Path>) -> Up {
     }
 }
 
-/// Starts `prescale ARGS` with stdout and stderr in files.
-fn start_with_stdout(name: &str, args: &[&str], out: &Path, log: &Path) -> Proc {
-    let child = Command::new(bin())
-        .args(args)
-        .env("PRESCALE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(out).expect("stdout file"))
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("spawn prescale");
-    Proc {
-        child,
-        name: name.to_string(),
-    }
-}
-
 fn plan(admin: SocketAddr) -> serde_json::Value {
     let r = get(admin, "/api/v1/plan", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -98,26 +52,6 @@ fn plan(admin: SocketAddr) -> serde_json::Value {
 
 fn fleet_view(admin: SocketAddr) -> serde_json::Value {
     plan(admin)["fleets"][0].clone()
-}
-
-/// Demand of the daily pattern at unix second `t`: 30 requests a minute, a ramp over 3 minutes
-/// from `ramp` (minute of the day) to 480, held for 8 minutes.
-fn daily(t: u64, ramp: u64) -> u64 {
-    let since = ((t / 60) % 1440 + 1440 - ramp) % 1440;
-    match since {
-        0..=2 => 30 + 150 * since,
-        3..=10 => 480,
-        _ => 30,
-    }
-}
-
-fn write_trace(path: &Path, start: u64, minutes: u64, ramp: u64) {
-    let mut text = String::from("timestamp,requests\n");
-    for m in 0..minutes {
-        let t = start + m * 60;
-        text.push_str(&format!("{t},{}\n", daily(t, ramp)));
-    }
-    std::fs::write(path, text).expect("write trace");
 }
 
 /// Instances of 2 req/s needed for `requests` in a minute.

@@ -281,8 +281,9 @@ pub struct RegionConfig {
 pub struct FleetConfig {
     pub name: String,
     pub region: String,
-    /// Static backends as `host:port`. Empty for a fleet with a `provisioner`: its backends are
-    /// the ones the provisioner starts.
+    /// Static backends as `host:port`. Empty for a fleet with a `process` provisioner: its
+    /// backends are the ones the provisioner starts. Required with a remote provisioner (`exec`,
+    /// `webhook`, `kubernetes`): what the proxies route to (a Service, a load balancer).
     #[serde(default)]
     pub backends: Vec<String>,
     /// Who starts and stops this fleet's backends on the forecaster's plan. Without one the
@@ -362,6 +363,80 @@ pub enum ProvisionerConfig {
         #[serde(default = "default_stop_timeout_secs")]
         stop_timeout_secs: u64,
     },
+    /// A command run with the desired counts (arguments, and a JSON document on stdin) each
+    /// time the plan's target changes; the instances run elsewhere and the proxies route to the
+    /// fleet's `backends`.
+    Exec {
+        /// Program and arguments; the counts are appended (`--instances N --baseline N ...`).
+        /// A program without a `/` is looked up in `PATH`.
+        command: Vec<String>,
+        /// Seconds the command may run before its process group is killed (a failed call).
+        #[serde(default = "default_exec_timeout_secs")]
+        timeout_secs: u64,
+    },
+    /// An HTTP POST of the desired state (JSON) to `url` each time the plan's target changes.
+    Webhook {
+        /// `http://` or `https://` URL.
+        url: String,
+        /// Name of the environment variable holding the HMAC-SHA256 key that signs each body
+        /// (`X-Prescale-Signature`); absent: unsigned. The key itself never goes in the file.
+        #[serde(default)]
+        secret_env: Option<String>,
+        /// Seconds one request may take (connect, send, answer).
+        #[serde(default = "default_call_timeout_secs")]
+        timeout_secs: u64,
+    },
+    /// The `replicas` of a Deployment or StatefulSet, set through the scale subresource.
+    Kubernetes {
+        #[serde(default = "default_namespace")]
+        namespace: String,
+        /// The Deployment to scale (or `statefulset`; exactly one of the two).
+        #[serde(default)]
+        deployment: Option<String>,
+        /// The StatefulSet to scale.
+        #[serde(default)]
+        statefulset: Option<String>,
+        /// A kubeconfig file (its current context); absent: the in-cluster service account.
+        #[serde(default)]
+        kubeconfig: Option<std::path::PathBuf>,
+        /// Most replicas one change removes; the next step waits until the last one settled.
+        #[serde(default = "default_scale_in_step")]
+        scale_in_step: u32,
+        /// Seconds one API request may take.
+        #[serde(default = "default_call_timeout_secs")]
+        timeout_secs: u64,
+    },
+}
+
+impl ProvisionerConfig {
+    /// The `kind` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProvisionerConfig::Process { .. } => "process",
+            ProvisionerConfig::Exec { .. } => "exec",
+            ProvisionerConfig::Webhook { .. } => "webhook",
+            ProvisionerConfig::Kubernetes { .. } => "kubernetes",
+        }
+    }
+
+    /// Whether the proxies route to the backends this provisioner starts (`process`) rather
+    /// than to the fleet's configured `backends` (the remote kinds).
+    pub fn supplies_backends(&self) -> bool {
+        matches!(self, ProvisionerConfig::Process { .. })
+    }
+}
+
+fn default_exec_timeout_secs() -> u64 {
+    30
+}
+fn default_call_timeout_secs() -> u64 {
+    10
+}
+fn default_namespace() -> String {
+    "default".to_string()
+}
+fn default_scale_in_step() -> u32 {
+    1
 }
 
 fn default_process_host() -> std::net::IpAddr {
@@ -678,6 +753,15 @@ pub struct ForecasterConfig {
     /// `POST /api/v1/mode`).
     #[serde(default)]
     pub forecast_only: bool,
+    /// TCP address of KEDA's external scaler (gRPC); absent: not served.
+    #[serde(default)]
+    pub keda_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the KEDA scaler's TLS (with `keda_tls_key`; both or neither).
+    #[serde(default)]
+    pub keda_tls_cert: Option<PathBuf>,
+    /// PEM private key of the KEDA scaler's TLS.
+    #[serde(default)]
+    pub keda_tls_key: Option<PathBuf>,
 }
 
 fn default_lateness_secs() -> u64 {

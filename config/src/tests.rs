@@ -203,3 +203,240 @@ fn display_lists_every_problem() {
     assert!(text.contains("line 2: `identity.secret`"), "{text}");
     assert!(text.contains("`fleets[0].backends`"), "{text}");
 }
+
+/// MINIMAL with a forecaster (and the mesh it needs) whose table ends with `extra`.
+fn with_forecaster(extra: &str) -> String {
+    format!(
+        "{MINIMAL}\n[mesh]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key.pem\"\n\n[forecaster]\nlisten = \"127.0.0.1:7400\"\ndatabase = \"series.db\"\n{extra}"
+    )
+}
+
+#[test]
+fn keda_listen_is_optional() {
+    let c = parse_str(&with_forecaster(""), "t").expect("valid");
+    let f = c.forecaster.expect("forecaster");
+    assert_eq!(f.keda_listen, None);
+    assert_eq!((f.keda_tls_cert, f.keda_tls_key), (None, None));
+    let c = parse_str(&with_forecaster("keda_listen = \"0.0.0.0:7500\"\n"), "t").expect("valid");
+    assert_eq!(
+        c.forecaster
+            .and_then(|f| f.keda_listen)
+            .map(|a| a.to_string()),
+        Some("0.0.0.0:7500".to_string())
+    );
+    let p = only_problem(&with_forecaster("keda_listen = \"port 7500\"\n"));
+    assert_eq!(p.key.to_string(), "forecaster.keda_listen", "{p}");
+}
+
+#[test]
+fn keda_tls_needs_both_files_and_keda_listen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let cert = write(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+    );
+    let key = write(
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
+    );
+    let listen = "keda_listen = \"127.0.0.1:7500\"\n";
+    let both = format!("{listen}keda_tls_cert = \"{cert}\"\nkeda_tls_key = \"{key}\"\n");
+    let c = parse_str(&with_forecaster(&both), "t").expect("valid with both files");
+    assert!(c.forecaster.is_some_and(|f| f.keda_tls_key.is_some()));
+
+    let p = only_problem(&with_forecaster(&format!(
+        "{listen}keda_tls_cert = \"{cert}\"\n"
+    )));
+    assert_eq!(p.key.to_string(), "forecaster.keda_tls_key", "{p}");
+    assert!(
+        p.message.contains("required with forecaster.keda_tls_cert"),
+        "{p}"
+    );
+
+    let p = only_problem(&with_forecaster(&format!(
+        "{listen}keda_tls_key = \"{key}\"\n"
+    )));
+    assert_eq!(p.key.to_string(), "forecaster.keda_tls_cert", "{p}");
+
+    let p = only_problem(&with_forecaster(&format!("keda_tls_cert = \"{cert}\"\n")));
+    assert_eq!(p.key.to_string(), "forecaster.keda_tls_cert", "{p}");
+    assert!(p.message.contains("keda_listen"), "{p}");
+
+    let swapped = format!("{listen}keda_tls_cert = \"{key}\"\nkeda_tls_key = \"{cert}\"\n");
+    let keys: Vec<String> = problems(&with_forecaster(&swapped))
+        .iter()
+        .map(|p| p.key.to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        ["forecaster.keda_tls_cert", "forecaster.keda_tls_key"]
+    );
+
+    let missing = format!("{listen}keda_tls_cert = \"{cert}\"\nkeda_tls_key = \"nowhere.pem\"\n");
+    let p = only_problem(&with_forecaster(&missing));
+    assert_eq!(p.key.to_string(), "forecaster.keda_tls_key", "{p}");
+    assert!(p.message.contains("nowhere.pem"), "{p}");
+}
+
+/// MINIMAL's fleet with `provisioner` (an inline table) beside its static backend.
+fn with_provisioner(provisioner: &str) -> String {
+    MINIMAL.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        &format!("backends = [\"127.0.0.1:9001\"]\nprovisioner = {provisioner}"),
+    )
+}
+
+#[test]
+fn remote_provisioners_parse_with_their_defaults() {
+    let c = parse_str(
+        &with_provisioner(
+            r#"{ kind = "exec", command = ["/usr/local/bin/scale", "--pool", "web"] }"#,
+        ),
+        "t",
+    )
+    .expect("valid exec");
+    let p = c.fleets[0].provisioner.as_ref().expect("provisioner");
+    assert_eq!(
+        p,
+        &crate::ProvisionerConfig::Exec {
+            command: vec!["/usr/local/bin/scale".into(), "--pool".into(), "web".into()],
+            timeout_secs: 30,
+        }
+    );
+    assert!(!p.supplies_backends());
+    assert_eq!(p.kind(), "exec");
+
+    let c = parse_str(
+        &with_provisioner(r#"{ kind = "webhook", url = "https://scaler.internal:8443/v1/desired", secret_env = "SCALER_KEY" }"#),
+        "t",
+    )
+    .expect("valid webhook");
+    assert!(matches!(
+        c.fleets[0].provisioner,
+        Some(crate::ProvisionerConfig::Webhook { timeout_secs: 10, ref secret_env, .. }) if secret_env.as_deref() == Some("SCALER_KEY")
+    ));
+
+    let c = parse_str(
+        &with_provisioner(r#"{ kind = "kubernetes", deployment = "web" }"#),
+        "t",
+    )
+    .expect("valid kubernetes");
+    assert_eq!(
+        c.fleets[0].provisioner,
+        Some(crate::ProvisionerConfig::Kubernetes {
+            namespace: "default".into(),
+            deployment: Some("web".into()),
+            statefulset: None,
+            kubeconfig: None,
+            scale_in_step: 1,
+            timeout_secs: 10,
+        })
+    );
+}
+
+#[test]
+fn remote_provisioner_problems_name_their_keys() {
+    let cases = [
+        (
+            MINIMAL.replace(
+                "backends = [\"127.0.0.1:9001\"]",
+                "provisioner = { kind = \"webhook\", url = \"http://127.0.0.1:1/\" }",
+            ),
+            "fleets[0].backends",
+            "required with a `webhook` provisioner",
+        ),
+        (
+            with_provisioner(r#"{ kind = "exec", command = [] }"#),
+            "fleets[0].provisioner.command",
+            "expected a program",
+        ),
+        (
+            with_provisioner(r#"{ kind = "exec", command = ["x"], timeout_secs = 0 }"#),
+            "fleets[0].provisioner.timeout_secs",
+            "1 to 3600",
+        ),
+        (
+            with_provisioner(r#"{ kind = "webhook", url = "ftp://example.com/" }"#),
+            "fleets[0].provisioner.url",
+            "not an http:// or https:// URL",
+        ),
+        (
+            with_provisioner(r#"{ kind = "webhook", url = "https://user:pw@example.com/" }"#),
+            "fleets[0].provisioner.url",
+            "credentials",
+        ),
+        (
+            with_provisioner(r#"{ kind = "webhook", url = "http://example.com:0/" }"#),
+            "fleets[0].provisioner.url",
+            "invalid port",
+        ),
+        (
+            with_provisioner(r#"{ kind = "webhook", url = "http://[::1/" }"#),
+            "fleets[0].provisioner.url",
+            "unclosed",
+        ),
+        (
+            with_provisioner(
+                r#"{ kind = "webhook", url = "http://a/", secret_env = "sk-live-123" }"#,
+            ),
+            "fleets[0].provisioner.secret_env",
+            "not an environment variable name",
+        ),
+        (
+            with_provisioner(r#"{ kind = "kubernetes" }"#),
+            "fleets[0].provisioner.deployment",
+            "required",
+        ),
+        (
+            with_provisioner(r#"{ kind = "kubernetes", deployment = "a", statefulset = "b" }"#),
+            "fleets[0].provisioner.statefulset",
+            "not both",
+        ),
+        (
+            with_provisioner(r#"{ kind = "kubernetes", statefulset = "Web_1" }"#),
+            "fleets[0].provisioner.statefulset",
+            "not a Kubernetes object name",
+        ),
+        (
+            with_provisioner(r#"{ kind = "kubernetes", deployment = "web", namespace = "-shop" }"#),
+            "fleets[0].provisioner.namespace",
+            "not a Kubernetes namespace name",
+        ),
+        (
+            with_provisioner(r#"{ kind = "kubernetes", deployment = "web", scale_in_step = 0 }"#),
+            "fleets[0].provisioner.scale_in_step",
+            "1 to 1000",
+        ),
+        (
+            with_provisioner(
+                r#"{ kind = "kubernetes", deployment = "web", kubeconfig = "/nonexistent/kubeconfig" }"#,
+            ),
+            "fleets[0].provisioner.kubeconfig",
+            "/nonexistent/kubeconfig",
+        ),
+        (
+            with_provisioner(r#"{ kind = "kubernetes", deployment = "web", replicas = 3 }"#),
+            "fleets[0].provisioner",
+            "replicas",
+        ),
+    ];
+    for (text, key, message) in cases {
+        let p = only_problem(&text);
+        assert_eq!(p.key.to_string(), key, "{p}\n{text}");
+        assert!(p.message.contains(message), "{p}");
+    }
+    for url in [
+        "http://127.0.0.1:8080/hook",
+        "https://[::1]:8443/",
+        "https://scaler.example.com",
+        "http://a/b?c=d",
+    ] {
+        let text = with_provisioner(&format!(r#"{{ kind = "webhook", url = "{url}" }}"#));
+        assert!(parse_str(&text, "t").is_ok(), "{url} should be valid");
+    }
+}

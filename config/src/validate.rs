@@ -352,9 +352,16 @@ impl Validator {
                     at.key("backends"),
                     "at least one backend (\"host:port\") is required, or a [fleets.provisioner]",
                 ),
-                Some(_) if !fleet.backends.is_empty() => self.problem(
+                Some(p) if p.supplies_backends() && !fleet.backends.is_empty() => self.problem(
                     at.key("backends"),
-                    "a fleet with a provisioner gets its backends from it; leave `backends` empty",
+                    "a fleet with a process provisioner gets its backends from it; leave `backends` empty",
+                ),
+                Some(p) if !p.supplies_backends() && fleet.backends.is_empty() => self.problem(
+                    at.key("backends"),
+                    format!(
+                        "required with a `{}` provisioner: the addresses the proxies route to (\"host:port\" of the Service or load balancer in front of the instances it scales)",
+                        p.kind()
+                    ),
                 ),
                 _ => {}
             }
@@ -536,6 +543,101 @@ impl Validator {
                     self.problem(at.key("stop_timeout_secs"), "expected 1 to 600 seconds");
                 }
             }
+            crate::ProvisionerConfig::Exec {
+                command,
+                timeout_secs,
+            } => {
+                if command.is_empty() || command[0].trim().is_empty() {
+                    self.problem(
+                        at.key("command"),
+                        "expected a program and its arguments, e.g. [\"/usr/local/bin/scale-fleet\", \"--cluster\", \"prod\"]",
+                    );
+                }
+                if !(1..=3600).contains(timeout_secs) {
+                    self.problem(at.key("timeout_secs"), "expected 1 to 3600 seconds");
+                }
+            }
+            crate::ProvisionerConfig::Webhook {
+                url,
+                secret_env,
+                timeout_secs,
+            } => {
+                if let Err(why) = check_http_url(url) {
+                    self.problem(at.key("url"), format!("`{url}` {why}"));
+                }
+                if let Some(name) = secret_env {
+                    if !is_env_name(name) {
+                        self.problem(
+                            at.key("secret_env"),
+                            format!("`{name}` is not an environment variable name; expected letters, digits and '_', not starting with a digit (the name of the variable holding the key, not the key)"),
+                        );
+                    }
+                }
+                if !(1..=300).contains(timeout_secs) {
+                    self.problem(at.key("timeout_secs"), "expected 1 to 300 seconds");
+                }
+            }
+            crate::ProvisionerConfig::Kubernetes {
+                namespace,
+                deployment,
+                statefulset,
+                kubeconfig,
+                scale_in_step,
+                timeout_secs,
+            } => {
+                if !is_k8s_name(namespace, 63) {
+                    self.problem(
+                        at.key("namespace"),
+                        format!("`{namespace}` is not a Kubernetes namespace name; expected 1 to 63 of a-z, 0-9, '-', starting and ending with a letter or digit"),
+                    );
+                }
+                match (deployment, statefulset) {
+                    (None, None) => self.problem(
+                        at.key("deployment"),
+                        "the workload to scale is required: `deployment = \"NAME\"` or `statefulset = \"NAME\"`",
+                    ),
+                    (Some(_), Some(_)) => self.problem(
+                        at.key("statefulset"),
+                        "one workload per fleet: set `deployment` or `statefulset`, not both",
+                    ),
+                    (Some(name), None) | (None, Some(name)) => {
+                        if !is_k8s_name(name, 253) {
+                            let key = if deployment.is_some() {
+                                "deployment"
+                            } else {
+                                "statefulset"
+                            };
+                            self.problem(
+                                at.key(key),
+                                format!("`{name}` is not a Kubernetes object name; expected 1 to 253 of a-z, 0-9, '-', '.', starting and ending with a letter or digit"),
+                            );
+                        }
+                    }
+                }
+                if let Some(path) = kubeconfig {
+                    if let Err(e) = std::fs::metadata(path).and_then(|m| {
+                        if m.is_file() {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other("not a file"))
+                        }
+                    }) {
+                        self.problem(
+                            at.key("kubeconfig"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                    }
+                }
+                if !(1..=1000).contains(scale_in_step) {
+                    self.problem(
+                        at.key("scale_in_step"),
+                        "expected 1 to 1000 replicas per scale-in step",
+                    );
+                }
+                if !(1..=300).contains(timeout_secs) {
+                    self.problem(at.key("timeout_secs"), "expected 1 to 300 seconds");
+                }
+            }
         }
     }
 
@@ -701,6 +803,50 @@ impl Validator {
             }
             if forecaster.silent_after_secs == 0 {
                 self.problem(at.key("silent_after_secs"), "must be at least 1");
+            }
+            self.keda_tls(forecaster, &at);
+        }
+    }
+
+    /// `forecaster.keda_tls_cert` / `keda_tls_key`: only with `keda_listen`, both or neither,
+    /// each a readable PEM file of its kind.
+    fn keda_tls(&mut self, forecaster: &crate::schema::ForecasterConfig, at: &KeyPath) {
+        let pair = [
+            (
+                "keda_tls_cert",
+                &forecaster.keda_tls_cert,
+                PemContent::Certificate,
+            ),
+            (
+                "keda_tls_key",
+                &forecaster.keda_tls_key,
+                PemContent::PrivateKey,
+            ),
+        ];
+        if forecaster.keda_listen.is_none() {
+            for (key, path, _) in pair {
+                if path.is_some() {
+                    self.problem(
+                        at.key(key),
+                        "applies to KEDA's scaler only: set forecaster.keda_listen too, or remove it",
+                    );
+                }
+            }
+            return;
+        }
+        for (i, (key, path, content)) in pair.iter().enumerate() {
+            let (other, other_path, _) = &pair[1 - i];
+            match path {
+                None if other_path.is_some() => self.problem(
+                    at.key(key),
+                    format!("required with forecaster.{other}: the scaler's TLS needs a certificate and its key"),
+                ),
+                None => {}
+                Some(path) => {
+                    if let Err(message) = check_pem_file(path, *content) {
+                        self.problem(at.key(key), message);
+                    }
+                }
             }
         }
     }
@@ -926,6 +1072,73 @@ fn unknown_placeholder(arg: &str) -> Option<&str> {
         rest = &after[close + 1..];
     }
     None
+}
+
+/// An `http://` or `https://` URL with a host (and no credentials in it).
+fn check_http_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("is not an http:// or https:// URL")?;
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("has whitespace in it");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("carries credentials; sign the body with secret_env instead");
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (address, after) = bracketed.split_once(']').ok_or("has an unclosed [")?;
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err("has an invalid IPv6 host");
+            }
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err("has an invalid host");
+            }
+            (None, after.strip_prefix(':'))
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(authority), None),
+        },
+    };
+    if let Some(port) = port {
+        if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+            return Err("has an invalid port");
+        }
+    }
+    if let Some(host) = host {
+        if host.is_empty() {
+            return Err("has no host");
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err("has an invalid host");
+        }
+    }
+    Ok(())
+}
+
+/// A POSIX environment variable name.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+/// A Kubernetes object name (RFC 1123 label when `max` is 63, subdomain when 253).
+fn is_k8s_name(name: &str, max: usize) -> bool {
+    let bytes = name.as_bytes();
+    !name.is_empty()
+        && name.len() <= max
+        && bytes.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (max > 63 && b == b'.')
+        })
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
 pub fn is_name(name: &str) -> bool {

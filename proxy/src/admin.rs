@@ -3,8 +3,9 @@
 //!
 //! Handlers are plain functions of a request to an optional response, so the proxy and the
 //! forecaster can each contribute routes without knowing about each other (and tests can call
-//! them without a socket). Invariants: with a token configured, nothing but `/healthz` and
-//! `/readyz` answers without it (401); a handler's panic-free `None` means "not mine"; unknown
+//! them without a socket). Invariants: with a token configured, nothing but `/healthz`,
+//! `/readyz` and the dashboard page answers without it (401) — the page holds no data and asks
+//! for the token before it reads the API; a handler's panic-free `None` means "not mine"; unknown
 //! paths are 404 with a JSON error.
 
 use std::convert::Infallible;
@@ -84,6 +85,17 @@ impl AdminRoutes {
                     )
                 };
             }
+            (Method::GET, "/") => {
+                if let Some(page) = self.dashboard {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from_static(page.as_bytes())));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
+                    return response;
+                }
+            }
             _ => {}
         }
         if let Some(token) = &self.token {
@@ -97,31 +109,17 @@ impl AdminRoutes {
                 return response;
             }
         }
-        match (request.method.clone(), request.path.as_str()) {
-            (Method::GET, "/metrics") => {
-                let mut out = String::with_capacity(16 * 1024);
-                for source in &self.metrics {
-                    source(&mut out);
-                }
-                let mut response = Response::new(Full::new(Bytes::from(out)));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                return response;
+        if request.method == Method::GET && request.path == "/metrics" {
+            let mut out = String::with_capacity(16 * 1024);
+            for source in &self.metrics {
+                source(&mut out);
             }
-            (Method::GET, "/") => {
-                if let Some(page) = self.dashboard {
-                    let mut response =
-                        Response::new(Full::new(Bytes::from_static(page.as_bytes())));
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/html; charset=utf-8"),
-                    );
-                    return response;
-                }
-            }
-            _ => {}
+            let mut response = Response::new(Full::new(Bytes::from(out)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return response;
         }
         for handler in &self.handlers {
             if let Some(response) = handler(request) {
@@ -342,14 +340,21 @@ mod tests {
     }
 
     #[test]
-    fn token_guards_everything_but_health() {
+    fn token_guards_everything_but_health_and_the_page() {
         let routes = AdminRoutes {
             token: Some("0123456789abcdef".into()),
+            dashboard: Some("<!doctype html>"),
             ..Default::default()
         };
         assert_eq!(
             routes
                 .respond(&request(Method::GET, "/healthz", None, None))
+                .status(),
+            200
+        );
+        assert_eq!(
+            routes
+                .respond(&request(Method::GET, "/", None, None))
                 .status(),
             200
         );

@@ -2,8 +2,9 @@
 //! [`BackendSet`] behind an `ArcSwap`: the backends' shared state, an address map, and the
 //! selection structure (pingora's round robin, or Ketama consistent hashing on the user key)
 //! built once per set from the backends that were Ready when it was built. A fleet without a
-//! provisioner keeps the set built from its config (every backend Ready) forever; a provisioned
-//! fleet starts empty and takes the backends each plan lists ([`Fleet::apply_backends`]: a new
+//! provisioner, or with a remote one (`exec`, `webhook`, `kubernetes`: the instances sit behind
+//! the configured addresses), keeps the set built from its config (every backend Ready) forever;
+//! a fleet of the `process` provisioner starts empty and takes the backends each plan lists ([`Fleet::apply_backends`]: a new
 //! set when the backends or which of them are Ready changed, else phases updated in place). Also here: active health checks (pingora's HTTP check, run per
 //! backend, with the fleet's thresholds), passive ejection, per-backend and per-fleet in-flight
 //! counts, and the tried set of a request.
@@ -391,7 +392,7 @@ impl Fleet {
             grants: arc_swap::ArcSwapOption::empty(),
             grant_shed: ShedCounters::default(),
         };
-        if config.provisioner.is_none() {
+        if !fleet.is_provisioned() {
             let now = unix_ms();
             let mut seen = HashSet::new();
             let mut backends = Vec::with_capacity(config.backends.len());
@@ -444,9 +445,13 @@ impl Fleet {
         }
     }
 
-    /// Whether the fleet's backends come from plans (it has a provisioner) rather than the config.
+    /// Whether the fleet's backends come from plans (its provisioner starts them) rather than
+    /// the config.
     pub fn is_provisioned(&self) -> bool {
-        self.config.provisioner.is_some()
+        self.config
+            .provisioner
+            .as_ref()
+            .is_some_and(|p| p.supplies_backends())
     }
 
     /// Picks a Ready, healthy, non-ejected backend that is not in `tried`. `user_key` steers

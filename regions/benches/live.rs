@@ -6,7 +6,9 @@
 //! each, one sketch per 10 s of node time) into the same SQLite file the driver reads, as the
 //! forecaster's writer does, without pause. Each measured step hands over one complete minute
 //! (1,000 series), polls the brain (1,000 fleets planned) and publishes the plan; node time is
-//! simulated, a minute per step. Prints the median and the slowest step, and the writer's rate.
+//! simulated, a minute per step; the step also records the capacity history (every fleet's
+//! minute, lead-time forecast and outlook) in the same file. Prints the median and the slowest
+//! step, and the writer's rate.
 //!
 //! Run: `cargo bench -p prescale-regions --bench live`.
 
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use prescale_config::brain::{ForecastConfig, PlannerConfig};
 use prescale_gossip::{EntryKey, Sketch};
 use prescale_regions::brain::{Brain, FleetKey, FleetProfile, FleetSpec};
+use prescale_regions::history::History;
 use prescale_regions::ledger::Ledger;
 use prescale_regions::live::{CompletenessRule, LiveDriver, LiveFleet, LiveSettings};
 use prescale_regions::planner::CapacityModel;
@@ -109,6 +112,8 @@ fn main() {
         cold_minutes: 0,
     };
     let mut driver = LiveDriver::new(settings, brain, store, ledger, fleets, Box::new(|_| Ok(())));
+    // The capacity history is recorded as a running forecaster records it.
+    driver.use_history(History::open(&db).expect("history"));
 
     // The writer: sketches for each minute ahead of the driver, without pause.
     let written_through = Arc::new(AtomicU64::new(0));

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -54,7 +54,7 @@ pub struct InstanceRecord {
 }
 
 /// A plan decision as logged.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     pub at_ms: u64,
     pub region: String,
@@ -226,6 +226,42 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// A fleet's decisions made in `[from_ms, to_ms)`, oldest first.
+    pub fn decisions_between(
+        &self,
+        region: &str,
+        fleet: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<DecisionRecord>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT at_ms, region, fleet, action, reason FROM decisions
+                 WHERE region = ?1 AND fleet = ?2 AND at_ms >= ?3 AND at_ms < ?4
+                 ORDER BY at_ms, rowid",
+            )
+            .map_err(|e| ledger_error("prepare decisions range query", e))?;
+        let rows = statement
+            .query_map(
+                params![region, fleet, from_ms as i64, to_ms as i64],
+                |row| {
+                    Ok(DecisionRecord {
+                        at_ms: row.get::<_, i64>(0)? as u64,
+                        region: row.get(1)?,
+                        fleet: row.get(2)?,
+                        action: row.get(3)?,
+                        reason: row.get(4)?,
+                    })
+                },
+            )
+            .map_err(|e| ledger_error("run decisions range query", e))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ledger_error("read decision row", e))
+    }
+}
+
 fn ledger_error(what: impl Into<String>, source: rusqlite::Error) -> Error {
     Error::Store {
         what: format!("ledger: {}", what.into()),
@@ -295,6 +331,14 @@ mod tests {
         assert_eq!(
             last.iter().map(|d| d.action.as_str()).collect::<Vec<_>>(),
             ["drain", "remove"]
+        );
+        let between = ledger.decisions_between("eu", "web", 1, 3).unwrap();
+        assert_eq!(
+            between
+                .iter()
+                .map(|d| d.action.as_str())
+                .collect::<Vec<_>>(),
+            ["scale_up", "remove"]
         );
     }
 }

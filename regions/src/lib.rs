@@ -3,23 +3,28 @@
 //!
 //! * [`store`] and [`ingest`]: the SQLite series store and the sketch sink that writes it;
 //! * [`ledger`]: provisioned instances, plan versions and decisions, in the same file;
+//! * [`history`]: the capacity history (each minute's instances, demand and lead-time
+//!   forecast, the outlook of the coming day) that reports and the dashboard read;
 //! * [`events`]: scheduled events operators create through the admin API, in the same file;
 //! * [`live`]: the live driver that feeds the brain complete minutes, polls it, steers the
 //!   [`provision`]ers and publishes plans;
 //! * [`replay`]: the policy simulator behind `prescale replay`, with [`trace`] parsing and
-//!   [`plot`] drawing.
+//!   [`plot`] drawing;
+//! * [`report`]: capacity reports built from the history, the store and the ledger.
 //!
 //! Invariant: decisions are made only in `prescale-brain`; this crate feeds it and carries its
 //! decisions out.
 
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod ingest;
 pub mod ledger;
 pub mod live;
 pub mod plot;
 pub mod provision;
 pub mod replay;
+pub mod report;
 pub mod store;
 pub mod trace;
 

@@ -69,12 +69,15 @@ pub struct FleetSpec {
 }
 
 impl FleetSpec {
-    fn serves(&self, region: &str, profile: &str) -> bool {
+    /// Whether the fleet serves `profile` of `region`.
+    pub fn serves(&self, region: &str, profile: &str) -> bool {
         self.key.region == region
             && (self.profiles.is_empty() || self.profiles.iter().any(|p| p.name == profile))
     }
 
-    fn cap(&self) -> Option<u32> {
+    /// Most instances the fleet may run: `max_instances` and what the budget buys, whichever
+    /// is lower (None: no cap).
+    pub fn cap(&self) -> Option<u32> {
         let budget = self.budget_per_hour.and_then(|b| {
             let per = self.capacity.cost_per_instance_hour;
             (per > 0.0).then(|| (b / per).floor().clamp(0.0, u32::MAX as f64) as u32)

@@ -17,7 +17,11 @@
 //!    and handed over as a correction (the brain adds them to their minute);
 //! 4. poll the brain once the minute before `now` has been handed over (or is past the lateness
 //!    bound), and log its decisions with their reasons;
-//! 5. steer each provisioned fleet to the planned count; publish the plan when it changed.
+//! 5. hold each fleet's count where it must stay (the cold window's floor, a static fleet's
+//!    backends); publish the plan when it changed (each fleet's plan carries its serving count,
+//!    so every change of what a provisioner is asked for is a new plan version); steer each
+//!    provisioned fleet to its [`ProvisionTarget`] (the planned count, tiers, warm pool, reasons
+//!    and that plan version); publish again when the provisioners changed the backends.
 //!
 //! Fail-static, by construction: when no proxy has reported for longer than the lateness bound
 //! the brain is not polled (the fleet holds what it has); a provisioner failure leaves the
@@ -25,6 +29,7 @@
 //! shrinks a fleet below what it was running when the driver took over.
 
 pub mod completeness;
+pub mod record;
 pub mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,10 +45,12 @@ use prescale_gossip::{FleetPlan, NodeClock, PlanUpdate, PlannedBackend, TierTarg
 use serde::Serialize;
 
 pub use completeness::{CompletenessRule, MinuteState, NodeProgress};
+pub use record::{FleetAccuracy, ScoredMinute};
 
 use crate::events::{EventStore, StoredEvent};
+use crate::history::{FleetProfileRecord, History, Outlook};
 use crate::ledger::{DecisionRecord, Ledger};
-use crate::provision::{Provisioner, ProvisionerStatus};
+use crate::provision::{ProvisionTarget, Provisioner, ProvisionerStatus};
 use crate::store::SeriesStore;
 
 /// How far back late requests are looked for and handed over as corrections.
@@ -220,6 +227,14 @@ pub struct FleetView {
     pub provisioner: Option<ProvisionerStatus>,
     /// The fleet total's forecast (requests per minute) at [`VIEW_HORIZONS`].
     pub forecast: Vec<HorizonPoint>,
+    /// Minutes from asking for an instance until it serves a whole minute.
+    pub lead_minutes: i64,
+    /// The fleet total's forecast one lead time ahead: what capacity asked for now must meet.
+    pub lead_forecast: Option<HorizonPoint>,
+    /// What the plan expects of the coming day (refreshed each minute).
+    pub outlook: Option<Outlook>,
+    /// How the lead-time forecasts have done against the demand handed over since the start.
+    pub accuracy: FleetAccuracy,
     /// Each candidate model's recent mean absolute error at 30 minutes (null until scored).
     pub model_errors: Vec<ModelError>,
     /// The latest decisions, newest first.
@@ -283,6 +298,8 @@ struct FleetRun {
     floor: u32,
     /// The latest decisions, newest first.
     recent: std::collections::VecDeque<DecisionRecord>,
+    lead_forecast: Option<HorizonPoint>,
+    recording: record::FleetRecording,
 }
 
 /// What was handed to the brain for one minute.
@@ -308,6 +325,9 @@ pub struct LiveDriver {
     observer: Option<DecisionObserver>,
     published: Option<Vec<FleetPlan>>,
     plan_version: Option<u64>,
+    /// The version of the last plan issued (taken from the ledger), published or not: what
+    /// the provisioners' targets refer to.
+    issued_version: Option<u64>,
     forecasts: (Vec<Vec<HorizonPoint>>, Vec<SeriesView>),
     holding: Option<String>,
     /// Each proxy's recent traffic per profile, to split grants by (`None`: even splits).
@@ -322,6 +342,8 @@ pub struct LiveDriver {
     events: Vec<StoredEvent>,
     /// The change counter the events were last read at.
     events_generation: Option<u64>,
+    /// Where the capacity history is written (off until [`LiveDriver::use_history`]).
+    recorder: record::Recorder,
 }
 
 impl LiveDriver {
@@ -355,6 +377,8 @@ impl LiveDriver {
                 learn_capacity: spec.learn_capacity.is_some(),
                 floor: serving,
                 recent: std::collections::VecDeque::new(),
+                lead_forecast: None,
+                recording: record::FleetRecording::default(),
             });
             brain.add_fleet(spec);
         }
@@ -389,6 +413,7 @@ impl LiveDriver {
             observer: None,
             published: None,
             plan_version: None,
+            issued_version: None,
             forecasts: (Vec::new(), Vec::new()),
             holding: None,
             traffic: None,
@@ -397,7 +422,32 @@ impl LiveDriver {
             event_store: None,
             events: Vec::new(),
             events_generation: None,
+            recorder: record::Recorder::default(),
         }
+    }
+
+    /// Record the capacity history in `history` (each fleet's profiles now, then every
+    /// minute's capacity, demand and lead-time forecast).
+    pub fn use_history(&mut self, mut history: History) {
+        for fleet in &self.fleets {
+            let Some(spec) = self.brain.fleet_spec(&fleet.key) else {
+                continue;
+            };
+            let profiles: Vec<FleetProfileRecord> = spec
+                .profiles
+                .iter()
+                .map(|p| FleetProfileRecord {
+                    profile: p.name.clone(),
+                    revenue_weight: p.revenue_weight,
+                })
+                .collect();
+            if let Err(e) =
+                history.record_fleet_profiles(&self.settings.region, &fleet.key.fleet, &profiles)
+            {
+                self.store_failed("record a fleet's profiles", &e);
+            }
+        }
+        self.recorder = record::Recorder::new(history);
     }
 
     /// Apply the scheduled events kept in `store`: all of them at the first step, then again
@@ -448,11 +498,17 @@ impl LiveDriver {
         for decision in &decisions {
             self.record_decision(decision, now_ms);
         }
-        self.provision(now_ms);
+        self.hold_counts(now_ms);
         self.publish_plan(now_ms);
+        if self.fleets.iter().any(|f| f.provisioner.is_some()) {
+            self.provision(now_ms);
+            self.publish_plan(now_ms);
+        }
         if handed > 0 || changed || events_changed || self.forecasts.0.is_empty() {
             self.refresh_forecasts(now_ms);
         }
+        self.record_minute_start(now_ms);
+        self.flush_history();
         self.refresh_view(now_ms);
         let micros = began.elapsed().as_micros() as u64;
         let stats = &self.shared.stats;
@@ -637,10 +693,16 @@ impl LiveDriver {
                 .or_default() += row.requests;
         }
         let minutes = covered.len();
+        // The last minutes before a restart may have run (their capacity is in the history)
+        // without being handed over: their demand is recorded now.
+        let recent = through.saturating_sub(LATE_WINDOW_MINUTES * 60);
         for minute in covered {
             let values = by_minute.remove(&minute).unwrap_or_default();
             self.observe_minute(minute, &values);
             self.brain.learn(minute as i64 + 60);
+            if minute >= recent {
+                self.record_handed(minute, Some(&values));
+            }
         }
         tracing::info!(region = %self.settings.region, minutes, "brain rebuilt from the stored history");
         self.next_minute_ms = Some(through * 1000);
@@ -685,6 +747,7 @@ impl LiveDriver {
                         .stats
                         .minutes_absent
                         .fetch_add(1, Ordering::Relaxed);
+                    self.record_handed(minute, None);
                     self.handed.insert(
                         minute,
                         Handed {
@@ -712,6 +775,7 @@ impl LiveDriver {
                     }
                     self.observe_minute(minute, &values);
                     self.observe_latency(minute);
+                    self.record_handed(minute, Some(&values));
                     self.shared
                         .stats
                         .minutes_observed
@@ -786,11 +850,13 @@ impl LiveDriver {
                 .entry(row.profile)
                 .or_default() += row.requests;
         }
+        let mut corrected = Vec::new();
         for (minute, values) in stored {
             let Some(handed) = self.handed.get_mut(&minute) else {
                 continue;
             };
             let mut late = 0;
+            let mut late_by_profile = BTreeMap::new();
             for (profile, requests) in values {
                 let before = handed.by_profile.get(&profile).copied().unwrap_or(0);
                 if requests > before {
@@ -803,6 +869,7 @@ impl LiveDriver {
                         delta as f64,
                     );
                     self.profiles.insert(profile.clone());
+                    late_by_profile.insert(profile.clone(), delta);
                     handed.by_profile.insert(profile, requests);
                     late += delta;
                 }
@@ -813,7 +880,11 @@ impl LiveDriver {
                 stats.late_requests.fetch_add(late, Ordering::Relaxed);
                 tracing::info!(region = %self.settings.region, minute, late, was_absent = handed.absent, "late requests handed to the brain");
                 handed.absent = false;
+                corrected.push((minute, late_by_profile));
             }
+        }
+        for (minute, late_by_profile) in corrected {
+            self.record_late(minute, &late_by_profile);
         }
     }
 
@@ -884,36 +955,59 @@ impl LiveDriver {
             .is_some_and(|s| now_ms < s + self.settings.cold_minutes * 60_000)
     }
 
+    /// The counts the brain keeps whatever it planned: in the cold window a provisioned fleet
+    /// does not go below what it ran when the driver took over; a static fleet runs its
+    /// configured backends.
+    fn hold_counts(&mut self, now_ms: u64) {
+        let cold = self.cold(now_ms);
+        for fleet in &self.fleets {
+            if fleet.provisioner.is_none() {
+                self.brain
+                    .set_fleet_instances(&fleet.key, fleet.static_backends);
+                continue;
+            }
+            let planned = self.brain.fleet_status(&fleet.key).map(|s| s.running);
+            if cold && planned.is_some_and(|p| p < fleet.floor) {
+                // A cold brain never shrinks the fleet it took over.
+                self.brain.set_fleet_instances(&fleet.key, fleet.floor);
+            }
+        }
+    }
+
+    /// Hands each provisioner its fleet's target (or, in forecast-only mode, only lets it
+    /// watch).
     fn provision(&mut self, now_ms: u64) {
         let forecast_only = self.shared.forecast_only();
-        let cold = self.cold(now_ms);
         for fleet in &mut self.fleets {
-            let planned = self
-                .brain
-                .fleet_status(&fleet.key)
-                .map(|s| s.running)
-                .unwrap_or(fleet.floor);
-            match fleet.provisioner.as_mut() {
-                Some(provisioner) => {
-                    let desired = if cold && planned < fleet.floor {
-                        // A cold brain never shrinks the fleet it took over.
-                        self.brain.set_fleet_instances(&fleet.key, fleet.floor);
-                        fleet.floor
-                    } else {
-                        planned
-                    };
-                    if forecast_only {
-                        // Nothing is started or stopped, but health and exits are still
-                        // watched so the plan shows the truth.
-                        provisioner.observe(now_ms);
-                    } else {
-                        provisioner.reconcile(now_ms, desired);
-                    }
-                }
-                None => self
-                    .brain
-                    .set_fleet_instances(&fleet.key, fleet.static_backends),
+            let Some(provisioner) = fleet.provisioner.as_mut() else {
+                continue;
+            };
+            if forecast_only {
+                // Nothing is started, stopped or asked for, but health and exits (or the remote
+                // side's counts) are still watched so the plan shows the truth.
+                provisioner.observe(now_ms);
+                continue;
             }
+            let status = self.brain.fleet_status(&fleet.key);
+            let target = ProvisionTarget {
+                region: fleet.key.region.clone(),
+                fleet: fleet.key.fleet.clone(),
+                instances: status.map(|s| s.running).unwrap_or(fleet.floor),
+                tiers: status.map(|s| s.tiers).unwrap_or_default(),
+                warm_pools: status.map(|s| s.warm_pools.clone()).unwrap_or_default(),
+                // No version (so a remote provisioner asks for nothing) until the brain has
+                // planned the fleet: a count from before that is no plan.
+                plan_version: status.and(self.issued_version),
+                reasons: status
+                    .map(|s| {
+                        vec![truncate(
+                            &s.reason,
+                            prescale_gossip::messages::MAX_REASON_LEN,
+                        )]
+                    })
+                    .unwrap_or_default(),
+            };
+            provisioner.reconcile(now_ms, &target);
         }
     }
 
@@ -923,6 +1017,9 @@ impl LiveDriver {
             .map(|fleet| {
                 let status = self.brain.fleet_status(&fleet.key);
                 let tiers = status.map(|s| s.tiers).unwrap_or_default();
+                // What the provisioner is asked to keep serving: part of the plan, so that
+                // every change of it is a new plan version.
+                let serving = status.map(|s| s.running).unwrap_or(fleet.floor);
                 FleetPlan {
                     fleet: fleet.key.fleet.clone(),
                     tiers: [
@@ -932,6 +1029,7 @@ impl LiveDriver {
                         ("guard", tiers.guard),
                         ("warm_pool", tiers.warm_pool),
                         ("total", tiers.total),
+                        ("serving", serving),
                     ]
                     .into_iter()
                     .map(|(tier, instances)| TierTarget {
@@ -948,7 +1046,7 @@ impl LiveDriver {
                             )]
                         })
                         .unwrap_or_default(),
-                    backends: fleet.provisioner.as_ref().map(|p| p.backends()),
+                    backends: fleet.provisioner.as_ref().and_then(|p| p.backends()),
                     grants: status
                         .map(|s| self.grants_for(fleet, &s.grants))
                         .unwrap_or_default(),
@@ -1044,6 +1142,7 @@ impl LiveDriver {
                 return;
             }
         };
+        self.issued_version = Some(version);
         let update = PlanUpdate {
             region: self.settings.region.clone(),
             version,
@@ -1073,7 +1172,16 @@ impl LiveDriver {
         let now = (now_ms / 1000) as i64;
         let now_minute = now.div_euclid(60);
         let mut fleets = Vec::new();
-        for fleet in &self.fleets {
+        for fleet in &mut self.fleets {
+            let lead = self
+                .brain
+                .fleet_spec(&fleet.key)
+                .map(|s| s.capacity.lead_minutes())
+                .unwrap_or(1);
+            fleet.lead_forecast = self
+                .brain
+                .fleet_forecast(&fleet.key, now, now_minute + lead)
+                .map(|p| HorizonPoint::new(lead, &p));
             let points = VIEW_HORIZONS
                 .iter()
                 .filter_map(|&h| {
@@ -1110,11 +1218,10 @@ impl LiveDriver {
         for (i, fleet) in self.fleets.iter().enumerate() {
             let status = self.brain.fleet_status(&fleet.key);
             let provisioner = fleet.provisioner.as_ref().map(|p| p.status());
-            let backends = fleet
-                .provisioner
-                .as_ref()
-                .map(|p| p.backends())
-                .unwrap_or_default();
+            // `None` for static fleets and remote provisioners: no instances of their own.
+            let listed = fleet.provisioner.as_ref().and_then(|p| p.backends());
+            let lists_backends = listed.is_some();
+            let backends = listed.unwrap_or_default();
             let instances = match &provisioner {
                 Some(s) => InstanceCounts {
                     warming: s.warming,
@@ -1128,9 +1235,7 @@ impl LiveDriver {
             };
             let decisions = fleet.recent.iter().cloned().collect();
             let tier_sets = match status {
-                Some(s) if fleet.provisioner.is_some() => {
-                    tiers::tier_sets(&s.tiers, &s.warm_pools, &backends)
-                }
+                Some(s) if lists_backends => tiers::tier_sets(&s.tiers, &s.warm_pools, &backends),
                 _ => Vec::new(),
             };
             fleets.push(FleetView {
@@ -1149,6 +1254,14 @@ impl LiveDriver {
                 tier_sets,
                 provisioner,
                 forecast: self.forecasts.0.get(i).cloned().unwrap_or_default(),
+                lead_minutes: self
+                    .brain
+                    .fleet_spec(&fleet.key)
+                    .map(|s| s.capacity.lead_minutes())
+                    .unwrap_or(1),
+                lead_forecast: fleet.lead_forecast.clone(),
+                outlook: fleet.recording.outlook.clone(),
+                accuracy: fleet.recording.accuracy.clone(),
                 model_errors: self
                     .brain
                     .fleet_model_errors(&fleet.key)
@@ -1276,6 +1389,70 @@ mod tests {
     }
 
     #[test]
+    fn each_minute_is_recorded_with_its_capacity_demand_and_lead_time_forecast() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("series.db");
+        let start = NOW_MS / 1000;
+        let history: Vec<(u64, u64)> = (1..=1440u64).map(|m| (start - m * 60, 600)).collect();
+        let mut store = SeriesStore::open(&path).expect("store");
+        store
+            .seed_history("local", "default", "web", &history)
+            .expect("seed");
+        let mut live = driver(&path);
+        live.use_history(History::open(&path).expect("history"));
+        live.step(NOW_MS);
+        // The next two minutes arrive: 600 and 900 requests.
+        store
+            .seed_history(
+                "local",
+                "default",
+                "web",
+                &[(start, 600), (start + 60, 900)],
+            )
+            .expect("seed");
+        live.step(NOW_MS + 91_000);
+        live.step(NOW_MS + 151_000);
+
+        let recorded = History::open(&path)
+            .expect("history")
+            .fleet_minutes("local", "web", 0, u64::MAX)
+            .expect("minutes");
+        let minutes: Vec<u64> = recorded.iter().map(|m| m.minute).collect();
+        assert_eq!(minutes, [start, start + 60, start + 120]);
+        assert_eq!(recorded[0].demand, Some(600));
+        assert_eq!(recorded[1].demand, Some(900));
+        assert_eq!(recorded[2].demand, None, "not handed yet");
+        assert!(recorded
+            .iter()
+            .all(|m| m.ready == 1 && m.rps_per_instance == 10.0));
+        assert!(
+            recorded[0].forecast.is_none(),
+            "nothing ran a lead time before it"
+        );
+        let forecast = recorded[1].forecast.as_ref().expect("forecast of minute 2");
+        assert_eq!((forecast.issued_at, forecast.horizon_minutes), (start, 1));
+        assert!((forecast.point - 600.0).abs() < 60.0, "{forecast:?}");
+
+        let view = live.shared().view();
+        let fleet = &view.fleets[0];
+        assert_eq!(fleet.lead_minutes, 1);
+        assert!(fleet.lead_forecast.is_some());
+        assert_eq!(fleet.accuracy.minutes_scored, 1);
+        assert_eq!(
+            fleet.accuracy.misses,
+            u64::from(900.0 > forecast.upper || 900.0 < forecast.lower)
+        );
+        let outlook = fleet.outlook.as_ref().expect("outlook");
+        assert_eq!(outlook.points.len(), 60 + 23);
+        assert_eq!(outlook.points[0].minute, start + 180);
+        assert_eq!(
+            outlook.points.last().map(|p| p.minute),
+            Some(start + 120 + 24 * 3600)
+        );
+        assert!(outlook.points.iter().all(|p| p.instances >= 1));
+    }
+
+    #[test]
     fn stored_events_reach_the_brain_at_start_and_after_each_change() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("series.db");
@@ -1373,5 +1550,137 @@ mod tests {
         restarted.step(NOW_MS + 700);
         assert!((point_30(&restarted) / base - 1.0).abs() < 1e-6);
         assert!(restarted.shared().view().events.is_empty());
+    }
+
+    /// Records every target it is handed.
+    struct Recording(Arc<Mutex<Vec<ProvisionTarget>>>);
+
+    impl Provisioner for Recording {
+        fn kind(&self) -> &'static str {
+            "recording"
+        }
+
+        fn reconcile(&mut self, _now_ms: u64, target: &ProvisionTarget) {
+            self.0.lock().unwrap().push(target.clone());
+        }
+
+        fn observe(&mut self, _now_ms: u64) {}
+
+        fn backends(&self) -> Option<Vec<PlannedBackend>> {
+            None
+        }
+
+        fn status(&self) -> ProvisionerStatus {
+            ProvisionerStatus {
+                kind: "recording",
+                desired: 0,
+                warming: 0,
+                ready: 0,
+                draining: 0,
+                started_total: 0,
+                adopted_total: 0,
+                start_failures_total: 0,
+                unexpected_exits_total: 0,
+                stopped_total: 0,
+                last_error: None,
+                retry_at_ms: None,
+                remote: None,
+            }
+        }
+
+        fn stop_all(&mut self) {}
+    }
+
+    #[test]
+    fn each_target_carries_the_version_of_the_plan_that_holds_its_serving_count() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("series.db");
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let plans: Arc<Mutex<Vec<PlanUpdate>>> = Arc::new(Mutex::new(Vec::new()));
+        let published = Arc::clone(&plans);
+        let settings = LiveSettings {
+            region: "local".into(),
+            rule: CompletenessRule {
+                lateness_ms: 30_000,
+                silent_after_ms: 60_000,
+            },
+            history_minutes: 1440,
+            forecast_only: false,
+            cold_minutes: 3,
+        };
+        let spec = FleetSpec {
+            key: FleetKey {
+                region: "local".into(),
+                fleet: "web".into(),
+            },
+            profiles: vec![FleetProfile {
+                name: "default".into(),
+                revenue_weight: 1.0,
+            }],
+            capacity: CapacityModel {
+                rps_per_instance: 10.0,
+                cold_start_seconds: 60.0,
+                cost_per_instance_hour: 0.0,
+            },
+            max_instances: None,
+            budget_per_hour: None,
+            initial_instances: 0,
+            learn_capacity: None,
+            warm_sub_pools: Vec::new(),
+        };
+        let planner = prescale_config::brain::PlannerConfig {
+            baseline_instances: 2,
+            ..Default::default()
+        };
+        let mut live = LiveDriver::new(
+            settings,
+            Brain::new(Default::default(), planner),
+            SeriesStore::open(&path).expect("store"),
+            Ledger::open(&path).expect("ledger"),
+            vec![LiveFleet {
+                spec,
+                provisioner: Some(Box::new(Recording(Arc::clone(&targets)))),
+                static_backends: 0,
+            }],
+            Box::new(move |plan| {
+                published.lock().unwrap().push(plan);
+                Ok(())
+            }),
+        );
+        // Before the brain planned the fleet (the first minute is not in yet): no version.
+        live.step(NOW_MS);
+        assert!(targets
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t.plan_version.is_none()));
+        // Past the lateness bound it plans the baseline.
+        live.step(NOW_MS + 31_000);
+        live.step(NOW_MS + 31_200);
+        let targets = targets.lock().unwrap();
+        let plans = plans.lock().unwrap();
+        let versioned: Vec<&ProvisionTarget> = targets
+            .iter()
+            .filter(|t| t.plan_version.is_some())
+            .collect();
+        assert!(versioned.iter().any(|t| t.instances == 2), "{targets:?}");
+        for target in versioned {
+            let plan = plans
+                .iter()
+                .find(|p| Some(p.version) == target.plan_version)
+                .expect("a target's version was issued before it was handed over");
+            let serving = plan.fleets[0]
+                .tiers
+                .iter()
+                .find(|t| t.tier == "serving")
+                .map(|t| t.instances);
+            assert_eq!(serving, Some(target.instances), "{plan:?}");
+            assert_eq!(target.tiers.baseline, 2);
+            assert!(!target.reasons.is_empty());
+            assert_eq!(
+                plan.fleets[0].backends, None,
+                "a remote fleet lists no backends"
+            );
+        }
     }
 }

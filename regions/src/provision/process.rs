@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use prescale_gossip::{BackendPhase, PlannedBackend};
 
-use super::{Provisioner, ProvisionerError, ProvisionerStatus};
+use super::{ProvisionTarget, Provisioner, ProvisionerError, ProvisionerStatus};
 use crate::ledger::{InstanceRecord, Ledger};
 
 /// A draining instance is stopped no sooner than this after it was marked, whatever the speedup.
@@ -141,6 +141,7 @@ impl ProcessProvisioner {
                 stopped_total: 0,
                 last_error: None,
                 retry_at_ms: None,
+                remote: None,
             },
         };
         provisioner.adopt(now_ms);
@@ -495,7 +496,8 @@ impl Provisioner for ProcessProvisioner {
         "process"
     }
 
-    fn reconcile(&mut self, now_ms: u64, desired: u32) {
+    fn reconcile(&mut self, now_ms: u64, target: &ProvisionTarget) {
+        let desired = target.instances;
         self.desired = desired;
         self.poll(now_ms, true);
         let serving = self.serving();
@@ -526,16 +528,18 @@ impl Provisioner for ProcessProvisioner {
         self.refresh_counts();
     }
 
-    fn backends(&self) -> Vec<PlannedBackend> {
-        self.instances
-            .iter()
-            .filter(|i| i.stop_sent.is_none() || i.phase == BackendPhase::Draining)
-            .map(|i| PlannedBackend {
-                address: i.address.to_string(),
-                phase: i.phase,
-                since_ms: i.since_ms,
-            })
-            .collect()
+    fn backends(&self) -> Option<Vec<PlannedBackend>> {
+        Some(
+            self.instances
+                .iter()
+                .filter(|i| i.stop_sent.is_none() || i.phase == BackendPhase::Draining)
+                .map(|i| PlannedBackend {
+                    address: i.address.to_string(),
+                    phase: i.phase,
+                    since_ms: i.since_ms,
+                })
+                .collect(),
+        )
     }
 
     fn status(&self) -> ProvisionerStatus {
@@ -694,6 +698,18 @@ mod tests {
         ]
     }
 
+    fn target(instances: u32) -> ProvisionTarget {
+        ProvisionTarget {
+            region: "local".into(),
+            fleet: "web".into(),
+            instances,
+            tiers: prescale_brain::planner::Tiers::default(),
+            warm_pools: Vec::new(),
+            plan_version: Some(1),
+            reasons: Vec::new(),
+        }
+    }
+
     fn wait_for(
         what: &str,
         provisioner: &mut ProcessProvisioner,
@@ -702,7 +718,7 @@ mod tests {
     ) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            provisioner.reconcile(0, desired);
+            provisioner.reconcile(0, &target(desired));
             if done(&provisioner.status()) {
                 return;
             }
@@ -721,7 +737,7 @@ mod tests {
         let ledger = Ledger::open(db.path()).expect("ledger");
         let mut p = ProcessProvisioner::new(settings(&python_backend()), ledger, 0);
         wait_for("two ready instances", &mut p, 2, |s| s.ready == 2);
-        let backends = p.backends();
+        let backends = p.backends().expect("process backends");
         assert_eq!(backends.len(), 2);
         assert!(backends.iter().all(|b| b.phase == BackendPhase::Ready));
 
@@ -737,10 +753,11 @@ mod tests {
             .is_some_and(|e| e.message.contains("exited unexpectedly")));
 
         // Scale in: one drains, is stopped after the minimum real drain, and is forgotten.
-        p.reconcile(0, 1);
+        p.reconcile(0, &target(1));
         assert_eq!(p.status().draining, 1);
         assert!(p
             .backends()
+            .unwrap_or_default()
             .iter()
             .any(|b| b.phase == BackendPhase::Draining));
         wait_for("the drained instance to stop", &mut p, 1, |s| {
@@ -771,7 +788,7 @@ mod tests {
             0,
         );
         wait_for("one ready instance", &mut first, 1, |s| s.ready == 1);
-        let address = first.backends()[0].address.clone();
+        let address = first.backends().unwrap_or_default()[0].address.clone();
         // The forecaster dies without stopping anything.
         std::mem::forget(first);
         let mut second = ProcessProvisioner::new(
@@ -781,8 +798,8 @@ mod tests {
         );
         assert_eq!(second.status().adopted_total, 1);
         assert_eq!(second.serving(), 1);
-        assert_eq!(second.backends()[0].address, address);
-        second.reconcile(0, 1);
+        assert_eq!(second.backends().unwrap_or_default()[0].address, address);
+        second.reconcile(0, &target(1));
         assert_eq!(second.status().started_total, 0, "nothing new was started");
         second.stop_all();
         assert!(health_check(address.parse().unwrap(), "/", Duration::from_millis(300)).is_err());
@@ -796,7 +813,7 @@ mod tests {
             Ledger::open(db.path()).unwrap(),
             0,
         );
-        p.reconcile(1_000, 3);
+        p.reconcile(1_000, &target(3));
         let status = p.status();
         assert_eq!(
             status.start_failures_total, 1,
@@ -808,7 +825,7 @@ mod tests {
             .last_error
             .is_some_and(|e| e.message.contains("/nonexistent/backend")));
         // Within the backoff nothing is tried again.
-        p.reconcile(1_000, 3);
+        p.reconcile(1_000, &target(3));
         assert_eq!(p.status().start_failures_total, 1);
         // A process that exits at once is a failed start too.
         let mut p = ProcessProvisioner::new(
