@@ -20,7 +20,8 @@ use prescale_regions::history::History;
 use prescale_regions::ingest::StoreSink;
 use prescale_regions::ledger::{DecisionRecord, Ledger};
 use prescale_regions::live::{
-    CompletenessRule, LiveDriver, LiveFleet, LiveSettings, LiveShared, VIEW_HORIZONS,
+    CompletenessRule, FleetView, LiveDriver, LiveFleet, LiveSettings, LiveShared, LiveView,
+    VIEW_HORIZONS,
 };
 use prescale_regions::planner::capacity::LatencySlo;
 use prescale_regions::planner::CapacityModel;
@@ -367,24 +368,10 @@ pub fn start(
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of unix milliseconds.
 pub fn clock_text(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let of_day = secs % 86_400;
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = prescale_regions::report::time::civil_time(ms / 1000);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 
@@ -687,14 +674,14 @@ impl Live {
                     view.region
                 );
             }
-            let _ = writeln!(out, "# HELP prescale_plan_instances Instances the plan wants serving per fleet.\n# TYPE prescale_plan_instances gauge");
-            for f in &view.fleets {
-                let _ = writeln!(
-                    out,
-                    "prescale_plan_instances{{region=\"{}\",fleet=\"{}\"}} {}",
-                    view.region, f.fleet, f.planned
-                );
-            }
+            fleet_family(
+                out,
+                &view,
+                "prescale_plan_instances",
+                "gauge",
+                "Instances the plan wants serving per fleet.",
+                |f| Some(f.planned.to_string()),
+            );
             let _ = writeln!(out, "# HELP prescale_fleet_instances Instances per fleet and state.\n# TYPE prescale_fleet_instances gauge");
             for f in &view.fleets {
                 for (state, n) in [
@@ -705,24 +692,22 @@ impl Live {
                     let _ = writeln!(out, "prescale_fleet_instances{{region=\"{}\",fleet=\"{}\",state=\"{state}\"}} {n}", view.region, f.fleet);
                 }
             }
-            let _ = writeln!(out, "# HELP prescale_fleet_ready_instances Ready instances per fleet (the ready capacity's count).\n# TYPE prescale_fleet_ready_instances gauge");
-            for f in &view.fleets {
-                let _ = writeln!(
-                    out,
-                    "prescale_fleet_ready_instances{{region=\"{}\",fleet=\"{}\"}} {}",
-                    view.region, f.fleet, f.instances.ready
-                );
-            }
-            let _ = writeln!(out, "# HELP prescale_fleet_demand_requests Requests of the fleet's profiles in the last minute handed to the brain.\n# TYPE prescale_fleet_demand_requests gauge");
-            for f in &view.fleets {
-                if let Some(last) = &f.accuracy.last {
-                    let _ = writeln!(
-                        out,
-                        "prescale_fleet_demand_requests{{region=\"{}\",fleet=\"{}\"}} {}",
-                        view.region, f.fleet, last.demand
-                    );
-                }
-            }
+            fleet_family(
+                out,
+                &view,
+                "prescale_fleet_ready_instances",
+                "gauge",
+                "Ready instances per fleet (the ready capacity's count).",
+                |f| Some(f.instances.ready.to_string()),
+            );
+            fleet_family(
+                out,
+                &view,
+                "prescale_fleet_demand_requests",
+                "gauge",
+                "Requests of the fleet's profiles in the last minute handed to the brain.",
+                |f| f.accuracy.last.as_ref().map(|l| l.demand.to_string()),
+            );
             let _ = writeln!(out, "# HELP prescale_fleet_forecast_requests The forecast made one lead time ahead of the last handed minute (requests in it): point and interval bounds.\n# TYPE prescale_fleet_forecast_requests gauge");
             for f in &view.fleets {
                 if let Some(forecast) = f.accuracy.last.as_ref().and_then(|l| l.forecast.as_ref()) {
@@ -735,22 +720,22 @@ impl Live {
                     }
                 }
             }
-            let _ = writeln!(out, "# HELP prescale_forecast_minutes_total Handed minutes that had a forecast recorded one lead time before them.\n# TYPE prescale_forecast_minutes_total counter");
-            for f in &view.fleets {
-                let _ = writeln!(
-                    out,
-                    "prescale_forecast_minutes_total{{region=\"{}\",fleet=\"{}\"}} {}",
-                    view.region, f.fleet, f.accuracy.minutes_scored
-                );
-            }
-            let _ = writeln!(out, "# HELP prescale_forecast_misses_total Of those, minutes whose demand fell outside the forecast's interval.\n# TYPE prescale_forecast_misses_total counter");
-            for f in &view.fleets {
-                let _ = writeln!(
-                    out,
-                    "prescale_forecast_misses_total{{region=\"{}\",fleet=\"{}\"}} {}",
-                    view.region, f.fleet, f.accuracy.misses
-                );
-            }
+            fleet_family(
+                out,
+                &view,
+                "prescale_forecast_minutes_total",
+                "counter",
+                "Handed minutes that had a forecast recorded one lead time before them.",
+                |f| Some(f.accuracy.minutes_scored.to_string()),
+            );
+            fleet_family(
+                out,
+                &view,
+                "prescale_forecast_misses_total",
+                "counter",
+                "Of those, minutes whose demand fell outside the forecast's interval.",
+                |f| Some(f.accuracy.misses.to_string()),
+            );
             let _ = writeln!(out, "# HELP prescale_provisioner_start_failures_total Instance starts that failed, or remote provisioner calls that failed or timed out (retried with backoff).\n# TYPE prescale_provisioner_start_failures_total counter");
             for f in &view.fleets {
                 if let Some(p) = &f.provisioner {
@@ -793,6 +778,28 @@ impl Live {
                 }
             }
         })
+    }
+}
+
+/// Writes one metric family with a sample per fleet (`value` None: no sample for that fleet).
+fn fleet_family(
+    out: &mut String,
+    view: &LiveView,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&FleetView) -> Option<String>,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for f in &view.fleets {
+        if let Some(v) = value(f) {
+            let _ = writeln!(
+                out,
+                "{name}{{region=\"{}\",fleet=\"{}\"}} {v}",
+                view.region, f.fleet
+            );
+        }
     }
 }
 

@@ -123,8 +123,19 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `YYYY-MM-DD HH:MM` (UTC) of unix seconds.
-pub fn clock_text(secs: u64) -> String {
+/// A UTC calendar date and time of day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CivilTime {
+    pub year: i64,
+    pub month: i64,
+    pub day: i64,
+    pub hour: u64,
+    pub minute: u64,
+    pub second: u64,
+}
+
+/// The UTC date and time of unix seconds (Howard Hinnant's algorithm).
+pub fn civil_time(secs: u64) -> CivilTime {
     let days = (secs / 86_400) as i64;
     let of_day = secs % 86_400;
     let z = days + 719_468;
@@ -135,11 +146,22 @@ pub fn clock_text(secs: u64) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    CivilTime {
+        year: yoe + era * 400 + i64::from(month <= 2),
+        month,
+        day,
+        hour: of_day / 3600,
+        minute: of_day % 3600 / 60,
+        second: of_day % 60,
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of unix seconds.
+pub fn clock_text(secs: u64) -> String {
+    let t = civil_time(secs);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        of_day / 3600,
-        of_day % 3600 / 60
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute
     )
 }
 
