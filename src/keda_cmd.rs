@@ -121,6 +121,7 @@ pub fn start(
         StreamSettings::default(),
         shutdown.clone(),
     );
+    let listen_tls = tls.is_some();
     let listen = ScalerListen { addr, tls };
     let running =
         prescale_keda::server::start(&listen, service, shutdown, control).map_err(|e| {
@@ -133,6 +134,24 @@ pub fn start(
             };
             CliError::input(anyhow!("{key}: {e}"))
         })?;
+    if let Some(live) = live {
+        let (stats, tls) = (Arc::clone(&stats), listen_tls);
+        let local = running.local_addr;
+        live.show_in_plan(
+            "keda",
+            Box::new(move || {
+                let requests: Vec<serde_json::Value> = stats
+                    .counts()
+                    .into_iter()
+                    .filter(|(_, _, n)| *n > 0)
+                    .map(|(method, outcome, n)| {
+                        serde_json::json!({ "method": method, "outcome": outcome, "count": n })
+                    })
+                    .collect();
+                serde_json::json!({ "listen": local.to_string(), "tls": tls, "requests": requests })
+            }),
+        );
+    }
     Ok(Some(Keda { running, stats }))
 }
 

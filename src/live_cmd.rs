@@ -61,9 +61,41 @@ pub struct Live {
     clock: NodeClock,
     /// The capacity history as `/api/v1/history` reads it (the driver writes its own).
     history: Mutex<History>,
+    /// Status of services beside the driver (KEDA's scaler) shown in `/api/v1/plan`, by key.
+    extras: Mutex<Vec<(&'static str, PlanExtra)>>,
 }
 
+/// A status `/api/v1/plan` shows beside the driver's view.
+pub type PlanExtra = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 impl Live {
+    /// Shows `status()` under `key` in `/api/v1/plan`.
+    pub fn show_in_plan(&self, key: &'static str, status: PlanExtra) {
+        self.extras
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key, status));
+    }
+
+    /// `GET /api/v1/plan`: the driver's view, with the statuses shown beside it.
+    fn plan(&self) -> admin::AdminResponse {
+        let mut plan = match serde_json::to_value(self.shared.view()) {
+            Ok(v) => v,
+            Err(e) => {
+                return admin::json_error(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot encode the plan: {e}"),
+                )
+            }
+        };
+        if let Some(object) = plan.as_object_mut() {
+            for (key, status) in self.extras.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                object.insert(key.to_string(), status());
+            }
+        }
+        admin::json(&plan)
+    }
+
     /// Stops the driver (and, for `up`, its instances) and waits for it.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -363,6 +395,7 @@ pub fn start(
         regions: config.regions.iter().map(|r| r.name.clone()).collect(),
         clock: options.clock,
         history: Mutex::new(admin_history),
+        extras: Mutex::new(Vec::new()),
     }))
 }
 
@@ -392,7 +425,7 @@ impl Live {
                 return Some(live.event_item(request, id));
             }
             match (request.method.clone(), request.path.as_str()) {
-                (http::Method::GET, "/api/v1/plan") => Some(admin::json(&live.shared.view())),
+                (http::Method::GET, "/api/v1/plan") => Some(live.plan()),
                 (http::Method::GET, "/api/v1/forecast") => Some(live.forecast(request)),
                 (http::Method::GET, "/api/v1/history") => Some(live.history(request)),
                 (http::Method::POST, "/api/v1/mode") => Some(live.set_mode(request)),

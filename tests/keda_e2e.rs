@@ -338,6 +338,22 @@ fn keda_sees_the_metric_rise_before_a_seeded_daily_ramp() {
     assert_eq!(count("GetMetrics", "not_found"), 1.0, "{metrics}");
     assert!(count("IsActive", "failed_precondition") >= 1.0, "{metrics}");
     assert_eq!(count("StreamIsActive", "ok"), 1.0, "{metrics}");
+    // And shown with the plan.
+    let plan: serde_json::Value =
+        serde_json::from_str(&get(admin, "/api/v1/plan", &[]).text()).expect("plan JSON");
+    let keda = &plan["keda"];
+    assert_eq!(keda["tls"], false, "{keda}");
+    let shown = |method: &str, outcome: &str| {
+        keda["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["method"] == method && r["outcome"] == outcome)
+            .and_then(|r| r["count"].as_f64())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(shown("GetMetrics", "not_found"), 1.0, "{keda}");
+    assert_eq!(shown("GetMetricSpec", "invalid_argument"), 3.0, "{keda}");
 
     // `up` stops with the stream still open: the stream ends and `up` exits.
     up.signal("TERM");
