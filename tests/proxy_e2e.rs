@@ -440,6 +440,32 @@ fn http2_cleartext_is_proxied() {
 }
 
 #[test]
+fn admin_without_a_token_refuses_foreign_host_names() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[web], &[batch], ""));
+    let port = node.admin.port();
+    let ask = |host: &str| {
+        let raw =
+            format!("GET /api/v1/fleets HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        raw_request(node.admin, raw.as_bytes()).expect("admin answers")
+    };
+    for host in [format!("localhost:{port}"), format!("{}", node.admin)] {
+        assert_eq!(ask(&host).status, 200, "Host {host}");
+    }
+    let rebound = ask(&format!("attacker.example:{port}"));
+    assert_eq!(rebound.status, 421, "{}", rebound.text());
+    assert!(
+        rebound.text().contains("attacker.example"),
+        "{}",
+        rebound.text()
+    );
+    let no_host = raw_request(node.admin, b"GET /healthz HTTP/1.0\r\n\r\n").expect("answers");
+    assert_eq!(no_host.status, 200);
+}
+
+#[test]
 fn admin_token_is_required_when_configured() {
     let (_web_proc, web) = start_backend("web-1", None, &[]);
     let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
@@ -469,6 +495,13 @@ fn admin_token_is_required_when_configured() {
         .status,
         200
     );
+    // With a token, the token is the guard: a proxied name reaches the auth check.
+    let named = raw_request(
+        node.admin,
+        b"GET /api/v1/profiles HTTP/1.1\r\nHost: admin.example\r\nConnection: close\r\n\r\n",
+    )
+    .expect("admin answers");
+    assert_eq!(named.status, 401);
 }
 
 #[test]

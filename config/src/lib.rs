@@ -8,11 +8,13 @@ pub mod brain;
 mod error;
 mod load;
 mod schema;
+mod secret;
 mod validate;
 
 pub use error::{ConfigError, KeyPath, KeySegment, Problem};
 pub use load::{check, load_brain_file, load_file, parse_str, BrainConfig};
 pub use schema::*;
+pub use secret::Secret;
 pub use validate::{is_name, BUILTIN_PROFILES};
 
 /// The configuration `prescale up` runs with when given no file: one region, one fleet whose

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::Secret;
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -153,7 +155,7 @@ pub struct AdminConfig {
     /// When set, every admin request except `/healthz` and `/readyz` needs
     /// `Authorization: Bearer <token>`.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Binding to a non-loopback address must be asked for explicitly.
     #[serde(default)]
     pub allow_non_loopback: bool,
@@ -178,7 +180,7 @@ fn default_admin_listen() -> SocketAddr {
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     /// Key of the identity hash (at least 16 bytes). Rotating it re-keys every user.
-    pub secret: String,
+    pub secret: Secret,
     /// Sources tried in order; the first that yields an identity wins.
     #[serde(default = "default_identity_sources")]
     pub sources: Vec<IdentitySource>,
@@ -227,7 +229,7 @@ pub enum IdentitySource {
 pub struct JwtVerification {
     /// Shared secret for HS256/HS384/HS512.
     #[serde(default)]
-    pub hmac_secret: Option<String>,
+    pub hmac_secret: Option<Secret>,
     /// PEM file with an RSA public key for RS256/RS384/RS512.
     #[serde(default)]
     pub rsa_public_key_file: Option<PathBuf>,

@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
+use rustls_pki_types::pem::{Error as PemError, SectionKind};
+
 use crate::error::{KeyPath, Problem};
 use crate::schema::{Config, IdentitySource};
 
@@ -195,7 +197,7 @@ impl Validator {
             );
         }
         if let Some(token) = &config.admin.token {
-            if token.len() < 16 {
+            if token.expose().len() < 16 {
                 self.problem(
                     root.key("admin").key("token"),
                     "must be at least 16 characters",
@@ -258,7 +260,7 @@ impl Validator {
 
     fn identity(&mut self, config: &Config) {
         let at = KeyPath::root().key("identity");
-        if config.identity.secret.len() < 16 {
+        if config.identity.secret.expose().len() < 16 {
             self.problem(at.key("secret"), "must be at least 16 bytes (it keys the identity hash; generate one with `openssl rand -hex 32`)");
         }
         if config.identity.sources.is_empty() {
@@ -308,7 +310,7 @@ impl Validator {
                         );
                     }
                     if let Some(secret) = &jwt.hmac_secret {
-                        if secret.len() < 16 {
+                        if secret.expose().len() < 16 {
                             self.problem(
                                 key.key("jwt").key("hmac_secret"),
                                 "must be at least 16 bytes",
@@ -878,8 +880,12 @@ enum PemContent {
 /// Certificate and key files are small; anything larger is not one (and is not read whole).
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
-/// Private key labels the proxy listener can load: PKCS#8, PKCS#1 (RSA) and SEC1 (EC).
-const PRIVATE_KEY_LABELS: [&str; 3] = ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
+/// Private key kinds the proxy listener can load: PKCS#8, PKCS#1 (RSA) and SEC1 (EC).
+const PRIVATE_KEY_KINDS: [SectionKind; 3] = [
+    SectionKind::PrivateKey,
+    SectionKind::RsaPrivateKey,
+    SectionKind::EcPrivateKey,
+];
 
 /// Checks that `path` is a readable PEM file whose blocks are well formed (base64 of one DER
 /// value) and that it holds what `want` says; the error says what is wrong and what is expected.
@@ -910,22 +916,25 @@ fn check_pem_file(path: &Path, want: PemContent) -> Result<(), String> {
             "`{shown}` is not a PEM file{hint}; expected {expected}"
         ));
     };
-    let blocks = pem_blocks(text).map_err(|why| format!("`{shown}`: {why}"))?;
-    if blocks.is_empty() {
+    let blocks = pem_sections(&bytes, text).map_err(|why| format!("`{shown}`: {why}"))?;
+    if blocks.is_empty() && !text.contains("-----BEGIN ") {
         return Err(format!(
             "`{shown}` is not a PEM file (no `-----BEGIN …-----` line); expected {expected}"
         ));
     }
     let found = || {
+        if blocks.is_empty() {
+            return "no block the TLS library reads".to_string();
+        }
         blocks
             .iter()
-            .map(|label| format!("`{label}`"))
+            .map(|kind| format!("`{}`", pem_label(*kind)))
             .collect::<Vec<_>>()
             .join(", ")
     };
     match want {
         PemContent::Certificate => {
-            if !blocks.iter().any(|label| label == "CERTIFICATE") {
+            if !blocks.contains(&SectionKind::Certificate) {
                 return Err(format!(
                     "`{shown}` holds no certificate (found {}); expected {expected}",
                     found()
@@ -933,11 +942,8 @@ fn check_pem_file(path: &Path, want: PemContent) -> Result<(), String> {
             }
         }
         PemContent::PrivateKey => {
-            if !blocks
-                .iter()
-                .any(|label| PRIVATE_KEY_LABELS.contains(&label.as_str()))
-            {
-                let why = if blocks.iter().any(|label| label == "ENCRYPTED PRIVATE KEY") {
+            if !blocks.iter().any(|kind| PRIVATE_KEY_KINDS.contains(kind)) {
+                let why = if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
                     "holds an encrypted private key, which the proxy cannot use (decrypt it with `openssl pkey`)".to_string()
                 } else {
                     format!("holds no private key (found {})", found())
@@ -949,93 +955,62 @@ fn check_pem_file(path: &Path, want: PemContent) -> Result<(), String> {
     Ok(())
 }
 
-/// The labels of the PEM blocks in `text`, in order, after checking that each block ends with
-/// its own END line and holds base64 of a single DER value. Text outside blocks is ignored.
-fn pem_blocks(text: &str) -> Result<Vec<String>, String> {
-    let mut labels = Vec::new();
-    let mut open: Option<(String, usize, String)> = None;
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        let line_no = index + 1;
-        if let Some((label, start, mut body)) = open.take() {
-            if let Some(end) = pem_boundary(line, "-----END ") {
-                if end != label {
-                    return Err(format!(
-                        "the PEM block `{label}` starting at line {start} ends with `{end}` at line {line_no}"
-                    ));
-                }
-                let der = decode_base64(&body).map_err(|why| {
-                    format!("the PEM block `{label}` starting at line {start} is not valid base64 ({why})")
-                })?;
+/// The kinds of the PEM blocks in `bytes` (rustls's PEM reader, which skips blocks of other
+/// labels and text outside blocks), after checking that each holds a single DER value. `text` is
+/// the same bytes, for naming what went wrong.
+fn pem_sections(bytes: &[u8], text: &str) -> Result<Vec<SectionKind>, String> {
+    let mut reader = bytes;
+    let mut kinds = Vec::new();
+    loop {
+        match rustls_pki_types::pem::from_buf(&mut reader) {
+            Ok(Some((kind, der))) => {
                 if !is_single_der_value(&der) {
                     return Err(format!(
-                        "the PEM block `{label}` starting at line {start} does not hold a DER-encoded value"
+                        "a `{}` PEM block does not hold a DER-encoded value",
+                        pem_label(kind)
                     ));
                 }
-                labels.push(label);
-            } else if line.starts_with("-----") {
-                return Err(format!(
-                    "the PEM block `{label}` starting at line {start} has no `-----END {label}-----` line"
-                ));
-            } else if line.contains(':') {
-                return Err(format!(
-                    "the PEM block `{label}` starting at line {start} has headers (`{}`), as legacy encrypted keys do; expected plain base64",
-                    line.split(':').next().unwrap_or_default()
-                ));
-            } else {
-                body.push_str(line);
-                open = Some((label, start, body));
+                kinds.push(kind);
             }
-        } else if let Some(label) = pem_boundary(line, "-----BEGIN ") {
-            open = Some((label.to_string(), line_no, String::new()));
+            Ok(None) => return Ok(kinds),
+            Err(PemError::MissingSectionEnd { end_marker }) => {
+                return Err(format!(
+                    "a PEM block has no `-----END {}-----` line",
+                    String::from_utf8_lossy(&end_marker)
+                ))
+            }
+            Err(PemError::IllegalSectionStart { line }) => {
+                return Err(format!(
+                    "`{}` is not a well-formed `-----BEGIN …-----` line",
+                    String::from_utf8_lossy(&line).trim()
+                ))
+            }
+            Err(PemError::Base64Decode(_)) if text.contains("Proc-Type:") => {
+                return Err(
+                    "a PEM block has headers (`Proc-Type`), as legacy encrypted keys do; expected plain base64"
+                        .to_string(),
+                )
+            }
+            Err(PemError::Base64Decode(why)) => {
+                return Err(format!("a PEM block is not valid base64 ({why})"))
+            }
+            Err(other) => return Err(format!("not a well-formed PEM file ({other})")),
         }
-    }
-    match open {
-        Some((label, start, _)) => Err(format!(
-            "the PEM block `{label}` starting at line {start} has no `-----END {label}-----` line"
-        )),
-        None => Ok(labels),
     }
 }
 
-/// `LABEL` of a `-----BEGIN LABEL-----` / `-----END LABEL-----` line.
-fn pem_boundary<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
-    line.strip_prefix(prefix)?.strip_suffix("-----")
-}
-
-/// Standard base64 with `=` padding (whitespace already removed).
-fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
-    let bytes = text.as_bytes();
-    if bytes.is_empty() {
-        return Err("no data".to_string());
+/// The `LABEL` of `-----BEGIN LABEL-----` for the kinds the proxy's files may hold.
+fn pem_label(kind: SectionKind) -> &'static str {
+    match kind {
+        SectionKind::Certificate => "CERTIFICATE",
+        SectionKind::PrivateKey => "PRIVATE KEY",
+        SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+        SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+        SectionKind::PublicKey => "PUBLIC KEY",
+        SectionKind::Crl => "X509 CRL",
+        SectionKind::Csr => "CERTIFICATE REQUEST",
+        _ => "other",
     }
-    if !bytes.chunks_exact(4).remainder().is_empty() {
-        return Err(format!("{} characters, not a multiple of 4", bytes.len()));
-    }
-    let padding = bytes.iter().rev().take_while(|&&b| b == b'=').count();
-    if padding > 2 {
-        return Err("too much `=` padding".to_string());
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &b in &bytes[..bytes.len() - padding] {
-        let value = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            other => return Err(format!("unexpected character {:?}", char::from(other))),
-        };
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Ok(out)
 }
 
 /// Whether `der` is exactly one DER SEQUENCE (certificates and keys all are).
@@ -1198,20 +1173,6 @@ mod pem_tests {
     use super::*;
 
     #[test]
-    fn base64_decodes_padded_input_and_rejects_the_rest() {
-        assert_eq!(decode_base64("TWFu").as_deref(), Ok(&b"Man"[..]));
-        assert_eq!(decode_base64("TWE=").as_deref(), Ok(&b"Ma"[..]));
-        assert_eq!(decode_base64("TQ==").as_deref(), Ok(&b"M"[..]));
-        assert_eq!(
-            decode_base64("MIIBIjAN").as_deref(),
-            Ok(&[0x30, 0x82, 0x01, 0x22, 0x30, 0x0d][..])
-        );
-        for bad in ["", "TQ=", "T*==", "TQ=A", "====", "TWFu\n"] {
-            assert!(decode_base64(bad).is_err(), "{bad:?} decoded");
-        }
-    }
-
-    #[test]
     fn der_check_wants_exactly_one_sequence() {
         assert!(is_single_der_value(&[0x30, 0x00]));
         assert!(is_single_der_value(&[0x30, 0x01, 0x05]));
@@ -1240,15 +1201,16 @@ mod pem_tests {
 
     #[test]
     fn pem_blocks_are_listed_and_malformed_ones_named() {
+        let sections = |text: &str| pem_sections(text.as_bytes(), text);
         let text = format!("Bag Attributes: ignored\n{CERT}between\n{KEY}");
         assert_eq!(
-            pem_blocks(&text),
-            Ok(vec!["CERTIFICATE".to_string(), "PRIVATE KEY".to_string()])
+            sections(&text),
+            Ok(vec![SectionKind::Certificate, SectionKind::PrivateKey])
         );
-        assert_eq!(pem_blocks("no blocks here\n"), Ok(Vec::new()));
+        assert_eq!(sections("no blocks here\n"), Ok(Vec::new()));
         let mismatched = CERT.replace("END CERTIFICATE", "END PRIVATE KEY");
         let cases = [
-            (mismatched.as_str(), "ends with `PRIVATE KEY`"),
+            (mismatched.as_str(), "no `-----END CERTIFICATE-----`"),
             ("-----BEGIN CERTIFICATE-----\nMAA=\n", "no `-----END CERTIFICATE-----`"),
             (
                 "-----BEGIN CERTIFICATE-----\nMAA=\n-----BEGIN CERTIFICATE-----\n",
@@ -1260,17 +1222,22 @@ mod pem_tests {
             ),
             (
                 "-----BEGIN CERTIFICATE-----\nTWFu\n-----END CERTIFICATE-----\n",
+                "`CERTIFICATE` PEM block does not hold a DER-encoded value",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nMAAwAA==\n-----END CERTIFICATE-----\n",
                 "does not hold a DER-encoded value",
             ),
             (
                 "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nMAA=\n-----END RSA PRIVATE KEY-----\n",
                 "has headers (`Proc-Type`)",
             ),
+            ("-----BEGIN CERTIFICATE\nMAA=\n", "not a well-formed"),
         ];
         for (text, expected) in cases {
-            match pem_blocks(text) {
+            match sections(text) {
                 Err(message) => assert!(message.contains(expected), "{message}"),
-                Ok(labels) => panic!("{text:?} accepted: {labels:?}"),
+                Ok(kinds) => panic!("{text:?} accepted: {kinds:?}"),
             }
         }
     }

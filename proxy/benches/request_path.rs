@@ -78,7 +78,7 @@ impl Request {
 
 fn plane() -> Plane {
     let identity = IdentityResolver::new(&IdentityConfig {
-        secret: "bench-secret-0123456789abcdef".to_string(),
+        secret: "bench-secret-0123456789abcdef".into(),
         sources: prescale_config::default_identity_sources(),
         max_len: 256,
     })

@@ -5,8 +5,10 @@
 //! forecaster can each contribute routes without knowing about each other (and tests can call
 //! them without a socket). Invariants: with a token configured, nothing but `/healthz`,
 //! `/readyz` and the dashboard page answers without it (401) — the page holds no data and asks
-//! for the token before it reads the API; a handler's panic-free `None` means "not mine"; unknown
-//! paths are 404 with a JSON error.
+//! for the token before it reads the API, and `/readyz` without the token says only "not ready"
+//! (its reasons name fleets); with no token, a request naming any host but this listener is 421
+//! (the DNS-rebinding guard, [`AdminRoutes::misdirected`]); a handler's panic-free `None` means
+//! "not mine"; unknown paths are 404 with a JSON error. The token is a [`Secret`]: never printed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +24,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use prescale_config::Secret;
 
 /// Largest admin request body accepted (personas and events are small JSON documents).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -62,7 +66,7 @@ pub struct AdminRoutes {
     pub metrics: Vec<MetricsSource>,
     pub readiness: Vec<Readiness>,
     pub dashboard: Option<&'static str>,
-    pub token: Option<String>,
+    pub token: Option<Secret>,
 }
 
 impl AdminRoutes {
@@ -78,11 +82,14 @@ impl AdminRoutes {
                     .collect();
                 return if problems.is_empty() {
                     text(StatusCode::OK, "ready\n")
-                } else {
+                } else if self.authorised(request) {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("not ready: {}\n", problems.join("; ")),
                     )
+                } else {
+                    // The problems name fleets: only a caller with the token may read them.
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 };
             }
             (Method::GET, "/") => {
@@ -98,16 +105,14 @@ impl AdminRoutes {
             }
             _ => {}
         }
-        if let Some(token) = &self.token {
-            if !bearer_matches(&request.headers, token) {
-                let mut response =
-                    json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer"),
-                );
-                return response;
-            }
+        if !self.authorised(request) {
+            let mut response =
+                json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
         }
         if request.method == Method::GET && request.path == "/metrics" {
             let mut out = String::with_capacity(16 * 1024);
@@ -131,6 +136,76 @@ impl AdminRoutes {
             &format!("no admin endpoint {} {}", request.method, request.path),
         )
     }
+
+    /// Whether `request` may read everything: no token is configured, or it carries the token.
+    fn authorised(&self, request: &AdminRequest) -> bool {
+        match &self.token {
+            Some(token) => bearer_matches(&request.headers, token.expose()),
+            None => true,
+        }
+    }
+
+    /// The DNS-rebinding guard: with no token configured, a request whose `Host` (or HTTP/2
+    /// `:authority`) names anything but this listener gets 421, so a web page whose name was
+    /// rebound to the loopback address cannot read or drive the API from a browser. Accepted
+    /// names: `localhost`, any loopback IP literal, and the listener's own IP (`local`), each with
+    /// or without a port. A request with no `Host` at all (HTTP/1.0) is accepted: browsers always
+    /// send one. With a token configured the token is the guard, and any name is accepted.
+    pub fn misdirected(
+        &self,
+        local: SocketAddr,
+        authority: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Option<AdminResponse> {
+        if self.token.is_some() {
+            return None;
+        }
+        let named = authority.into_iter().map(str::to_string).chain(
+            headers
+                .get_all(header::HOST)
+                .iter()
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        );
+        for host in named {
+            if !host_names_listener(&host, local) {
+                return Some(json_error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!(
+                        "Host `{host}` is not this admin listener ({local}); without admin.token only localhost, a loopback address or {} are accepted",
+                        local.ip()
+                    ),
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Whether `host` (`name`, `name:port`, `[v6]` or `[v6]:port`) is `localhost`, a loopback IP
+/// literal, or `local`'s IP.
+fn host_names_listener(host: &str, local: SocketAddr) -> bool {
+    let host = host.trim();
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, after)) => (inside, after.strip_prefix(':')),
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    if port.is_some_and(|port| port.parse::<u16>().is_err()) {
+        return false;
+    }
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip == local.ip(),
+        Err(_) => false,
+    }
 }
 
 /// Serves `routes` on `listener` until `shutdown` turns true.
@@ -152,11 +227,18 @@ pub async fn serve(
                 continue;
             }
         };
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin connection has no local address; closed");
+                continue;
+            }
+        };
         let routes = Arc::clone(&routes);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let routes = Arc::clone(&routes);
-                handle(routes, req)
+                handle(routes, local, req)
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
@@ -171,10 +253,15 @@ pub async fn serve(
 
 fn handle(
     routes: Arc<AdminRoutes>,
+    local: SocketAddr,
     req: Request<Incoming>,
 ) -> Pin<Box<dyn Future<Output = Result<AdminResponse, Infallible>> + Send>> {
     Box::pin(async move {
         let (parts, body) = req.into_parts();
+        let authority = parts.uri.authority().map(|a| a.as_str());
+        if let Some(response) = routes.misdirected(local, authority, &parts.headers) {
+            return Ok(response);
+        }
         let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => {
@@ -408,6 +495,102 @@ mod tests {
                 .status(),
             503
         );
+    }
+
+    #[test]
+    fn readiness_reasons_need_the_token_when_one_is_set() {
+        let body = |response: AdminResponse| {
+            let collected = complete_now(response.into_body().collect()).expect("full body");
+            String::from_utf8_lossy(&collected.to_bytes()).into_owned()
+        };
+        let routes = AdminRoutes {
+            token: Some("0123456789abcdef".into()),
+            readiness: vec![Arc::new(|| {
+                Err("fleet web has no healthy backend".to_string())
+            })],
+            ..Default::default()
+        };
+        let anonymous = routes.respond(&request(Method::GET, "/readyz", None, None));
+        assert_eq!(anonymous.status(), 503);
+        assert_eq!(body(anonymous), "not ready\n");
+        let authorised = routes.respond(&request(
+            Method::GET,
+            "/readyz",
+            None,
+            Some("0123456789abcdef"),
+        ));
+        assert_eq!(authorised.status(), 503);
+        assert!(body(authorised).contains("fleet web"));
+        let open = AdminRoutes {
+            token: None,
+            ..routes
+        };
+        assert!(
+            body(open.respond(&request(Method::GET, "/readyz", None, None))).contains("fleet web")
+        );
+    }
+
+    /// Collects a body that is already complete (`Full`) without a runtime.
+    fn complete_now<F: Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return output;
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_token_only_the_listeners_own_names_are_accepted() {
+        let local: SocketAddr = "127.0.0.2:9090".parse().expect("addr");
+        let open = AdminRoutes::default();
+        let with_host = |host: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::HOST, host.parse().expect("host"));
+            headers
+        };
+        for host in [
+            "127.0.0.2:9090",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "localhost:9090",
+            "LOCALHOST",
+            "[::1]:9090",
+            "[::1]",
+        ] {
+            assert!(
+                open.misdirected(local, None, &with_host(host)).is_none(),
+                "{host} refused"
+            );
+        }
+        assert!(open
+            .misdirected(local, None, &http::HeaderMap::new())
+            .is_none());
+        for host in [
+            "attacker.example:9090",
+            "attacker.example",
+            "10.0.0.1:9090",
+            "localhost.attacker.example",
+            "127.0.0.1:notaport",
+            "[::1",
+            "",
+        ] {
+            let response = open
+                .misdirected(local, None, &with_host(host))
+                .unwrap_or_else(|| panic!("{host:?} accepted"));
+            assert_eq!(response.status(), 421);
+        }
+        assert!(open
+            .misdirected(local, Some("evil.example:9090"), &with_host("127.0.0.1"))
+            .is_some());
+        let guarded = AdminRoutes {
+            token: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        assert!(guarded
+            .misdirected(local, None, &with_host("admin.example:9090"))
+            .is_none());
     }
 
     #[test]

@@ -103,6 +103,20 @@ pub struct DataPlane {
 
 const EARLY_STATUSES: [u16; 3] = [400, 401, 431];
 
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config's secrets print as `<redacted>` and the resolver prints no key material.
+        f.debug_struct("DataPlane")
+            .field("node_id", &self.node_id)
+            .field("region", &self.region)
+            .field("identity", &self.identity)
+            .field("tls", &self.tls)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DataPlane {
     /// A data plane on the wall clock.
     pub fn new(config: &Config) -> Result<Self, ProxyError> {

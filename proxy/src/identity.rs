@@ -142,7 +142,7 @@ impl IdentityResolver {
     /// Compiles the sources and loads JWT key material. A missing or unreadable key file, or one
     /// that is not a PEM key of the expected kind, is an error naming the source.
     pub fn new(config: &IdentityConfig) -> Result<Self, ProxyError> {
-        let (key0, key1) = derive_keys(config.secret.as_bytes());
+        let (key0, key1) = derive_keys(config.secret.expose().as_bytes());
         let mut sources = Vec::with_capacity(config.sources.len());
         for (index, source) in config.sources.iter().enumerate() {
             sources.push(match source {
@@ -423,7 +423,7 @@ impl JwtVerifier {
             &config.ec_public_key_file,
         ) {
             (Some(secret), None, None) => (
-                DecodingKey::from_secret(secret.as_bytes()),
+                DecodingKey::from_secret(secret.expose().as_bytes()),
                 vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
             ),
             (None, Some(path), None) => {

@@ -22,7 +22,7 @@ fn testdata(name: &str) -> PathBuf {
 
 fn config(sources: Vec<IdentitySource>) -> IdentityConfig {
     IdentityConfig {
-        secret: SECRET.to_string(),
+        secret: SECRET.into(),
         sources,
         max_len: 64,
     }
@@ -56,7 +56,7 @@ fn jwt_source(jwt: JwtVerification) -> Vec<IdentitySource> {
 
 fn hmac_verification() -> JwtVerification {
     JwtVerification {
-        hmac_secret: Some(HMAC.to_string()),
+        hmac_secret: Some(HMAC.into()),
         rsa_public_key_file: None,
         ec_public_key_file: None,
         issuer: Some("https://issuer.example".to_string()),
@@ -84,7 +84,7 @@ fn bearer(token: &str) -> HeaderMap {
 #[test]
 fn default_sources_header_then_bearer_then_ip() {
     let r = IdentityResolver::new(&IdentityConfig {
-        secret: SECRET.to_string(),
+        secret: SECRET.into(),
         sources: prescale_config::default_identity_sources(),
         max_len: 256,
     })
@@ -403,7 +403,7 @@ proptest! {
         let map = headers(&[("x-user-id", &id)]);
         prop_assert_eq!(a.resolve(&map, ip()).unwrap(), b.resolve(&map, ip()).unwrap());
         let c = IdentityResolver::new(&IdentityConfig {
-            secret: other_secret,
+            secret: other_secret.into(),
             sources: vec![IdentitySource::Header { name: "x-user-id".into() }],
             max_len: 64,
         }).unwrap();
@@ -413,7 +413,7 @@ proptest! {
     #[test]
     fn arbitrary_header_bytes_never_panic(value in proptest::collection::vec(any::<u8>(), 0..300)) {
         let r = IdentityResolver::new(&IdentityConfig {
-            secret: SECRET.to_string(),
+            secret: SECRET.into(),
             sources: vec![
                 IdentitySource::Header { name: "x-user-id".into() },
                 IdentitySource::Cookie { name: "sid".into() },
@@ -429,6 +429,40 @@ proptest! {
                     prop_assert!(matches!(e.status(), 400 | 401 | 431));
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn no_secret_reaches_debug_output_of_the_config_or_the_data_plane() {
+    let admin_token = "admin-token-0123456789-test";
+    let text = format!(
+        r#"
+        [admin]
+        token = "{admin_token}"
+        [identity]
+        secret = "{SECRET}"
+        sources = [{{ kind = "bearer", jwt = {{ hmac_secret = "{HMAC}" }} }}]
+        [[regions]]
+        name = "eu"
+        countries = ["GB"]
+        default_fleet = "web"
+        [[fleets]]
+        name = "web"
+        region = "eu"
+        backends = ["127.0.0.1:1"]
+        "#
+    );
+    let config = prescale_config::parse_str(&text, "test").expect("valid test config");
+    let plane = crate::dataplane::DataPlane::new(&config).expect("data plane");
+    for (what, shown) in [
+        ("config", format!("{config:?}")),
+        ("data plane", format!("{plane:?}")),
+        ("data plane (pretty)", format!("{plane:#?}")),
+    ] {
+        assert!(shown.contains("<redacted>"), "{what}: {shown}");
+        for secret in [SECRET, HMAC, admin_token] {
+            assert!(!shown.contains(secret), "{what} shows `{secret}`: {shown}");
         }
     }
 }

@@ -1444,10 +1444,13 @@ mod tests {
         );
         let outlook = fleet.outlook.as_ref().expect("outlook");
         assert_eq!(outlook.points.len(), 60 + 23);
-        assert_eq!(outlook.points[0].minute, start + 180);
+        // Made at the first step and every fifth minute since.
+        let made = outlook.issued_at / 60 * 60;
+        assert!(made == start || (made / 60).is_multiple_of(5), "{made}");
+        assert_eq!(outlook.points[0].minute, made + 60);
         assert_eq!(
             outlook.points.last().map(|p| p.minute),
-            Some(start + 120 + 24 * 3600)
+            Some(made + 24 * 3600)
         );
         assert!(outlook.points.iter().all(|p| p.instances >= 1));
     }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use prescale_brain::brain::FleetKey;
+use prescale_brain::brain::{FleetKey, SeriesKey};
 use prescale_brain::planner::CapacityModel;
 use serde::Serialize;
 
@@ -21,7 +21,10 @@ use crate::history::{
 
 use super::{FleetRun, LiveDriver};
 
-/// The outlook is written to the history every this many minutes (the view has each minute's).
+/// The outlook is made every this many minutes (83 forecasts a fleet: at a thousand fleets,
+/// making it each minute doubled the driver's step), and written to the history every
+/// `OUTLOOK_STORE_EVERY_MINUTES`.
+const OUTLOOK_EVERY_MINUTES: u64 = 5;
 const OUTLOOK_STORE_EVERY_MINUTES: u64 = 15;
 /// Outlook points: every minute of the next hour, then every hour to a day.
 const OUTLOOK_MINUTELY: u64 = 60;
@@ -89,8 +92,11 @@ impl LiveDriver {
         self.recorder.recorded_minute = Some(minute);
         let now = (now_ms / 1000) as i64;
         let now_minute = (minute / 60) as i64;
+        let make_outlook = first || (minute / 60).is_multiple_of(OUTLOOK_EVERY_MINUTES);
         let store_outlook = first || (minute / 60).is_multiple_of(OUTLOOK_STORE_EVERY_MINUTES);
         let region = self.settings.region.clone();
+        // Every series of the region, read once a minute for the fleets that serve them all.
+        let mut all_series: Option<Vec<SeriesKey>> = None;
         for i in 0..self.fleets.len() {
             let key = self.fleets[i].key.clone();
             let Some(spec) = self.brain.fleet_spec(&key).cloned() else {
@@ -138,10 +144,23 @@ impl LiveDriver {
                 }
             }
             if self.recorder.enabled() {
-                for series in self.brain.series_keys() {
-                    if !spec.serves(&series.region, &series.profile) {
-                        continue;
-                    }
+                let series: Vec<SeriesKey> = if spec.profiles.is_empty() {
+                    all_series
+                        .get_or_insert_with(|| self.brain.series_keys())
+                        .iter()
+                        .filter(|k| k.region == region)
+                        .cloned()
+                        .collect()
+                } else {
+                    spec.profiles
+                        .iter()
+                        .map(|p| SeriesKey {
+                            region: region.clone(),
+                            profile: p.name.clone(),
+                        })
+                        .collect()
+                };
+                for series in series {
                     if let Some(p) = self.brain.series_forecast(&series, now, target) {
                         self.recorder.batch.forecasts.push(SubjectForecast {
                             region: region.clone(),
@@ -152,6 +171,9 @@ impl LiveDriver {
                         });
                     }
                 }
+            }
+            if !make_outlook {
+                continue;
             }
             let capacity = CapacityModel {
                 rps_per_instance: rps,
@@ -265,10 +287,12 @@ impl LiveDriver {
         let Some(spec) = self.brain.fleet_spec(fleet) else {
             return 0;
         };
-        values
+        if spec.profiles.is_empty() {
+            return values.values().sum();
+        }
+        spec.profiles
             .iter()
-            .filter(|(profile, _)| spec.serves(&fleet.region, profile))
-            .map(|(_, n)| n)
+            .filter_map(|p| values.get(&p.name))
             .sum()
     }
 
