@@ -390,9 +390,12 @@ impl EventStore {
                 ));
             }
         }
+        // Immediate: a transaction that reads before it writes, begun deferred, fails at once
+        // (SQLITE_BUSY) when another connection to the file (the sketch writer, the driver's
+        // history) commits in between; taking the write lock first lets the busy timeout wait.
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| events_error("begin a transaction", e))?;
         let exists = |id: &str| -> Result<bool> {
             tx.query_row(
@@ -535,7 +538,7 @@ impl EventStore {
     pub fn delete(&mut self, id: &str) -> Result<StoredEvent> {
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| events_error("begin a transaction", e))?;
         let event = tx
             .query_row(

@@ -268,7 +268,7 @@ impl History {
     ) -> Result<()> {
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| history_error("begin", e))?;
         tx.execute(
             "DELETE FROM fleet_profiles WHERE region = ?1 AND fleet = ?2",
@@ -292,7 +292,7 @@ impl History {
         }
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| history_error("begin", e))?;
         for c in &batch.capacity {
             tx.prepare_cached(
@@ -395,7 +395,7 @@ impl History {
     pub fn prune(&mut self, cutoff: u64) -> Result<usize> {
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| history_error("begin prune", e))?;
         let removed = tx
             .execute(

@@ -195,7 +195,7 @@ impl SeriesStore {
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let tx = store
                 .conn
-                .transaction()
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| store_error("begin migration", e))?;
             tx.execute_batch(migration)
                 .map_err(|e| store_error(format!("{name}: migration {}", index + 1), e))?;
@@ -233,7 +233,7 @@ impl SeriesStore {
             users,
         } = self;
         let tx = conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| store_error("begin ingest", e))?;
         let mut outcomes = Vec::with_capacity(sketches.len());
         // The batch is merged in memory first, so each series row and each node record is read
@@ -517,7 +517,7 @@ impl SeriesStore {
             .map_err(|e| sketch_error("encode an empty user count", e))?;
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| store_error("begin history seeding", e))?;
         let mut written = 0;
         {
@@ -589,7 +589,7 @@ impl SeriesStore {
         let cutoff = now_secs.saturating_sub(retention_secs) as i64;
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| store_error("begin prune", e))?;
         let removed = tx
             .execute("DELETE FROM series WHERE minute < ?1", params![cutoff])
