@@ -211,15 +211,7 @@ impl Ledger {
             )
             .map_err(|e| ledger_error("prepare decisions query", e))?;
         let rows = statement
-            .query_map(params![region, fleet, limit as i64], |row| {
-                Ok(DecisionRecord {
-                    at_ms: row.get::<_, i64>(0)? as u64,
-                    region: row.get(1)?,
-                    fleet: row.get(2)?,
-                    action: row.get(3)?,
-                    reason: row.get(4)?,
-                })
-            })
+            .query_map(params![region, fleet, limit as i64], decision_row)
             .map_err(|e| ledger_error("run decisions query", e))?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| ledger_error("read decision row", e))
@@ -246,20 +238,23 @@ impl Ledger {
         let rows = statement
             .query_map(
                 params![region, fleet, from_ms as i64, to_ms as i64],
-                |row| {
-                    Ok(DecisionRecord {
-                        at_ms: row.get::<_, i64>(0)? as u64,
-                        region: row.get(1)?,
-                        fleet: row.get(2)?,
-                        action: row.get(3)?,
-                        reason: row.get(4)?,
-                    })
-                },
+                decision_row,
             )
             .map_err(|e| ledger_error("run decisions range query", e))?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| ledger_error("read decision row", e))
     }
+}
+
+/// A `decisions` row (`at_ms, region, fleet, action, reason`).
+fn decision_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DecisionRecord> {
+    Ok(DecisionRecord {
+        at_ms: row.get::<_, i64>(0)? as u64,
+        region: row.get(1)?,
+        fleet: row.get(2)?,
+        action: row.get(3)?,
+        reason: row.get(4)?,
+    })
 }
 
 fn ledger_error(what: impl Into<String>, source: rusqlite::Error) -> Error {

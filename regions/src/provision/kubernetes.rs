@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use super::remote::{CallError, Counts, Outcome, RemoteBackend};
+use super::remote::{with_causes, CallError, Counts, Outcome, RemoteBackend};
 use super::{ProvisionTarget, SetupError};
 
 /// Which kind of workload a fleet is.
@@ -221,7 +221,7 @@ impl KubernetesBackend {
         let before = self
             .read_replicas()
             .await
-            .map_err(|e| format!("GET {what}: {}", error_text(&e)))?;
+            .map_err(|e| format!("GET {what}: {}", with_causes(&e)))?;
         let next = if instances >= before.spec {
             instances
         } else if before.settled() {
@@ -247,11 +247,11 @@ impl KubernetesBackend {
         }
         self.patch_replicas(next)
             .await
-            .map_err(|e| format!("PATCH {what}/scale to {next} replicas: {}", error_text(&e)))?;
+            .map_err(|e| format!("PATCH {what}/scale to {next} replicas: {}", with_causes(&e)))?;
         let after = self
             .read_replicas()
             .await
-            .map_err(|e| format!("GET {what} after scaling to {next}: {}", error_text(&e)))?;
+            .map_err(|e| format!("GET {what} after scaling to {next}: {}", with_causes(&e)))?;
         let reached = next == instances;
         Ok(Outcome {
             counts: Some(after.counts()),
@@ -267,21 +267,6 @@ impl KubernetesBackend {
             warning: None,
         })
     }
-}
-
-/// A kube error with its causes, as one line.
-fn error_text(e: &kube::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl RemoteBackend for KubernetesBackend {
@@ -320,7 +305,10 @@ impl RemoteBackend for KubernetesBackend {
                 "GET {what}: no answer within {} s",
                 timeout.as_secs()
             ))),
-            Ok(Err(e)) => Err(CallError::failed(format!("GET {what}: {}", error_text(&e)))),
+            Ok(Err(e)) => Err(CallError::failed(format!(
+                "GET {what}: {}",
+                with_causes(&e)
+            ))),
             Ok(Ok(replicas)) => Ok(replicas.counts()),
         })
     }

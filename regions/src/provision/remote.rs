@@ -759,6 +759,21 @@ fn backoff(failures: u32) -> Duration {
     half + half.mul_f64(rand::rng().random::<f64>())
 }
 
+/// An error with its causes, as one line.
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

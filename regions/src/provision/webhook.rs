@@ -29,7 +29,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
-use super::remote::{excerpt, parse_counts, CallError, Outcome, RemoteBackend};
+use super::remote::{excerpt, parse_counts, with_causes, CallError, Outcome, RemoteBackend};
 use super::{ProvisionTarget, SetupError};
 
 /// Most of an answer's body read.
@@ -154,21 +154,6 @@ pub fn signature(key: &ring::hmac::Key, body: &[u8]) -> String {
     text.push_str("sha256=");
     for byte in tag.as_ref() {
         text.push_str(&format!("{byte:02x}"));
-    }
-    text
-}
-
-/// An error with its causes, as one line.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
     }
     text
 }
