@@ -2,7 +2,8 @@
 //! sketches, the SQLite series store behind it, the live driver that runs the brain and the
 //! provisioners for the region (`live_cmd.rs`), and its admin API (`/api/v1/series`,
 //! `/api/v1/nodes`, `/api/v1/plan`, `/api/v1/forecast`, `/api/v1/mode`, `/api/v1/report` from
-//! `report_cmd.rs`, `/metrics`). Also used
+//! `report_cmd.rs`, `POST /api/v1/ingest` from `ingest_cmd.rs`, the learned profiles from
+//! `learning_cmd.rs`, `/metrics`). Also used
 //! in-process by `prescale up`.
 
 use std::net::SocketAddr;
@@ -36,6 +37,12 @@ pub struct Forecaster {
     pub receiver: Arc<SketchReceiver<StoreSink>>,
     pub live: Option<Arc<crate::live_cmd::Live>>,
     pub sink: Arc<StoreSink>,
+    /// `POST /api/v1/ingest`.
+    pub ingest: Arc<crate::ingest_cmd::IngestService>,
+    /// Profile learning: sampled users, model builds, publishing.
+    pub learning: Arc<crate::learning_cmd::Learning>,
+    /// Operator personas (`/api/v1/personas`), in the same database.
+    pub personas: Arc<crate::personas_cmd::PersonaAdmin>,
     pub quic_addr: SocketAddr,
     silent_after: Duration,
 }
@@ -82,6 +89,8 @@ pub fn start(
         StoreSink::open(&settings.database)
             .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?,
     );
+    // Before the receiver starts, so that no stored sketch's samples are missed.
+    let samples = crate::learning_cmd::attach_samples(config, &sink);
     let _guard = control.enter();
     let receiver = Arc::new(
         SketchReceiver::start(
@@ -97,6 +106,21 @@ pub fn start(
     let pruned = Arc::clone(&sink);
     let history_database = settings.database.clone();
     let clock = options.clock;
+    let ingest_samples = samples
+        .clone()
+        .map(|table| table as Arc<dyn prescale_regions::ingest::SampleObserver>);
+    let ingest = crate::ingest_cmd::start(
+        config,
+        &settings.database,
+        settings.retention_days,
+        clock,
+        ingest_samples,
+    )?;
+    let personas = Arc::new(crate::personas_cmd::PersonaAdmin::open(
+        config,
+        &settings.database,
+        clock,
+    )?);
     control.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -131,10 +155,28 @@ pub fn start(
         options,
     )?
     .map(Arc::new);
+    // After the live driver and the ingest, which take every model it publishes.
+    let publisher = Arc::new(crate::model_fanout::ModelFanOut {
+        receiver: Arc::clone(&receiver),
+        ingest: Arc::clone(&ingest),
+        live: live.as_ref().map(|l| Arc::clone(&l.shared)),
+        database: settings.database.clone(),
+        configured: config.profiles.iter().map(|p| p.name.clone()).collect(),
+    });
+    let learning = Arc::new(crate::learning_cmd::start(
+        config,
+        samples,
+        publisher,
+        &settings.database,
+        clock,
+    )?);
     Ok(Forecaster {
         receiver,
         live,
         sink,
+        ingest,
+        learning,
+        personas,
         quic_addr,
         silent_after: Duration::from_secs(settings.silent_after_secs),
     })
@@ -146,6 +188,7 @@ impl Forecaster {
         if let Some(live) = &self.live {
             live.stop();
         }
+        self.learning.stop();
     }
 
     /// Admin routes: series, nodes, and the live driver's plan, forecast and mode.
@@ -169,6 +212,9 @@ impl Forecaster {
         handlers.push(crate::report_cmd::admin_handler(
             self.sink.path().to_path_buf(),
         ));
+        handlers.push(self.ingest.handler());
+        handlers.extend(self.learning.handlers());
+        handlers.push(self.personas.handler());
         handlers
     }
 
@@ -248,6 +294,11 @@ impl Forecaster {
         admin::json(&serde_json::json!({ "nodes": nodes }))
     }
 
+    /// Routes that take larger bodies than the admin listener's default.
+    pub fn body_limits(&self) -> Vec<admin::BodyLimit> {
+        vec![self.ingest.body_limit()]
+    }
+
     pub fn metrics(self: &Arc<Self>) -> Vec<MetricsSource> {
         let forecaster = Arc::clone(self);
         let mut sources: Vec<MetricsSource> = self
@@ -255,6 +306,8 @@ impl Forecaster {
             .as_ref()
             .map(|l| vec![l.metrics()])
             .unwrap_or_default();
+        sources.push(self.ingest.metrics());
+        sources.push(self.learning.metrics());
         sources.push(Arc::new(move |out: &mut String| {
             let r = forecaster.receiver.stats();
             let s = &forecaster.sink.stats;
@@ -352,6 +405,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let forecaster = Arc::new(start(&config, control.handle(), options)?);
     let (stop_admin, admin_stop_rx) = tokio::sync::watch::channel(false);
     let mut handlers = forecaster.handlers();
+    // `/api/v1/profiles` stays the proxy's alone (in `prescale up` the proxy in the process
+    // answers it): the dashboard takes an answer there for "this node runs a proxy" and reads
+    // the proxy's per-profile view from it. The learned model is at `/api/v1/profiles/model`.
     let mut metrics = forecaster.metrics();
     let (stop_keda, keda_stop_rx) = tokio::sync::watch::channel(false);
     if let Some(keda) = crate::keda_cmd::start(
@@ -389,6 +445,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         readiness: vec![forecaster.readiness()],
         dashboard: Some(prescale_proxy::dashboard::PAGE),
         token: config.admin.token.clone(),
+        body_limits: forecaster.body_limits(),
     };
     let admin_addr = prescale_proxy::server::start_admin(
         config.admin.listen,

@@ -14,7 +14,7 @@ use anyhow::anyhow;
 use prescale_config::{Config, FleetConfig, ProvisionerConfig};
 use prescale_gossip::{NodeClock, SketchReceiver};
 use prescale_proxy::admin::{self, AdminRequest, Handler, MetricsSource};
-use prescale_regions::brain::{Brain, FleetKey, FleetProfile, FleetSpec};
+use prescale_regions::brain::{Brain, FleetKey, FleetProfile, FleetSpec, Resources};
 use prescale_regions::events::{EventInput, EventStore};
 use prescale_regions::history::History;
 use prescale_regions::ingest::StoreSink;
@@ -152,6 +152,12 @@ fn fleet_spec(config: &Config, region: &str, fleet: &FleetConfig) -> FleetSpec {
                 quantile: fleet.latency_slo_quantile,
             }),
         warm_sub_pools: fleet.warm_sub_pools.clone(),
+        instance_resources: fleet.instance_resources.map(|r| Resources {
+            cpu_cores: r.cpu_cores,
+            memory_mb: r.memory_mb,
+            network_mbps: r.network_mbps,
+            io_ops: r.io_ops,
+        }),
     }
 }
 

@@ -49,6 +49,13 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     azure: Option<PathBuf>,
 
+    /// With `--azure`: send this fraction (0 < P ≤ 1) of each function's requests, keeping at
+    /// least one request in every minute the function was active, so every function keeps its
+    /// pattern in time while the heavy ones shrink [default: 1].
+    #[arg(long, value_name = "P", requires = "azure", value_parser = parse_fraction,
+          allow_negative_numbers = true)]
+    scale: Option<f64>,
+
     /// Number of distinct users (`user-0` .. `user-<N-1>`) for `--rps` and `--trace`
     /// [default: 1000].
     #[arg(long, value_name = "N", conflicts_with = "azure",
@@ -108,8 +115,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
         )
     } else if let Some(path) = &args.azure {
         let trace = traces::read_azure_trace(path).map_err(CliError::input)?;
+        let scale = args.scale.unwrap_or(1.0);
         let mode = format!(
-            "azure {} ({} functions x {} minutes) at {speedup}x",
+            "azure {} ({} functions x {} minutes) at {speedup}x, scale {scale}",
             path.display(),
             trace.functions.len(),
             trace.minutes
@@ -119,7 +127,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             .iter()
             .map(|function| function.identity.clone())
             .collect();
-        (Schedule::azure(trace, speedup, seed), mode, names)
+        (Schedule::azure(trace, speedup, scale, seed), mode, names)
     } else {
         return Err(CliError::input(anyhow::anyhow!(
             "give one of --rps, --trace or --azure"
@@ -171,6 +179,13 @@ fn parse_positive(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
         _ => Err(format!("`{text}` is not a positive number")),
+    }
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 && value <= 1.0 => Ok(value),
+        _ => Err(format!("`{text}` is not a fraction in (0, 1]")),
     }
 }
 

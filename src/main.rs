@@ -5,11 +5,15 @@ mod backend_cmd;
 mod certs_cmd;
 mod exit;
 mod forecaster_cmd;
+mod ingest_cmd;
 mod keda_cmd;
+mod learning_cmd;
 mod live_cmd;
 mod load_cmd;
 mod membership_cmd;
 mod node_cmd;
+mod model_fanout;
+mod personas_cmd;
 mod replay_cmd;
 mod report_cmd;
 

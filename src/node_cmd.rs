@@ -429,6 +429,10 @@ fn run_node(
         readiness,
         dashboard: Some(prescale_proxy::dashboard::PAGE),
         token: config.admin.token.clone(),
+        body_limits: forecaster
+            .as_ref()
+            .map(|f| f.body_limits())
+            .unwrap_or_default(),
     };
     let admin_addr = start_admin(config.admin.listen, routes, control.handle(), admin_stop_rx)
         .map_err(CliError::input)?;

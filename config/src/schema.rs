@@ -38,6 +38,9 @@ pub struct Config {
     pub assignment: AssignmentConfig,
     #[serde(default)]
     pub profiling: ProfilingConfig,
+    /// The forecaster's profile learning (sampled users, rebuilds, published models).
+    #[serde(default)]
+    pub learning: LearningConfig,
     /// This node's identity in the QUIC mesh (mutual TLS). Required by `[export]` and
     /// `[forecaster]`.
     #[serde(default)]
@@ -48,6 +51,9 @@ pub struct Config {
     /// Running a regional forecaster (`prescale forecaster`).
     #[serde(default)]
     pub forecaster: Option<ForecasterConfig>,
+    /// The forecaster's `POST /api/v1/ingest` (activity of services not behind the proxy).
+    #[serde(default)]
+    pub ingest: IngestConfig,
     #[serde(default)]
     pub forecast: crate::brain::ForecastConfig,
     #[serde(default)]
@@ -341,6 +347,25 @@ pub struct FleetConfig {
     /// sized from its own expected arrivals, instead of sharing the fleet's warm pool.
     #[serde(default)]
     pub warm_sub_pools: Vec<String>,
+    /// What one instance offers (cores, MB, Mbps, IO ops/s). With it the live planner sizes the
+    /// fleet on its binding resource: its profiles' requests times the resources their personas
+    /// use per request, against these; absent: on requests per second alone.
+    #[serde(default)]
+    pub instance_resources: Option<InstanceResources>,
+}
+
+/// Resources of one instance of a fleet (see `FleetConfig::instance_resources`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceResources {
+    #[serde(default)]
+    pub cpu_cores: f64,
+    #[serde(default)]
+    pub memory_mb: f64,
+    #[serde(default)]
+    pub network_mbps: f64,
+    #[serde(default)]
+    pub io_ops: f64,
 }
 
 /// How a fleet's backends are provisioned.
@@ -680,6 +705,77 @@ fn default_session_gap_secs() -> u64 {
     1800
 }
 
+/// The forecaster's profile learning: which sampled users it keeps, when it rebuilds the
+/// profile model it publishes to the region's proxies, and how it clusters.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearningConfig {
+    /// Learn and publish profile models (sampling, scheduled and on-demand builds).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Fewest sampled users a build needs; the first build runs once this many are sampled.
+    #[serde(default = "default_learning_min_users")]
+    pub min_users: usize,
+    /// Most users whose latest feature vector is kept (130 to 290 bytes each); the least
+    /// recently seen are evicted beyond it.
+    #[serde(default = "default_learning_max_sampled_users")]
+    pub max_sampled_users: usize,
+    /// Node seconds after which a user not seen again is left out of builds (and dropped).
+    #[serde(default = "default_learning_sample_max_age_secs")]
+    pub sample_max_age_secs: u64,
+    /// Node seconds between scheduled rebuilds.
+    #[serde(default = "default_learning_rebuild_interval_secs")]
+    pub rebuild_interval_secs: u64,
+    /// Fewest profiles a build may choose (by silhouette score) when `k` is not set.
+    #[serde(default = "default_learning_k_min")]
+    pub k_min: usize,
+    /// Most profiles a build may choose when `k` is not set.
+    #[serde(default = "default_learning_k_max")]
+    pub k_max: usize,
+    /// A fixed number of profiles; when set, `k_min` and `k_max` are not used.
+    #[serde(default)]
+    pub k: Option<usize>,
+    /// Seed of the clustering's randomness (same samples and seed, same model); absent: the
+    /// profile builder's own default seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        LearningConfig {
+            enabled: true,
+            min_users: default_learning_min_users(),
+            max_sampled_users: default_learning_max_sampled_users(),
+            sample_max_age_secs: default_learning_sample_max_age_secs(),
+            rebuild_interval_secs: default_learning_rebuild_interval_secs(),
+            k_min: default_learning_k_min(),
+            k_max: default_learning_k_max(),
+            k: None,
+            seed: None,
+        }
+    }
+}
+
+fn default_learning_min_users() -> usize {
+    50
+}
+fn default_learning_max_sampled_users() -> usize {
+    200_000
+}
+fn default_learning_sample_max_age_secs() -> u64 {
+    7 * 86_400
+}
+fn default_learning_rebuild_interval_secs() -> u64 {
+    3600
+}
+fn default_learning_k_min() -> usize {
+    2
+}
+fn default_learning_k_max() -> usize {
+    12
+}
+
 /// Certificates of this node for the QUIC mesh (`prescale certs` writes a dev set).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -768,6 +864,48 @@ pub struct ForecasterConfig {
 
 fn default_lateness_secs() -> u64 {
     30
+}
+
+/// Limits of the forecaster's NDJSON ingest route (`POST /api/v1/ingest`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body, bytes (the admin listener reads no more for this route).
+    #[serde(default = "default_ingest_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Longest line (one event), bytes.
+    #[serde(default = "default_ingest_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Most events (non-blank lines) in one batch.
+    #[serde(default = "default_ingest_max_events")]
+    pub max_events: usize,
+    /// Memory ceiling of the ingest's own per-user feature table, MiB (as `profiling.user_table_mib`).
+    #[serde(default = "default_ingest_user_table_mib")]
+    pub user_table_mib: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: default_ingest_max_body_bytes(),
+            max_line_bytes: default_ingest_max_line_bytes(),
+            max_events: default_ingest_max_events(),
+            user_table_mib: default_ingest_user_table_mib(),
+        }
+    }
+}
+
+fn default_ingest_max_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_ingest_max_line_bytes() -> usize {
+    64 * 1024
+}
+fn default_ingest_max_events() -> usize {
+    100_000
+}
+fn default_ingest_user_table_mib() -> usize {
+    16
 }
 
 fn default_retention_days() -> u64 {

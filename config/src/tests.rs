@@ -440,3 +440,50 @@ fn remote_provisioner_problems_name_their_keys() {
         assert!(parse_str(&text, "t").is_ok(), "{url} should be valid");
     }
 }
+
+#[test]
+fn ingest_limits_have_defaults_and_are_checked() {
+    let c = parse_str(MINIMAL, "test.toml").expect("valid");
+    assert_eq!(c.ingest.max_body_bytes, 8 * 1024 * 1024);
+    assert_eq!(c.ingest.max_line_bytes, 64 * 1024);
+    assert_eq!(c.ingest.max_events, 100_000);
+    assert_eq!(c.ingest.user_table_mib, 16);
+    let p = only_problem(&format!(
+        "{MINIMAL}\n[ingest]\nmax_body_bytes = 100000\nmax_line_bytes = 200000\n"
+    ));
+    assert_eq!(p.key.to_string(), "ingest.max_line_bytes");
+    assert!(p.message.contains("max_body_bytes"), "{}", p.message);
+    let keys: Vec<String> = problems(&format!(
+        "{MINIMAL}\n[ingest]\nmax_body_bytes = 10\nmax_events = 0\nuser_table_mib = 0\n"
+    ))
+    .iter()
+    .map(|p| p.key.to_string())
+    .collect();
+    for expected in [
+        "ingest.max_body_bytes",
+        "ingest.max_events",
+        "ingest.user_table_mib",
+    ] {
+        assert!(keys.iter().any(|k| k == expected), "{expected}: {keys:?}");
+    }
+}
+
+#[test]
+fn instance_resources_are_checked_and_read() {
+    let with = |resources: &str| {
+        MINIMAL.replace(
+            "backends = [\"127.0.0.1:9001\"]",
+            &format!("backends = [\"127.0.0.1:9001\"]\ninstance_resources = {resources}"),
+        )
+    };
+    let c = parse_str(&with("{ cpu_cores = 2, memory_mb = 4096 }"), "t").expect("valid");
+    let r = c.fleets[0].instance_resources.expect("resources");
+    assert_eq!((r.cpu_cores, r.memory_mb, r.io_ops), (2.0, 4096.0, 0.0));
+    let p = only_problem(&with("{ cpu_cores = -1, memory_mb = 10 }"));
+    assert_eq!(p.key.to_string(), "fleets[0].instance_resources.cpu_cores");
+    let p = only_problem(&with("{ cpu_cores = 0 }"));
+    assert_eq!(p.key.to_string(), "fleets[0].instance_resources");
+    assert!(p.message.contains("at least one"), "{}", p.message);
+    let p = only_problem(&with("{ gpus = 1 }"));
+    assert!(p.message.contains("gpus"), "{}", p.message);
+}

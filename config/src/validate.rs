@@ -24,6 +24,8 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     v.fleets(config);
     v.routes_and_profiles(config);
     v.profiling(config);
+    v.learning(config);
+    v.ingest(config);
     v.mesh(config);
     v.brain(&config.forecast, &config.planner);
     v.problems
@@ -484,6 +486,26 @@ impl Validator {
                     );
                 }
             }
+            if let Some(resources) = &fleet.instance_resources {
+                let at = at.key("instance_resources");
+                let amounts = [
+                    ("cpu_cores", resources.cpu_cores),
+                    ("memory_mb", resources.memory_mb),
+                    ("network_mbps", resources.network_mbps),
+                    ("io_ops", resources.io_ops),
+                ];
+                for (key, value) in amounts {
+                    if !(value.is_finite() && value >= 0.0) {
+                        self.problem(at.key(key), format!("{value} must be a number >= 0"));
+                    }
+                }
+                if amounts.iter().all(|(_, v)| *v <= 0.0) {
+                    self.problem(
+                        at,
+                        "names no resource: give at least one of cpu_cores, memory_mb, network_mbps, io_ops > 0",
+                    );
+                }
+            }
             let profiles: Vec<&str> = config.profiles.iter().map(|p| p.name.as_str()).collect();
             let mut seen = HashSet::new();
             for (j, profile) in fleet.warm_sub_pools.iter().enumerate() {
@@ -866,6 +888,131 @@ impl Validator {
         }
         if !(60..=7 * 86_400).contains(&config.profiling.session_gap_secs) {
             self.problem(at.key("session_gap_secs"), "expected 60 to 604800 seconds");
+        }
+    }
+
+    fn ingest(&mut self, config: &Config) {
+        let at = KeyPath::root().key("ingest");
+        let ingest = &config.ingest;
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&ingest.max_body_bytes) {
+            self.problem(
+                at.key("max_body_bytes"),
+                format!(
+                    "{} is out of range; expected 65536 (64 KiB) to 268435456 (256 MiB)",
+                    ingest.max_body_bytes
+                ),
+            );
+        }
+        // An event may carry a 256-byte user id and every optional field.
+        if !(1024..=16 * 1024 * 1024).contains(&ingest.max_line_bytes) {
+            self.problem(
+                at.key("max_line_bytes"),
+                format!(
+                    "{} is out of range; expected 1024 to 16777216 (16 MiB)",
+                    ingest.max_line_bytes
+                ),
+            );
+        } else if ingest.max_line_bytes > ingest.max_body_bytes {
+            self.problem(
+                at.key("max_line_bytes"),
+                format!(
+                    "{} is larger than ingest.max_body_bytes ({}); a line must fit in a body",
+                    ingest.max_line_bytes, ingest.max_body_bytes
+                ),
+            );
+        }
+        if !(1..=10_000_000).contains(&ingest.max_events) {
+            self.problem(
+                at.key("max_events"),
+                format!(
+                    "{} is out of range; expected 1 to 10000000",
+                    ingest.max_events
+                ),
+            );
+        }
+        if !(1..=65_536).contains(&ingest.user_table_mib) {
+            self.problem(
+                at.key("user_table_mib"),
+                format!(
+                    "{} is out of range; expected 1 to 65536 MiB",
+                    ingest.user_table_mib
+                ),
+            );
+        }
+    }
+}
+
+impl Validator {
+    fn learning(&mut self, config: &Config) {
+        let at = KeyPath::root().key("learning");
+        let l = &config.learning;
+        // A published model holds at most 64 profiles (`ProfileModel::MAX_CENTROIDS`).
+        const MAX_K: usize = 64;
+        const MAX_SAMPLED: usize = 10_000_000;
+        if !(1..=MAX_SAMPLED).contains(&l.max_sampled_users) {
+            self.problem(
+                at.key("max_sampled_users"),
+                format!(
+                    "{} is out of range; expected 1 to {MAX_SAMPLED} users",
+                    l.max_sampled_users
+                ),
+            );
+        }
+        let largest_k = match l.k {
+            Some(k) => {
+                if !(1..=MAX_K).contains(&k) {
+                    self.problem(
+                        at.key("k"),
+                        format!("{k} is out of range; expected 1 to {MAX_K} profiles"),
+                    );
+                }
+                k
+            }
+            None => {
+                if !(2..=MAX_K).contains(&l.k_min) {
+                    self.problem(
+                        at.key("k_min"),
+                        format!(
+                            "{} is out of range; expected 2 to {MAX_K} profiles (the silhouette score compares at least two)",
+                            l.k_min
+                        ),
+                    );
+                }
+                if !(l.k_min..=MAX_K).contains(&l.k_max) {
+                    self.problem(
+                        at.key("k_max"),
+                        format!(
+                            "{} is out of range; expected k_min ({}) to {MAX_K} profiles",
+                            l.k_max, l.k_min
+                        ),
+                    );
+                }
+                l.k_max
+            }
+        };
+        if l.min_users < largest_k.max(2) || l.min_users > l.max_sampled_users {
+            self.problem(
+                at.key("min_users"),
+                format!(
+                    "{} is out of range; expected at least {} (the most profiles a build may make{}) and at most max_sampled_users ({})",
+                    l.min_users,
+                    largest_k.max(2),
+                    if l.k.is_some() { ", `k`" } else { ", `k_max`" },
+                    l.max_sampled_users
+                ),
+            );
+        }
+        if !(60..=90 * 86_400).contains(&l.sample_max_age_secs) {
+            self.problem(
+                at.key("sample_max_age_secs"),
+                "expected 60 to 7776000 seconds (90 days)",
+            );
+        }
+        if !(60..=30 * 86_400).contains(&l.rebuild_interval_secs) {
+            self.problem(
+                at.key("rebuild_interval_secs"),
+                "expected 60 to 2592000 seconds (30 days)",
+            );
         }
     }
 }
@@ -1300,5 +1447,24 @@ mod pem_tests {
                 Ok(()) => panic!("{} accepted", path.display()),
             }
         }
+    }
+
+    #[test]
+    fn learning_keys_are_checked() {
+        let base = "[identity]\nsecret = \"0123456789abcdef0123\"\n[[regions]]\nname = \"eu\"\n[[fleets]]\nname = \"web\"\nregion = \"eu\"\nbackends = [\"127.0.0.1:9001\"]\n";
+        let config = crate::parse_str(base, "t.toml").expect("valid");
+        assert!(config.learning.enabled);
+        assert_eq!(config.learning.max_sampled_users, 200_000);
+        let bad = format!("{base}[learning]\nmin_users = 5\nk_max = 8\nk_min = 9\nrebuild_interval_secs = 1\n");
+        let problems = match crate::parse_str(&bad, "t.toml") {
+            Ok(_) => panic!("accepted {bad}"),
+            Err(e) => e.problems().to_vec(),
+        };
+        let keys: Vec<String> = problems.iter().map(|p| p.key.to_string()).collect();
+        for key in ["learning.k_max", "learning.min_users", "learning.rebuild_interval_secs"] {
+            assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
+        }
+        let fixed = format!("{base}[learning]\nmin_users = 5\nk = 3\n");
+        assert!(crate::parse_str(&fixed, "t.toml").is_ok());
     }
 }

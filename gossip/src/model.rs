@@ -41,10 +41,27 @@ pub struct ProfileId(pub u32);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Centroid {
     pub id: ProfileId,
-    /// Operator-facing name, e.g. "interactive", "batch", "scheduled".
+    /// Operator-facing name, e.g. "interactive-daytime", "scheduled-batch".
     pub name: String,
     /// Center in scaled space: `(raw - mean) / scale` per dimension.
     pub center: Vec<f32>,
+    /// What the operator's persona for this profile sets; `None`: the config's `[[profiles]]`
+    /// entry of that name, else the defaults.
+    pub settings: Option<ProfileSettings>,
+}
+
+/// Settings a learned profile takes from the persona it was mapped to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileSettings {
+    /// Name of the persona the forecaster mapped the profile to.
+    pub persona: String,
+    /// Relative revenue per request, in thousandths.
+    pub revenue_weight_milli: u64,
+    /// Higher is more important; under saturation the lowest priority is shed first.
+    pub priority: u8,
+    /// Fleet the profile's requests go to (when the region has a fleet of that name and no
+    /// `[[routes]]` entry names the profile).
+    pub fleet: Option<String>,
 }
 
 /// A versioned set of centroids plus the feature scaling they were learned in.
@@ -59,7 +76,13 @@ pub struct ProfileModel {
     pub mean: Vec<f32>,
     pub scale: Vec<f32>,
     pub centroids: Vec<Centroid>,
+    /// Squared distance in scaled space beyond which even the nearest centroid is too far: such a
+    /// user is assigned [`ANOMALOUS_PROFILE`]. `None`: every user takes its nearest centroid.
+    pub anomaly_distance: Option<f32>,
 }
+
+/// Profile of users farther than [`ProfileModel::anomaly_distance`] from every centroid.
+pub const ANOMALOUS_PROFILE: &str = "anomalous";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ModelError {
@@ -81,10 +104,18 @@ pub enum ModelError {
     TooManyCentroids { found: usize, max: usize },
     #[error("model profile id {0} appears twice")]
     DuplicateId(u32),
+    #[error("model profile name `{0}` appears twice")]
+    DuplicateName(String),
+    #[error("model profile name `{0}` is reserved or not a valid profile name")]
+    BadName(String),
+    #[error("model anomaly_distance is {0}, must be finite and > 0")]
+    BadAnomalyDistance(f32),
+    #[error("model profile `{profile}`: {reason}")]
+    BadSettings { profile: String, reason: String },
 }
 
 impl ProfileModel {
-    pub const FORMAT: u16 = 1;
+    pub const FORMAT: u16 = 2;
     pub const MAX_CENTROIDS: usize = 64;
 
     pub fn validate(&self) -> Result<(), ModelError> {
@@ -110,15 +141,56 @@ impl ProfileModel {
                 max: Self::MAX_CENTROIDS,
             });
         }
+        if let Some(distance) = self.anomaly_distance {
+            if !(distance.is_finite() && distance > 0.0) {
+                return Err(ModelError::BadAnomalyDistance(distance));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         for c in &self.centroids {
             check_dim("centroid center", &c.center)?;
             if !seen.insert(c.id) {
                 return Err(ModelError::DuplicateId(c.id.0));
             }
+            if !valid_profile_name(&c.name) || RESERVED_PROFILES.contains(&c.name.as_str()) {
+                return Err(ModelError::BadName(c.name.clone()));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(ModelError::DuplicateName(c.name.clone()));
+            }
+            if let Some(settings) = &c.settings {
+                let bad = |reason: String| ModelError::BadSettings {
+                    profile: c.name.clone(),
+                    reason,
+                };
+                if !valid_profile_name(&settings.persona) {
+                    return Err(bad(format!(
+                        "persona `{}` is not a valid name",
+                        settings.persona
+                    )));
+                }
+                if let Some(fleet) = &settings.fleet {
+                    if !valid_profile_name(fleet) {
+                        return Err(bad(format!("fleet `{fleet}` is not a valid name")));
+                    }
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Names a model may not give a learned profile: the proxy's builtins and the anomalous profile.
+pub const RESERVED_PROFILES: [&str; 3] = ["new", "default", ANOMALOUS_PROFILE];
+
+/// 1 to 64 bytes of ASCII letters, digits, `-`, `_` and `.`.
+pub fn valid_profile_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn check_dim(field: &'static str, values: &[f32]) -> Result<(), ModelError> {

@@ -124,8 +124,10 @@ fn model() -> impl Strategy<Value = ModelUpdate> {
                         id: ProfileId(id),
                         name: format!("p{id}"),
                         center: vec![id as f32; FEATURE_DIM],
+                        settings: None,
                     })
                     .collect(),
+                anomaly_distance: None,
             },
         })
 }

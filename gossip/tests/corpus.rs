@@ -11,7 +11,9 @@ use prescale_gossip::messages::{
     Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, NodeShare, PlanUpdate,
     PlannedBackend, ProfileGrant, TierTarget,
 };
-use prescale_gossip::model::{Centroid, FeatureVector, ProfileId, ProfileModel, FEATURE_DIM};
+use prescale_gossip::model::{
+    Centroid, FeatureVector, ProfileId, ProfileModel, ProfileSettings, FEATURE_DIM,
+};
 use prescale_gossip::{EntryKey, Sketch};
 
 fn corpus_dir() -> PathBuf {
@@ -93,13 +95,21 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                         id: ProfileId(1),
                         name: "interactive".into(),
                         center: vec![0.1; FEATURE_DIM],
+                        settings: None,
                     },
                     Centroid {
                         id: ProfileId(2),
                         name: "batch".into(),
                         center: vec![0.9; FEATURE_DIM],
+                        settings: Some(ProfileSettings {
+                            persona: "batch-jobs".into(),
+                            revenue_weight_milli: 250,
+                            priority: 20,
+                            fleet: Some("batch".into()),
+                        }),
                     },
                 ],
+                anomaly_distance: Some(42.0),
             },
         }),
         &limits,

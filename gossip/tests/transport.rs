@@ -315,7 +315,9 @@ fn model(version: u64) -> ModelUpdate {
                 id: ProfileId(1),
                 name: "interactive".into(),
                 center: vec![0.5; FEATURE_DIM],
+                settings: None,
             }],
+            anomaly_distance: None,
         },
     }
 }

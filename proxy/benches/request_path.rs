@@ -8,6 +8,12 @@
 //! once over shared tables, reported as time per request *per thread* — equal to the
 //! single-thread figure when throughput per thread does not drop.
 //!
+//! `request_path_learned/profiles_8` and `profiles_32`: the same one-thread loop with a learned
+//! model as the forecaster publishes it — 8 or 32 centroids and an `anomaly_distance` (users
+//! beyond it are `anomalous`), set at the 90th percentile of the warmed users' nearest
+//! distances — each on a plane of its own, warmed the same way (how many users are anomalous is
+//! printed). With `PRESCALE_BENCH_CPU_TIME=1` they are measured on-CPU too, at one thread.
+//!
 //! Header fields are read as the front door reads them: `HeaderFields` over the fields parsed in
 //! place (`httparse`), in the order a browser sends them.
 //!
@@ -76,7 +82,69 @@ impl Request {
     }
 }
 
+/// Where the learned-model cases put their anomaly distance: this quantile of the warmed users'
+/// nearest distances, read once the warm-up is done (features drift as users keep sending, so
+/// the share beyond it at their later requests is printed, not assumed).
+const ANOMALY_QUANTILE: f64 = 0.9;
+
+/// The plane of `one_thread` and `two_threads`: 8 centroids, no anomaly distance.
 fn plane() -> Plane {
+    let centers = (0..8u32)
+        .map(|i| {
+            (0..FEATURE_DIM)
+                .map(|d| ((i as usize * 7 + d) % 5) as f32 * 0.3 - 0.6)
+                .collect()
+        })
+        .collect();
+    plane_with(model(centers, vec![0.5; FEATURE_DIM], 1, None))
+}
+
+/// The learned-model cases' feature means: the bench's responses are 512 bytes (ln 513 ≈ 6.2).
+fn learned_mean() -> Vec<f32> {
+    let mut mean = vec![0.5; FEATURE_DIM];
+    mean[2] = 6.2;
+    mean
+}
+
+/// `count` distinct centers for the learned-model cases.
+fn learned_centers(count: u32) -> Vec<Vec<f32>> {
+    (0..count as usize)
+        .map(|i| {
+            (0..FEATURE_DIM)
+                .map(|d| ((i * 7 + d * 3 + i * d) % 11) as f32 * 0.15 - 0.75)
+                .collect()
+        })
+        .collect()
+}
+
+fn model(
+    centers: Vec<Vec<f32>>,
+    mean: Vec<f32>,
+    version: u64,
+    anomaly_distance: Option<f32>,
+) -> ProfileModel {
+    let centroids = centers
+        .into_iter()
+        .enumerate()
+        .map(|(i, center)| Centroid {
+            id: ProfileId(i as u32),
+            name: format!("learned-{i}"),
+            center,
+            settings: None,
+        })
+        .collect();
+    ProfileModel {
+        format: ProfileModel::FORMAT,
+        version,
+        built_at: 0,
+        mean,
+        scale: vec![1.5; FEATURE_DIM],
+        centroids,
+        anomaly_distance,
+    }
+}
+
+fn plane_with(model: ProfileModel) -> Plane {
     let identity = IdentityResolver::new(&IdentityConfig {
         secret: "bench-secret-0123456789abcdef".into(),
         sources: prescale_config::default_identity_sources(),
@@ -98,25 +166,7 @@ fn plane() -> Plane {
         registry,
     )
     .expect("assignment config");
-    let centroids = (0..8u32)
-        .map(|i| Centroid {
-            id: ProfileId(i),
-            name: format!("learned-{i}"),
-            center: (0..FEATURE_DIM)
-                .map(|d| ((i as usize * 7 + d) % 5) as f32 * 0.3 - 0.6)
-                .collect(),
-        })
-        .collect();
-    assigner
-        .install_model(ProfileModel {
-            format: ProfileModel::FORMAT,
-            version: 1,
-            built_at: 0,
-            mean: vec![0.5; FEATURE_DIM],
-            scale: vec![1.5; FEATURE_DIM],
-            centroids,
-        })
-        .expect("valid model");
+    assigner.install_model(model).expect("valid model");
     Plane {
         identity,
         assigner,
@@ -160,12 +210,10 @@ fn requests(seed: usize) -> Vec<Request> {
 /// the identity's key); `later` (seconds) is added to the clock so that a user's requests are
 /// minutes apart, as in production, rather than all within the same second.
 fn handle(plane: &Plane, request: &Request, spread: u64, later: u64, latency: Duration) -> u16 {
-    let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let headers = request.headers();
-    let Ok(user) = plane.identity.resolve(&headers, client) else {
+    let Some(user) = user_key(plane, &headers, spread) else {
         return u16::MAX;
     };
-    let user = UserKey(user.0 ^ spread.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     // As `DataPlane::admit`: the entry loads while the request is classified.
     plane.table.prefetch(user);
     let traits = RequestTraits::classify(&request.method, request.path, &headers);
@@ -206,6 +254,13 @@ fn handle(plane: &Plane, request: &Request, spread: u64, later: u64, latency: Du
         observation.is_error(),
     );
     outcome.profile.0
+}
+
+/// The key of user `spread` (its request's identity hash mixed with the user number).
+fn user_key(plane: &Plane, headers: &HeaderFields<'_>, spread: u64) -> Option<UserKey> {
+    let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let user = plane.identity.resolve(headers, client).ok()?;
+    Some(UserKey(user.0 ^ spread.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
 }
 
 /// This thread's on-CPU time (Linux).
@@ -275,6 +330,18 @@ fn bench(c: &mut Criterion) {
             match cpu_ns_per_request(&plane, &per_thread, threads, 5_000_000) {
                 Some(ns) => println!(
                     "request_path on-CPU: {threads} thread(s): {ns:.0} ns/request per thread"
+                ),
+                None => {
+                    println!("request_path on-CPU: /proc/thread-self/schedstat is not available")
+                }
+            }
+        }
+        drop(plane);
+        for count in LEARNED_CASES {
+            let learned = Arc::new(warmed_learned_plane(count, &per_thread));
+            match cpu_ns_per_request(&learned, &per_thread, 1, 5_000_000) {
+                Some(ns) => println!(
+                    "request_path on-CPU: learned model of {count} profiles with anomaly_distance: {ns:.0} ns/request"
                 ),
                 None => {
                     println!("request_path on-CPU: /proc/thread-self/schedstat is not available")
@@ -388,6 +455,73 @@ fn bench(c: &mut Criterion) {
         })
     });
     parts.finish();
+
+    // A learned model of 8 and of 32 profiles with an anomaly distance, one plane each (one
+    // 64 MiB table alive at a time besides the first plane's).
+    let mut learned = c.benchmark_group("request_path_learned");
+    learned.throughput(Throughput::Elements(1));
+    for count in LEARNED_CASES {
+        let learned_plane = warmed_learned_plane(count, &per_thread);
+        learned.bench_function(format!("profiles_{count}"), |b| {
+            let mut offset = 0u64;
+            b.iter_custom(|iterations| {
+                offset = offset.wrapping_add(iterations);
+                run(&learned_plane, &per_thread[0], iterations, offset)
+            })
+        });
+    }
+    learned.finish();
+}
+
+/// Centroid counts of the learned-model cases.
+const LEARNED_CASES: [u32; 2] = [8, 32];
+
+/// A learned-model plane of `count` profiles with every thread's users warmed in (as the first
+/// plane), whose model's anomaly distance is the [`ANOMALY_QUANTILE`] of those users' nearest
+/// distances.
+fn warmed_learned_plane(count: u32, per_thread: &[Arc<Vec<Request>>]) -> Plane {
+    let plane = plane_with(model(learned_centers(count), learned_mean(), 1, None));
+    for (t, requests) in per_thread.iter().enumerate() {
+        run(&plane, requests, 3 * USERS, t as u64 * USERS / 2);
+    }
+    let compiled = plane.assigner.model().expect("installed");
+    let now = plane.clock.unix_secs() + 3 * USERS / 1000;
+    let mut distances: Vec<f32> = (0..USERS)
+        .step_by(7)
+        .filter_map(|spread| {
+            let requests = &per_thread[0];
+            let headers = requests[spread as usize % requests.len()].headers();
+            let key = user_key(&plane, &headers, spread)?;
+            let features = plane.table.features_of(key, now)?;
+            Some(compiled.nearest_centroid(&features)?.distance)
+        })
+        .collect();
+    distances.sort_by(f32::total_cmp);
+    let threshold = distances[((distances.len() - 1) as f64 * ANOMALY_QUANTILE) as usize];
+    plane
+        .assigner
+        .install_model(model(
+            learned_centers(count),
+            learned_mean(),
+            2,
+            Some(threshold),
+        ))
+        .expect("valid model");
+    for (t, requests) in per_thread.iter().enumerate() {
+        run(&plane, requests, USERS, t as u64 * USERS / 2 + 3 * USERS);
+    }
+    // What the case measures: how many of the warmed users the model calls anomalous.
+    let counts = plane.table.profile_user_counts();
+    let anomalous = plane
+        .assigner
+        .registry()
+        .index_of(prescale_gossip::model::ANOMALOUS_PROFILE)
+        .map_or(0, |p| counts[usize::from(p.0)]);
+    let resident: u64 = counts.iter().sum();
+    eprintln!(
+        "request_path_learned: {count} profiles, anomaly_distance {threshold:.2}: {anomalous} of {resident} resident users anomalous"
+    );
+    plane
 }
 
 criterion_group!(benches, bench);

@@ -27,8 +27,19 @@ use tokio::sync::watch;
 
 use prescale_config::Secret;
 
-/// Largest admin request body accepted (personas and events are small JSON documents).
+/// Largest admin request body accepted (personas and events are small JSON documents); a
+/// route that takes more says so in [`AdminRoutes::body_limits`].
 const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A route that accepts a larger body than [`MAX_BODY_BYTES`] (the forecaster's NDJSON ingest):
+/// only for this method and exact path, and only for a request that carries the token when one
+/// is configured (anyone else is held to the default before being answered 401).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyLimit {
+    pub method: Method,
+    pub path: &'static str,
+    pub max_bytes: usize,
+}
 
 /// A request as handlers see it: method, path, query and the whole (bounded) body.
 pub struct AdminRequest {
@@ -67,6 +78,8 @@ pub struct AdminRoutes {
     pub readiness: Vec<Readiness>,
     pub dashboard: Option<&'static str>,
     pub token: Option<Secret>,
+    /// Routes whose bodies may be larger than the default limit.
+    pub body_limits: Vec<BodyLimit>,
 }
 
 impl AdminRoutes {
@@ -139,10 +152,24 @@ impl AdminRoutes {
 
     /// Whether `request` may read everything: no token is configured, or it carries the token.
     fn authorised(&self, request: &AdminRequest) -> bool {
+        self.authorised_headers(&request.headers)
+    }
+
+    fn authorised_headers(&self, headers: &http::HeaderMap) -> bool {
         match &self.token {
-            Some(token) => bearer_matches(&request.headers, token.expose()),
+            Some(token) => bearer_matches(headers, token.expose()),
             None => true,
         }
+    }
+
+    /// The most body bytes read for a request: a [`BodyLimit`] of its method and path when it is
+    /// authorised, else [`MAX_BODY_BYTES`].
+    pub fn body_limit(&self, method: &Method, path: &str, headers: &http::HeaderMap) -> usize {
+        self.body_limits
+            .iter()
+            .find(|limit| limit.method == method && limit.path == path)
+            .filter(|_| self.authorised_headers(headers))
+            .map_or(MAX_BODY_BYTES, |limit| limit.max_bytes)
     }
 
     /// The DNS-rebinding guard: with no token configured, a request whose `Host` (or HTTP/2
@@ -262,12 +289,13 @@ fn handle(
         if let Some(response) = routes.misdirected(local, authority, &parts.headers) {
             return Ok(response);
         }
-        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        let limit = routes.body_limit(&parts.method, parts.uri.path(), &parts.headers);
+        let body = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => {
                 return Ok(json_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("request body larger than {MAX_BODY_BYTES} bytes"),
+                    &format!("request body larger than {limit} bytes"),
                 ))
             }
         };
@@ -606,5 +634,35 @@ mod tests {
         assert_eq!(r.query_param("bad").as_deref(), Some("%zz"));
         assert_eq!(r.query_param("end").as_deref(), Some("%"));
         assert_eq!(r.query_param("missing"), None);
+    }
+
+    #[test]
+    fn a_larger_body_limit_holds_only_for_its_route_and_the_token() {
+        let routes = AdminRoutes {
+            token: Some("0123456789abcdef".into()),
+            body_limits: vec![BodyLimit {
+                method: Method::POST,
+                path: "/api/v1/ingest",
+                max_bytes: 8 << 20,
+            }],
+            ..Default::default()
+        };
+        let with_token = request(Method::POST, "/x", None, Some("0123456789abcdef")).headers;
+        let limit = |method: Method, path: &str, headers: &http::HeaderMap| {
+            routes.body_limit(&method, path, headers)
+        };
+        assert_eq!(limit(Method::POST, "/api/v1/ingest", &with_token), 8 << 20);
+        assert_eq!(
+            limit(Method::POST, "/api/v1/ingest", &http::HeaderMap::new()),
+            MAX_BODY_BYTES
+        );
+        assert_eq!(
+            limit(Method::PUT, "/api/v1/ingest", &with_token),
+            MAX_BODY_BYTES
+        );
+        assert_eq!(
+            limit(Method::POST, "/api/v1/ingest/x", &with_token),
+            MAX_BODY_BYTES
+        );
     }
 }

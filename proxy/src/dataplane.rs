@@ -5,10 +5,13 @@
 //! of it: profiles, fleets, metrics, readiness.
 //!
 //! Invariants: `admit` and `record` do no IO; the routing table always has an entry for every
-//! profile index the registry has handed out (rebuilt when a model adds names); a request is
-//! recorded under the same meter key it was admitted with; a plan is applied only when it is for
-//! the node's region and newer than the last one applied, and nothing but a plan changes a
-//! provisioned fleet's backends (no plan, or no forecaster, leaves the last set in place).
+//! profile index the registry has handed out (built at start, rebuilt when a model is installed;
+//! the request path only looks fleet and priority up by index); a profile's fleet, priority and
+//! revenue weight come from the config naming it, else from its learned centroid's persona
+//! settings, else the defaults (`rebuild_routes`); a request is recorded under the same meter
+//! key it was admitted with; a plan is applied only when it is for the node's region and newer
+//! than the last one applied, and nothing but a plan changes a provisioned fleet's backends (no
+//! plan, or no forecaster, leaves the last set in place).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::Method;
 use prescale_config::Config;
-use prescale_gossip::model::ProfileModel;
+use prescale_gossip::model::{ProfileModel, ProfileSettings, FEATURE_NAMES};
 use prescale_gossip::NodeClock;
 use prescale_gossip::{BackendPhase, PlanUpdate};
 use serde::Serialize;
@@ -43,6 +46,45 @@ use crate::profiles::{
 
 /// How far back `/api/v1/profiles` looks for request rates.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A profile's fleet, priority and revenue weight, and where they came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileRouting {
+    pub fleet: FleetIdx,
+    pub fleet_source: SettingSource,
+    pub priority: u8,
+    /// Relative revenue per request, thousandths (for profiles without a grant of their own).
+    pub revenue_weight_milli: u64,
+    /// Where `priority` and `revenue_weight_milli` came from.
+    pub settings_source: SettingSource,
+}
+
+/// Where a profile's fleet or priority came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettingSource {
+    /// A `[[routes]]` entry naming the profile (fleets).
+    Route,
+    /// A `[[profiles]]` entry naming the profile (priority, revenue weight).
+    Config,
+    /// The persona the forecaster mapped the learned profile to (`Centroid::settings`).
+    Persona,
+    /// Nothing names the profile: the region's default fleet, the default priority and revenue.
+    Default,
+}
+
+/// A persona fleet the node's region does not have: the profile went to the default fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetFallback {
+    pub profile: String,
+    pub persona: String,
+    pub fleet: String,
+}
+
+/// A revenue weight in thousandths (negative weights count as none).
+fn revenue_milli(weight: f64) -> u64 {
+    (weight * 1000.0).max(0.0) as u64
+}
 
 /// A request the proxy will forward.
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +131,9 @@ pub struct DataPlane {
     routes: ArcSwap<Vec<FleetIdx>>,
     /// Priority per profile index (admission under saturation).
     priorities: ArcSwap<Vec<u8>>,
+    /// Every profile's fleet, priority and revenue with where each came from (admin output and
+    /// grant tables; rebuilt with `routes` and `priorities`).
+    routing: ArcSwap<Vec<ProfileRouting>>,
     config: Arc<Config>,
     max_header_bytes: usize,
     pub tls: bool,
@@ -166,6 +211,7 @@ impl DataPlane {
             fleets,
             routes: ArcSwap::from_pointee(Vec::new()),
             priorities: ArcSwap::from_pointee(Vec::new()),
+            routing: ArcSwap::from_pointee(Vec::new()),
             max_header_bytes: config.proxy.max_header_bytes,
             tls: config.proxy.tls.is_some(),
             rate_samples: Mutex::new(VecDeque::new()),
@@ -175,37 +221,134 @@ impl DataPlane {
             region,
             config,
         };
+        // No model yet: no persona settings, so nothing falls back.
         plane.rebuild_routes()?;
         Ok(plane)
     }
 
-    /// Recomputes profile → fleet and profile → priority for every registered profile.
-    fn rebuild_routes(&self) -> Result<(), ProxyError> {
+    /// Recomputes every registered profile's fleet, priority and revenue weight. For each, in
+    /// order: a `[[routes]]` entry naming the profile (for this region or every region) sets the
+    /// fleet and a `[[profiles]]` entry the priority and revenue (operator intent wins); else,
+    /// for a profile of the installed model, its centroid's persona settings — a fleet only when
+    /// this region has a fleet of that name, else the region's default (returned as a
+    /// [`FleetFallback`] for the caller to log); else the defaults. `anomalous` has no centroid:
+    /// the region's default fleet and the default priority unless the config names it.
+    fn rebuild_routes(&self) -> Result<Vec<FleetFallback>, ProxyError> {
         let names = self.assigner.registry().names();
+        let model = self.assigner.model();
         let mut routes = Vec::with_capacity(names.len());
         let mut priorities = Vec::with_capacity(names.len());
+        let mut routing = Vec::with_capacity(names.len());
+        let mut fallbacks = Vec::new();
         for name in names.iter() {
-            let fleet = self
-                .config
-                .fleet_for(&self.region, name)
-                .and_then(|f| self.fleets.index_of(&f.name))
-                .ok_or_else(|| ProxyError::Startup {
-                    what: "routing table",
-                    reason: format!("no fleet for profile `{name}` in region `{}`", self.region),
-                })?;
-            routes.push(fleet);
-            priorities.push(self.config.profile_settings(name).1);
+            let persona = model.as_ref().and_then(|m| {
+                m.model
+                    .centroids
+                    .iter()
+                    .find(|c| *c.name == **name)
+                    .and_then(|c| c.settings.as_ref())
+            });
+            let resolved = self.route_profile(name, persona, &mut fallbacks)?;
+            routes.push(resolved.fleet);
+            priorities.push(resolved.priority);
+            routing.push(resolved);
         }
         self.routes.store(Arc::new(routes));
         self.priorities.store(Arc::new(priorities));
-        Ok(())
+        self.routing.store(Arc::new(routing));
+        Ok(fallbacks)
     }
 
-    /// Installs a profile model published by the forecaster and routes its profiles.
+    /// One profile's row of [`DataPlane::rebuild_routes`].
+    fn route_profile(
+        &self,
+        name: &str,
+        persona: Option<&ProfileSettings>,
+        fallbacks: &mut Vec<FleetFallback>,
+    ) -> Result<ProfileRouting, ProxyError> {
+        let no_fleet = || ProxyError::Startup {
+            what: "routing table",
+            reason: format!("no fleet for profile `{name}` in region `{}`", self.region),
+        };
+        // Without a route naming the profile this is the region's default fleet.
+        let configured_fleet = self
+            .config
+            .fleet_for(&self.region, name)
+            .and_then(|f| self.fleets.index_of(&f.name))
+            .ok_or_else(no_fleet)?;
+        let routed = self.config.routes.iter().any(|r| {
+            r.profile == name
+                && r.region
+                    .as_deref()
+                    .is_none_or(|region| region == self.region)
+        });
+        let (fleet, fleet_source) = if routed {
+            (configured_fleet, SettingSource::Route)
+        } else {
+            match persona.and_then(|p| p.fleet.as_deref().map(|fleet| (p, fleet))) {
+                Some((persona, wanted)) => match self.fleets.index_of(wanted) {
+                    Some(fleet) => (fleet, SettingSource::Persona),
+                    None => {
+                        fallbacks.push(FleetFallback {
+                            profile: name.to_string(),
+                            persona: persona.persona.clone(),
+                            fleet: wanted.to_string(),
+                        });
+                        (configured_fleet, SettingSource::Default)
+                    }
+                },
+                None => (configured_fleet, SettingSource::Default),
+            }
+        };
+        let configured = self.config.profiles.iter().find(|p| p.name == name);
+        let (priority, revenue_weight_milli, source) = match (configured, persona) {
+            (Some(p), _) => (
+                p.priority,
+                revenue_milli(p.revenue_weight),
+                SettingSource::Config,
+            ),
+            (None, Some(persona)) => (
+                persona.priority,
+                persona.revenue_weight_milli,
+                SettingSource::Persona,
+            ),
+            (None, None) => (
+                prescale_config::default_priority(),
+                revenue_milli(prescale_config::default_revenue_weight()),
+                SettingSource::Default,
+            ),
+        };
+        Ok(ProfileRouting {
+            fleet,
+            fleet_source,
+            priority,
+            revenue_weight_milli,
+            settings_source: source,
+        })
+    }
+
+    /// Installs a profile model published by the forecaster and routes its profiles (see
+    /// [`DataPlane::rebuild_routes`]); a persona fleet this region lacks is logged once per model.
     pub fn install_model(&self, model: ProfileModel) -> Result<ModelSwap, ModelSwapError> {
         let swap = self.assigner.install_model(model)?;
-        if let Err(e) = self.rebuild_routes() {
-            tracing::error!(error = %e, "routing table not rebuilt after model install");
+        if let ModelSwap::Installed { version } = swap {
+            match self.rebuild_routes() {
+                Ok(fallbacks) => {
+                    for f in fallbacks {
+                        tracing::warn!(
+                            model_version = version,
+                            profile = %f.profile,
+                            persona = %f.persona,
+                            fleet = %f.fleet,
+                            region = %self.region,
+                            "persona names a fleet this region does not have; the profile goes to the region's default fleet"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "routing table not rebuilt after model install")
+                }
+            }
         }
         Ok(swap)
     }
@@ -286,12 +429,11 @@ impl DataPlane {
                 })
             })
             .collect();
-        let names = registry.names();
+        let routing = self.routing.load();
         let revenue_of = |p: ProfileIdx| {
-            names
+            routing
                 .get(usize::from(p.0))
-                .map(|name| (self.config.profile_settings(name).0 * 1000.0).max(0.0) as u64)
-                .unwrap_or(0)
+                .map_or(0, |r| r.revenue_weight_milli)
         };
         Some(GrantTable::new(
             entries,
@@ -505,7 +647,7 @@ impl DataPlane {
         }
     }
 
-    /// Per-profile summary for `/api/v1/profiles`.
+    /// Per-profile summary for `/api/v1/profiles`, and the installed model's profiles.
     pub fn profiles_report(&self) -> ProfilesReport {
         let snapshot = self.meters.snapshot();
         let oldest = {
@@ -519,6 +661,7 @@ impl DataPlane {
             .unwrap_or_else(|| vec![0; MAX_PROFILES]);
         let model = self.assigner.model();
         let names = self.assigner.registry().names();
+        let routing = self.routing.load();
         let mut profiles = Vec::with_capacity(names.len());
         for (index, name) in names.iter().enumerate() {
             let profile = ProfileIdx(index as u16);
@@ -581,16 +724,74 @@ impl DataPlane {
                     p99: quantile(0.99),
                 },
                 centroid,
+                routing: routing.get(index).map(|r| self.routing_report(r)),
             });
         }
+        let model_report = model.as_ref().map(|m| {
+            let summary_of = |profile: ProfileIdx| profiles.get(usize::from(profile.0));
+            let learned = m
+                .model
+                .centroids
+                .iter()
+                .zip(&m.profile_of_centroid)
+                .map(|(centroid, &profile)| {
+                    let summary = summary_of(profile);
+                    LearnedProfileReport {
+                        id: centroid.id.0,
+                        index: profile.0,
+                        name: centroid.name.clone(),
+                        population: summary.map_or(0, |s| s.users),
+                        request_rate: summary.and_then(|s| s.request_rate),
+                        latency_ms: summary.map(|s| s.latency_ms).unwrap_or_default(),
+                        centroid: FeatureMap::of(
+                            centroid
+                                .center
+                                .iter()
+                                .zip(m.model.scale.iter().zip(&m.model.mean))
+                                .map(|(center, (scale, mean))| center * scale + mean),
+                        ),
+                        persona: centroid.settings.clone(),
+                        routing: summary.and_then(|s| s.routing.clone()),
+                    }
+                })
+                .collect();
+            let anomalous = m.anomalous_profile().map(|profile| {
+                let summary = summary_of(profile);
+                AnomalousReport {
+                    index: profile.0,
+                    population: summary.map_or(0, |s| s.users),
+                    request_rate: summary.and_then(|s| s.request_rate),
+                    latency_ms: summary.map(|s| s.latency_ms).unwrap_or_default(),
+                    routing: summary.and_then(|s| s.routing.clone()),
+                }
+            });
+            ModelReport {
+                version: m.model.version,
+                built_at: m.model.built_at,
+                anomaly_distance: m.model.anomaly_distance,
+                profiles: learned,
+                anomalous,
+            }
+        });
         ProfilesReport {
             node: self.node_id.clone(),
             region: self.region.clone(),
             model_version: model.as_ref().map(|m| m.model.version),
-            feature_names: prescale_gossip::model::FEATURE_NAMES.to_vec(),
+            feature_names: FEATURE_NAMES.to_vec(),
             users_tracked: self.features.as_ref().map(|t| t.len()).unwrap_or(0),
             user_capacity: self.features.as_ref().map(|t| t.capacity()).unwrap_or(0),
             profiles,
+            model: model_report,
+        }
+    }
+
+    fn routing_report(&self, routing: &ProfileRouting) -> RoutingReport {
+        RoutingReport {
+            fleet: self.fleets.get(routing.fleet).name.clone(),
+            fleet_source: routing.fleet_source,
+            priority: routing.priority,
+            revenue_weight_milli: routing.revenue_weight_milli,
+            settings_source: routing.settings_source,
         }
     }
 
@@ -603,6 +804,15 @@ impl DataPlane {
             }
             match request.path.as_str() {
                 "/api/v1/profiles" => Some(admin::json(&plane.profiles_report())),
+                "/api/v1/users/lookup" => Some(crate::lookup::respond(
+                    &crate::lookup::LookupContext {
+                        identity: &plane.identity,
+                        table: plane.features.as_ref(),
+                        assigner: &plane.assigner,
+                        now_secs: plane.now_secs(),
+                    },
+                    request,
+                )),
                 "/api/v1/fleets" => {
                     let plan = plane.applied_plan();
                     Some(admin::json(&FleetsReport {
@@ -951,6 +1161,8 @@ pub struct ProfilesReport {
     pub users_tracked: usize,
     pub user_capacity: usize,
     pub profiles: Vec<ProfileSummary>,
+    /// The installed model and its profiles (null before the first model).
+    pub model: Option<ModelReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -967,13 +1179,92 @@ pub struct ProfileSummary {
     pub latency_ms: LatencySummary,
     /// The profile's centroid in the model's scaled feature space (null without a model).
     pub centroid: Option<Vec<f32>>,
+    /// Where its requests go and how they rank under saturation.
+    pub routing: Option<RoutingReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct LatencySummary {
     pub p50: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,
+}
+
+/// A profile's fleet, priority and revenue weight as routed, with their sources.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoutingReport {
+    pub fleet: String,
+    /// `route`, `persona` or `default`.
+    pub fleet_source: SettingSource,
+    pub priority: u8,
+    pub revenue_weight_milli: u64,
+    /// Where priority and revenue weight came from: `config` (`[[profiles]]`), `persona` or
+    /// `default`.
+    pub settings_source: SettingSource,
+}
+
+/// The installed profile model.
+#[derive(Debug, Serialize)]
+pub struct ModelReport {
+    pub version: u64,
+    /// Unix seconds.
+    pub built_at: u64,
+    /// Squared scaled distance beyond which a user is `anomalous` (null: never).
+    pub anomaly_distance: Option<f32>,
+    pub profiles: Vec<LearnedProfileReport>,
+    /// Users farther than `anomaly_distance` from every centroid (null without one).
+    pub anomalous: Option<AnomalousReport>,
+}
+
+/// One centroid of the installed model, as this proxy sees its users.
+#[derive(Debug, Serialize)]
+pub struct LearnedProfileReport {
+    /// The model's profile id (stable across rebuilds).
+    pub id: u32,
+    /// This node's index of the profile (the `id` in `profiles`).
+    pub index: u16,
+    pub name: String,
+    /// Resident users currently assigned to it.
+    pub population: u64,
+    pub request_rate: Option<f64>,
+    pub latency_ms: LatencySummary,
+    /// The centroid in feature units (`center × scale + mean`), by feature name.
+    pub centroid: FeatureMap,
+    /// The persona settings the forecaster attached (null: none).
+    pub persona: Option<ProfileSettings>,
+    pub routing: Option<RoutingReport>,
+}
+
+/// The `anomalous` profile of a model with an anomaly distance.
+#[derive(Debug, Serialize)]
+pub struct AnomalousReport {
+    pub index: u16,
+    pub population: u64,
+    pub request_rate: Option<f64>,
+    pub latency_ms: LatencySummary,
+    pub routing: Option<RoutingReport>,
+}
+
+/// Feature values as a JSON object keyed by feature name, in [`FEATURE_NAMES`] order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureMap(pub Vec<(&'static str, f32)>);
+
+impl FeatureMap {
+    /// `values` in [`FEATURE_NAMES`] order.
+    pub fn of(values: impl IntoIterator<Item = f32>) -> Self {
+        FeatureMap(FEATURE_NAMES.iter().copied().zip(values).collect())
+    }
+}
+
+impl Serialize for FeatureMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -984,3 +1275,6 @@ struct FleetsReport {
     plan_issued_at_ms: Option<u64>,
     fleets: Vec<crate::fleet::FleetStatus>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -523,6 +523,21 @@ impl UserView<'_> {
     }
 }
 
+/// A resident user, read by [`FeatureTable::resident`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResidentUser {
+    /// Requests seen (saturating).
+    pub requests: u32,
+    /// Unix seconds of the last request.
+    pub last_seen: u64,
+    /// The profile assigned at the last request.
+    pub profile: ProfileIdx,
+    /// Whether the model (not a rule, the new-user threshold or the default) chose it.
+    pub by_model: bool,
+    /// The current feature vector (rate decayed to the time asked for).
+    pub features: FeatureVector,
+}
+
 /// What [`FeatureTable::on_request`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestOutcome {
@@ -803,6 +818,19 @@ impl FeatureTable {
     pub fn features_of(&self, user: UserKey, now: u64) -> Option<FeatureVector> {
         self.locked(self.set_index(user), user)
             .map(|guard| guard.state.features(now))
+    }
+
+    /// A resident user's state as the admin user lookup shows it (read-only; not for the
+    /// request path).
+    pub fn resident(&self, user: UserKey, now: u64) -> Option<ResidentUser> {
+        self.locked(self.set_index(user), user)
+            .map(|guard| ResidentUser {
+                requests: guard.state.requests,
+                last_seen: u64::from(guard.state.last_seen),
+                profile: guard.state.profile(),
+                by_model: guard.state.profile & BY_MODEL != 0,
+                features: guard.state.features(now),
+            })
     }
 
     /// Resident users per profile, indexed by [`ProfileIdx`] (length [`MAX_PROFILES`]).

@@ -217,6 +217,26 @@ impl IdentityResolver {
         self.hash(SourceKind::ClientIp, &octets)
     }
 
+    /// The key of an identity a service not behind the proxy reports (the forecaster's ingest
+    /// route): checked and hashed as the first configured source that carries a user id would
+    /// (header, cookie and API key under their own domains, bearer under the JWT subject's), so
+    /// a user id ingested and the same id in that source of a proxied request are one user. With
+    /// only `client_ip` configured: the header domain.
+    pub(crate) fn reported_key(&self, identity: &[u8]) -> Result<UserKey, IdentityError> {
+        let kind = self
+            .sources
+            .iter()
+            .find_map(|source| match source {
+                CompiledSource::Header(_) => Some(SourceKind::Header),
+                CompiledSource::Cookie(_) => Some(SourceKind::Cookie),
+                CompiledSource::ApiKey(_) => Some(SourceKind::ApiKey),
+                CompiledSource::Bearer(_) => Some(SourceKind::BearerSubject),
+                CompiledSource::ClientIp => None,
+            })
+            .unwrap_or(SourceKind::Header);
+        self.checked_hash(kind, identity)
+    }
+
     fn hash(&self, kind: SourceKind, identity: &[u8]) -> UserKey {
         let mut hasher = SipHasher13::new_with_keys(self.key0, self.key1);
         hasher.write_u8(kind.domain_tag());

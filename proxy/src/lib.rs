@@ -25,6 +25,8 @@ pub mod grants;
 mod hints;
 mod http1;
 pub mod identity;
+pub mod ingest;
+pub mod lookup;
 pub mod meters;
 pub mod plan;
 pub mod profiles;

@@ -16,7 +16,11 @@
 //!   a bucket's midpoint is within 0.79 % of any value in it; values outside the range are
 //!   clamped to the end buckets and counted (`clamped_low`, `clamped_high`);
 //! - unique users are HyperLogLog registers per key (atomic max, no lock), taken and reset by the
-//!   sketch exporter once per interval ([`Meters::take_unique_users`]).
+//!   sketch exporter once per interval ([`Meters::take_users`]);
+//! - the per-key user sample is a min-hash under a salt that changes at every take, so each
+//!   interval samples a fresh uniform subset of the key's users (with one fixed hash the same
+//!   few users won every interval and the rest were never sampled); the request path reads the
+//!   salt with one relaxed load.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -183,17 +187,39 @@ struct MeterCell {
     stripes: Box<[Stripe]>,
     users: Box<[AtomicU8]>,
     /// A min-hash sample of this interval's users: slot `i` keeps the user with the smallest
-    /// hash among those hashing to `i` (0 = empty).
+    /// salted hash among those hashing to `i` (0 = empty).
     sample: [AtomicU64; USER_SAMPLE_SLOTS],
 }
 
 /// Users sampled per key and interval (for the forecaster's profile learning).
 pub const USER_SAMPLE_SLOTS: usize = 8;
 
-fn sample_hash(user: u64) -> u64 {
-    (user ^ 0x5851_f42d_4c95_7f2d)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        .rotate_left(29)
+/// The user's rank in the sample under `salt`: a full-avalanche mix (murmur3's finalizer), so a
+/// new salt orders the users independently of the last one.
+fn sample_hash(user: u64, salt: u64) -> u64 {
+    let mut x = user ^ salt;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The salt after `salt` (SplitMix64's step: every salt differs in about half its bits).
+fn next_salt(salt: u64) -> u64 {
+    let mut z = salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A first salt that differs between processes (so proxies sharing an identity secret do not
+/// sample the same users), from the standard library's per-process random hasher keys.
+fn initial_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0x7361_6d70_6c65); // "sample"
+    hasher.finish()
 }
 
 impl MeterCell {
@@ -208,14 +234,14 @@ impl MeterCell {
         }
     }
 
-    fn sample_user(&self, user: u64) {
+    fn sample_user(&self, user: u64, salt: u64) {
         if user == 0 {
             return;
         }
-        let hash = sample_hash(user);
+        let hash = sample_hash(user, salt);
         let slot = &self.sample[(hash % USER_SAMPLE_SLOTS as u64) as usize];
         let mut current = slot.load(Ordering::Relaxed);
-        while current != user && (current == 0 || hash < sample_hash(current)) {
+        while current != user && (current == 0 || hash < sample_hash(current, salt)) {
             match slot.compare_exchange_weak(current, user, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(actual) => current = actual,
@@ -292,6 +318,8 @@ pub struct Meters {
     overflow: MeterCell,
     stripes: usize,
     keys: AtomicUsize,
+    /// The user sample's salt for the current interval (changed by [`Meters::take_users`]).
+    sample_salt: AtomicU64,
 }
 
 impl std::fmt::Debug for Meters {
@@ -325,6 +353,7 @@ impl Meters {
             overflow: MeterCell::new(MeterKey::OVERFLOW, stripes),
             stripes,
             keys: AtomicUsize::new(0),
+            sample_salt: AtomicU64::new(initial_salt()),
         }
     }
 
@@ -342,12 +371,17 @@ impl Meters {
         let stripe = THREAD_STRIPE.with(|s| *s) % self.stripes;
         cell.stripes[stripe].record(observation);
         cell.record_user(user);
-        cell.sample_user(user);
+        cell.sample_user(user, self.sample_salt.load(Ordering::Relaxed));
     }
 
     /// Unique users per key since the previous call, as a HyperLogLog and a small sample of
-    /// user keys; resets both. (One caller: the sketch exporter.)
+    /// user keys; resets both, and salts the next interval's sample afresh. (One caller: the
+    /// sketch exporter.)
     pub fn take_users(&self) -> Vec<IntervalUsers> {
+        // The new salt first: a request recorded between the two steps lands in this interval's
+        // sample or the next one's, ranked under the salt it is compared with.
+        let salt = self.sample_salt.load(Ordering::Relaxed);
+        self.sample_salt.store(next_salt(salt), Ordering::Relaxed);
         let mut out = Vec::new();
         let cells = self
             .slots
@@ -444,7 +478,8 @@ impl Meters {
 pub struct IntervalUsers {
     pub key: MeterKey,
     pub unique: HyperLogLog,
-    /// Up to [`USER_SAMPLE_SLOTS`] user keys, a uniform sample of the distinct users.
+    /// Up to [`USER_SAMPLE_SLOTS`] user keys, a uniform sample of the interval's distinct users
+    /// (drawn afresh every interval).
     pub sample: Vec<u64>,
 }
 

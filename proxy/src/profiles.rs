@@ -9,12 +9,16 @@
 //! 2. the first matching `[[assignment.rules]]` entry (path prefix, method, header [= value]):
 //!    rules are explicit operator intent, so they win over the learned model too;
 //! 3. with a model: the nearest centroid in the model's scaled space (`(x - mean) / scale`,
-//!    squared Euclidean distance, ties to the earlier centroid);
+//!    squared Euclidean distance, ties to the earlier centroid) — unless the model has an
+//!    `anomaly_distance` and even that nearest squared distance is greater than it: then
+//!    [`ANOMALOUS_PROFILE`] (a user unlike every learned profile is not forced into one; it is
+//!    still the model's answer);
 //! 4. `assignment.default_profile`.
 //!
 //! Invariants:
 //! - a profile's index never changes and is never reused; the registry is append-only and
-//!   bounded ([`MAX_PROFILES`]); `new` is index 0 and `default` index 1;
+//!   bounded ([`MAX_PROFILES`]); `new` is index 0 and `default` index 1; `anomalous` is
+//!   registered when the first model with an `anomaly_distance` is installed and keeps its index;
 //! - only a model that passed [`ProfileModel::validate`] and is not older than the current one is
 //!   ever installed; readers see either the old or the new model, never a mix;
 //! - assignment takes no lock and does not allocate.
@@ -24,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderMap, HeaderName, Method};
 use prescale_config::{AssignmentConfig, Config};
-use prescale_gossip::model::{ModelError, ProfileModel, FEATURE_DIM};
+use prescale_gossip::model::{ModelError, ProfileModel, ANOMALOUS_PROFILE, FEATURE_DIM};
 
 use crate::features::FeatureVector;
 use crate::fields::HeaderLookup;
@@ -169,6 +173,10 @@ pub struct CompiledModel {
     pub model: ProfileModel,
     /// The registry index of each centroid's name, in `model.centroids` order.
     pub profile_of_centroid: Vec<ProfileIdx>,
+    /// The registry index of [`ANOMALOUS_PROFILE`] when the model has an `anomaly_distance`.
+    anomalous: Option<ProfileIdx>,
+    /// `anomaly_distance`, or infinity without one (no distance is greater).
+    anomaly_threshold: f32,
     mean: [f32; FEATURE_DIM],
     inverse_scale: [f32; FEATURE_DIM],
     /// The centers in blocks of [`LANES`], by dimension: `blocks[b][i][lane]` is dimension `i` of
@@ -198,14 +206,30 @@ fn center_blocks(centers: &[[f32; FEATURE_DIM]]) -> Vec<[[f32; LANES]; FEATURE_D
         .collect()
 }
 
+/// The centroid nearest to a feature vector.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Nearest {
+    /// Index into `model.centroids`.
+    pub centroid: usize,
+    /// Squared distance in the model's scaled space.
+    pub distance: f32,
+}
+
 impl CompiledModel {
-    /// The index (into `model.centroids`) of the centroid nearest to `features`.
-    pub fn nearest_centroid(&self, features: &FeatureVector) -> Option<usize> {
+    /// `features` in the model's scaled space: `(x - mean) / scale` per dimension.
+    pub fn scaled(&self, features: &FeatureVector) -> [f32; FEATURE_DIM] {
         let mut scaled = [0f32; FEATURE_DIM];
         for (i, value) in scaled.iter_mut().enumerate() {
             *value = (features.0[i] - self.mean[i]) * self.inverse_scale[i];
         }
-        let mut best: Option<(usize, f32)> = None;
+        scaled
+    }
+
+    /// The centroid nearest to `features` and its squared scaled distance (`None` only when
+    /// every distance is NaN).
+    pub fn nearest_centroid(&self, features: &FeatureVector) -> Option<Nearest> {
+        let scaled = self.scaled(features);
+        let mut best: Option<Nearest> = None;
         for (block_index, block) in self.blocks.iter().enumerate() {
             let mut distances = [0f32; LANES];
             for (value, dimension) in scaled.iter().zip(block) {
@@ -220,18 +244,47 @@ impl CompiledModel {
                 if distance.is_nan() {
                     continue;
                 }
-                if best.is_none_or(|(_, best_distance)| *distance < best_distance) {
-                    best = Some((first + lane, *distance));
+                if best.is_none_or(|best| *distance < best.distance) {
+                    best = Some(Nearest {
+                        centroid: first + lane,
+                        distance: *distance,
+                    });
                 }
             }
         }
-        best.map(|(index, _)| index)
+        best
     }
 
-    /// The profile of the nearest centroid.
+    /// The model's answer for `features`: the profile of the nearest centroid, or
+    /// [`ANOMALOUS_PROFILE`]'s when that centroid is farther than `anomaly_distance`.
     pub fn nearest_profile(&self, features: &FeatureVector) -> Option<ProfileIdx> {
-        self.nearest_centroid(features)
-            .map(|i| self.profile_of_centroid[i])
+        let nearest = self.nearest_centroid(features)?;
+        Some(match self.anomalous {
+            Some(anomalous) if nearest.distance > self.anomaly_threshold => anomalous,
+            _ => self.profile_of_centroid[nearest.centroid],
+        })
+    }
+
+    /// The registry index of [`ANOMALOUS_PROFILE`] (`None`: the model has no anomaly distance).
+    pub fn anomalous_profile(&self) -> Option<ProfileIdx> {
+        self.anomalous
+    }
+
+    /// The squared scaled distance from `features` to every centroid, in `model.centroids`
+    /// order (for admin output; allocates).
+    pub fn distances(&self, features: &FeatureVector) -> Vec<f32> {
+        let scaled = self.scaled(features);
+        self.model
+            .centroids
+            .iter()
+            .map(|c| {
+                scaled
+                    .iter()
+                    .zip(&c.center)
+                    .map(|(x, center)| (x - center) * (x - center))
+                    .sum()
+            })
+            .collect()
     }
 }
 
@@ -247,7 +300,8 @@ fn to_array(values: &[f32]) -> [f32; FEATURE_DIM] {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Assignment {
     pub profile: ProfileIdx,
-    /// The model's nearest centroid (else: new user, a rule, or the default).
+    /// The model's answer: its nearest centroid, or `anomalous` (else: new user, a rule, or the
+    /// default).
     pub by_model: bool,
 }
 
@@ -425,7 +479,8 @@ impl ProfileAssigner {
     }
 
     /// Validates `model` and, unless it is older than the installed one, installs it atomically.
-    /// Its centroid names are registered first (so a full registry rejects the model whole).
+    /// Its centroid names (and `anomalous`, when it has an anomaly distance) are registered first,
+    /// so a full registry rejects the model whole.
     pub fn install_model(&self, model: ProfileModel) -> Result<ModelSwap, ModelSwapError> {
         model.validate()?;
         let _guard = self
@@ -448,6 +503,10 @@ impl ProfileAssigner {
         for centroid in &model.centroids {
             profile_of_centroid.push(self.registry.register(&centroid.name)?);
         }
+        let anomalous = match model.anomaly_distance {
+            Some(_) => Some(self.registry.register(ANOMALOUS_PROFILE)?),
+            None => None,
+        };
         let mut inverse_scale = [0f32; FEATURE_DIM];
         for (slot, scale) in inverse_scale.iter_mut().zip(&model.scale) {
             *slot = 1.0 / scale;
@@ -458,6 +517,8 @@ impl ProfileAssigner {
             .map(|c| to_array(&c.center))
             .collect();
         let compiled = CompiledModel {
+            anomalous,
+            anomaly_threshold: model.anomaly_distance.unwrap_or(f32::INFINITY),
             mean: to_array(&model.mean),
             inverse_scale,
             blocks: center_blocks(&centers),

@@ -41,6 +41,7 @@ fn brain_with(series: usize, forecast: ForecastConfig, history_minutes: i64) -> 
             initial_instances: 5,
             learn_capacity: None,
             warm_sub_pools: Vec::new(),
+            instance_resources: None,
         });
         for m in 0..history_minutes {
             brain.observe(m * 60 + 60, "bench", &profile, m * 60, diurnal(s, m));

@@ -55,6 +55,7 @@ fn spec(s: usize) -> FleetSpec {
         initial_instances: 5,
         learn_capacity: None,
         warm_sub_pools: Vec::new(),
+        instance_resources: None,
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prescale_gossip::{Sketch, SketchSink};
@@ -36,8 +36,17 @@ pub struct IngestStats {
     pub batches: AtomicU64,
 }
 
+/// Told about every sketch the writer stored, after its commit (the forecaster's profile
+/// learning takes the sampled users from it). Called on the writer thread: keep it brief.
+pub trait SampleObserver: Send + Sync {
+    fn observe(&self, sketch: &Sketch);
+}
+
+type Observer = Arc<OnceLock<Arc<dyn SampleObserver>>>;
+
 pub struct StoreSink {
     queue: mpsc::SyncSender<(Sketch, Reply)>,
+    observer: Observer,
     reader: Mutex<SeriesStore>,
     pub stats: Arc<IngestStats>,
     /// Each proxy's recent requests per (fleet, profile), for splitting grants among proxies.
@@ -113,15 +122,20 @@ impl StoreSink {
         let writer_stats = Arc::clone(&stats);
         let traffic = Arc::new(NodeTraffic::default());
         let writer_traffic = Arc::clone(&traffic);
+        let observer: Observer = Arc::default();
+        let writer_observer = Arc::clone(&observer);
         std::thread::Builder::new()
             .name("series-writer".into())
-            .spawn(move || write_loop(writer, receiver, writer_stats, writer_traffic))
+            .spawn(move || {
+                write_loop(writer, receiver, writer_stats, writer_traffic, writer_observer)
+            })
             .map_err(|e| Error::Store {
                 what: format!("start the writer thread: {e}"),
                 source: None,
             })?;
         Ok(StoreSink {
             queue,
+            observer,
             reader: Mutex::new(reader),
             stats,
             traffic,
@@ -131,6 +145,11 @@ impl StoreSink {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Sets the observer of stored sketches (once; false if one was set already).
+    pub fn set_observer(&self, observer: Arc<dyn SampleObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     pub fn series(
@@ -168,6 +187,7 @@ fn write_loop(
     receiver: mpsc::Receiver<(Sketch, Reply)>,
     stats: Arc<IngestStats>,
     traffic: Arc<NodeTraffic>,
+    observer: Observer,
 ) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
@@ -189,6 +209,9 @@ fn write_loop(
                 for (sketch, outcome) in sketches.iter().zip(&outcomes) {
                     if *outcome == Ingested::Stored {
                         traffic.record(sketch);
+                        if let Some(observer) = observer.get() {
+                            observer.observe(sketch);
+                        }
                     }
                 }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -205,6 +228,9 @@ fn write_loop(
                         .map_err(|e| format!("sketch {}#{}: {e}", sketch.node, sketch.sequence));
                     if outcome == Ok(Ingested::Stored) {
                         traffic.record(&sketch);
+                        if let Some(observer) = observer.get() {
+                            observer.observe(&sketch);
+                        }
                     }
                     count(&stats, outcome.as_ref().map(|o| *o).map_err(|_| ()));
                     let _ = reply.send(outcome);

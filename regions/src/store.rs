@@ -5,6 +5,8 @@
 //! Invariants:
 //! - a sketch is applied at most once: `(node, sequence)` is recorded in the same transaction
 //!   as its counts, so a crash either keeps both or neither, and a resent sketch is skipped;
+//!   a batch posted to the ingest route ([`SeriesStore::ingest_batch`]) is applied whole in one
+//!   transaction with its idempotency key, under sequences that continue its node's;
 //! - counts add, latency histograms merge exactly (counter by counter, and a minute is stored at
 //!   its own precision, never re-bucketed to the wire's size budget), unique-user HyperLogLogs
 //!   merge (register-wise max);
@@ -79,7 +81,72 @@ const MIGRATIONS: &[&str] = &[
         sketches INTEGER NOT NULL,
         PRIMARY KEY (region, minute)
      ) WITHOUT ROWID;",
+    // 3: the idempotency keys of batches posted to the forecaster's ingest route, each with a
+    // hash of its body and its counts, written in the transaction of the batch's sketches.
+    "CREATE TABLE ingest_keys (
+        key TEXT PRIMARY KEY,
+        body_hash INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        minutes INTEGER NOT NULL,
+        users INTEGER NOT NULL,
+        committed_ms INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
+
+/// Node names of the batches a forecaster's ingest route stores start with this. A `/` is not
+/// valid in a DNS name, so no proxy's certificate (whose name must be its sketches' node) can
+/// have one, and ingested sequences never mix with a proxy's.
+pub const INGEST_NODE_PREFIX: &str = "ingest/";
+
+/// The node name under which the forecaster `forecaster_node` stores posted batches.
+pub fn ingest_node_name(forecaster_node: &str) -> String {
+    format!("{INGEST_NODE_PREFIX}{forecaster_node}")
+}
+
+/// Whether `node` is an ingest node: it reports only when someone posts a batch, so the live
+/// driver never waits for it.
+pub fn is_ingest_node(node: &str) -> bool {
+    node.starts_with(INGEST_NODE_PREFIX)
+}
+
+/// What a posted batch held, kept with its idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchCounts {
+    pub events: u64,
+    /// Sketches (one per minute the events fall in).
+    pub minutes: u64,
+    /// Distinct users.
+    pub users: u64,
+}
+
+/// A posted batch's `Idempotency-Key` and a hash of its body (a key resent with another body is
+/// told apart from a retry).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchKey<'a> {
+    pub key: &'a str,
+    pub body_hash: u64,
+}
+
+/// An idempotency key committed earlier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CommittedKey {
+    pub body_hash: u64,
+    pub counts: BatchCounts,
+    /// Node time (unix ms) of the commit.
+    pub committed_ms: u64,
+}
+
+/// What [`SeriesStore::ingest_batch`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchIngested {
+    /// Committed under the node's sequences `first_sequence..=last_sequence`.
+    Stored {
+        first_sequence: u64,
+        last_sequence: u64,
+    },
+    /// The key was committed before (by an earlier or a concurrent post): nothing was written.
+    Duplicate(CommittedKey),
+}
 
 /// One minute of one series.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -235,45 +302,93 @@ impl SeriesStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| store_error("begin ingest", e))?;
-        let mut outcomes = Vec::with_capacity(sketches.len());
-        // The batch is merged in memory first, so each series row and each node record is read
-        // and written once per batch however many sketches touch it.
-        let mut rows: BTreeMap<RowKey<'_>, RowAcc> = BTreeMap::new();
-        let mut nodes: BTreeMap<&str, NodeUpdate<'_>> = BTreeMap::new();
-        {
-            let mut record = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO received (node, sequence, interval_start_ms) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(|e| store_error("prepare the dedup insert", e))?;
-            for sketch in sketches {
-                let inserted = record
-                    .execute(params![
-                        sketch.node,
-                        sketch.sequence as i64,
-                        sketch.interval_start_ms as i64
-                    ])
-                    .map_err(|e| store_error(format!("record {}", sketch_name(sketch)), e))?
-                    > 0;
-                match nodes.get_mut(sketch.node.as_str()) {
-                    Some(node) => node.add(sketch, inserted),
-                    None => {
-                        nodes.insert(&sketch.node, NodeUpdate::new(sketch, inserted));
-                    }
-                }
-                if inserted {
-                    merge_sketch(sketch, &mut rows, histograms)?;
-                    outcomes.push(Ingested::Stored);
-                } else {
-                    outcomes.push(Ingested::Duplicate);
-                }
-            }
-        }
-        write_nodes(&tx, &nodes, now_ms)?;
-        write_coverage(&tx, sketches, &outcomes)?;
-        write_rows(&tx, rows, histograms, users)?;
+        let outcomes = apply_sketches(&tx, sketches, now_ms, histograms, users)?;
         tx.commit().map_err(|e| store_error("commit ingest", e))?;
         Ok(outcomes)
+    }
+
+    /// The batch committed earlier under idempotency key `key`, if any.
+    pub fn committed_key(&self, key: &str) -> Result<Option<CommittedKey>> {
+        read_key(&self.conn, key)
+    }
+
+    /// Stores a batch posted to the ingest route: `sketches` (all of one node, one per minute)
+    /// are given the node's next sequences (after the highest it has stored, so dedup stays right
+    /// across restarts) and are applied as [`SeriesStore::ingest`] applies sketches; `key`, when
+    /// given, is recorded with `counts` in the same transaction, so a batch is counted once
+    /// whatever is resent. A key already recorded writes nothing and answers
+    /// [`BatchIngested::Duplicate`]. `wall_ms` is the nodes' last-seen time (as for proxies),
+    /// `node_ms` the key's commit time (node time, as retention is).
+    pub fn ingest_batch(
+        &mut self,
+        sketches: &mut [Sketch],
+        key: Option<BatchKey<'_>>,
+        counts: BatchCounts,
+        wall_ms: u64,
+        node_ms: u64,
+    ) -> Result<BatchIngested> {
+        let Some(node) = sketches.first().map(|s| s.node.clone()) else {
+            return Err(Error::Store {
+                what: "an ingest batch needs at least one sketch".to_string(),
+                source: None,
+            });
+        };
+        if let Some(other) = sketches.iter().find(|s| s.node != node) {
+            return Err(Error::Store {
+                what: format!(
+                    "an ingest batch is of one node: `{node}` and `{}` given",
+                    other.node
+                ),
+                source: None,
+            });
+        }
+        let SeriesStore {
+            conn,
+            histograms,
+            users,
+        } = self;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| store_error("begin ingest batch", e))?;
+        if let Some(key) = &key {
+            if let Some(committed) = read_key(&tx, key.key)? {
+                return Ok(BatchIngested::Duplicate(committed));
+            }
+        }
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(sequence) FROM received WHERE node = ?1",
+                params![node],
+                |row| row.get(0),
+            )
+            .map_err(|e| store_error(format!("read last sequence of {node}"), e))?;
+        let first_sequence = last.map_or(0, |s| s as u64 + 1);
+        for (sketch, sequence) in sketches.iter_mut().zip(first_sequence..) {
+            sketch.sequence = sequence;
+        }
+        let last_sequence = first_sequence + sketches.len() as u64 - 1;
+        apply_sketches(&tx, sketches, wall_ms, histograms, users)?;
+        if let Some(key) = key {
+            tx.execute(
+                "INSERT INTO ingest_keys (key, body_hash, events, minutes, users, committed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    key.key,
+                    key.body_hash as i64,
+                    counts.events as i64,
+                    counts.minutes as i64,
+                    counts.users as i64,
+                    node_ms as i64
+                ],
+            )
+            .map_err(|e| store_error("record the idempotency key", e))?;
+        }
+        tx.commit()
+            .map_err(|e| store_error("commit ingest batch", e))?;
+        Ok(BatchIngested::Stored {
+            first_sequence,
+            last_sequence,
+        })
     }
 
     /// Minute points of the series matching `query`, summed over what the query leaves open
@@ -583,8 +698,8 @@ impl SeriesStore {
             .map_err(|e| store_error("read node row", e))
     }
 
-    /// Deletes series minutes and dedup records older than `now - retention_secs`. Returns the
-    /// number of series rows removed.
+    /// Deletes series minutes, dedup records and ingest idempotency keys older than
+    /// `now - retention_secs`. Returns the number of series rows removed.
     pub fn prune(&mut self, now_secs: u64, retention_secs: u64) -> Result<usize> {
         let cutoff = now_secs.saturating_sub(retention_secs) as i64;
         let tx = self
@@ -601,9 +716,63 @@ impl SeriesStore {
             params![cutoff],
         )
         .map_err(|e| store_error("prune dedup records", e))?;
+        tx.execute(
+            "DELETE FROM ingest_keys WHERE committed_ms < ?1 * 1000",
+            params![cutoff],
+        )
+        .map_err(|e| store_error("prune idempotency keys", e))?;
         tx.commit().map_err(|e| store_error("commit prune", e))?;
         Ok(removed)
     }
+}
+
+/// Records and merges `sketches` inside `tx` (the body of [`SeriesStore::ingest`] and
+/// [`SeriesStore::ingest_batch`]).
+fn apply_sketches(
+    tx: &Transaction<'_>,
+    sketches: &[Sketch],
+    now_ms: u64,
+    histograms: &mut HistogramCodec,
+    users: &mut HllCodec,
+) -> Result<Vec<Ingested>> {
+    let mut outcomes = Vec::with_capacity(sketches.len());
+    // The batch is merged in memory first, so each series row and each node record is read
+    // and written once per batch however many sketches touch it.
+    let mut rows: BTreeMap<RowKey<'_>, RowAcc> = BTreeMap::new();
+    let mut nodes: BTreeMap<&str, NodeUpdate<'_>> = BTreeMap::new();
+    {
+        let mut record = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO received (node, sequence, interval_start_ms) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(|e| store_error("prepare the dedup insert", e))?;
+        for sketch in sketches {
+            let inserted = record
+                .execute(params![
+                    sketch.node,
+                    sketch.sequence as i64,
+                    sketch.interval_start_ms as i64
+                ])
+                .map_err(|e| store_error(format!("record {}", sketch_name(sketch)), e))?
+                > 0;
+            match nodes.get_mut(sketch.node.as_str()) {
+                Some(node) => node.add(sketch, inserted),
+                None => {
+                    nodes.insert(&sketch.node, NodeUpdate::new(sketch, inserted));
+                }
+            }
+            if inserted {
+                merge_sketch(sketch, &mut rows, histograms)?;
+                outcomes.push(Ingested::Stored);
+            } else {
+                outcomes.push(Ingested::Duplicate);
+            }
+        }
+    }
+    write_nodes(tx, &nodes, now_ms)?;
+    write_coverage(tx, sketches, &outcomes)?;
+    write_rows(tx, rows, histograms, users)?;
+    Ok(outcomes)
 }
 
 /// A series row: (region, origin, profile, fleet, minute), borrowed from the batch.
@@ -846,6 +1015,26 @@ fn write_rows(
             .map_err(|e| store_error(format!("write {}", row()), e))?;
     }
     Ok(())
+}
+
+fn read_key(conn: &Connection, key: &str) -> Result<Option<CommittedKey>> {
+    conn.query_row(
+        "SELECT body_hash, events, minutes, users, committed_ms FROM ingest_keys WHERE key = ?1",
+        params![key],
+        |row| {
+            Ok(CommittedKey {
+                body_hash: row.get::<_, i64>(0)? as u64,
+                counts: BatchCounts {
+                    events: row.get::<_, i64>(1)? as u64,
+                    minutes: row.get::<_, i64>(2)? as u64,
+                    users: row.get::<_, i64>(3)? as u64,
+                },
+                committed_ms: row.get::<_, i64>(4)? as u64,
+            })
+        },
+    )
+    .optional()
+    .map_err(|e| store_error("read an idempotency key", e))
 }
 
 fn sketch_name(sketch: &Sketch) -> String {
@@ -1174,5 +1363,79 @@ mod tests {
             [Ingested::Stored]
         );
         assert_eq!(store.last_sequence("n1").expect("seq"), Some(1));
+    }
+
+    #[test]
+    fn an_ingest_batch_continues_its_node_sequences_and_counts_once_per_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("series.db");
+        let minute = 1_700_000_040_000;
+        let node = ingest_node_name("forecaster-eu");
+        assert!(is_ingest_node(&node) && !is_ingest_node("edge-fra-1"));
+        let counts = BatchCounts {
+            events: 30,
+            minutes: 2,
+            users: 2,
+        };
+        let batch = || {
+            vec![
+                sketch(&node, 0, minute, "batch", 20, &[1, 2]),
+                sketch(&node, 0, minute + 60_000, "batch", 10, &[1]),
+            ]
+        };
+        let key = BatchKey {
+            key: "k-1",
+            body_hash: u64::MAX - 1,
+        };
+        {
+            let mut store = SeriesStore::open(&path).expect("open");
+            let mut first = batch();
+            let stored = store
+                .ingest_batch(&mut first, Some(key), counts, 1, 2)
+                .expect("batch");
+            assert_eq!(first.iter().map(|s| s.sequence).collect::<Vec<_>>(), [0, 1]);
+            assert_eq!(
+                stored,
+                BatchIngested::Stored {
+                    first_sequence: 0,
+                    last_sequence: 1
+                }
+            );
+            // The same key again: nothing written, the first commit reported.
+            let again = store
+                .ingest_batch(&mut batch(), Some(key), counts, 3, 4)
+                .expect("batch");
+            let committed = CommittedKey {
+                body_hash: u64::MAX - 1,
+                counts,
+                committed_ms: 2,
+            };
+            assert_eq!(again, BatchIngested::Duplicate(committed.clone()));
+            assert_eq!(store.committed_key("k-1").expect("key"), Some(committed));
+            assert_eq!(store.committed_key("k-2").expect("key"), None);
+        }
+        // After a restart the sequences go on; without a key the batch is new data.
+        let mut store = SeriesStore::open(&path).expect("reopen");
+        assert_eq!(
+            store
+                .ingest_batch(&mut batch(), None, counts, 5, 6)
+                .expect("batch"),
+            BatchIngested::Stored {
+                first_sequence: 2,
+                last_sequence: 3
+            }
+        );
+        let series = store.series(&SeriesQuery::default()).expect("series");
+        let requests: Vec<u64> = series["*/*/*"].iter().map(|p| p.requests).collect();
+        assert_eq!(requests, [40, 20]);
+        let mut mixed = vec![
+            sketch(&node, 0, minute, "batch", 1, &[1]),
+            sketch("edge-1", 0, minute, "batch", 1, &[1]),
+        ];
+        assert!(store.ingest_batch(&mut mixed, None, counts, 7, 8).is_err());
+        assert!(store.ingest_batch(&mut [], None, counts, 7, 8).is_err());
+        // Keys go with the retention.
+        store.prune(1_000, 500).expect("prune");
+        assert_eq!(store.committed_key("k-1").expect("key"), None);
     }
 }

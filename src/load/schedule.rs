@@ -51,6 +51,10 @@ enum Source {
         trace: AzureTrace,
         minute_wall: Duration,
         phases: Vec<f64>,
+        /// Fraction of each function's requests sent (see [`Schedule::azure`]).
+        scale: f64,
+        /// Each function's fractional requests not yet sent.
+        carry: Vec<f64>,
         next_minute: usize,
         pending: std::vec::IntoIter<ScheduledSend>,
     },
@@ -110,7 +114,14 @@ impl Schedule {
     }
 
     /// The Azure sample replayed `speedup` times faster; function `i` is `UserRef::Named(i)`.
-    pub fn azure(trace: AzureTrace, speedup: f64, seed: u64) -> Self {
+    ///
+    /// `scale` (0 < scale ≤ 1) is the fraction of each function's requests sent, so that a
+    /// laptop can drive the whole sample: each minute sends `scale ×` its count, the fractions
+    /// carried over per function, but a minute in which the function was active sends at least
+    /// one request. Every function thus keeps its pattern in time (which minutes it is active
+    /// in: timers stay periodic, rare functions stay rare, bursts stay where they were) while
+    /// the heavy ones shrink by `scale`; the total sent is at least `scale ×` the trace's.
+    pub fn azure(trace: AzureTrace, speedup: f64, scale: f64, seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
         // Each function fires at its own phase within a minute, so functions with the same count
         // do not all hit the target at the same instant.
@@ -119,11 +130,14 @@ impl Schedule {
             .iter()
             .map(|_| rng.random::<f64>())
             .collect();
+        let carry = vec![0.0; trace.functions.len()];
         Schedule {
             source: Source::Azure {
                 trace,
                 minute_wall: seconds(60.0 / speedup),
                 phases,
+                scale,
+                carry,
                 next_minute: 0,
                 pending: Vec::new().into_iter(),
             },
@@ -201,6 +215,8 @@ impl Iterator for Schedule {
                 trace,
                 minute_wall,
                 phases,
+                scale,
+                carry,
                 next_minute,
                 pending,
             } => loop {
@@ -216,6 +232,20 @@ impl Iterator for Schedule {
                 let mut sends = Vec::new();
                 for (index, function) in trace.functions.iter().enumerate() {
                     let count = function.per_minute.get(minute).copied().unwrap_or(0);
+                    let count = match carry.get_mut(index) {
+                        Some(carry) if count > 0 && *scale < 1.0 => {
+                            *carry += f64::from(count) * *scale;
+                            let whole = carry.floor();
+                            if whole >= 1.0 {
+                                *carry -= whole;
+                                whole.min(f64::from(u32::MAX)) as u32
+                            } else {
+                                // An active minute keeps one request; the fraction stays owed.
+                                1
+                            }
+                        }
+                        _ => count,
+                    };
                     let phase = phases.get(index).copied().unwrap_or(0.0);
                     let user = UserRef::Named(u32::try_from(index).unwrap_or(u32::MAX));
                     for j in 0..count {
@@ -312,7 +342,7 @@ mod tests {
             functions: vec![function("fn-a", vec![3, 0]), function("fn-b", vec![1, 2])],
             minutes: 2,
         };
-        let schedule = Schedule::azure(trace, 60.0, 7);
+        let schedule = Schedule::azure(trace, 60.0, 1.0, 7);
         assert_eq!(schedule.natural_length(), Some(Duration::from_secs(2)));
         let sends: Vec<ScheduledSend> = schedule.collect();
         assert_eq!(sends.len(), 6);
@@ -325,5 +355,51 @@ mod tests {
         };
         assert_eq!((in_minute(0, 0), in_minute(0, 1)), (3, 1));
         assert_eq!((in_minute(1, 0), in_minute(1, 1)), (0, 2));
+    }
+
+    #[test]
+    fn a_scaled_azure_replay_keeps_every_active_minute_and_shrinks_the_heavy_ones() {
+        let function = |name: &str, per_minute: Vec<u32>| AzureFunction {
+            identity: HeaderValue::from_str(name).unwrap(),
+            per_minute,
+        };
+        // A heavy function, a once-a-minute timer, one that is active every third minute.
+        let minutes = 30;
+        let trace = AzureTrace {
+            functions: vec![
+                function("heavy", vec![1000; minutes]),
+                function("timer", vec![1; minutes]),
+                function(
+                    "sparse",
+                    (0..minutes).map(|m| u32::from(m % 3 == 0) * 2).collect(),
+                ),
+            ],
+            minutes,
+        };
+        let sends: Vec<ScheduledSend> = Schedule::azure(trace, 60.0, 0.01, 3).collect();
+        let per_minute = |user: u32| -> Vec<usize> {
+            (0..minutes as u64)
+                .map(|m| {
+                    sends
+                        .iter()
+                        .filter(|s| s.user == UserRef::Named(user) && s.at.as_secs() == m)
+                        .count()
+                })
+                .collect()
+        };
+        assert!(
+            per_minute(0).iter().all(|&n| n == 10),
+            "{:?}",
+            per_minute(0)
+        );
+        assert!(per_minute(1).iter().all(|&n| n == 1));
+        let sparse = per_minute(2);
+        for (minute, n) in sparse.iter().enumerate() {
+            assert_eq!(
+                *n,
+                usize::from(minute % 3 == 0),
+                "minute {minute}: {sparse:?}"
+            );
+        }
     }
 }

@@ -767,3 +767,4 @@ pub fn write_trace(path: &Path, start: u64, minutes: u64, ramp: u64) {
     }
     std::fs::write(path, text).expect("write trace");
 }
+pub mod azure;

@@ -395,13 +395,19 @@ function renderProfiles(answer, plan) {
   $('profiles-summary').textContent = fmt(report.users_tracked) + ' users tracked' + (report.model_version === null ? ' · assigned by rules (no model yet)' : ' · model v' + report.model_version);
   // The forecast column only where this node's forecaster forecasts the profiles.
   const forecasts = plan ? new Map((plan.series || []).map((s) => [s.profile, s.forecast.find((f) => f.horizon_minutes === 30) || s.forecast[0]])) : null;
+  // The persona the forecaster mapped each learned profile to (in the installed model).
+  const personas = new Map(((report.model && report.model.profiles) || [])
+    .filter((m) => m.persona).map((m) => [m.name, m.persona]));
   const rows = report.profiles.map((p) => {
     const f = forecasts && forecasts.get(p.name);
+    const persona = personas.get(p.name);
     return el('tr', { 'data-profile': p.name },
       cell(p.name), num(fmt(p.users)), num(fmt(p.request_rate, 2)), num(fmt(p.requests)),
       num(fmt(p.latency_ms.p50, 1)), num(fmt(p.latency_ms.p95, 1)), num(fmt(p.latency_ms.p99, 1)),
       num(fmt(p.error_rate * 100, 2) + ' %', p.error_rate > 0.01 ? 'bad' : null),
-      forecasts ? num(f ? fmt(f.point) : '–') : null, cell('—', 'muted', 'personas: not yet'));
+      forecasts ? num(f ? fmt(f.point) : '–') : null, persona
+        ? cell(persona.persona, null, 'revenue ' + fmt(persona.revenue_weight_milli / 1000, 3) + ' · priority ' + persona.priority + (persona.fleet ? ' · fleet ' + persona.fleet : ''))
+        : cell('—', 'muted', report.model ? 'no persona matches this profile' : 'personas map learned profiles; no model is installed'));
   });
   const headers = ['profile', { label: 'users', num: true }, { label: 'req/s', num: true },
     { label: 'requests', num: true, title: 'since the node started' }, { label: 'p50 ms', num: true }, { label: 'p95 ms', num: true },

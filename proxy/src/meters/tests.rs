@@ -239,3 +239,106 @@ proptest! {
         prop_assert_eq!(entry.latency_count(), 1);
     }
 }
+
+#[test]
+fn user_samples_rotate_over_the_whole_population() {
+    const POPULATION: u64 = 300;
+    const INTERVALS: usize = 200;
+    let meters = Meters::with_stripes(2);
+    let keys = [key(2, 0, 0), key(3, 1, 0)];
+    // User keys are keyed hashes in the proxy: spread them the same way.
+    let users: Vec<u64> = (1..=POPULATION)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        .collect();
+    let mut seen = [
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+    ];
+    let mut repeated_whole_sample = 0;
+    let mut previous: Vec<Vec<u64>> = vec![Vec::new(); keys.len()];
+    for interval in 0..INTERVALS {
+        for (k, meter_key) in keys.iter().enumerate() {
+            for (i, user) in users.iter().enumerate() {
+                // Some users send several requests: a user is sampled once whatever its count.
+                for _ in 0..1 + (i + interval + k) % 3 {
+                    meters.record_for_user(*meter_key, &ok(Duration::from_millis(1)), *user);
+                }
+            }
+        }
+        let taken = meters.take_users();
+        assert_eq!(taken.len(), keys.len(), "interval {interval}");
+        for users_of_key in taken {
+            let k = keys
+                .iter()
+                .position(|key| *key == users_of_key.key)
+                .expect("a recorded key");
+            let mut sample = users_of_key.sample.clone();
+            assert!(
+                !sample.is_empty() && sample.len() <= USER_SAMPLE_SLOTS,
+                "interval {interval}: {} sampled",
+                sample.len()
+            );
+            sample.sort_unstable();
+            sample.dedup();
+            assert_eq!(
+                sample.len(),
+                users_of_key.sample.len(),
+                "a user sampled twice"
+            );
+            for user in &sample {
+                assert!(users.contains(user), "sampled a user that sent nothing");
+                seen[k].insert(*user);
+            }
+            if sample == previous[k] {
+                repeated_whole_sample += 1;
+            }
+            previous[k] = sample;
+        }
+    }
+    // 8 of 300 per interval: over 200 intervals a user is missed with probability about
+    // (1 - 8/300)^200 < 1 %. With one fixed hash the union stayed at the first 8.
+    for (k, seen) in seen.iter().enumerate() {
+        assert!(
+            seen.len() as u64 >= POPULATION * 9 / 10,
+            "key {k}: {} of {POPULATION} users ever sampled",
+            seen.len()
+        );
+    }
+    assert!(
+        repeated_whole_sample <= 2,
+        "{repeated_whole_sample} intervals sampled exactly the users of the one before"
+    );
+}
+
+#[test]
+fn one_interval_samples_its_users_under_one_salt() {
+    // Within an interval the sample is a min-hash: recording the same users again, in another
+    // order, keeps the same sample.
+    let meters = Meters::with_stripes(1);
+    let k = key(2, 0, 0);
+    let users: Vec<u64> = (1..=100u64)
+        .map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d))
+        .collect();
+    for user in &users {
+        meters.record_for_user(k, &ok(Duration::from_millis(1)), *user);
+    }
+    for user in users.iter().rev() {
+        meters.record_for_user(k, &ok(Duration::from_millis(1)), *user);
+    }
+    let salt = meters.sample_salt.load(Ordering::Relaxed);
+    let taken = meters.take_users();
+    let mut sample = taken[0].sample.clone();
+    sample.sort_unstable();
+    let mut expected: Vec<u64> = (0..USER_SAMPLE_SLOTS as u64)
+        .filter_map(|slot| {
+            users
+                .iter()
+                .copied()
+                .filter(|u| sample_hash(*u, salt) % USER_SAMPLE_SLOTS as u64 == slot)
+                .min_by_key(|u| sample_hash(*u, salt))
+        })
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(sample, expected);
+    assert_ne!(meters.sample_salt.load(Ordering::Relaxed), salt);
+}

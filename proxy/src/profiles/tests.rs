@@ -1,6 +1,6 @@
 use http::HeaderValue;
 use prescale_config::{AssignmentRule, HeaderMatch};
-use prescale_gossip::model::{Centroid, ProfileId};
+use prescale_gossip::model::{Centroid, ProfileId, ANOMALOUS_PROFILE};
 use proptest::prelude::*;
 
 use super::*;
@@ -19,8 +19,10 @@ fn model(version: u64, centers: &[(&str, [f32; FEATURE_DIM])]) -> ProfileModel {
                 id: ProfileId(i as u32),
                 name: name.to_string(),
                 center: center.to_vec(),
+                settings: None,
             })
             .collect(),
+        anomaly_distance: None,
     }
 }
 
@@ -335,7 +337,7 @@ proptest! {
         assigner.install_model(m).unwrap();
         let compiled = assigner.model().unwrap();
         let features = FeatureVector(to_array(&point));
-        let got = compiled.nearest_centroid(&features).unwrap();
+        let got = compiled.nearest_centroid(&features).unwrap().centroid;
         let distance = |c: &[f32; FEATURE_DIM]| -> f64 {
             (0..FEATURE_DIM).map(|i| {
                 let scaled = (f64::from(point[i]) - f64::from(mean[i])) / f64::from(scale[i]);
@@ -359,5 +361,140 @@ proptest! {
             }
         }
         prop_assert_eq!(Some(got), one_at_a_time.map(|(index, _)| index));
+    }
+}
+
+#[test]
+fn users_beyond_the_anomaly_distance_are_anomalous() {
+    let assigner = assigner(vec![AssignmentRule {
+        path_prefix: Some("/batch".into()),
+        ..rule("batch")
+    }]);
+    let mut m = model(1, &[("near", at(0, 0.0)), ("far", at(0, 10.0))]);
+    m.anomaly_distance = Some(4.0);
+    assigner.install_model(m).unwrap();
+    let registry = assigner.registry().clone();
+    let anomalous = registry
+        .index_of(ANOMALOUS_PROFILE)
+        .expect("registered at install");
+    let compiled = assigner.model().unwrap();
+    assert_eq!(compiled.anomalous_profile(), Some(anomalous));
+    let none = HeaderMap::new();
+    let get = Method::GET;
+    let at_x = |x: f32| move || FeatureVector(at(0, x));
+    // Squared distance 4 to `near` is not beyond 4; 4.41 is.
+    assert_eq!(
+        assigner.assign(10, at_x(2.0), &facts(&get, "/", &none)),
+        registry.index_of("near").unwrap()
+    );
+    let beyond = assigner.assign_reusing(10, None, at_x(-2.1), &facts(&get, "/", &none));
+    assert_eq!(
+        beyond,
+        Assignment {
+            profile: anomalous,
+            by_model: true
+        }
+    );
+    let nearest = compiled
+        .nearest_centroid(&FeatureVector(at(0, -2.1)))
+        .unwrap();
+    assert_eq!(nearest.centroid, 0);
+    assert!((nearest.distance - 4.41).abs() < 1e-5, "{nearest:?}");
+    // Between the two centroids, 5 from each: anomalous too.
+    assert_eq!(
+        assigner.assign(10, at_x(5.0), &facts(&get, "/", &none)),
+        anomalous
+    );
+    // Rules and the new-user threshold still come first.
+    assert_eq!(
+        assigner.assign(10, at_x(5.0), &facts(&get, "/batch", &none)),
+        registry.index_of("batch").unwrap()
+    );
+    assert_eq!(
+        assigner.assign(1, at_x(5.0), &facts(&get, "/", &none)),
+        ProfileIdx::NEW
+    );
+    // A later model keeps the index; one without a distance never answers `anomalous`.
+    let mut next = model(2, &[("near", at(0, 0.0))]);
+    next.anomaly_distance = Some(1.0);
+    assigner.install_model(next).unwrap();
+    assert_eq!(registry.index_of(ANOMALOUS_PROFILE), Some(anomalous));
+    assert_eq!(
+        assigner.model().unwrap().anomalous_profile(),
+        Some(anomalous)
+    );
+    assigner
+        .install_model(model(3, &[("near", at(0, 0.0))]))
+        .unwrap();
+    assert_eq!(assigner.model().unwrap().anomalous_profile(), None);
+    assert_eq!(
+        assigner.assign(10, at_x(1000.0), &facts(&get, "/", &none)),
+        registry.index_of("near").unwrap()
+    );
+}
+
+#[test]
+fn a_model_without_anomaly_distance_registers_no_anomalous_profile() {
+    let assigner = assigner(vec![]);
+    assigner
+        .install_model(model(1, &[("a", at(0, 0.0)), ("b", at(0, 1.0))]))
+        .unwrap();
+    assert_eq!(assigner.registry().index_of(ANOMALOUS_PROFILE), None);
+    assert_eq!(assigner.model().unwrap().anomalous_profile(), None);
+}
+
+proptest! {
+    /// Assignment by the model equals a brute-force reference: every centroid one at a time in
+    /// f32 (the same sums in the same order as the blocked loop), the first strictly smallest
+    /// distance, and `anomalous` when that distance is greater than the anomaly distance; with
+    /// no anomaly distance, always the nearest centroid.
+    #[test]
+    fn assignment_equals_brute_force_with_the_anomalous_rule(
+        centers in proptest::collection::vec(proptest::collection::vec(-3.0f32..3.0, FEATURE_DIM), 1..40),
+        point in proptest::collection::vec(-6.0f32..6.0, FEATURE_DIM),
+        scale in proptest::collection::vec(0.2f32..5.0, FEATURE_DIM),
+        mean in proptest::collection::vec(-2.0f32..2.0, FEATURE_DIM),
+        anomaly_distance in proptest::option::of(0.5f32..200.0),
+    ) {
+        let assigner = assigner(vec![]);
+        let named: Vec<(String, [f32; FEATURE_DIM])> =
+            centers.iter().enumerate().map(|(i, c)| (format!("c{i}"), to_array(c))).collect();
+        let refs: Vec<(&str, [f32; FEATURE_DIM])> = named.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+        let mut m = model(1, &refs);
+        m.scale = scale.clone();
+        m.mean = mean.clone();
+        m.anomaly_distance = anomaly_distance;
+        assigner.install_model(m).unwrap();
+        let compiled = assigner.model().unwrap();
+        let registry = assigner.registry();
+        let features = FeatureVector(to_array(&point));
+
+        let mut reference: Option<(usize, f32)> = None;
+        for (index, (_, center)) in named.iter().enumerate() {
+            let mut d2 = 0f32;
+            for i in 0..FEATURE_DIM {
+                let scaled = (point[i] - mean[i]) * (1.0 / scale[i]);
+                let d = scaled - center[i];
+                d2 += d * d;
+            }
+            if reference.is_none_or(|(_, best)| d2 < best) {
+                reference = Some((index, d2));
+            }
+        }
+        let (index, distance) = reference.unwrap();
+        let expected = match anomaly_distance {
+            Some(limit) if distance > limit => registry.index_of(ANOMALOUS_PROFILE).unwrap(),
+            _ => registry.index_of(&named[index].0).unwrap(),
+        };
+        let nearest = compiled.nearest_centroid(&features).unwrap();
+        prop_assert_eq!(nearest, Nearest { centroid: index, distance });
+        prop_assert_eq!(compiled.nearest_profile(&features), Some(expected));
+        let none = HeaderMap::new();
+        let assignment = assigner.assign_reusing(10, None, || features, &facts(&Method::GET, "/", &none));
+        prop_assert_eq!(assignment, Assignment { profile: expected, by_model: true });
+        prop_assert_eq!(registry.index_of(ANOMALOUS_PROFILE).is_some(), anomaly_distance.is_some());
+        // The admin view's distances agree with the request path's (up to summation order).
+        let all = compiled.distances(&features);
+        prop_assert!((all[index] - distance).abs() <= 1e-4 * (1.0 + distance));
     }
 }

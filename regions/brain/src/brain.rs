@@ -66,7 +66,45 @@ pub struct FleetSpec {
     pub learn_capacity: Option<LatencySlo>,
     /// Profiles whose instances need their own configuration: each gets its own warm sub-pool.
     pub warm_sub_pools: Vec<String>,
+    /// What one instance offers. With it the fleet is sized on its binding resource: each
+    /// minute's demand is the most of its requests and, per resource, what its profiles'
+    /// requests use of it (their [`Brain::set_profile_resources`]) expressed in the requests an
+    /// instance serves; `None`: on requests alone.
+    pub instance_resources: Option<Resources>,
 }
+
+/// Amounts of the resources requests use and instances offer. For a profile they are per request
+/// per second of its rate: at 1 req/s it keeps `cpu_cores` cores busy, holds `memory_mb`, moves
+/// `network_mbps` and does `io_ops` operations per second; for an instance, what it has.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct Resources {
+    pub cpu_cores: f64,
+    pub memory_mb: f64,
+    pub network_mbps: f64,
+    pub io_ops: f64,
+}
+
+impl Resources {
+    /// The names of the resources, in [`Resources::amounts`] order.
+    pub const NAMES: [&'static str; 4] = ["cpu", "memory", "network", "io"];
+
+    pub fn amounts(&self) -> [f64; 4] {
+        [self.cpu_cores, self.memory_mb, self.network_mbps, self.io_ops]
+    }
+}
+
+/// One minute of a resource-sized fleet's demand: its requests, each resource's use, and the
+/// demand handed to the fleet's total for it so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct BindingMinute {
+    requests: f64,
+    /// Per resource, in requests an instance serves (see [`FleetSpec::instance_resources`]).
+    equivalent: [f64; 4],
+    handed: f64,
+}
+
+/// Minutes of per-resource demand kept for late additions (corrections arrive within the hour).
+const BINDING_MINUTES_KEPT: i64 = 120;
 
 impl FleetSpec {
     /// Whether the fleet serves `profile` of `region`.
@@ -227,9 +265,61 @@ struct FleetState {
     /// Running mean absolute errors of the two ways, and how many minutes were scored.
     sizing_error: [f64; 2],
     sizing_scored: u32,
+    /// Recent minutes' per-resource demand of a fleet sized on its binding resource.
+    binding: BTreeMap<i64, BindingMinute>,
 }
 
 impl FleetState {
+    /// Adds `requests` of a profile using `resources` per request/s to `minute`; returns what the
+    /// fleet's total gains: the growth of the minute's binding demand.
+    fn add_binding(
+        &mut self,
+        instance: &Resources,
+        minute: i64,
+        requests: f64,
+        resources: Option<&Resources>,
+    ) -> f64 {
+        let rps = self.spec.capacity.rps_per_instance;
+        let entry = self.binding.entry(minute).or_default();
+        entry.requests += requests;
+        if let Some(used) = resources {
+            for ((equivalent, per_request), offered) in entry
+                .equivalent
+                .iter_mut()
+                .zip(used.amounts())
+                .zip(instance.amounts())
+            {
+                if offered > 0.0 && per_request > 0.0 {
+                    *equivalent += requests * per_request * rps / offered;
+                }
+            }
+        }
+        let demand = entry
+            .equivalent
+            .iter()
+            .fold(entry.requests, |most, e| most.max(*e));
+        let gain = demand - entry.handed;
+        entry.handed = demand;
+        let oldest = minute - BINDING_MINUTES_KEPT;
+        while self.binding.first_key_value().is_some_and(|(m, _)| *m < oldest) {
+            self.binding.pop_first();
+        }
+        gain
+    }
+
+    /// The resource that bound the latest minute and how much it exceeds the requests (None: the
+    /// requests bound, or the fleet is sized on requests alone).
+    fn binding_resource(&self) -> Option<(&'static str, f64)> {
+        let (_, last) = self.binding.last_key_value()?;
+        let (index, most) = last
+            .equivalent
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))?;
+        (*most > last.requests && last.requests > 0.0)
+            .then(|| (Resources::NAMES[index], most / last.requests))
+    }
+
     fn sizing(&self, method: &'static str) -> Sizing {
         let scored = self.sizing_scored > 0;
         Sizing {
@@ -297,6 +387,8 @@ pub struct Brain {
     planner_config: PlannerConfig,
     profiles: BTreeMap<SeriesKey, ProfileState>,
     fleets: BTreeMap<FleetKey, FleetState>,
+    /// Resources per request/s of profiles, for fleets sized on their binding resource.
+    profile_resources: BTreeMap<SeriesKey, Resources>,
     events: Vec<ScheduledEvent>,
     event_learning: BTreeMap<String, EventLearning>,
     learned: BTreeMap<String, f64>,
@@ -311,6 +403,7 @@ impl Brain {
             planner_config,
             profiles: BTreeMap::new(),
             fleets: BTreeMap::new(),
+            profile_resources: BTreeMap::new(),
             events: Vec::new(),
             event_learning: BTreeMap::new(),
             learned: BTreeMap::new(),
@@ -340,8 +433,81 @@ impl Brain {
                 sizing_pending: std::collections::VecDeque::new(),
                 sizing_error: [0.0; 2],
                 sizing_scored: 0,
+                binding: BTreeMap::new(),
             },
         );
+    }
+
+    /// What a request per second of `profile` in `region` uses (from the persona it maps to);
+    /// `None` forgets it. Only fleets with [`FleetSpec::instance_resources`] look at it, from the
+    /// next observed minute on.
+    pub fn set_profile_resources(&mut self, region: &str, profile: &str, use_: Option<Resources>) {
+        let key = SeriesKey {
+            region: region.to_string(),
+            profile: profile.to_string(),
+        };
+        match use_ {
+            Some(r) => {
+                self.profile_resources.insert(key, r);
+            }
+            None => {
+                self.profile_resources.remove(&key);
+            }
+        }
+    }
+
+    /// Makes `fleet` the fleet that serves `profile` of `region` from now on (the proxies routed
+    /// it there; e.g. a learned profile, or one whose persona names another fleet): the profile
+    /// joins that fleet's list with `revenue_weight` (or takes the new weight) and leaves every
+    /// other fleet of the region whose list would not become empty by it (an empty list means
+    /// every profile). A fleet with an empty list already serves it. Returns whether anything
+    /// changed; an unknown fleet changes nothing.
+    pub fn route_profile(
+        &mut self,
+        region: &str,
+        profile: &str,
+        fleet: &str,
+        revenue_weight: f64,
+    ) -> bool {
+        let target = FleetKey {
+            region: region.to_string(),
+            fleet: fleet.to_string(),
+        };
+        if !self.fleets.contains_key(&target) {
+            return false;
+        }
+        let mut changed = false;
+        for (key, state) in self.fleets.iter_mut() {
+            if key.region != region {
+                continue;
+            }
+            let profiles = &mut state.spec.profiles;
+            if *key == target {
+                if profiles.is_empty() {
+                    continue;
+                }
+                match profiles.iter_mut().find(|p| p.name == profile) {
+                    Some(existing) if existing.revenue_weight == revenue_weight => {}
+                    Some(existing) => {
+                        existing.revenue_weight = revenue_weight;
+                        changed = true;
+                    }
+                    None => {
+                        profiles.push(FleetProfile {
+                            name: profile.to_string(),
+                            revenue_weight,
+                        });
+                        profiles.sort_by(|a, b| a.name.cmp(&b.name));
+                        changed = true;
+                    }
+                }
+            } else if profiles.len() > 1 {
+                let before = profiles.len();
+                profiles.retain(|p| p.name != profile);
+                changed |= profiles.len() != before;
+            }
+        }
+        changed
     }
 
     /// One minute of a fleet's served traffic for capacity learning: instances serving through
@@ -401,12 +567,20 @@ impl Brain {
             })
             .forecaster
             .observe(minute, requests);
+        let resources = self.profile_resources.get(&SeriesKey {
+            region: region.to_string(),
+            profile: profile.to_string(),
+        });
         for fleet in self
             .fleets
             .values_mut()
             .filter(|f| f.spec.serves(region, profile))
         {
-            fleet.total.observe(minute, requests);
+            let demand = match fleet.spec.instance_resources {
+                Some(instance) => fleet.add_binding(&instance, minute, requests, resources),
+                None => requests,
+            };
+            fleet.total.observe(minute, demand);
         }
     }
 
@@ -728,7 +902,13 @@ impl Brain {
         // the fleet once it has beaten the total's forecast at the lead time for long enough.
         let lead_index = (spec.capacity.lead_minutes() as usize).min(path.len().saturating_sub(1));
         let mut method = "fleet_total";
-        if let Some(summed) = self.profiles_path(&spec, now, now_minute, window) {
+        // The profiles' forecasts are in requests: a fleet sized on its binding resource is
+        // sized by its total, which is in that resource.
+        let summable = spec.instance_resources.is_none();
+        if let Some(summed) = summable
+            .then(|| self.profiles_path(&spec, now, now_minute, window))
+            .flatten()
+        {
             let state = self.fleets.get_mut(key)?;
             if let (Some(total), Some(sum)) = (path.get(lead_index), summed.get(lead_index)) {
                 state
@@ -787,6 +967,11 @@ impl Brain {
                 spec.profiles.len().max(1),
                 state.sizing_error[1],
                 state.sizing_error[0]
+            ));
+        }
+        if let Some((resource, factor)) = state.binding_resource() {
+            reason.push_str(&format!(
+                "; sized on {resource}: the last minute's demand is {factor:.2}× its requests in what an instance offers"
             ));
         }
         if let CapacitySource::Learned { why } = &capacity.source {

@@ -37,6 +37,7 @@ fn spec(profiles: &[&str], rps: f64, learn: Option<LatencySlo>, dedicated: &[&st
         initial_instances: 1,
         learn_capacity: learn,
         warm_sub_pools: dedicated.iter().map(|p| p.to_string()).collect(),
+        instance_resources: None,
     }
 }
 

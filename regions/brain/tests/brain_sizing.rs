@@ -29,6 +29,7 @@ fn spec(profiles: &[&str]) -> FleetSpec {
         initial_instances: 2,
         learn_capacity: None,
         warm_sub_pools: Vec::new(),
+        instance_resources: None,
     }
 }
 

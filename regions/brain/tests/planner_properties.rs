@@ -45,6 +45,7 @@ fn fleet(key: &FleetKey, rps: f64, cold_start: f64, max: Option<u32>, initial: u
         initial_instances: initial,
         learn_capacity: None,
         warm_sub_pools: Vec::new(),
+        instance_resources: None,
     }
 }
 

@@ -51,7 +51,7 @@ use crate::events::{EventStore, StoredEvent};
 use crate::history::{FleetProfileRecord, History, Outlook};
 use crate::ledger::{DecisionRecord, Ledger};
 use crate::provision::{ProvisionTarget, Provisioner, ProvisionerStatus};
-use crate::store::SeriesStore;
+use crate::store::{is_ingest_node, SeriesStore};
 
 /// How far back late requests are looked for and handed over as corrections.
 pub const LATE_WINDOW_MINUTES: u64 = 60;
@@ -117,7 +117,20 @@ pub struct LiveShared {
     /// it differs from what it last applied.
     events_generation: AtomicU64,
     membership: Mutex<Option<AliveProxies>>,
+    /// What personas set for profiles the proxies route at run time (learned ones), by name.
+    profile_settings: Mutex<BTreeMap<String, RuntimeProfile>>,
+    /// Bumped at every change of `profile_settings`.
+    settings_generation: AtomicU64,
     pub stats: LiveStats,
+}
+
+/// What the planner takes for a profile from the persona it maps to.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RuntimeProfile {
+    /// Revenue weight (None: the config's `[[profiles]]` entry, else the default).
+    pub revenue_weight: Option<f64>,
+    /// Resources per request/s, for fleets sized on their binding resource.
+    pub resources: Option<prescale_brain::brain::Resources>,
 }
 
 /// The names of the region's proxies membership counts alive.
@@ -145,6 +158,26 @@ impl LiveShared {
     /// Forecast-only: plan and report, start and stop nothing (takes effect at the next step).
     pub fn set_forecast_only(&self, on: bool) {
         self.forecast_only.store(on, Ordering::Relaxed);
+    }
+
+    /// Sets what personas give each profile routed at run time (see [`RuntimeProfile`]); the
+    /// driver applies it at its next step and as the profiles' minutes come in.
+    pub fn set_profile_settings(&self, settings: BTreeMap<String, RuntimeProfile>) {
+        let mut current = self
+            .profile_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *current != settings {
+            *current = settings;
+            self.settings_generation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn profile_settings(&self) -> BTreeMap<String, RuntimeProfile> {
+        self.profile_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Lets membership tell the driver which proxies of its region are alive (the names of
@@ -316,6 +349,11 @@ pub struct LiveDriver {
     ledger: Ledger,
     fleets: Vec<FleetRun>,
     profiles: BTreeSet<String>,
+    /// The fleet each profile's minutes were last routed to (as the stored rows say).
+    routes: BTreeMap<String, String>,
+    /// The persona settings in force, and the generation of [`LiveShared`]'s they were read at.
+    persona_settings: BTreeMap<String, RuntimeProfile>,
+    persona_generation: u64,
     /// Start (unix ms) of the next minute to hand over; `None` before the first step.
     next_minute_ms: Option<u64>,
     handed: BTreeMap<u64, Handed>,
@@ -396,6 +434,8 @@ impl LiveDriver {
             forecast_only: AtomicBool::new(settings.forecast_only),
             events_generation: AtomicU64::new(0),
             membership: Mutex::new(None),
+            profile_settings: Mutex::new(BTreeMap::new()),
+            settings_generation: AtomicU64::new(0),
             stats: LiveStats::default(),
         });
         LiveDriver {
@@ -405,6 +445,9 @@ impl LiveDriver {
             ledger,
             fleets: runs,
             profiles,
+            routes: BTreeMap::new(),
+            persona_settings: BTreeMap::new(),
+            persona_generation: 0,
             next_minute_ms: None,
             handed: BTreeMap::new(),
             started_ms: None,
@@ -619,7 +662,10 @@ impl LiveDriver {
         let mut nodes: Vec<NodeProgress> = match self.store.nodes() {
             Ok(nodes) => nodes
                 .into_iter()
-                .filter(|n| n.region == self.settings.region)
+                // The ingest route's node reports only when a batch is posted: waiting for it
+                // would hold every minute to the lateness bound. Its late events are corrected
+                // in like any late sketch.
+                .filter(|n| n.region == self.settings.region && !is_ingest_node(&n.node))
                 .map(|n| NodeProgress {
                     member_alive: members.as_ref().is_some_and(|m| m.contains(&n.node)),
                     node: n.node,
@@ -685,6 +731,7 @@ impl LiveDriver {
         };
         let mut by_minute: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
         for row in rows {
+            self.route(&row.profile, &row.fleet);
             self.profiles.insert(row.profile.clone());
             *by_minute
                 .entry(row.minute)
@@ -706,6 +753,59 @@ impl LiveDriver {
         }
         tracing::info!(region = %self.settings.region, minutes, "brain rebuilt from the stored history");
         self.next_minute_ms = Some(through * 1000);
+    }
+
+    /// Makes the brain count `profile` in `fleet`, where the proxies routed it (a learned
+    /// profile is in no fleet's configured list; a persona may send a profile elsewhere).
+    fn route(&mut self, profile: &str, fleet: &str) {
+        self.sync_profile_settings();
+        if self.routes.get(profile).is_some_and(|f| f == fleet) {
+            return;
+        }
+        let configured = self.brain.fleet_keys().into_iter().find_map(|key| {
+            self.brain.fleet_spec(&key).and_then(|spec| {
+                spec.profiles
+                    .iter()
+                    .find(|p| p.name == profile)
+                    .map(|p| p.revenue_weight)
+            })
+        });
+        let weight = self
+            .persona_settings
+            .get(profile)
+            .and_then(|s| s.revenue_weight)
+            .or(configured)
+            .unwrap_or_else(prescale_config::default_revenue_weight);
+        if self
+            .brain
+            .route_profile(&self.settings.region, profile, fleet, weight)
+        {
+            tracing::info!(region = %self.settings.region, profile, fleet, revenue_weight = weight, "profile routed to a fleet");
+        }
+        self.routes.insert(profile.to_string(), fleet.to_string());
+    }
+
+    /// Takes the persona settings anew when they changed: resources go to the brain at once,
+    /// revenue weights as each profile is routed again.
+    fn sync_profile_settings(&mut self) {
+        let generation = self.shared.settings_generation.load(Ordering::Relaxed);
+        if generation == self.persona_generation {
+            return;
+        }
+        self.persona_generation = generation;
+        let settings = self.shared.profile_settings();
+        let region = &self.settings.region;
+        for profile in self.persona_settings.keys() {
+            if !settings.contains_key(profile) {
+                self.brain.set_profile_resources(region, profile, None);
+            }
+        }
+        for (profile, set) in &settings {
+            self.brain
+                .set_profile_resources(region, profile, set.resources);
+        }
+        self.persona_settings = settings;
+        self.routes.clear();
     }
 
     fn observe_minute(&mut self, minute: u64, values: &BTreeMap<String, u64>) {
@@ -770,6 +870,7 @@ impl LiveDriver {
                         };
                     let mut values: BTreeMap<String, u64> = BTreeMap::new();
                     for row in rows {
+                        self.route(&row.profile, &row.fleet);
                         self.profiles.insert(row.profile.clone());
                         *values.entry(row.profile).or_default() += row.requests;
                     }
@@ -844,6 +945,7 @@ impl LiveDriver {
         };
         let mut stored: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
         for row in rows {
+            self.route(&row.profile, &row.fleet);
             *stored
                 .entry(row.minute)
                 .or_default()
@@ -1348,6 +1450,7 @@ mod tests {
             initial_instances: 1,
             learn_capacity: None,
             warm_sub_pools: Vec::new(),
+            instance_resources: None,
         };
         let mut driver = LiveDriver::new(
             settings,
@@ -1385,6 +1488,35 @@ mod tests {
                 region: region.into(),
             },
             effect: EventEffect::Multiplier { factor },
+        }
+    }
+
+    #[test]
+    fn a_live_node_behind_holds_a_minute_open_unless_it_is_the_ingest_node() {
+        let minute = NOW_MS / 1000;
+        for (other, waited_for) in [("edge-2", true), ("ingest/fc-1", false)] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("series.db");
+            let mut store = SeriesStore::open(&path).expect("store");
+            let mut live = driver(&path);
+            live.step(NOW_MS);
+            // One proxy has reported through the end of the minute; the other node only half
+            // way into it, and recently enough to count as live.
+            let mut ahead = prescale_gossip::Sketch::new(
+                "edge-1",
+                "local",
+                (minute - 60) * 1000,
+                (minute + 60) * 1000,
+            );
+            ahead.sequence = 1;
+            let mut behind =
+                prescale_gossip::Sketch::new(other, "local", minute * 1000, minute * 1000 + 30_000);
+            behind.sequence = 1;
+            store.ingest(&[ahead, behind], NOW_MS).expect("ingest");
+            live.step(NOW_MS + 61_000);
+            let observed = live.shared().stats.minutes_observed.load(Ordering::Relaxed);
+            // The minute before is in either way; the last one waits only for a proxy.
+            assert_eq!(observed, if waited_for { 1 } else { 2 }, "{other}");
         }
     }
 
@@ -1630,6 +1762,7 @@ mod tests {
             initial_instances: 0,
             learn_capacity: None,
             warm_sub_pools: Vec::new(),
+            instance_resources: None,
         };
         let planner = prescale_config::brain::PlannerConfig {
             baseline_instances: 2,

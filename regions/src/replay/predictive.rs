@@ -52,6 +52,7 @@ pub fn run(trace: &Trace, settings: &ReplaySettings, mut progress: impl FnMut(us
         initial_instances: start_instances as u32,
         learn_capacity: None,
         warm_sub_pools: Vec::new(),
+        instance_resources: None,
     });
     let mut ready = Vec::with_capacity(trace.len());
     let mut decisions: Vec<Decision> = Vec::new();
