@@ -1455,13 +1455,19 @@ mod pem_tests {
         let config = crate::parse_str(base, "t.toml").expect("valid");
         assert!(config.learning.enabled);
         assert_eq!(config.learning.max_sampled_users, 200_000);
-        let bad = format!("{base}[learning]\nmin_users = 5\nk_max = 8\nk_min = 9\nrebuild_interval_secs = 1\n");
+        let bad = format!(
+            "{base}[learning]\nmin_users = 5\nk_max = 8\nk_min = 9\nrebuild_interval_secs = 1\n"
+        );
         let problems = match crate::parse_str(&bad, "t.toml") {
             Ok(_) => panic!("accepted {bad}"),
             Err(e) => e.problems().to_vec(),
         };
         let keys: Vec<String> = problems.iter().map(|p| p.key.to_string()).collect();
-        for key in ["learning.k_max", "learning.min_users", "learning.rebuild_interval_secs"] {
+        for key in [
+            "learning.k_max",
+            "learning.min_users",
+            "learning.rebuild_interval_secs",
+        ] {
             assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
         }
         let fixed = format!("{base}[learning]\nmin_users = 5\nk = 3\n");

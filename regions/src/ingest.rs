@@ -127,7 +127,13 @@ impl StoreSink {
         std::thread::Builder::new()
             .name("series-writer".into())
             .spawn(move || {
-                write_loop(writer, receiver, writer_stats, writer_traffic, writer_observer)
+                write_loop(
+                    writer,
+                    receiver,
+                    writer_stats,
+                    writer_traffic,
+                    writer_observer,
+                )
             })
             .map_err(|e| Error::Store {
                 what: format!("start the writer thread: {e}"),

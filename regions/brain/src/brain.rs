@@ -89,7 +89,12 @@ impl Resources {
     pub const NAMES: [&'static str; 4] = ["cpu", "memory", "network", "io"];
 
     pub fn amounts(&self) -> [f64; 4] {
-        [self.cpu_cores, self.memory_mb, self.network_mbps, self.io_ops]
+        [
+            self.cpu_cores,
+            self.memory_mb,
+            self.network_mbps,
+            self.io_ops,
+        ]
     }
 }
 
@@ -301,7 +306,11 @@ impl FleetState {
         let gain = demand - entry.handed;
         entry.handed = demand;
         let oldest = minute - BINDING_MINUTES_KEPT;
-        while self.binding.first_key_value().is_some_and(|(m, _)| *m < oldest) {
+        while self
+            .binding
+            .first_key_value()
+            .is_some_and(|(m, _)| *m < oldest)
+        {
             self.binding.pop_first();
         }
         gain

@@ -473,18 +473,43 @@ mod measure_tmp {
     #[test]
     fn measure_tmp() {
         let table = SampleTable::new(200_000);
-        let e = Arc::new(EntryKey { profile: "default".into(), origin_region: "eu".into(), fleet: "web".into() });
+        let e = Arc::new(EntryKey {
+            profile: "default".into(),
+            origin_region: "eu".into(),
+            fleet: "web".into(),
+        });
         let t = std::time::Instant::now();
         let n = 1_000_000u64;
         for i in 0..n {
-            table.insert((i % 300_000).wrapping_mul(0x9e37_79b9_7f4a_7c15), FeatureVector([i as f32; FEATURE_DIM]), i / 1000, &e);
+            table.insert(
+                (i % 300_000).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                FeatureVector([i as f32; FEATURE_DIM]),
+                i / 1000,
+                &e,
+            );
         }
         let ins = t.elapsed();
-        let held: usize = table.shards.iter().map(|s| { let s = lock(s); s.users.capacity() * 97 + s.order.capacity() * 16 }).sum();
+        let held: usize = table
+            .shards
+            .iter()
+            .map(|s| {
+                let s = lock(s);
+                s.users.capacity() * 97 + s.order.capacity() * 16
+            })
+            .sum();
         let t = std::time::Instant::now();
         let snap = table.snapshot(n / 1000, 1_000_000);
         let sn = t.elapsed();
-        let longest = table.shards.iter().map(|s| { let s = lock(s); let t = std::time::Instant::now(); let _c: Vec<_> = s.users.values().map(|v| v.features).collect(); t.elapsed() }).max();
+        let longest = table
+            .shards
+            .iter()
+            .map(|s| {
+                let s = lock(s);
+                let t = std::time::Instant::now();
+                let _c: Vec<_> = s.users.values().map(|v| v.features).collect();
+                t.elapsed()
+            })
+            .max();
         eprintln!("MEASURE inserts {} in {:?} ({:.0} ns each), len {}, bytes/user {:.0}, snapshot {:?} of {}, one shard copy {:?}", n, ins, ins.as_nanos() as f64 / n as f64, table.len(), held as f64 / table.len() as f64, sn, snap.users.len(), longest);
     }
 }
