@@ -84,7 +84,9 @@ pub async fn run(
     let mut models_open = true;
     let mut plans = sender.plans();
     let mut plans_open = true;
-    // A plan that came before this task started.
+    // A model and a plan that came before this task started (a watch receiver only reports
+    // changes after it was made).
+    install_latest_model(&plane, &models);
     apply_latest_plan(&plane, &mut plans);
     loop {
         let now = clock.now_ms();
