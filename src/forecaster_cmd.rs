@@ -170,6 +170,8 @@ pub fn start(
         &settings.database,
         clock,
     )?);
+    let republish = Arc::clone(&learning);
+    personas.on_change(Arc::new(move || republish.republish()))?;
     Ok(Forecaster {
         receiver,
         live,

@@ -304,20 +304,6 @@ impl IngestService {
     }
 }
 
-/// The learned models the forecaster publishes to its proxies assign ingested users too: publish
-/// through this (besides the receiver) and both see the same model.
-impl prescale_regions::learning::ModelPublisher for IngestService {
-    fn publish(&self, update: prescale_gossip::ModelUpdate) -> Result<(), String> {
-        match self.install_model(update.model) {
-            Ok(swap) => {
-                tracing::info!(?swap, "profile model installed for ingested events");
-                Ok(())
-            }
-            Err(e) => Err(format!("ingest: {e}")),
-        }
-    }
-}
-
 /// NDJSON, JSON or nothing said.
 fn content_type(headers: &http::HeaderMap) -> Result<(), String> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {

@@ -24,6 +24,9 @@ const REBUILD_PATH: &str = "/api/v1/profiles/rebuild";
 
 /// Longest an on-demand build is waited for before the answer says it is still running.
 const REBUILD_WAIT: Duration = Duration::from_secs(60);
+/// Longest a persona change waits for the model in force to be published again (behind a build
+/// that is running, if any); past it the republishing still happens, unwaited.
+const REPUBLISH_WAIT: Duration = Duration::from_secs(15);
 
 /// The learning of a running forecaster; `service` is `None` when `learning.enabled = false`.
 pub struct Learning {
@@ -82,6 +85,25 @@ impl Learning {
     pub fn stop(&self) {
         if let Some(service) = &self.service {
             service.stop();
+        }
+    }
+
+    /// Publishes the model in force again, as a new version, so that its profiles take the
+    /// personas as they are now (after a persona change).
+    pub fn republish(&self) {
+        let Some(service) = &self.service else { return };
+        match service.republish(REPUBLISH_WAIT) {
+            Ok(Some(republished)) => tracing::info!(
+                version = republished.version,
+                of_version = republished.of_version,
+                "personas changed: the profile model in force is published again"
+            ),
+            Ok(None) => tracing::info!(
+                "personas changed; no profile model yet (the first build maps the personas)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "personas changed but the profile model was not published again")
+            }
         }
     }
 

@@ -7,7 +7,8 @@
 //! Invariants: every consumer gets the same model (settings included); a profile the config
 //! names in `[[profiles]]` keeps the config's revenue weight in the planner (operator intent wins,
 //! as on the proxies); the stored copy of a model is the learned one, the published one carries the
-//! persona settings as they were at publishing (a persona change shows at the next build).
+//! persona settings as they were at publishing (a persona change republishes the model in force
+//! as a new version, `LearningService::republish`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ pub struct ModelFanOut {
 }
 
 impl ModelPublisher for ModelFanOut {
-    fn publish(&self, mut update: ModelUpdate) -> Result<(), String> {
+    fn publish(&self, mut update: ModelUpdate) -> Result<ProfileModel, String> {
         let personas = PersonaStore::open(&self.database)
             .and_then(|store| store.current())
             .map_err(|e| format!("personas: {e}"))?;
@@ -48,9 +49,11 @@ impl ModelPublisher for ModelFanOut {
         if let Some(live) = &self.live {
             live.set_profile_settings(runtime);
         }
+        let sent = update.model.clone();
         self.receiver
             .publish_model(update)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(sent)
     }
 }
 

@@ -7,10 +7,13 @@
 //! for a document over [`MAX_DOCUMENT_BYTES`] (64 KiB, within the listener's 1 MiB), 500 when
 //! the database fails. Regions and fleets a persona names must be the config's.
 //!
+//! A change (create, update, delete) is answered once the change hook has run: the forecaster
+//! republishes the learned model in force so that its profiles take the personas as they are now.
+//!
 //! [`MAX_DOCUMENT_BYTES`]: prescale_regions::personas::MAX_DOCUMENT_BYTES
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use anyhow::anyhow;
 use prescale_config::Config;
@@ -30,7 +33,12 @@ pub struct PersonaAdmin {
     known: Known,
     /// Node time for the versions' `created_at` and `deleted_at`.
     clock: NodeClock,
+    /// Run after every change that was stored.
+    changed: OnceLock<ChangeHook>,
 }
+
+/// What runs after a persona change was stored.
+pub type ChangeHook = Arc<dyn Fn() + Send + Sync>;
 
 impl PersonaAdmin {
     /// Opens the personas' tables in the forecaster's database.
@@ -47,7 +55,21 @@ impl PersonaAdmin {
                 fleets,
             },
             clock,
+            changed: OnceLock::new(),
         })
+    }
+
+    /// Sets what runs after each stored change (once; a second hook is refused).
+    pub fn on_change(&self, hook: ChangeHook) -> Result<(), CliError> {
+        self.changed
+            .set(hook)
+            .map_err(|_| CliError::runtime(anyhow!("the persona change hook is set already")))
+    }
+
+    fn notify_changed(&self) {
+        if let Some(hook) = self.changed.get() {
+            hook();
+        }
     }
 
     fn store(&self) -> MutexGuard<'_, PersonaStore> {
@@ -92,6 +114,7 @@ impl PersonaAdmin {
                 match created {
                     Ok(stored) => {
                         tracing::info!(name = %stored.persona.name, version = stored.version, "persona created");
+                        self.notify_changed();
                         let mut response =
                             admin::json_with_status(http::StatusCode::CREATED, &stored);
                         if let Ok(location) = http::HeaderValue::from_str(&format!(
@@ -162,9 +185,12 @@ impl PersonaAdmin {
                     Ok(persona) => persona,
                     Err(e) => return persona_error(e),
                 };
-                match store.update(&persona, self.clock.now_ms()) {
+                let updated = store.update(&persona, self.clock.now_ms());
+                drop(store);
+                match updated {
                     Ok(stored) => {
                         tracing::info!(name = %stored.persona.name, version = stored.version, "persona updated");
+                        self.notify_changed();
                         admin::json(&stored)
                     }
                     Err(e) => persona_error(e),
@@ -175,6 +201,7 @@ impl PersonaAdmin {
                 match deleted {
                     Ok(stored) => {
                         tracing::info!(name = %stored.persona.name, version = stored.version, "persona deleted");
+                        self.notify_changed();
                         admin::json(&stored)
                     }
                     Err(e) => persona_error(e),

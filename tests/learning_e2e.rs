@@ -2,7 +2,9 @@
 //! `[learning]` section: two groups of users that behave clearly differently (automation writing to an API; browsers
 //! loading static assets) are sampled from the proxy's sketches, the forecaster builds a model on
 //! `POST /api/v1/profiles/rebuild`, the proxy installs it over QUIC (its `/api/v1/profiles`
-//! shows the version), a rebuild on the same traffic keeps every profile's id and name, and a
+//! shows the version), a rebuild on the same traffic keeps every profile's id and name, a persona
+//! created for one profile reaches the proxy at once (the model republished as a new version), a
+//! rebuild after some users drifted moves those users and keeps the others' profiles, and a
 //! restart on the same state republishes the stored model and keeps versions rising and ids.
 
 mod common;
@@ -23,11 +25,18 @@ const MIN_USERS: usize = 32;
 /// users in a one-second sketch some collide and go unsampled in that interval: about 70% of
 /// the users are sampled in a phase while one entry holds them all.
 const SAMPLED: u64 = 40;
-/// Requests a user sends per traffic phase: 5 to 8, by user (the first two count as the `new`
-/// profile), so that request rates spread within each group.
+/// Requests a user sends per traffic phase: 5 to 16, by user (the first two count as the `new`
+/// profile), so that request rates spread within each group as real users' do, and a drifted user's
+/// requests (see [`DRIFTED`]) stay within that spread.
 fn requests_of(user: usize) -> usize {
-    5 + user * 7 % 4
+    5 + user * 7 % 12
 }
+
+/// The automation users that start browsing (those with the fewest requests: 5).
+const DRIFTED: [usize; 6] = [0, 12, 24, 36, 48, 60];
+/// Browser requests each drifted user sends: with its 5 automation requests, three quarters of
+/// its requests are a browser's and its rate is within the population's.
+const DRIFT_REQUESTS: usize = 15;
 
 struct Up {
     proc: Proc,
@@ -86,25 +95,84 @@ fn send_traffic(proxy: SocketAddr) {
                     body.as_bytes(),
                 )
             } else {
-                let id = format!("browser-{user}");
-                let asset = ["/static/app.js", "/static/site.css", "/img/logo.png"][round % 3];
-                let path = format!("{asset}?v={}", "0".repeat(user * 37 % 400));
-                get(
-                    proxy,
-                    &path,
-                    &[
-                        ("x-user-id", id.as_str()),
-                        (
-                            "user-agent",
-                            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
-                        ),
-                    ],
-                )
+                browse(proxy, &format!("browser-{user}"), user, round)
             };
             assert_eq!(response.status, 200, "{}", response.text());
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// One browser request of user `id` (an asset with a query whose length varies by `user`).
+fn browse(proxy: SocketAddr, id: &str, user: usize, round: usize) -> HttpResponse {
+    let asset = ["/static/app.js", "/static/site.css", "/img/logo.png"][round % 3];
+    let path = format!("{asset}?v={}", "0".repeat(user * 37 % 400));
+    get(
+        proxy,
+        &path,
+        &[
+            ("x-user-id", id),
+            (
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
+            ),
+        ],
+    )
+}
+
+/// The [`DRIFTED`] automation users browse: [`DRIFT_REQUESTS`] browser requests each, then one
+/// more each a second and a half apart, so that every one of them is alone in some sketch
+/// interval and its latest sample is its drifted behavior.
+fn send_drift(proxy: SocketAddr) {
+    for &user in &DRIFTED {
+        let id = format!("bot-{user}");
+        for round in 0..DRIFT_REQUESTS {
+            let response = browse(proxy, &id, user, round);
+            assert_eq!(response.status, 200, "{}", response.text());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    for &user in &DRIFTED {
+        let response = browse(proxy, &format!("bot-{user}"), user, DRIFT_REQUESTS);
+        assert_eq!(response.status, 200, "{}", response.text());
+        std::thread::sleep(Duration::from_millis(1_500));
+    }
+}
+
+/// Every user of the traffic by the profile the proxy's installed model answers for its features
+/// now (`GET /api/v1/users/lookup`'s `model.answer`): the profile its next request is assigned
+/// (no rules match these users, and all are past the new-user threshold). The lookup's `profile`
+/// is the one of the user's last request, made under whatever model was in force then.
+fn assignments(admin: SocketAddr) -> Vec<(String, String)> {
+    (0..2 * USERS)
+        .map(|user| {
+            let id = if user % 2 == 0 {
+                format!("bot-{user}")
+            } else {
+                format!("browser-{user}")
+            };
+            let r = get(admin, &format!("/api/v1/users/lookup?id={id}"), &[]);
+            assert_eq!(r.status, 200, "lookup {id}: {}", r.text());
+            let answer = r.json();
+            let profile = answer["model"]["answer"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a model's answer for {id}: {answer}"))
+                .to_string();
+            (id, profile)
+        })
+        .collect()
+}
+
+/// The name of the model's profile whose centroid is (`automated`) or is not automation.
+fn profile_by_automation(model: &serde_json::Value, automated: bool) -> String {
+    let profiles = model["profiles"].as_array().expect("profiles");
+    let found = profiles
+        .iter()
+        .find(|p| (p["centroid"]["automation_share"].as_f64().expect("share") > 0.5) == automated);
+    found.expect("such a profile")["name"]
+        .as_str()
+        .expect("name")
+        .to_string()
 }
 
 fn model_status(admin: SocketAddr) -> serde_json::Value {
@@ -271,6 +339,100 @@ k = 2
     assert!(v2 > v1, "{v2} after {v1}");
     assert_eq!(identities(&second["model"]), ids, "{second}");
     wait_for_proxy_model(&up, v2, "the proxy to install the rebuilt model");
+
+    // A persona for the automation profile: its answer comes once the model in force is out
+    // again, as the next version with the same profiles and the persona's settings.
+    let automated = profile_by_automation(&second["model"], true);
+    let browsing = profile_by_automation(&second["model"], false);
+    let persona = serde_json::json!({
+        "name": "order-bots",
+        "resources": {"cpu_share": 0.05, "memory_mb": 32, "network_mbps": 1, "io_ops": 4},
+        "traffic": {"peak_hours_utc": [], "regions": [], "access": ["api", "write", "automation"]},
+        "tags": ["integration"],
+        "revenue_weight": 4,
+        "priority": 220,
+        "match_profiles": [automated.as_str()]
+    });
+    let created = request(
+        up.admin,
+        "POST",
+        "/api/v1/personas",
+        &[("content-type", "application/json")],
+        persona.to_string().as_bytes(),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let status = model_status(up.admin);
+    let republished = status["model_version"].as_u64().expect("version");
+    assert_eq!(republished, v2 + 1, "{status}");
+    assert_eq!(status["last_republish"]["of_version"], v2, "{status}");
+    assert_eq!(identities(&status["model"]), ids, "{status}");
+    let bots = status["model"]["profiles"]
+        .as_array()
+        .expect("profiles")
+        .iter()
+        .find(|p| p["name"] == automated.as_str())
+        .expect("the automation profile")
+        .clone();
+    assert_eq!(bots["settings"]["persona"], "order-bots", "{bots}");
+    wait_for_proxy_model(
+        &up,
+        republished,
+        "the proxy to install the republished model",
+    );
+    let report = get(up.admin, "/api/v1/profiles", &[]).json();
+    let at_proxy = report["model"]["profiles"]
+        .as_array()
+        .expect("the proxy's learned profiles")
+        .iter()
+        .find(|p| p["name"] == automated.as_str())
+        .expect("the automation profile at the proxy")
+        .clone();
+    assert_eq!(at_proxy["persona"]["persona"], "order-bots", "{at_proxy}");
+    assert_eq!(at_proxy["routing"]["priority"], 220, "{at_proxy}");
+    assert_eq!(
+        at_proxy["routing"]["settings_source"], "persona",
+        "{at_proxy}"
+    );
+
+    // Drift: some automation users start browsing. After a rebuild they are in the browsing
+    // profile; every other user keeps the profile it had.
+    let before = assignments(up.admin);
+    for (id, profile) in &before {
+        if let Some(user) = DRIFTED.iter().find(|&&u| *id == format!("bot-{u}")) {
+            assert_eq!(*profile, automated, "user {user} before drifting");
+        }
+    }
+    send_drift(up.proxy);
+    std::thread::sleep(Duration::from_secs(2));
+    wait_for_samples(up.admin);
+    let drifted = rebuild(up.admin);
+    let v_drift = drifted["version"].as_u64().expect("version");
+    assert_eq!(identities(&drifted["model"]), ids, "{drifted}");
+    wait_for_proxy_model(
+        &up,
+        v_drift,
+        "the proxy to install the model built after the drift",
+    );
+    let after = assignments(up.admin);
+    for ((id, was), (_, now)) in before.iter().zip(&after) {
+        let expected = if DRIFTED.iter().any(|u| *id == format!("bot-{u}")) {
+            &browsing
+        } else {
+            was
+        };
+        assert_eq!(now, expected, "user {id}: was {was}; all now: {after:?}");
+    }
+    // Re-assignment is lazy: the next request of a drifted user is in the browsing profile.
+    std::thread::sleep(Duration::from_millis(1_100));
+    for &user in &DRIFTED {
+        let id = format!("bot-{user}");
+        let response = browse(up.proxy, &id, user, 0);
+        assert_eq!(response.status, 200, "{}", response.text());
+        let looked_up = get(up.admin, &format!("/api/v1/users/lookup?id={id}"), &[]).json();
+        assert_eq!(looked_up["profile"], browsing.as_str(), "{looked_up}");
+        assert_eq!(looked_up["by_model"], true, "{looked_up}");
+    }
+    let v2 = v_drift;
     let metrics = get(up.admin, "/metrics", &[]).text();
     assert_eq!(
         metric_sum(&metrics, "prescale_learning_model_version", &[]),

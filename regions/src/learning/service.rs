@@ -11,6 +11,10 @@
 //! - with a model, every rebuild interval after the last attempt;
 //! - on demand ([`LearningService::rebuild`]), answered when the build is done.
 //!
+//! [`LearningService::republish`] (a persona changed) stores the model in force again as a new
+//! version, unchanged, and publishes it: the publisher maps it onto the personas as they are now,
+//! and the proxies, which install a version once, take the new settings.
+//!
 //! Invariants: one build at a time (`busy` is claimed before a build starts, and an on-demand
 //! request that finds it claimed is refused, never queued); a build reads a copy of the samples,
 //! so the sketch writer never waits for it; a failed build (too few users, clustering error,
@@ -22,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use prescale_gossip::model::{ProfileSettings, FEATURE_DIM, FEATURE_NAMES};
+use prescale_gossip::model::{ProfileModel, ProfileSettings, FEATURE_DIM, FEATURE_NAMES};
 use prescale_gossip::{ModelUpdate, SketchReceiver, SketchSink};
 use prescale_profiler::{BuildError, BuildParams, KChoice, KScore, NameReason, Origin, Samples};
 use serde::Serialize;
@@ -40,12 +44,16 @@ pub type NodeNow = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Where models go: the forecaster's QUIC receiver, which pushes them to the region's proxies.
 pub trait ModelPublisher: Send + Sync + 'static {
-    fn publish(&self, update: ModelUpdate) -> Result<(), String>;
+    /// Publishes `update` and answers the model as it was sent (a publisher may add each
+    /// profile's settings; the admin view shows those).
+    fn publish(&self, update: ModelUpdate) -> Result<ProfileModel, String>;
 }
 
 impl<S: SketchSink> ModelPublisher for SketchReceiver<S> {
-    fn publish(&self, update: ModelUpdate) -> Result<(), String> {
-        self.publish_model(update).map_err(|e| e.to_string())
+    fn publish(&self, update: ModelUpdate) -> Result<ProfileModel, String> {
+        let model = update.model.clone();
+        self.publish_model(update).map_err(|e| e.to_string())?;
+        Ok(model)
     }
 }
 
@@ -180,7 +188,12 @@ pub struct ModelView {
 }
 
 impl ModelView {
-    pub fn of(stored: &StoredModel) -> Self {
+    /// `sent`: the model as last published, whose settings are shown when it is `stored`'s
+    /// version (the stored copy carries none: settings come from the personas at publishing).
+    pub fn of(stored: &StoredModel, sent: Option<&ProfileModel>) -> Self {
+        let settings_from = sent
+            .filter(|m| m.version == stored.version)
+            .unwrap_or(&stored.published);
         let learned = &stored.learned;
         let profiles = learned
             .profiles
@@ -196,8 +209,7 @@ impl ModelView {
                     .map(|(name, value)| (name.to_string(), *value))
                     .collect(),
                 reasons: p.reasons.clone(),
-                settings: stored
-                    .published
+                settings: settings_from
                     .centroids
                     .iter()
                     .find(|c| c.id.0 == p.id)
@@ -267,6 +279,8 @@ pub struct LearningStatus {
     pub model_version: Option<u64>,
     pub model: Option<ModelView>,
     pub last_build: Option<BuildRecord>,
+    /// The last time the model in force was published again for a persona change.
+    pub last_republish: Option<Republished>,
     /// Whether a build is running now.
     pub building: bool,
     pub sampled_users: usize,
@@ -300,6 +314,30 @@ pub struct LearningMetrics {
     pub samples_expired: u64,
 }
 
+/// A model in force published again ([`LearningService::republish`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Republished {
+    /// The version the unchanged model was stored and published as.
+    pub version: u64,
+    /// The version it republished.
+    pub of_version: u64,
+    /// Node time of the republishing, unix seconds.
+    pub at: u64,
+    /// Why it could not be pushed (it is stored, and pushed again at the next start or build).
+    pub publish_error: Option<String>,
+}
+
+/// Why republishing gave no new version.
+#[derive(Debug, thiserror::Error)]
+pub enum RepublishError {
+    #[error("storing the model again failed: {0}")]
+    Store(#[source] LearningError),
+    #[error("still waiting after {0:?}; see GET /api/v1/profiles/model")]
+    TimedOut(Duration),
+    #[error("the learning service has stopped")]
+    Stopped,
+}
+
 /// An on-demand build that was made.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Rebuilt {
@@ -327,9 +365,11 @@ pub enum RebuildError {
 }
 
 type Reply = mpsc::Sender<Result<Rebuilt, RebuildError>>;
+type RepublishReply = mpsc::Sender<Result<Option<Republished>, RepublishError>>;
 
 enum Command {
     Rebuild(Reply),
+    Republish(RepublishReply),
     Stop,
 }
 
@@ -356,6 +396,9 @@ impl Stats {
 
 struct State {
     current: Option<Arc<StoredModel>>,
+    /// The model as last published (with the publisher's settings).
+    sent: Option<Arc<ProfileModel>>,
+    last_republish: Option<Republished>,
     last_build: Option<BuildRecord>,
     /// With a model: the next scheduled build. Without: the earliest retry after a failure.
     next_build_at: Option<u64>,
@@ -414,6 +457,8 @@ impl LearningService {
             table,
             state: Mutex::new(State {
                 current: current.clone(),
+                sent: None,
+                last_republish: None,
                 last_build: None,
                 next_build_at,
                 load_error,
@@ -433,8 +478,11 @@ impl LearningService {
                 profiles = model.published.centroids.len(),
                 "republishing the stored profile model"
             );
-            if let Err(e) = worker.publish(model) {
-                tracing::warn!(version = model.version, error = %e, "republishing the stored profile model failed");
+            match worker.publish(model) {
+                Ok(sent) => lock(&shared.state).sent = Some(Arc::new(sent)),
+                Err(e) => {
+                    tracing::warn!(version = model.version, error = %e, "republishing the stored profile model failed")
+                }
             }
         }
         let (commands, receiver) = mpsc::channel();
@@ -471,6 +519,21 @@ impl LearningService {
         }
     }
 
+    /// Stores the model in force again as a new version and publishes it (its persona
+    /// settings are mapped afresh), after any build running; `None` when there is no model yet
+    /// (the first build maps the personas). Waits up to `wait`.
+    pub fn republish(&self, wait: Duration) -> Result<Option<Republished>, RepublishError> {
+        let (reply, answer) = mpsc::channel();
+        self.commands
+            .send(Command::Republish(reply))
+            .map_err(|_| RepublishError::Stopped)?;
+        match answer.recv_timeout(wait) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(RepublishError::TimedOut(wait)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(RepublishError::Stopped),
+        }
+    }
+
     /// The admin view.
     pub fn status(&self) -> LearningStatus {
         let now = (self.shared.now)();
@@ -487,8 +550,12 @@ impl LearningService {
         LearningStatus {
             region: self.shared.settings.region.clone(),
             model_version: state.current.as_ref().map(|m| m.version),
-            model: state.current.as_deref().map(ModelView::of),
+            model: state
+                .current
+                .as_deref()
+                .map(|m| ModelView::of(m, state.sent.as_deref())),
             last_build: state.last_build.clone(),
+            last_republish: state.last_republish.clone(),
             building: self.shared.busy.load(Ordering::Acquire),
             sampled_users: sampled,
             max_sampled_users: self.shared.table.max_users(),
@@ -564,6 +631,9 @@ impl Worker {
                     self.shared.busy.store(false, Ordering::Release);
                     let _ = reply.send(result);
                 }
+                Ok(Command::Republish(reply)) => {
+                    let _ = reply.send(self.republish());
+                }
                 Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -625,10 +695,14 @@ impl Worker {
             Ok(stored) => {
                 self.shared.stats.built.fetch_add(1, Ordering::Relaxed);
                 record.version = Some(stored.version);
-                if let Err(e) = self.publish(&stored) {
-                    tracing::warn!(version = stored.version, error = %e, "publishing the profile model failed");
-                    record.publish_error = Some(e);
-                }
+                let sent = match self.publish(&stored) {
+                    Ok(sent) => Some(Arc::new(sent)),
+                    Err(e) => {
+                        tracing::warn!(version = stored.version, error = %e, "publishing the profile model failed");
+                        record.publish_error = Some(e);
+                        None
+                    }
+                };
                 tracing::info!(
                     version = stored.version,
                     profiles = stored.published.centroids.len(),
@@ -638,9 +712,10 @@ impl Worker {
                     ?trigger,
                     "profile model built"
                 );
-                let view = ModelView::of(&stored);
+                let view = ModelView::of(&stored, sent.as_deref());
                 let mut state = lock(&self.shared.state);
                 state.current = Some(Arc::new(stored));
+                state.sent = sent;
                 state.next_build_at = Some(now + interval);
                 state.last_build = Some(record.clone());
                 Ok(Rebuilt {
@@ -712,7 +787,44 @@ impl Worker {
         })
     }
 
-    fn publish(&self, stored: &StoredModel) -> Result<(), String> {
+    /// The model in force, stored again as the next version and published.
+    fn republish(&mut self) -> Result<Option<Republished>, RepublishError> {
+        let Some(current) = lock(&self.shared.state).current.clone() else {
+            return Ok(None);
+        };
+        let learned = &current.learned;
+        let stored = self
+            .store
+            .save(current.built_at, learned, |version| {
+                to_profile_model(learned, version, current.built_at, no_settings(learned))
+            })
+            .map_err(RepublishError::Store)?;
+        let (sent, publish_error) = match self.publish(&stored) {
+            Ok(sent) => (Some(Arc::new(sent)), None),
+            Err(e) => {
+                tracing::warn!(version = stored.version, error = %e, "republishing the profile model failed");
+                (None, Some(e))
+            }
+        };
+        let republished = Republished {
+            version: stored.version,
+            of_version: current.version,
+            at: (self.shared.now)(),
+            publish_error,
+        };
+        tracing::info!(
+            version = stored.version,
+            of_version = current.version,
+            "profile model published again for a persona change"
+        );
+        let mut state = lock(&self.shared.state);
+        state.current = Some(Arc::new(stored));
+        state.sent = sent;
+        state.last_republish = Some(republished.clone());
+        Ok(Some(republished))
+    }
+
+    fn publish(&self, stored: &StoredModel) -> Result<ProfileModel, String> {
         let result = self.publisher.publish(ModelUpdate {
             region: self.shared.settings.region.clone(),
             model: stored.published.clone(),
@@ -738,9 +850,10 @@ mod tests {
     struct Published(Mutex<Vec<ModelUpdate>>);
 
     impl ModelPublisher for Published {
-        fn publish(&self, update: ModelUpdate) -> Result<(), String> {
+        fn publish(&self, update: ModelUpdate) -> Result<ProfileModel, String> {
+            let model = update.model.clone();
             lock(&self.0).push(update);
-            Ok(())
+            Ok(model)
         }
     }
 
@@ -970,6 +1083,60 @@ mod tests {
             rig.service.rebuild(Duration::from_secs(1)),
             Err(RebuildError::Stopped)
         ));
+    }
+
+    #[test]
+    fn republishing_stores_the_model_in_force_again_under_a_new_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("series.db");
+        let rig = start(&path, 1_000, Arc::new(SampleTable::new(10)));
+        assert_eq!(
+            rig.service
+                .republish(Duration::from_secs(20))
+                .expect("answered"),
+            None,
+            "no model yet: nothing to republish"
+        );
+        assert!(rig.published.versions().is_empty());
+        rig.service.stop();
+
+        let stored = learned(&["api-writers", "browsers"]);
+        ModelStore::open(&path)
+            .expect("open")
+            .save(10, &stored, |version| {
+                to_profile_model(&stored, version, 10, no_settings(&stored))
+            })
+            .expect("save");
+        let rig = start(&path, 1_000, Arc::new(SampleTable::new(10)));
+        let before = rig.service.status().model.expect("stored model");
+        rig.clock.store(1_000_500, Ordering::Relaxed);
+        let again = rig
+            .service
+            .republish(Duration::from_secs(20))
+            .expect("answered")
+            .expect("republished");
+        assert_eq!(
+            again,
+            Republished {
+                version: 2,
+                of_version: 1,
+                at: 1_000_500,
+                publish_error: None
+            }
+        );
+        assert_eq!(rig.published.versions(), vec![1, 2], "start, then again");
+        let status = rig.service.status();
+        assert_eq!(status.model_version, Some(2));
+        assert_eq!(status.last_republish, Some(again));
+        let after = status.model.expect("model");
+        assert_eq!(ids(&after), ids(&before), "same profiles, same ids");
+        assert_eq!(after.built_at, before.built_at, "not a new build");
+        assert!(status.last_build.is_none(), "no build ran");
+        rig.service.stop();
+        // The new version is what a restart finds.
+        let rig = start(&path, 1_000, Arc::new(SampleTable::new(10)));
+        assert_eq!(rig.published.versions(), vec![2]);
+        rig.service.stop();
     }
 
     #[test]
