@@ -58,7 +58,6 @@ fn model_status(admin: SocketAddr) -> serde_json::Value {
 }
 
 #[test]
-#[ignore = "about 4 minutes; passed locally (purity 0.667, ARI 0.137), not yet run in CI: cargo test --test learning_azure_e2e -- --ignored"]
 fn profiles_learned_from_azure_traffic_separate_the_functions_behaviors() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_backend_proc, backend) = start_backend("azure-learn", None, &[]);
