@@ -112,6 +112,11 @@ pub struct ProxyConfig {
     /// line).
     #[serde(default)]
     pub h2c: bool,
+    /// Pass request header fields whose names have underscores to backends (nginx's
+    /// `underscores_in_headers`). Off: such fields are dropped, so that a backend that maps `-`
+    /// and `_` alike (CGI, WSGI, Rack) cannot be handed `X_User_Id` for `X-User-Id`.
+    #[serde(default)]
+    pub underscores_in_headers: bool,
 }
 
 impl Default for ProxyConfig {
@@ -124,6 +129,7 @@ impl Default for ProxyConfig {
             keepalive_timeout_secs: default_keepalive_timeout_secs(),
             tls: None,
             h2c: false,
+            underscores_in_headers: false,
         }
     }
 }

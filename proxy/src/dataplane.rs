@@ -43,6 +43,7 @@ use crate::profiles::{
     ModelSwap, ModelSwapError, ProfileAssigner, ProfileIdx, ProfileRegistry, RequestFacts,
     MAX_PROFILES,
 };
+use crate::request_head::ForwardingPolicy;
 
 /// How far back `/api/v1/profiles` looks for request rates.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -137,6 +138,8 @@ pub struct DataPlane {
     config: Arc<Config>,
     max_header_bytes: usize,
     pub tls: bool,
+    /// Which client fields a backend never gets (`proxy.underscores_in_headers`).
+    pub forwarding: ForwardingPolicy,
     rate_samples: Mutex<VecDeque<(Instant, MeterSnapshot)>>,
     /// The request path's time (features).
     clock: CoarseClock,
@@ -214,6 +217,9 @@ impl DataPlane {
             routing: ArcSwap::from_pointee(Vec::new()),
             max_header_bytes: config.proxy.max_header_bytes,
             tls: config.proxy.tls.is_some(),
+            forwarding: ForwardingPolicy {
+                underscores: config.proxy.underscores_in_headers,
+            },
             rate_samples: Mutex::new(VecDeque::new()),
             clock: CoarseClock::on(clock),
             rejected_early: Default::default(),

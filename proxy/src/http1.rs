@@ -16,7 +16,8 @@
 //!   on the same header fields), backend choice, the tried set and in-flight guards
 //!   ([`RequestCtx`]), passive ejection, retries on another backend only while nothing has reached
 //!   the client and only up to the fleet's `retries`, the 502/503/504 answers and their bodies,
-//!   `X-Forwarded-For` / `X-Forwarded-Proto`, and the meters;
+//!   the `Host` check, the normalised path and the fields a backend never gets
+//!   ([`request_head`]), `X-Forwarded-For` / `X-Forwarded-Proto`, and the meters;
 //! - hop-by-hop fields never cross: not the client's to the backend, nor the backend's
 //!   (`Connection`, `Keep-Alive`, the fields `Connection` names) to the client;
 //! - a response is framed as the backend framed it (length, chunked, or until close); when its
@@ -61,6 +62,7 @@ use crate::chunked::ChunkedScanner;
 use crate::dataplane::{Admitted, DataPlane, Rejection};
 use crate::fields::HeaderFields;
 use crate::fleet::{Attempt, BackendState, Fleet};
+use crate::request_head::{self, HeadError};
 use crate::service::{
     failure_answer, forwarded_for, forwarded_proto, ProxyService, RequestCtx, FORWARDED_FOR,
     FORWARDED_PROTO,
@@ -88,6 +90,13 @@ const REQUEST_HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "http2-settings",
 ];
+
+/// The target a backend gets: the normalised path and the client's query, unchanged.
+#[derive(Clone, Copy)]
+struct UpstreamTarget<'a> {
+    path: &'a str,
+    query: Option<&'a str>,
+}
 
 /// Response fields that describe the backend's connection.
 const RESPONSE_HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "proxy-connection", "upgrade"];
@@ -333,14 +342,30 @@ impl FrontDoor {
             }
         }
         let head_only = method == Method::HEAD;
-        let path = target.split_once('?').map_or(target, |(path, _)| path);
-        match self.plane.admit(&method, path, &headers, peer_ip) {
+        let refused = |e: HeadError| Parsed::Rejected {
+            head_len,
+            rejection: Rejection::early(400, e.message()),
+            head_only,
+        };
+        if let Err(e) = request_head::check_host(request_head::Version::Http11, None, &headers) {
+            return refused(e);
+        }
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let path = match request_head::normalize_path(path) {
+            Ok(path) => path,
+            Err(e) => return refused(e),
+        };
+        match self.plane.admit(&method, &path, &headers, peer_ip) {
             Err(rejection) => Parsed::Rejected {
                 head_len,
                 rejection,
                 head_only,
             },
             Ok(admitted) => {
+                let target = UpstreamTarget { path: &path, query };
                 self.write_upstream_request(upstream, method.as_str(), target, headers, peer_ip);
                 Parsed::Admitted {
                     head_len,
@@ -352,27 +377,32 @@ impl FrontDoor {
         }
     }
 
-    /// The request as the backend gets it: the client's fields without hop-by-hop ones, with the
-    /// forwarding fields.
+    /// The request as the backend gets it: the normalised target, the client's fields without
+    /// hop-by-hop ones and those the forwarding policy drops, with the forwarding fields.
     fn write_upstream_request(
         &self,
         out: &mut Vec<u8>,
         method: &str,
-        target: &str,
+        target: UpstreamTarget<'_>,
         headers: HeaderFields<'_>,
         peer_ip: Option<IpAddr>,
     ) {
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(target.path.as_bytes());
+        if let Some(query) = target.query {
+            out.push(b'?');
+            out.extend_from_slice(query.as_bytes());
+        }
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        let trusted = self.plane.trusts(peer_ip);
         for field in headers.iter() {
             let name = field.name;
             if REQUEST_HOP_BY_HOP
                 .iter()
-                .chain(&[FORWARDED_FOR, FORWARDED_PROTO])
                 .any(|hop| name.eq_ignore_ascii_case(hop))
+                || self.plane.forwarding.drops(name, trusted)
             {
                 continue;
             }

@@ -30,6 +30,7 @@ pub mod lookup;
 pub mod meters;
 pub mod plan;
 pub mod profiles;
+pub mod request_head;
 pub mod server;
 pub mod service;
 pub mod upstream_pool;

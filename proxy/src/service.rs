@@ -37,6 +37,7 @@ use crate::dataplane::{Admitted, DataPlane, Rejection};
 use crate::fields::{visible_ascii, HeaderLookup};
 use crate::fleet::{Attempt, BackendState, Fleet, FleetIdx, InFlight, Tried};
 use crate::meters::{MeterKey, Observation};
+use crate::request_head::{self, HeadError};
 
 /// Per-request state carried between hooks.
 pub struct RequestCtx {
@@ -54,6 +55,8 @@ pub struct RequestCtx {
     pub(crate) failure_status: u16,
     /// Status we answered ourselves (rejections), when the request never reached a backend.
     pub(crate) local_status: Option<u16>,
+    /// The path routing saw and the backend gets, when normalising changed the client's.
+    normalized_path: Option<String>,
 }
 
 impl RequestCtx {
@@ -68,6 +71,7 @@ impl RequestCtx {
             upstream_failed: false,
             failure_status: 502,
             local_status: None,
+            normalized_path: None,
         }
     }
 
@@ -179,14 +183,26 @@ impl ProxyService {
         ProxyService { plane }
     }
 
-    /// Sets `X-Forwarded-For` (the client address, appended to a trusted peer's list) and
+    /// Drops the client's fields the forwarding policy keeps from backends, and sets
+    /// `X-Forwarded-For` (the client address, appended to a trusted peer's list) and
     /// `X-Forwarded-Proto` on a request for a backend.
     pub(crate) fn set_forwarding_headers(
         &self,
         peer_ip: Option<IpAddr>,
         upstream_request: &mut pingora::http::RequestHeader,
     ) -> Result<()> {
+        // Read before the client's copy is dropped.
         let forwarded_for = forwarded_for(&self.plane, peer_ip, &upstream_request.headers);
+        let trusted = self.plane.trusts(peer_ip);
+        let dropped: Vec<http::HeaderName> = upstream_request
+            .headers
+            .keys()
+            .filter(|name| self.plane.forwarding.drops(name.as_str(), trusted))
+            .cloned()
+            .collect();
+        for name in dropped {
+            upstream_request.remove_header(&name);
+        }
         if forwarded_for.is_empty() {
             upstream_request.remove_header(FORWARDED_FOR);
         } else {
@@ -195,6 +211,26 @@ impl ProxyService {
         upstream_request.insert_header(FORWARDED_PROTO, forwarded_proto(&self.plane))?;
         Ok(())
     }
+}
+
+/// The general path's view of [`request_head`]: the `Host` check for the request's version and
+/// target, and the normalised path when it differs from the client's.
+fn request_head_of(
+    request: &pingora::http::RequestHeader,
+) -> std::result::Result<Option<std::borrow::Cow<'_, str>>, HeadError> {
+    let version = match request.version {
+        http::Version::HTTP_2 | http::Version::HTTP_3 => request_head::Version::Http2,
+        http::Version::HTTP_11 => request_head::Version::Http11,
+        _ => request_head::Version::Http10,
+    };
+    let authority = request.uri.authority().map(|a| a.as_str().as_bytes());
+    request_head::check_host(version, authority, &request.headers)?;
+    let path = request.uri.path();
+    let normal = request_head::normalize_path(path)?;
+    Ok(match normal {
+        std::borrow::Cow::Borrowed(_) => None,
+        owned => Some(owned),
+    })
 }
 
 pub(crate) const FORWARDED_FOR: &str = "x-forwarded-for";
@@ -251,12 +287,24 @@ impl ProxyHttp for ProxyService {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let peer_ip = peer_ip(session);
         let request = session.req_header();
-        match self.plane.admit(
-            &request.method,
-            request.uri.path(),
-            &request.headers,
-            peer_ip,
-        ) {
+        let checked = request_head_of(request).map(|path| path.map(|p| p.into_owned()));
+        let path = match checked {
+            Ok(path) => path,
+            Err(e) => {
+                let rejection = Rejection::early(400, e.message());
+                ctx.rejected(&self.plane, &rejection);
+                session.set_keepalive(None);
+                respond(session, rejection.status, rejection.message, None).await?;
+                return Ok(true);
+            }
+        };
+        let request = session.req_header();
+        let routed_path = path.as_deref().unwrap_or_else(|| request.uri.path());
+        let admission = self
+            .plane
+            .admit(&request.method, routed_path, &request.headers, peer_ip);
+        ctx.normalized_path = path;
+        match admission {
             Ok(admitted) => {
                 ctx.admitted(&admitted);
                 Ok(false)
@@ -302,8 +350,22 @@ impl ProxyHttp for ProxyService {
         &self,
         session: &mut Session,
         upstream_request: &mut pingora::http::RequestHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(path) = &ctx.normalized_path {
+            let target = match upstream_request.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            let uri = http::Uri::try_from(target).map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "normalised request target is not a URI",
+                    e,
+                )
+            })?;
+            upstream_request.set_uri(uri);
+        }
         self.set_forwarding_headers(peer_ip(session), upstream_request)
     }
 
