@@ -285,6 +285,7 @@ fn where_to_look(config: &Config, clock: &NodeClock) -> Banner {
         .map(|f| f.name.clone())
         .unwrap_or_default();
     let region = region.to_string();
+    let identity = identity_hint(&config.identity.sources);
     Box::new(move |keda: Option<&crate::keda_cmd::Keda>| {
         let keda = keda
             .map(|k| {
@@ -299,6 +300,7 @@ fn where_to_look(config: &Config, clock: &NodeClock) -> Banner {
             "prescale is up{speed}.\n\
              \x20 proxy      http://{proxy}/  → {fleets}\n\
              \x20 dashboard  http://{admin}/{keda}\n\
+             {identity}\
              \x20 try:\n\
              \x20   curl -H 'X-User-Id: alice' http://{proxy}/api/items\n\
              \x20   curl -H 'X-User-Id: bob' http://{proxy}/batch/export\n\
@@ -309,6 +311,31 @@ fn where_to_look(config: &Config, clock: &NodeClock) -> Banner {
              \x20 plan changes are printed below as they happen; stop with Ctrl-C."
         )
     })
+}
+
+/// The banner's identity line: which configured sources a client can assert at will, and how
+/// to switch to a verified one (empty when every source is verified or an address).
+fn identity_hint(sources: &[prescale_config::IdentitySource]) -> String {
+    use prescale_config::IdentitySource;
+    let asserted: Vec<String> = sources
+        .iter()
+        .filter_map(|source| match source {
+            IdentitySource::Header { name } => Some(format!("header {name}")),
+            IdentitySource::Cookie { name } => Some(format!("cookie {name}")),
+            IdentitySource::ApiKey { header } => Some(format!("API key {header}")),
+            IdentitySource::Bearer { jwt: None } => Some("unverified bearer tokens".to_string()),
+            IdentitySource::Bearer { jwt: Some(_) } | IdentitySource::ClientIp => None,
+        })
+        .collect();
+    if asserted.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\x20 identity   {} are client-asserted (any client can claim any user); to verify users,\n\
+         \x20            set [identity] sources = [{{ kind = \"bearer\", jwt = {{ hmac_secret = \"…\" }} }}, {{ kind = \"client_ip\" }}]\n\
+         \x20            or trust these only from your gateway (README: \"Who the user is\")\n",
+        asserted.join(", ")
+    )
 }
 
 /// Runs proxy + admin (+ the sketch exporter, + an in-process forecaster for `up`) until
@@ -559,4 +586,30 @@ fn listener_readiness(listen: std::net::SocketAddr) -> prescale_proxy::admin::Re
             )),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identity_hint;
+    use prescale_config::{IdentitySource, JwtVerification};
+
+    #[test]
+    fn the_banner_names_client_asserted_sources_and_how_to_verify() {
+        let hint = identity_hint(&prescale_config::default_identity_sources());
+        assert!(
+            hint.contains("header x-user-id, unverified bearer tokens are client-asserted"),
+            "{hint}"
+        );
+        assert!(hint.contains(r#"jwt = { hmac_secret = "…" }"#), "{hint}");
+        let verified = IdentitySource::Bearer {
+            jwt: Some(JwtVerification {
+                hmac_secret: Some("a-secret-of-enough-bytes".into()),
+                rsa_public_key_file: None,
+                ec_public_key_file: None,
+                issuer: None,
+                audience: None,
+            }),
+        };
+        assert_eq!(identity_hint(&[verified, IdentitySource::ClientIp]), "");
+    }
 }

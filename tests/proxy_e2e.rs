@@ -589,6 +589,230 @@ fn request_heads_are_checked_normalised_and_stripped_alike_on_both_paths() {
 }
 
 #[test]
+fn one_client_cannot_churn_the_user_table_with_fresh_ids() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web], &[batch], "").replace(
+        "secret = \"e2e-secret-0123456789\"",
+        "secret = \"e2e-secret-0123456789\"\nnew_users_per_client_per_sec = 5",
+    );
+    let node = start_node(&text);
+    // Loopback is trusted, so X-Forwarded-For names the client: one churns ids, one is real.
+    let churner = "203.0.113.50";
+    let mut client = KeepAliveClient::connect(node.proxy);
+    let started = std::time::Instant::now();
+    const FRESH: usize = 200;
+    for i in 0..FRESH {
+        let raw = format!(
+            "GET /api/items HTTP/1.1\r\nHost: {proxy}\r\nX-User-Id: fresh-{i}\r\nX-Forwarded-For: {churner}\r\n\r\n"
+        );
+        let r = client.send(raw.as_bytes(), false);
+        assert_eq!(r.status, 200, "every request is served: {}", r.text());
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let r = get(
+        node.proxy,
+        "/api/items",
+        &[
+            ("X-User-Id", "real-user"),
+            ("X-Forwarded-For", "198.51.100.20"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+
+    let metrics =
+        node.metrics_when(|m| metric_sum(m, "prescale_requests_total", &[]) >= (FRESH + 1) as f64);
+    let resident = metric_sum(&metrics, "prescale_user_table_entries", &[]);
+    let limited = metric_sum(&metrics, "prescale_new_users_limited_total", &[]);
+    // At most 5 new users in each second the churn spanned, plus the churner's address and the
+    // real user.
+    let admitted_most = (5 * (seconds + 1) + 2) as f64;
+    assert!(
+        resident <= admitted_most,
+        "{resident} resident after {seconds} s: {metrics}"
+    );
+    assert!(
+        limited >= FRESH as f64 - admitted_most,
+        "{limited} limited: {metrics}"
+    );
+    let lookup = |id: &str| get(node.admin, &format!("/api/v1/users/lookup?id={id}"), &[]);
+    assert_eq!(
+        lookup("real-user").status,
+        200,
+        "another client's new user is taken"
+    );
+    let refused = (0..FRESH)
+        .filter(|i| lookup(&format!("fresh-{i}")).status == 404)
+        .count();
+    assert!(
+        refused as f64 >= limited.min(FRESH as f64) - 5.0,
+        "{refused} of the churned ids not resident, {limited} limited"
+    );
+    // Every request was counted, limited ones under the client's address.
+    let requests = metric_sum(&metrics, "prescale_requests_total", &[]);
+    assert!(requests >= (FRESH + 1) as f64, "{requests}: {metrics}");
+}
+
+/// A backend on a raw socket, one thread per connection, answering by path: `/big` a 1 GiB body
+/// written as fast as the proxy takes it (`big_closed` counts those writes that failed: the
+/// proxy let the connection go), `/status-600`, `/both-framings`, `/bad-chunk` malformed
+/// responses, anything else `ok`. Request bodies (Content-Length) are read and dropped.
+fn raw_backend(big_closed: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let big_closed = std::sync::Arc::clone(&big_closed);
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while pending.len() < end + 4 + length {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    pending.drain(..end + 4 + length);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let response: &[u8] = match path.as_str() {
+                        "/big" => {
+                            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n";
+                            let chunk = vec![b'x'; 64 * 1024];
+                            if conn.write_all(head).is_err() {
+                                return;
+                            }
+                            for _ in 0..(1 << 14) {
+                                if conn.write_all(&chunk).is_err() {
+                                    big_closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    return;
+                                }
+                            }
+                            return;
+                        }
+                        "/status-600" => b"HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nno",
+                        "/both-framings" => {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n"
+                        }
+                        "/bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nno",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    // A malformed response ends its connection.
+                    let keep = matches!(path.as_str(), "/" | "/ok");
+                    if conn.write_all(response).is_err() || !keep {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_client_that_stops_reading_is_let_go_within_the_send_timeout() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let big_closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let backend = raw_backend(std::sync::Arc::clone(&big_closed));
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[backend], &[batch], "").replace(
+        "shutdown_grace_secs = 20",
+        "shutdown_grace_secs = 20\nsend_timeout_secs = 1",
+    );
+    let node = start_node(&text);
+    for (round, method) in ["GET", "POST"].into_iter().enumerate() {
+        // Sends its request and never reads: the proxy's writes to it stall.
+        let mut stalled = std::net::TcpStream::connect(node.proxy).expect("connect");
+        let body = if method == "POST" {
+            "Content-Length: 2\r\n\r\n{}"
+        } else {
+            "\r\n"
+        };
+        write!(
+            stalled,
+            "{method} /big HTTP/1.1\r\nHost: shop\r\nX-User-Id: slow-reader\r\n{body}"
+        )
+        .expect("send");
+        // Others are served meanwhile.
+        for _ in 0..5 {
+            let r = get(node.proxy, "/ok", &[("X-User-Id", "reader")]);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        wait_until(
+            &format!("{method}: the backend connection of the stalled client to close"),
+            Duration::from_secs(15),
+            || big_closed.load(Ordering::SeqCst) > round,
+        );
+        let metrics = node.metrics_when(|m| {
+            metric_sum(m, "prescale_backend_in_flight", &[("fleet", "web")]) == 0.0
+        });
+        assert_eq!(
+            metric_sum(&metrics, "prescale_backend_in_flight", &[("fleet", "web")]),
+            0.0,
+            "{method}: the stalled request's slot is freed: {metrics}"
+        );
+        drop(stalled);
+    }
+}
+
+#[test]
+fn malformed_backend_responses_are_502_and_the_backends_failures() {
+    let backend = raw_backend(Default::default());
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[backend], &[batch], "")
+        .replace("eject_after_failures = 1", "eject_after_failures = 100");
+    let node = start_node(&text);
+    let failures = || {
+        metric_sum(
+            &node.metrics(),
+            "prescale_backend_failures_total",
+            &[("fleet", "web")],
+        )
+    };
+    // The direct path finds all three before anything reaches the client; pingora's path
+    // forwards a response head before its body is read, and drops Content-Length beside
+    // Transfer-Encoding as RFC 9112 allows, so only the status is its to refuse.
+    let cases = [
+        ("GET", "/status-600"),
+        ("GET", "/both-framings"),
+        ("GET", "/bad-chunk"),
+        ("POST", "/status-600"),
+    ];
+    for (method, path) in cases {
+        let before = failures();
+        let body: &[u8] = if method == "POST" { b"{}" } else { b"" };
+        let r = request(node.proxy, method, path, &[("X-User-Id", "erin")], body);
+        assert_eq!(r.status, 502, "{method} {path}: {}", r.text());
+        assert_eq!(
+            failures(),
+            before + 1.0,
+            "{method} {path}: counted once against the backend"
+        );
+        // The backend is still served to: one failure does not eject it here.
+        assert_eq!(get(node.proxy, "/ok", &[("X-User-Id", "erin")]).status, 200);
+    }
+}
+
+#[test]
 fn http2_cleartext_is_proxied() {
     let (_web_proc, web) = start_backend("web-1", None, &[]);
     let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
@@ -665,6 +889,63 @@ fn admin_token_is_required_when_configured() {
     )
     .expect("admin answers");
     assert_eq!(named.status, 401);
+}
+
+#[test]
+fn the_admin_listener_is_not_held_by_slow_or_many_clients() {
+    use std::io::{Read, Write};
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web], &[batch], "").replace(
+        &format!("[admin]\nlisten = \"{admin}\"\n"),
+        &format!("[admin]\nlisten = \"{admin}\"\ntoken = \"admin-token-0123456789\"\n"),
+    );
+    let node = start_node(&text);
+    // Without the token, a request announcing a large body is answered before it is sent.
+    let mut conn = std::net::TcpStream::connect(node.admin).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    conn.write_all(
+        b"POST /api/v1/personas HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n",
+    )
+    .expect("send head");
+    let mut answer = vec![0u8; 1024];
+    let n = conn.read(&mut answer).expect("an answer before the body");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    drop(conn);
+
+    // A client that begins a head and stops is closed after the head timeout.
+    let mut slow = std::net::TcpStream::connect(node.admin).expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
+        .expect("send part");
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "closed after {waited:?}: {}",
+        String::from_utf8_lossy(&rest)
+    );
+
+    // Connections beyond the cap are closed at once; the held ones do not stop the others
+    // once they go.
+    let held: Vec<std::net::TcpStream> = (0..256)
+        .map(|_| std::net::TcpStream::connect(node.admin).expect("connect"))
+        .collect();
+    wait_until("the cap to bind", Duration::from_secs(10), || {
+        try_request(node.admin, "GET", "/healthz", &[], b"").is_err()
+    });
+    drop(held);
+    wait_until(
+        "the listener to answer again",
+        Duration::from_secs(10),
+        || try_request(node.admin, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200),
+    );
 }
 
 #[test]

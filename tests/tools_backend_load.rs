@@ -3,7 +3,7 @@
 //! `prescale load` (uniform, trace and Azure modes against a real backend, bad inputs).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -390,11 +390,20 @@ fn load_replays_azure_functions_as_users() {
 
 #[test]
 fn load_counts_connection_failures_as_errors() {
-    let unused_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
+    // Bound but not listening, for the whole test: every connection is refused, and no other
+    // test's listener can be given this port meanwhile.
+    let refusing =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    refusing
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = refusing
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address")
         .port();
-    let target = format!("http://127.0.0.1:{unused_port}/");
+    let target = format!("http://127.0.0.1:{port}/");
     let summary = load_json(&["--target", &target, "--rps", "20", "--duration", "1s"]);
     let sent = count(&summary, "/requests_sent");
     assert!(sent > 0);

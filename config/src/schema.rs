@@ -104,6 +104,14 @@ pub struct ProxyConfig {
     /// request head may take to arrive once its first bytes have.
     #[serde(default = "default_keepalive_timeout_secs")]
     pub keepalive_timeout_secs: u64,
+    /// Seconds a write to a client may wait for it to read (nginx's `send_timeout`): a client
+    /// that stops reading a response is closed after it, freeing its backend connection.
+    #[serde(default = "default_client_timeout_secs")]
+    pub send_timeout_secs: u64,
+    /// Seconds a read of a client's request body may wait for its next bytes (nginx's
+    /// `client_body_timeout`).
+    #[serde(default = "default_client_timeout_secs")]
+    pub body_timeout_secs: u64,
     /// Served on the proxy listener with TLS when set (HTTP/2 negotiated by ALPN).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -127,6 +135,8 @@ impl Default for ProxyConfig {
             shutdown_grace_secs: default_grace_secs(),
             max_header_bytes: default_max_header_bytes(),
             keepalive_timeout_secs: default_keepalive_timeout_secs(),
+            send_timeout_secs: default_client_timeout_secs(),
+            body_timeout_secs: default_client_timeout_secs(),
             tls: None,
             h2c: false,
             underscores_in_headers: false,
@@ -144,6 +154,9 @@ fn default_max_header_bytes() -> usize {
     16 * 1024
 }
 fn default_keepalive_timeout_secs() -> u64 {
+    60
+}
+fn default_client_timeout_secs() -> u64 {
     60
 }
 
@@ -199,6 +212,14 @@ pub struct IdentityConfig {
     /// Identities longer than this are rejected with 431.
     #[serde(default = "default_max_identity_len")]
     pub max_len: usize,
+    /// Most users not yet in the per-user table that one client address (IPv6: its /64) brings
+    /// in per second; past it, its requests are served as the address's user. 0: no limit.
+    #[serde(default = "default_new_users_per_client_per_sec")]
+    pub new_users_per_client_per_sec: u32,
+}
+
+fn default_new_users_per_client_per_sec() -> u32 {
+    100
 }
 
 fn default_max_identity_len() -> usize {

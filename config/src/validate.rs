@@ -221,14 +221,20 @@ impl Validator {
                 ),
             );
         }
-        if !(1..=3600).contains(&config.proxy.keepalive_timeout_secs) {
-            self.problem(
-                root.key("proxy").key("keepalive_timeout_secs"),
-                format!(
-                    "{} is out of range; expected 1 to 3600 seconds",
-                    config.proxy.keepalive_timeout_secs
-                ),
-            );
+        for (key, value) in [
+            (
+                "keepalive_timeout_secs",
+                config.proxy.keepalive_timeout_secs,
+            ),
+            ("send_timeout_secs", config.proxy.send_timeout_secs),
+            ("body_timeout_secs", config.proxy.body_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&value) {
+                self.problem(
+                    root.key("proxy").key(key),
+                    format!("{value} is out of range; expected 1 to 3600 seconds"),
+                );
+            }
         }
         if config.proxy.threads > 1024 {
             self.problem(

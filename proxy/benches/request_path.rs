@@ -149,6 +149,7 @@ fn plane_with(model: ProfileModel) -> Plane {
         secret: "bench-secret-0123456789abcdef".into(),
         sources: prescale_config::default_identity_sources(),
         max_len: 256,
+        new_users_per_client_per_sec: 100,
     })
     .expect("identity config");
     let registry = Arc::new(ProfileRegistry::with_builtins());

@@ -9,6 +9,9 @@
 //! (its reasons name fleets); with no token, a request naming any host but this listener is 421
 //! (the DNS-rebinding guard, [`AdminRoutes::misdirected`]); a handler's panic-free `None` means
 //! "not mine"; unknown paths are 404 with a JSON error. The token is a [`Secret`]: never printed.
+//! A request that needs the token and lacks it is refused before its body is read; connections
+//! are capped ([`MAX_CONNECTIONS`]) and heads and bodies have deadlines ([`HEAD_TIMEOUT`],
+//! [`BODY_TIMEOUT`]), so slow or many clients cannot hold the listener.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,9 +34,16 @@ use prescale_config::Secret;
 /// route that takes more says so in [`AdminRoutes::body_limits`].
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Admin connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A request head must arrive within this (and an idle connection closes after it).
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A request body must arrive within this.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A route that accepts a larger body than [`MAX_BODY_BYTES`] (the forecaster's NDJSON ingest):
 /// only for this method and exact path, and only for a request that carries the token when one
-/// is configured (anyone else is held to the default before being answered 401).
+/// is configured (anyone else is answered 401 before its body is read).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BodyLimit {
     pub method: Method,
@@ -119,13 +129,7 @@ impl AdminRoutes {
             _ => {}
         }
         if !self.authorised(request) {
-            let mut response =
-                json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+            return unauthorized();
         }
         if request.method == Method::GET && request.path == "/metrics" {
             let mut out = String::with_capacity(16 * 1024);
@@ -235,12 +239,16 @@ fn host_names_listener(host: &str, local: SocketAddr) -> bool {
     }
 }
 
-/// Serves `routes` on `listener` until `shutdown` turns true.
+/// Serves `routes` on `listener` until `shutdown` turns true: at most [`MAX_CONNECTIONS`] at once
+/// (a connection beyond them is closed at once, and logged), each request head within
+/// [`HEAD_TIMEOUT`] (also the longest an idle keep-alive connection waits), each body within
+/// [`BODY_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     routes: Arc<AdminRoutes>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -261,13 +269,30 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(
+                limit = MAX_CONNECTIONS,
+                "admin connection refused: the listener holds its most connections"
+            );
+            continue;
+        };
         let routes = Arc::clone(&routes);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let routes = Arc::clone(&routes);
                 handle(routes, local, req)
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(HEAD_TIMEOUT))
+                .keep_alive_timeout(HEAD_TIMEOUT);
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -289,13 +314,25 @@ fn handle(
         if let Some(response) = routes.misdirected(local, authority, &parts.headers) {
             return Ok(response);
         }
+        // Refused before a byte of the body is read.
+        if !is_public(&parts.method, parts.uri.path()) && !routes.authorised_headers(&parts.headers)
+        {
+            return Ok(unauthorized());
+        }
         let limit = routes.body_limit(&parts.method, parts.uri.path(), &parts.headers);
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
+        let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect());
+        let body = match collected.await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => {
                 return Ok(json_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!("request body larger than {limit} bytes"),
+                ))
+            }
+            Err(_) => {
+                return Ok(json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("request body not complete within {BODY_TIMEOUT:?}"),
                 ))
             }
         };
@@ -312,6 +349,20 @@ fn handle(
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "admin handler failed")
         }))
     })
+}
+
+fn unauthorized() -> AdminResponse {
+    let mut response = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// Routes that answer without the token (what they show without it is limited in `respond`).
+fn is_public(method: &Method, path: &str) -> bool {
+    method == Method::GET && matches!(path, "/healthz" | "/readyz" | "/")
 }
 
 fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {

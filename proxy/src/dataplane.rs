@@ -31,13 +31,14 @@ use serde::Serialize;
 use crate::admin::{self, AdminRequest, Handler, MetricsSource, Readiness};
 use crate::client_ip::ClientIpResolver;
 use crate::error::ProxyError;
-use crate::features::{FeatureTable, RequestTraits};
+use crate::features::{FeatureTable, RequestTraits, UserView};
 use crate::fields::HeaderLookup;
 use crate::fleet::{phase_name, FleetIdx, Fleets};
 use crate::geo::{GeoResolver, RegionId};
 use crate::grants::{GrantDecision, GrantEntry, GrantTable};
 use crate::identity::IdentityResolver;
 use crate::meters::{MeterFleet, MeterKey, MeterSnapshot, Meters, Observation};
+use crate::new_users::NewUserLimiter;
 use crate::plan::{FleetApplied, PlanApplied, PlanError, PlanStamp};
 use crate::profiles::{
     ModelSwap, ModelSwapError, ProfileAssigner, ProfileIdx, ProfileRegistry, RequestFacts,
@@ -118,6 +119,15 @@ impl Rejection {
     }
 }
 
+/// Waits on a client, both request paths.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientTimeouts {
+    /// One write of response bytes.
+    pub send: Duration,
+    /// One read of request body bytes.
+    pub body: Duration,
+}
+
 pub struct DataPlane {
     pub node_id: String,
     pub region: String,
@@ -140,6 +150,11 @@ pub struct DataPlane {
     pub tls: bool,
     /// Which client fields a backend never gets (`proxy.underscores_in_headers`).
     pub forwarding: ForwardingPolicy,
+    /// How long a write to a client, and a read of its request body, may wait
+    /// (`proxy.send_timeout_secs`, `proxy.body_timeout_secs`).
+    pub client_timeouts: ClientTimeouts,
+    /// `identity.new_users_per_client_per_sec` (`None`: no limit).
+    new_users: Option<NewUserLimiter>,
     rate_samples: Mutex<VecDeque<(Instant, MeterSnapshot)>>,
     /// The request path's time (features).
     clock: CoarseClock,
@@ -219,6 +234,11 @@ impl DataPlane {
             tls: config.proxy.tls.is_some(),
             forwarding: ForwardingPolicy {
                 underscores: config.proxy.underscores_in_headers,
+            },
+            new_users: NewUserLimiter::new(config.identity.new_users_per_client_per_sec),
+            client_timeouts: ClientTimeouts {
+                send: Duration::from_secs(config.proxy.send_timeout_secs),
+                body: Duration::from_secs(config.proxy.body_timeout_secs),
             },
             rate_samples: Mutex::new(VecDeque::new()),
             clock: CoarseClock::on(clock),
@@ -468,6 +488,11 @@ impl DataPlane {
         ip.is_some_and(|ip| self.client_ips.is_trusted(ip))
     }
 
+    /// `proxy.max_header_bytes`: larger header blocks are answered 431.
+    pub fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+    }
+
     /// Decides what happens to a request: forward (to which fleet, counted under which key) or
     /// answer it here.
     pub fn admit(
@@ -485,7 +510,7 @@ impl DataPlane {
             .client_ips
             .client_ip(peer, headers)
             .map_err(|e| Rejection::early(e.status(), "malformed X-Forwarded-For\n"))?;
-        let user = self
+        let mut user = self
             .identity
             .resolve(headers, client_ip)
             .map_err(|e| Rejection::early(e.status(), identity_message(e.status())))?;
@@ -502,16 +527,28 @@ impl DataPlane {
         let profile = match &self.features {
             Some(table) => {
                 let traits = RequestTraits::classify(method, path, headers);
-                table
-                    .on_request(user, self.clock.unix_secs(), traits, |view| {
-                        self.assigner.assign_reusing(
-                            view.requests(),
-                            view.model_answer_this_second(),
-                            || view.features(),
-                            &facts,
-                        )
-                    })
-                    .profile
+                let now = self.clock.unix_secs();
+                let assign = |view: &UserView<'_>| {
+                    self.assigner.assign_reusing(
+                        view.requests(),
+                        view.model_answer_this_second(),
+                        || view.features(),
+                        &facts,
+                    )
+                };
+                let address_user = || self.identity.client_ip_key(client_ip);
+                let admit_new = || match &self.new_users {
+                    Some(limiter) => user == address_user() || limiter.allow(client_ip, now),
+                    None => true,
+                };
+                match table.on_request_if_admitted(user, now, traits, admit_new, assign) {
+                    Some(outcome) => outcome.profile,
+                    // Past its new-user budget: the client is the user its address is.
+                    None => {
+                        user = address_user();
+                        table.on_request(user, now, traits, assign).profile
+                    }
+                }
             }
             None => self.assigner.assign_by_rules(&facts),
         };
@@ -979,6 +1016,15 @@ impl DataPlane {
             out.push_str("# HELP prescale_user_table_capacity Most users the table holds (its memory ceiling).\n");
             out.push_str("# TYPE prescale_user_table_capacity gauge\n");
             let _ = writeln!(out, "prescale_user_table_capacity {}", table.capacity());
+        }
+        if let Some(limiter) = &self.new_users {
+            out.push_str("# HELP prescale_new_users_limited_total Requests whose new user was not taken into the per-user table because its client address had brought in identity.new_users_per_client_per_sec new users this second (served as the address's user).\n");
+            out.push_str("# TYPE prescale_new_users_limited_total counter\n");
+            let _ = writeln!(
+                out,
+                "prescale_new_users_limited_total {}",
+                limiter.limited()
+            );
         }
         out.push_str("# HELP prescale_rejected_requests_total Requests answered before identity and profile were known (malformed or oversized headers, bad identity).\n");
         out.push_str("# TYPE prescale_rejected_requests_total counter\n");

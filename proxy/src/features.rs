@@ -770,10 +770,40 @@ impl FeatureTable {
         assign: impl FnOnce(&UserView<'_>) -> Assignment,
     ) -> RequestOutcome {
         let set = self.set_index(user);
-        let mut guard = match self.locked(set, user) {
+        let guard = match self.locked(set, user) {
             Some(guard) => guard,
             None => self.insert(set, user),
         };
+        self.record(guard, now, traits, assign)
+    }
+
+    /// As [`FeatureTable::on_request`], but a user not resident is inserted only when
+    /// `admit_new` agrees (the per-client new-user limit); `None` when it does not (nothing was
+    /// recorded).
+    pub fn on_request_if_admitted(
+        &self,
+        user: UserKey,
+        now: u64,
+        traits: RequestTraits,
+        admit_new: impl FnOnce() -> bool,
+        assign: impl FnOnce(&UserView<'_>) -> Assignment,
+    ) -> Option<RequestOutcome> {
+        let set = self.set_index(user);
+        let guard = match self.locked(set, user) {
+            Some(guard) => guard,
+            None if admit_new() => self.insert(set, user),
+            None => return None,
+        };
+        Some(self.record(guard, now, traits, assign))
+    }
+
+    fn record(
+        &self,
+        mut guard: EntryGuard<'_>,
+        now: u64,
+        traits: RequestTraits,
+        assign: impl FnOnce(&UserView<'_>) -> Assignment,
+    ) -> RequestOutcome {
         let gauge = self.gauge();
         let state = &mut guard.state;
         let same_second = state.requests > 0 && u64::from(state.last_seen) == now;

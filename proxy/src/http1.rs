@@ -68,8 +68,9 @@ use crate::service::{
     FORWARDED_PROTO,
 };
 
-/// A request head not complete within this many bytes goes to the general path.
-const HEAD_LIMIT: usize = 16 * 1024;
+/// Room for the request line beyond `proxy.max_header_bytes` of fields: a request head not
+/// complete within both is answered 431 (as nginx's 8 KiB `large_client_header_buffers`).
+const REQUEST_LINE_LIMIT: usize = 8 * 1024;
 /// Longest response head accepted from a backend.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 /// Header fields parsed in place (pingora's own limit); a head with more goes to the general path
@@ -111,6 +112,8 @@ pub struct FrontDoor {
     /// How long an idle client connection waits for its next request, and a request head may
     /// take once begun (`proxy.keepalive_timeout_secs`).
     keepalive: Duration,
+    /// Most bytes of a request head: `proxy.max_header_bytes` and the request line.
+    head_limit: usize,
 }
 
 impl FrontDoor {
@@ -123,10 +126,11 @@ impl FrontDoor {
     ) -> Self {
         FrontDoor {
             general: Arc::new(general),
-            plane,
             transport: TransportConnector::new(Some(connector_options)),
             h2c,
             keepalive,
+            head_limit: plane.max_header_bytes() + REQUEST_LINE_LIMIT,
+            plane,
         }
     }
 }
@@ -171,6 +175,8 @@ struct Connection {
 enum Parsed {
     /// Not a whole request head yet.
     Partial,
+    /// Not a whole request head within the head limit.
+    TooLarge,
     /// The general path takes this request.
     General,
     /// Answered here (`head_len` bytes of `input` were the request).
@@ -190,9 +196,11 @@ enum Parsed {
 
 /// How one attempt on a backend ended, when it did not end well.
 enum Failed {
-    /// Nothing reached the client: another backend may be tried. `reused`: on a connection
-    /// taken from the idle ones (which the backend may have closed meanwhile).
-    BeforeResponse { error: Box<Error>, reused: bool },
+    /// Nothing reached the client: another backend may be tried. `stale`: a connection taken
+    /// from the idle ones failed before any response byte, other than by timing out (the
+    /// backend closed it meanwhile; not the backend's fault). A timeout, or a bad response, on a
+    /// reused connection is the backend's.
+    BeforeResponse { error: Box<Error>, stale: bool },
     /// The response had begun: the client connection must end.
     AfterResponse { error: Box<Error>, sent: Sent },
 }
@@ -246,13 +254,30 @@ impl FrontDoor {
                     }
                 }
                 match self.parse(&conn.input, conn.peer_ip, &mut conn.upstream_request) {
-                    Parsed::Partial if conn.input.len() < HEAD_LIMIT => continue,
-                    Parsed::Partial => break Parsed::General,
+                    Parsed::Partial if conn.input.len() < self.head_limit => continue,
+                    Parsed::Partial => break Parsed::TooLarge,
                     parsed => break parsed,
                 }
             };
             first = false;
             match parsed {
+                Parsed::TooLarge => {
+                    // Never handed over: every head pingora parses is complete, so the
+                    // whole-head deadline above holds on both paths.
+                    let rejection = Rejection::early(431, "request header fields too large\n");
+                    let mut ctx = RequestCtx::new();
+                    ctx.rejected(&self.plane, &rejection);
+                    conn.answer(
+                        self.plane.client_timeouts.send,
+                        rejection.status,
+                        rejection.message,
+                        None,
+                        false,
+                    )
+                    .await;
+                    ctx.finish(&self.plane, None, 0, 0);
+                    return;
+                }
                 Parsed::Partial | Parsed::General => match self.hand_over(conn, &shutdown).await {
                     Some(back) => conn = back,
                     None => return,
@@ -266,8 +291,14 @@ impl FrontDoor {
                     let mut ctx = RequestCtx::new();
                     ctx.rejected(&self.plane, &rejection);
                     let (status, message) = (rejection.status, rejection.message);
-                    conn.answer(status, message, rejection.retry_after_secs, head_only)
-                        .await;
+                    conn.answer(
+                        self.plane.client_timeouts.send,
+                        status,
+                        message,
+                        rejection.retry_after_secs,
+                        head_only,
+                    )
+                    .await;
                     ctx.finish(&self.plane, None, 0, 0);
                     return;
                 }
@@ -483,7 +514,7 @@ impl FrontDoor {
                     ctx.finish(&self.plane, Some(sent.status), 0, sent.body_bytes);
                     return false;
                 }
-                Err(Failed::BeforeResponse { reused: true, .. }) => {
+                Err(Failed::BeforeResponse { stale: true, .. }) => {
                     reuse = false;
                     stale_retry = true;
                 }
@@ -497,7 +528,14 @@ impl FrontDoor {
         };
         ctx.local_status = Some(failure);
         let (message, retry_after) = failure_answer(failure);
-        conn.answer(failure, message, retry_after, head_only).await;
+        conn.answer(
+            self.plane.client_timeouts.send,
+            failure,
+            message,
+            retry_after,
+            head_only,
+        )
+        .await;
         ctx.finish(&self.plane, None, 0, 0);
         false
     }
@@ -517,13 +555,26 @@ impl FrontDoor {
     ) -> Result<Sent, Failed> {
         let peer = &backend.peer;
         let read_timeout = peer.options.read_timeout;
+        let send_timeout = self.plane.client_timeouts.send;
         let now = self.plane.now_secs();
         let idle = if reuse { backend.idle.take(now) } else { None };
         let reused = idle.is_some();
-        let before = |error: Box<Error>| Failed::BeforeResponse { error, reused };
+        // Before any response byte: stale when a reused connection failed other than by time.
+        let before_any = |error: Box<Error>| Failed::BeforeResponse {
+            stale: reused
+                && !matches!(
+                    error.etype(),
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                ),
+            error,
+        };
+        let backend_fault = |error: Box<Error>| Failed::BeforeResponse {
+            error,
+            stale: false,
+        };
         let mut upstream = match idle {
             Some(stream) => stream,
-            None => self.transport.new_stream(peer).await.map_err(before)?,
+            None => self.transport.new_stream(peer).await.map_err(before_any)?,
         };
         write_all(
             &mut upstream,
@@ -531,23 +582,31 @@ impl FrontDoor {
             peer.options.write_timeout,
         )
         .await
-        .map_err(before)?;
+        .map_err(before_any)?;
 
         conn.response.clear();
         let head = loop {
             match final_response_head(&mut conn.response, head_only, close, &mut conn.output)
-                .map_err(before)?
+                .map_err(backend_fault)?
             {
                 Some(head) => break head,
                 None if conn.response.len() > RESPONSE_HEAD_LIMIT => {
-                    return Err(before(invalid("backend response head too large")));
+                    return Err(backend_fault(invalid("backend response head too large")));
                 }
                 None => {
+                    let nothing_yet = conn.response.is_empty();
+                    let failed = |error| {
+                        if nothing_yet {
+                            before_any(error)
+                        } else {
+                            backend_fault(error)
+                        }
+                    };
                     let read = read_some(&mut upstream, &mut conn.response, read_timeout)
                         .await
-                        .map_err(before)?;
+                        .map_err(failed)?;
                     if read == 0 {
-                        return Err(before(Error::explain(
+                        return Err(failed(Error::explain(
                             ErrorType::ConnectionClosed,
                             "backend closed the connection before responding",
                         )));
@@ -556,7 +615,6 @@ impl FrontDoor {
             }
         };
 
-        fleet.record(backend, Attempt::Succeeded);
         let mut sent = Sent {
             status: head.status,
             body_bytes: 0,
@@ -564,11 +622,11 @@ impl FrontDoor {
         };
         let mut framing = head.framing;
         let mut reusable = head.reusable;
-        // The body bytes that came with the head go out in the same write.
+        // The body bytes that came with the head go out in the same write; a framing error in
+        // them is found before anything reaches the client (a 502, and the backend's failure).
         let arrived = &conn.response[head.len..];
-        let (take, mut done) = framing
-            .advance(arrived)
-            .map_err(|error| Failed::AfterResponse { error, sent })?;
+        let (take, mut done) = framing.advance(arrived).map_err(backend_fault)?;
+        fleet.record(backend, Attempt::Succeeded);
         if take < arrived.len() {
             // More than the response: the backend is out of step.
             reusable = false;
@@ -576,7 +634,7 @@ impl FrontDoor {
         conn.output.extend_from_slice(&arrived[..take]);
         sent.body_bytes += take as u64;
         let after = |error: Box<Error>| Failed::AfterResponse { error, sent };
-        write_all(&mut conn.stream, &conn.output, None)
+        write_all(&mut conn.stream, &conn.output, Some(send_timeout))
             .await
             .map_err(after)?;
         while !done {
@@ -600,7 +658,7 @@ impl FrontDoor {
             done = finished;
             if take > 0 {
                 sent.body_bytes += take as u64;
-                write_all(&mut conn.stream, &conn.response[..take], None)
+                write_all(&mut conn.stream, &conn.response[..take], Some(send_timeout))
                     .await
                     .map_err(|error| Failed::AfterResponse { error, sent })?;
             }
@@ -661,6 +719,7 @@ impl Connection {
     /// Sends a response of our own (then the connection closes).
     async fn answer(
         &mut self,
+        send_timeout: Duration,
         status: u16,
         message: &str,
         retry_after: Option<u32>,
@@ -685,7 +744,7 @@ impl Connection {
         if !head_only {
             self.output.extend_from_slice(message.as_bytes());
         }
-        if let Err(error) = write_all(&mut self.stream, &self.output, None).await {
+        if let Err(error) = write_all(&mut self.stream, &self.output, Some(send_timeout)).await {
             tracing::debug!(%error, "could not send our answer");
         }
     }
@@ -788,6 +847,9 @@ fn parse_response_head(
         }
     };
     let status = response.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        return Err(invalid("backend sent a status code outside 100-599"));
+    }
     if status == 101 {
         return Err(invalid(
             "backend switched protocols on a request that asked for no upgrade",
@@ -833,6 +895,12 @@ fn parse_response_head(
             backend_close = true;
         }
     }
+    if chunked.is_some() && length.is_some() {
+        // RFC 9112 §6.3: a sign of response splitting or smuggling, handled as an error.
+        return Err(invalid(
+            "backend sent both Transfer-Encoding and Content-Length",
+        ));
+    }
     let framing = if head_only || status == 204 || status == 304 {
         Framing::Length(0)
     } else {
@@ -857,9 +925,7 @@ fn parse_response_head(
         let hop_by_hop = RESPONSE_HOP_BY_HOP
             .iter()
             .any(|hop| name.eq_ignore_ascii_case(hop))
-            || nominated_by_connection(fields, name)
-            // With a transfer coding, a length is wrong or redundant (RFC 9112 §6.3).
-            || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"));
+            || nominated_by_connection(fields, name);
         if !hop_by_hop {
             push_field(out, name.as_bytes(), field.value);
         }
@@ -1150,15 +1216,12 @@ mod tests {
         );
 
         let (h, out) = head(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             false,
         );
         assert!(matches!(h.framing, Framing::Chunked(_)));
         assert!(h.reusable);
-        assert!(
-            !out.to_ascii_lowercase().contains("content-length"),
-            "{out}"
-        );
+        assert!(out.contains("Transfer-Encoding: gzip, chunked"), "{out}");
 
         // No length, no coding: the body runs until the backend closes; so does the client's.
         let (h, out) = head(b"HTTP/1.1 200 OK\r\n\r\n", false);
@@ -1196,6 +1259,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
+            // Both framings: response splitting or smuggling (RFC 9112 §6.3).
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nTransfer-Encoding: identity\r\n\r\n",
+            b"HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 099 Below\r\nContent-Length: 0\r\n\r\n",
         ] {
             let mut out = Vec::new();
             assert!(

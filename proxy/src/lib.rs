@@ -28,6 +28,7 @@ pub mod identity;
 pub mod ingest;
 pub mod lookup;
 pub mod meters;
+pub mod new_users;
 pub mod plan;
 pub mod profiles;
 pub mod request_head;

@@ -285,6 +285,11 @@ impl ProxyHttp for ProxyService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        // A client that stops reading the response, or sending its body, is let go after these
+        // (pingora waits forever by default), freeing the backend connection it holds.
+        let timeouts = self.plane.client_timeouts;
+        session.set_write_timeout(Some(timeouts.send));
+        session.set_read_timeout(Some(timeouts.body));
         let peer_ip = peer_ip(session);
         let request = session.req_header();
         let checked = request_head_of(request).map(|path| path.map(|p| p.into_owned()));
@@ -372,9 +377,26 @@ impl ProxyHttp for ProxyService {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if !(100..=599).contains(&upstream_response.status.as_u16()) {
+            // As on the direct path: the backend's failure, answered 502 (not retried: the
+            // request was served once). The error's source is left unset so that it is counted
+            // here only.
+            if let Some(routed) = ctx.routed {
+                ctx.attempt_failed(
+                    self.plane.fleets.get(routed.fleet),
+                    &Error::new(ErrorType::InvalidHTTPHeader),
+                );
+            }
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(502),
+                "backend sent a status code outside 100-599",
+            );
+            e.set_retry(false);
+            return Err(e);
+        }
         ctx.response_started = true;
         if let (Some(routed), Some(backend)) = (ctx.routed, ctx.backend()) {
             self.plane

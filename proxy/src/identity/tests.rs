@@ -25,6 +25,7 @@ fn config(sources: Vec<IdentitySource>) -> IdentityConfig {
         secret: SECRET.into(),
         sources,
         max_len: 64,
+        new_users_per_client_per_sec: 100,
     }
 }
 
@@ -87,6 +88,7 @@ fn default_sources_header_then_bearer_then_ip() {
         secret: SECRET.into(),
         sources: prescale_config::default_identity_sources(),
         max_len: 256,
+        new_users_per_client_per_sec: 100,
     })
     .unwrap();
     let by_header = r
@@ -406,6 +408,7 @@ proptest! {
             secret: other_secret.into(),
             sources: vec![IdentitySource::Header { name: "x-user-id".into() }],
             max_len: 64,
+            new_users_per_client_per_sec: 100,
         }).unwrap();
         prop_assert_ne!(a.resolve(&map, ip()).unwrap(), c.resolve(&map, ip()).unwrap());
     }
@@ -420,6 +423,7 @@ proptest! {
                 IdentitySource::Bearer { jwt: Some(hmac_verification()) },
             ],
             max_len: 256,
+            new_users_per_client_per_sec: 100,
         }).unwrap();
         if let Ok(v) = HeaderValue::from_bytes(&value) {
             for name in ["x-user-id", "cookie", "authorization"] {
