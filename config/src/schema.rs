@@ -591,6 +591,11 @@ pub struct TimeoutConfig {
     pub read_ms: u64,
     #[serde(default = "default_write_ms")]
     pub write_ms: u64,
+    /// Longest an idle keep-alive connection to a backend is kept for reuse; below the
+    /// backends' own keep-alive (Node.js and Apache close after 5 s), so that a request rarely
+    /// meets a connection the backend has just closed.
+    #[serde(default = "default_idle_ms")]
+    pub idle_ms: u64,
 }
 
 impl Default for TimeoutConfig {
@@ -599,6 +604,7 @@ impl Default for TimeoutConfig {
             connect_ms: default_connect_ms(),
             read_ms: default_read_ms(),
             write_ms: default_write_ms(),
+            idle_ms: default_idle_ms(),
         }
     }
 }
@@ -611,6 +617,9 @@ fn default_read_ms() -> u64 {
 }
 fn default_write_ms() -> u64 {
     30_000
+}
+fn default_idle_ms() -> u64 {
+    4_000
 }
 
 /// Sends a profile's requests to a fleet (in every region that has a fleet of that name, or

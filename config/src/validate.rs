@@ -423,6 +423,7 @@ impl Validator {
                 ("connect_ms", fleet.timeouts.connect_ms),
                 ("read_ms", fleet.timeouts.read_ms),
                 ("write_ms", fleet.timeouts.write_ms),
+                ("idle_ms", fleet.timeouts.idle_ms),
             ] {
                 if !(1..=3_600_000).contains(&value) {
                     self.problem(

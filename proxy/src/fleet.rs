@@ -47,8 +47,6 @@ use crate::upstream_pool::IdleConnections;
 
 /// Idle keep-alive connections kept per backend (beyond that, released connections close).
 pub const IDLE_CONNECTIONS_PER_BACKEND: usize = 512;
-/// How long an upstream connection may wait idle for its next request.
-pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most attempts one request makes: the first and up to 10 retries (the most `retries` a fleet
 /// may configure).
 pub const MAX_ATTEMPTS: usize = 11;
@@ -423,7 +421,7 @@ impl Fleet {
             idle: IdleConnections::new(
                 IDLE_CONNECTIONS_PER_BACKEND,
                 self.worker_threads,
-                UPSTREAM_IDLE_TIMEOUT,
+                Duration::from_millis(self.config.timeouts.idle_ms),
             ),
             target: Backend {
                 addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
@@ -533,6 +531,10 @@ impl Fleet {
     /// unhealthy backend healthy, `unhealthy_threshold` consecutive failures the reverse.
     pub async fn check_health(&self) {
         let set = self.set.load_full();
+        let now_ms = self.now_ms();
+        for backend in set.backends.iter() {
+            backend.idle.reap(now_ms);
+        }
         let mut checks = tokio::task::JoinSet::new();
         for backend in set.backends.iter().filter(|b| b.is_ready()) {
             let backend = Arc::clone(backend);
@@ -665,7 +667,8 @@ impl Fleet {
         Some(self.plan_version.load(Ordering::Relaxed)).filter(|&v| v != NEVER)
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds on the fleet's monotonic clock (real time).
+    pub fn now_ms(&self) -> u64 {
         // +1 so that "ejected until 0" always means not ejected.
         self.epoch.elapsed().as_millis() as u64 + 1
     }
@@ -867,7 +870,7 @@ fn backend_peer(addr: SocketAddr, timeouts: &TimeoutConfig) -> HttpPeer {
     peer.options.connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
     peer.options.read_timeout = Some(Duration::from_millis(timeouts.read_ms));
     peer.options.write_timeout = Some(Duration::from_millis(timeouts.write_ms));
-    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    peer.options.idle_timeout = Some(Duration::from_millis(timeouts.idle_ms));
     peer
 }
 

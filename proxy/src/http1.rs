@@ -556,7 +556,8 @@ impl FrontDoor {
         let peer = &backend.peer;
         let read_timeout = peer.options.read_timeout;
         let send_timeout = self.plane.client_timeouts.send;
-        let now = self.plane.now_secs();
+        // Idle connections age in real time (the fleet's clock), not on the node's clock.
+        let now = fleet.now_ms();
         let idle = if reuse { backend.idle.take(now) } else { None };
         let reused = idle.is_some();
         // Before any response byte: stale when a reused connection failed other than by time.
@@ -665,7 +666,7 @@ impl FrontDoor {
         }
         // A draining backend gets no more requests: its connection closes instead.
         if reusable && backend.is_ready() {
-            backend.idle.put(upstream, now);
+            backend.idle.put(upstream, fleet.now_ms());
         }
         Ok(sent)
     }

@@ -8,7 +8,10 @@
 //! Invariants: at most `capacity` connections wait per backend (a release beyond that closes the
 //! connection); a thread reuses only connections it released itself (with per-thread runtimes,
 //! those its own event loop watches); a connection idle longer than the idle timeout, or that has become readable
-//! while idle (closed by the backend, or unexpected bytes), is never handed out. A connection
+//! while idle (closed by the backend, or unexpected bytes), is never handed out, and
+//! [`IdleConnections::reap`] (the fleet's health-check round) closes those past the timeout
+//! that no request came for. Times are milliseconds of the fleet's monotonic clock (real time,
+//! whatever the node clock's speed-up). A connection
 //! the backend closed so recently that the close is not yet seen can still be handed out: the
 //! direct path retries such a failure once on a new connection (see `http1`).
 
@@ -25,7 +28,7 @@ use tokio::io::AsyncReadExt;
 /// Idle keep-alive connections to one backend, one queue per proxy worker thread.
 pub struct IdleConnections {
     stripes: Box<[ArrayQueue<(Stream, u64)>]>,
-    idle_timeout_secs: u64,
+    idle_timeout_ms: u64,
 }
 
 static NEXT_THREAD_STRIPE: AtomicUsize = AtomicUsize::new(0);
@@ -53,7 +56,7 @@ impl IdleConnections {
         let per_stripe = (capacity / stripes).max(1);
         IdleConnections {
             stripes: (0..stripes).map(|_| ArrayQueue::new(per_stripe)).collect(),
-            idle_timeout_secs: idle_timeout.as_secs().max(1),
+            idle_timeout_ms: (idle_timeout.as_millis() as u64).max(1),
         }
     }
 
@@ -62,11 +65,12 @@ impl IdleConnections {
         &self.stripes[stripe]
     }
 
-    /// An idle connection of this thread still fit for a request, if any (`now` in unix seconds).
-    pub fn take(&self, now: u64) -> Option<Stream> {
+    /// An idle connection of this thread still fit for a request, if any (`now_ms` on the
+    /// fleet's clock).
+    pub fn take(&self, now_ms: u64) -> Option<Stream> {
         let queue = self.own_stripe();
         while let Some((mut stream, idle_since)) = queue.pop() {
-            if now.saturating_sub(idle_since) > self.idle_timeout_secs {
+            if now_ms.saturating_sub(idle_since) > self.idle_timeout_ms {
                 continue;
             }
             if still_quiet(&mut stream) {
@@ -77,9 +81,30 @@ impl IdleConnections {
     }
 
     /// Keeps `stream` for a later request on this thread; closes it when the queue is full.
-    pub fn put(&self, stream: Stream, now: u64) {
+    pub fn put(&self, stream: Stream, now_ms: u64) {
         // A full queue hands the stream back: dropping it closes the connection.
-        let _ = self.own_stripe().push((stream, now));
+        let _ = self.own_stripe().push((stream, now_ms));
+    }
+
+    /// Closes the connections idle past the timeout at `now_ms`, on every thread; the others
+    /// wait on. Returns how many were closed.
+    pub fn reap(&self, now_ms: u64) -> usize {
+        let mut closed = 0;
+        for queue in self.stripes.iter() {
+            for _ in 0..queue.len() {
+                let Some((stream, idle_since)) = queue.pop() else {
+                    break;
+                };
+                if now_ms.saturating_sub(idle_since) > self.idle_timeout_ms {
+                    closed += 1;
+                } else if let Err(kept) = queue.push((stream, idle_since)) {
+                    // Its thread filled the queue meanwhile: one connection fewer is kept.
+                    drop(kept);
+                    closed += 1;
+                }
+            }
+        }
+        closed
     }
 
     /// Closes every idle connection, on all threads (the backend gets no more requests).
@@ -128,7 +153,7 @@ mod tests {
     async fn connections_are_reused_on_their_thread_while_fresh_and_quiet() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let idle = IdleConnections::new(8, 2, Duration::from_secs(60));
-        let now = 1_000;
+        let now = 1_000_000;
 
         let (stream, _backend) = pair(&listener).await;
         idle.put(stream, now);
@@ -148,7 +173,7 @@ mod tests {
         // Idle for longer than the timeout: closed, not handed out.
         let (stream, _backend) = pair(&listener).await;
         idle.put(stream, now);
-        assert!(idle.take(now + 61).is_none());
+        assert!(idle.take(now + 60_001).is_none());
 
         // Closed by the backend while idle: not handed out.
         let (stream, backend) = pair(&listener).await;
@@ -167,6 +192,28 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(idle.take(now).is_none());
         assert!(idle.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reaping_closes_only_connections_idle_past_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let idle = IdleConnections::new(8, 1, Duration::from_millis(4_000));
+        let (old, mut old_backend) = pair(&listener).await;
+        let (fresh, _fresh_backend) = pair(&listener).await;
+        idle.put(old, 1_000);
+        idle.put(fresh, 4_000);
+        assert_eq!(idle.reap(5_001), 1);
+        assert_eq!(idle.len(), 1);
+        // The backend sees the reaped connection closed.
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut old_backend, &mut byte),
+        )
+        .await
+        .expect("closed in time");
+        assert_eq!(read.expect("read"), 0);
+        assert!(idle.take(5_001).is_some(), "the fresh one is still reused");
     }
 
     #[test]
