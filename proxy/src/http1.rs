@@ -31,7 +31,9 @@
 //!   truncated response, never a second one);
 //! - an idle client connection closes when the server shuts down or after
 //!   `proxy.keepalive_timeout_secs` (60 s by default, pingora's keep-alive); a request head must
-//!   be complete within that time of its first bytes.
+//!   be complete within that time of its first bytes, and within `proxy.max_header_bytes` + 8 KiB
+//!   (else 431), on both paths: the general path is handed only complete heads;
+//! - every write to the client waits at most `proxy.send_timeout_secs`.
 
 use std::io;
 use std::mem::MaybeUninit;
