@@ -190,7 +190,8 @@ impl ChunkedScanner {
     }
 }
 
-fn hex_value(b: u8) -> Option<u8> {
+/// The value of one hex digit (either case).
+pub(crate) fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 
+use crate::chunked::hex_value;
 use crate::fields::HeaderLookup;
 
 /// Why a request head is refused (each a 400).
@@ -208,15 +209,6 @@ fn is_normal(path: &[u8]) -> bool {
 
 fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, HeadError> {

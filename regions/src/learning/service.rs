@@ -934,6 +934,17 @@ mod tests {
         }
     }
 
+    /// Stores a model of two profiles (built at node time 10) in the database at `path`.
+    fn store_a_model(path: &std::path::Path) {
+        let stored = learned(&["api-writers", "browsers"]);
+        ModelStore::open(path)
+            .expect("open")
+            .save(10, &stored, |version| {
+                to_profile_model(&stored, version, 10, no_settings(&stored))
+            })
+            .expect("save");
+    }
+
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !done() {
@@ -1035,13 +1046,7 @@ mod tests {
     fn a_failed_build_keeps_the_model_and_says_why() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("series.db");
-        let stored = learned(&["api-writers", "browsers"]);
-        ModelStore::open(&path)
-            .expect("open")
-            .save(10, &stored, |version| {
-                to_profile_model(&stored, version, 10, no_settings(&stored))
-            })
-            .expect("save");
+        store_a_model(&path);
         let rig = start(&path, 40, Arc::new(SampleTable::new(1_000)));
         fill(&rig.table, 5, 1_000_000);
         match rig.service.rebuild(Duration::from_secs(20)) {
@@ -1100,13 +1105,7 @@ mod tests {
         assert!(rig.published.versions().is_empty());
         rig.service.stop();
 
-        let stored = learned(&["api-writers", "browsers"]);
-        ModelStore::open(&path)
-            .expect("open")
-            .save(10, &stored, |version| {
-                to_profile_model(&stored, version, 10, no_settings(&stored))
-            })
-            .expect("save");
+        store_a_model(&path);
         let rig = start(&path, 1_000, Arc::new(SampleTable::new(10)));
         let before = rig.service.status().model.expect("stored model");
         rig.clock.store(1_000_500, Ordering::Relaxed);
