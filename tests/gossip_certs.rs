@@ -73,10 +73,11 @@ async fn written_certificates_carry_a_mutual_tls_exchange() {
         spool.path(),
     ))
     .unwrap();
-    tx.submit(Sketch::new("proxy-eu-1", "eu", 0, 10_000))
+    let sequence = tx
+        .submit(Sketch::new("proxy-eu-1", "eu", 0, 10_000))
         .unwrap();
     assert!(tx.flush(Duration::from_secs(20)).await, "{:?}", tx.stats());
-    assert_eq!(*sink.0.lock().unwrap(), vec![1]);
+    assert_eq!(*sink.0.lock().unwrap(), vec![sequence]);
 }
 
 #[test]

@@ -2,10 +2,17 @@
 //!
 //! A directory holding one file per sketch, `SEQUENCE.sketch` (20-digit zero-padded, so names
 //! sort by sequence), each an encoded frame, plus `next-sequence`, the next sequence number to
-//! assign. Files are written to a temporary name, synced, then renamed, so a crash leaves either
-//! the whole sketch or none of it. Sequence numbers survive restarts: `next-sequence` is advanced
-//! (and synced) before a sketch is written under it, and on open it is never below the highest
-//! spooled sequence + 1, so a restarted node never reuses a sequence the receiver has seen.
+//! assign. Files are written to a temporary name, synced, renamed, and the directory synced, so a
+//! crash or power loss leaves either the whole sketch or none of it, and never an older
+//! `next-sequence`. Sequence numbers survive restarts: `next-sequence` is advanced (and synced)
+//! before a sketch is written under it, and on open it is never below the highest spooled
+//! sequence + 1, so a restarted node never reuses a sequence the receiver has seen.
+//!
+//! A spool without a readable `next-sequence` — new, wiped, or corrupted — starts a new epoch:
+//! its first sequence is the current time in microseconds since the Unix epoch (or the highest
+//! spooled + 1, when larger). A node sends at most a few sketches a second, so every sequence it
+//! used before is below that, and the receiver (which takes a sequence above the last it stored
+//! as new) stores the new sketches rather than acknowledging them as duplicates.
 //!
 //! Invariants: at most `capacity` sketches are held; when a new one arrives at capacity, the
 //! oldest is deleted and counted in [`Spool::dropped`] (never silently); sketches leave the spool
@@ -41,6 +48,9 @@ impl Spool {
             return Err(Error::Argument("spool capacity must be at least 1".into()));
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("creating spool directory", dir, e))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         let mut spool = Self {
             dir: dir.to_path_buf(),
             capacity,
@@ -68,13 +78,27 @@ impl Spool {
                 }
             }
         }
-        let stored_next = match fs::read_to_string(dir.join(NEXT_SEQUENCE)) {
-            Ok(s) => s.trim().parse::<u64>().unwrap_or(1),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
-            Err(e) => return Err(Error::io("reading", dir.join(NEXT_SEQUENCE), e)),
+        let next_path = dir.join(NEXT_SEQUENCE);
+        let stored_next = match fs::read(&next_path) {
+            Ok(bytes) => match std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+            {
+                Some(next) if next > 0 => Some(next),
+                _ => {
+                    spool.corrupt += 1;
+                    tracing::warn!(
+                        path = %next_path.display(),
+                        "spool next-sequence file is unreadable; starting a new sequence epoch"
+                    );
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("reading", next_path, e)),
         };
         let after_spooled = spool.seqs.last().map_or(1, |s| s.saturating_add(1));
-        spool.next = stored_next.max(after_spooled).max(1);
+        spool.next = stored_next.unwrap_or_else(epoch_start).max(after_spooled);
         while spool.seqs.len() > spool.capacity {
             spool.drop_oldest()?;
         }
@@ -197,6 +221,13 @@ impl Spool {
     }
 }
 
+/// The first sequence of a new epoch: microseconds since the Unix epoch (at least 1).
+fn epoch_start() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| (d.as_micros() as u64).max(1))
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
@@ -204,7 +235,18 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("writing", &tmp, e))?;
     f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))
+    fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))?;
+    // The rename is durable only once the directory entry is.
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", dir, e))
 }
 
 #[cfg(test)]
@@ -215,17 +257,18 @@ mod tests {
     fn appends_in_order_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), 10).unwrap();
+        let first = s.next_sequence();
         for i in 0..3u8 {
             let seq = s.append(|seq| Ok(vec![i, seq as u8])).unwrap();
-            assert_eq!(seq, u64::from(i) + 1);
+            assert_eq!(seq, first + u64::from(i));
         }
-        assert_eq!(s.oldest().unwrap(), Some((1, vec![0, 1])));
-        s.remove(1).unwrap();
+        assert_eq!(s.oldest().unwrap(), Some((first, vec![0, first as u8])));
+        s.remove(first).unwrap();
         drop(s);
         let mut s = Spool::open(dir.path(), 10).unwrap();
-        assert_eq!(s.sequences(), vec![2, 3]);
-        assert_eq!(s.next_sequence(), 4);
-        assert_eq!(s.oldest().unwrap().map(|x| x.0), Some(2));
+        assert_eq!(s.sequences(), vec![first + 1, first + 2]);
+        assert_eq!(s.next_sequence(), first + 3);
+        assert_eq!(s.oldest().unwrap().map(|x| x.0), Some(first + 1));
     }
 
     #[test]
@@ -244,15 +287,16 @@ mod tests {
     fn full_spool_drops_oldest_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), 3).unwrap();
+        let first = s.next_sequence();
         for _ in 0..5 {
             s.append(|seq| Ok(vec![seq as u8])).unwrap();
         }
-        assert_eq!(s.sequences(), vec![3, 4, 5]);
+        assert_eq!(s.sequences(), vec![first + 2, first + 3, first + 4]);
         assert_eq!(s.dropped(), 2);
         drop(s);
         // Reopening with a smaller capacity drops (and counts) the excess too.
         let s = Spool::open(dir.path(), 2).unwrap();
-        assert_eq!(s.sequences(), vec![4, 5]);
+        assert_eq!(s.sequences(), vec![first + 3, first + 4]);
         assert_eq!(s.dropped(), 1);
     }
 
@@ -260,9 +304,10 @@ mod tests {
     fn failed_encode_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), 3).unwrap();
+        let first = s.next_sequence();
         assert!(s.append(|_| Err(Error::Argument("no".into()))).is_err());
         assert!(s.is_empty());
-        assert_eq!(s.next_sequence(), 1);
+        assert_eq!(s.next_sequence(), first);
     }
 
     #[test]
@@ -271,9 +316,38 @@ mod tests {
         fs::write(dir.path().join("abc.sketch"), b"x").unwrap();
         fs::write(dir.path().join("00000000000000000001.tmp"), b"x").unwrap();
         fs::write(dir.path().join("next-sequence"), b"garbage").unwrap();
+        let before = epoch_start();
         let s = Spool::open(dir.path(), 3).unwrap();
-        assert_eq!(s.corrupt(), 1);
-        assert_eq!(s.next_sequence(), 1);
+        assert_eq!(s.corrupt(), 2, "the sketch name and next-sequence");
+        assert!(
+            s.next_sequence() >= before,
+            "a new epoch, above any sequence sent before"
+        );
         assert!(!dir.path().join("abc.sketch").exists());
+    }
+
+    #[test]
+    fn a_wiped_or_corrupted_spool_never_goes_back_to_sequences_already_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let mut s = Spool::open(&spool_dir, 10).unwrap();
+        let mut sent = 0;
+        for _ in 0..3 {
+            sent = s.append(|_| Ok(vec![1])).unwrap();
+            s.remove(sent).unwrap();
+        }
+        drop(s);
+        // Wiped: a new epoch starts above everything sent.
+        fs::remove_dir_all(&spool_dir).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut s = Spool::open(&spool_dir, 10).unwrap();
+        let after_wipe = s.append(|_| Ok(vec![1])).unwrap();
+        assert!(after_wipe > sent, "{after_wipe} after {sent}");
+        drop(s);
+        // Corrupted next-sequence, with a sketch still spooled: above both.
+        fs::write(spool_dir.join("next-sequence"), b"\xff\xfe").unwrap();
+        let s = Spool::open(&spool_dir, 10).unwrap();
+        assert!(s.next_sequence() > after_wipe);
+        assert_eq!(s.corrupt(), 1);
     }
 }

@@ -116,6 +116,41 @@ async fn sender_restart_keeps_spool_and_sequence() {
 }
 
 #[tokio::test]
+async fn a_wiped_spool_starts_a_new_epoch_and_its_sketches_are_stored() {
+    let ca = DevCa::generate().unwrap();
+    let store = Arc::new(Store::default());
+    let rx = receiver(&ca, loopback(), TestSink::new(store.clone())).await;
+    let addr = rx.local_addr().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().join("spool");
+    let tx = sender(&ca, "proxy-1", addr, &spool_dir);
+    for _ in 0..3 {
+        tx.submit(sketch(1)).unwrap();
+    }
+    assert!(tx.flush(Duration::from_secs(20)).await);
+    tx.shutdown().await;
+    assert_eq!(store.sequences("proxy-1"), vec![1, 2, 3]);
+
+    // The node's disk is replaced: no spool, no next-sequence. Started as a real node starts
+    // (no test numbering), its sketches are above every sequence the receiver stored.
+    std::fs::remove_dir_all(&spool_dir).unwrap();
+    let mut config = sender_config(ca.identity("proxy-1").unwrap(), "proxy-1", addr, &spool_dir);
+    std::fs::remove_file(spool_dir.join("next-sequence")).unwrap();
+    config.backoff_min = Duration::from_millis(20);
+    let tx = prescale_gossip::SketchSender::start(config).unwrap();
+    let first = tx.submit(sketch(7)).unwrap();
+    tx.submit(sketch(8)).unwrap();
+    assert!(tx.flush(Duration::from_secs(20)).await);
+    assert!(first > 3, "a new epoch: {first}");
+    assert_eq!(store.sequences("proxy-1"), vec![1, 2, 3, first, first + 1]);
+    assert_eq!(
+        rx.stats().duplicates,
+        0,
+        "nothing acknowledged as a duplicate"
+    );
+}
+
+#[tokio::test]
 async fn spool_overflow_drops_oldest_and_counts() {
     let ca = DevCa::generate().unwrap();
     let store = Arc::new(Store::default());

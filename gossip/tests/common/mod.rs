@@ -132,6 +132,13 @@ pub fn sender_config(
     addr: SocketAddr,
     spool: &Path,
 ) -> SenderConfig {
+    // A new spool starts a sequence epoch at the clock's microseconds; these tests number a
+    // new spool's sketches from 1 so that their sequences read plainly.
+    let next = spool.join("next-sequence");
+    if !next.exists() {
+        std::fs::create_dir_all(spool).unwrap();
+        std::fs::write(&next, b"1").unwrap();
+    }
     let mut c = SenderConfig::new(node, "eu", addr, FORECASTER, identity, spool);
     c.backoff_min = Duration::from_millis(20);
     c.backoff_max = Duration::from_millis(200);
