@@ -17,6 +17,7 @@ use std::borrow::Cow;
 
 use crate::chunked::hex_value;
 use crate::fields::HeaderLookup;
+use crate::service::{FORWARDED_FOR, FORWARDED_PROTO};
 
 /// Why a request head is refused (each a 400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -288,7 +289,7 @@ pub struct ForwardingPolicy {
 }
 
 /// Forwarding fields the proxy sets itself (`X-Forwarded-For`, `X-Forwarded-Proto`).
-pub const SET_BY_PROXY: [&str; 2] = ["x-forwarded-for", "x-forwarded-proto"];
+pub const SET_BY_PROXY: [&str; 2] = [FORWARDED_FOR, FORWARDED_PROTO];
 /// Forwarding fields passed only from a trusted peer (`proxy`'s `trusted_proxies`).
 pub const FROM_TRUSTED_ONLY: [&str; 4] = [
     "x-forwarded-host",

@@ -217,7 +217,7 @@ impl ProxyService {
 /// target, and the normalised path when it differs from the client's.
 fn request_head_of(
     request: &pingora::http::RequestHeader,
-) -> std::result::Result<Option<std::borrow::Cow<'_, str>>, HeadError> {
+) -> std::result::Result<Option<String>, HeadError> {
     let version = match request.version {
         http::Version::HTTP_2 | http::Version::HTTP_3 => request_head::Version::Http2,
         http::Version::HTTP_11 => request_head::Version::Http11,
@@ -225,11 +225,9 @@ fn request_head_of(
     };
     let authority = request.uri.authority().map(|a| a.as_str().as_bytes());
     request_head::check_host(version, authority, &request.headers)?;
-    let path = request.uri.path();
-    let normal = request_head::normalize_path(path)?;
-    Ok(match normal {
+    Ok(match request_head::normalize_path(request.uri.path())? {
         std::borrow::Cow::Borrowed(_) => None,
-        owned => Some(owned),
+        std::borrow::Cow::Owned(normal) => Some(normal),
     })
 }
 
@@ -292,8 +290,7 @@ impl ProxyHttp for ProxyService {
         session.set_read_timeout(Some(timeouts.body));
         let peer_ip = peer_ip(session);
         let request = session.req_header();
-        let checked = request_head_of(request).map(|path| path.map(|p| p.into_owned()));
-        let path = match checked {
+        let path = match request_head_of(request) {
             Ok(path) => path,
             Err(e) => {
                 let rejection = Rejection::early(400, e.message());
