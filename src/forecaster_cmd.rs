@@ -85,8 +85,14 @@ pub fn start(
             .with_context(|| format!("forecaster.database: cannot create {}", parent.display()))
             .map_err(CliError::input)?;
     }
+    let region = config.node_region().ok_or_else(|| {
+        CliError::input(anyhow!(
+            "node.region: a forecaster stores the sketches of its own region only: name it"
+        ))
+    })?;
+    let admission = prescale_regions::admission::Admission::new(region, settings.retention_days);
     let sink = Arc::new(
-        StoreSink::open(&settings.database)
+        StoreSink::open(&settings.database, admission, options.clock)
             .map_err(|e| CliError::input(anyhow!("forecaster.database: {e}")))?,
     );
     // Before the receiver starts, so that no stored sketch's samples are missed.
@@ -367,6 +373,17 @@ impl Forecaster {
             ];
             for (name, help, value) in counters {
                 admin::write_metric(out, name, "counter", help, value);
+            }
+            {
+                use std::fmt::Write as _;
+                let name = "prescale_forecaster_sketches_refused_total";
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} Sketches refused for good, by reason (the proxy drops them).\n# TYPE {name} counter"
+                );
+                for reason in prescale_gossip::Refusal::ALL {
+                    let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", r.refused(reason));
+                }
             }
             admin::write_metric(
                 out,

@@ -524,6 +524,12 @@ fn sender_metrics(sender: Arc<SketchSender>) -> prescale_proxy::admin::MetricsSo
                 s.corrupt,
             ),
             (
+                "prescale_export_refused_total",
+                "counter",
+                "Sketches the forecaster refused for good (wrong region, precision, time window, overflow); see its log.",
+                s.refused,
+            ),
+            (
                 "prescale_export_sent_total",
                 "counter",
                 "Sketch send attempts, resends included.",

@@ -579,3 +579,71 @@ fn a_cut_proxy_path_heals_without_loss_or_duplicates() {
     assert_eq!(fc_eu.stored("interactive"), interactive);
     assert_eq!(proxy_metric("prescale_export_dropped_total"), 0.0);
 }
+
+/// A proxy that ships its sketches to another region's forecaster is refused for good: each of
+/// its sketches is answered with the reason and leaves its spool (not resent ahead of every
+/// later one), the forecaster stores none of them, and the region's own proxy is unaffected.
+#[test]
+fn a_proxy_of_another_region_is_refused_and_never_stuck() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = Paths {
+        certs: dir.path().join("certs"),
+        root: dir.path().to_path_buf(),
+        seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
+        us_seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
+    };
+    write_certs(&paths.certs, &["fc-eu", "p-eu-1", "p-us-1"]);
+    let (_backend, backend) = start_backend("web", None, &[]);
+    let fc_eu = start_forecaster(&paths, "fc-eu", "eu", backend, None);
+    let astray = start_proxy_node(
+        &paths,
+        &paths.certs,
+        "p-us-1",
+        "us",
+        backend,
+        fc_eu.quic,
+        "fc-eu",
+    );
+    let own = start_proxy_node(
+        &paths,
+        &paths.certs,
+        "p-eu-1",
+        "eu",
+        backend,
+        fc_eu.quic,
+        "fc-eu",
+    );
+    let sent_astray = send(&astray, "/api/astray", 3, 4);
+    let sent_own = send(&own, "/batch/own", 2, 5);
+    let astray_metric =
+        |name: &str| metric_sum(&get(astray.admin, "/metrics", &[]).text(), name, &[]);
+    let refused = |fc: &Forecaster| {
+        metric_sum(
+            &get(fc.admin, "/metrics", &[]).text(),
+            "prescale_forecaster_sketches_refused_total",
+            &[("reason", "wrong_region")],
+        )
+    };
+    wait_until(
+        "the astray proxy's sketches refused and its own region's stored",
+        Duration::from_secs(30),
+        || {
+            refused(&fc_eu) >= 3.0
+                && astray_metric("prescale_export_refused_total") >= 3.0
+                && fc_eu.stored("batch") == sent_own
+        },
+    );
+    assert!(sent_astray > 0);
+    assert_eq!(fc_eu.stored("interactive"), 0, "no astray request stored");
+    // Sketches keep leaving the astray proxy's spool: it never holds more than the one in
+    // flight, and nothing was dropped or taken for corrupt.
+    assert!(astray_metric("prescale_export_spooled") <= 1.0);
+    assert_eq!(astray_metric("prescale_export_dropped_total"), 0.0);
+    assert_eq!(astray_metric("prescale_export_corrupt_total"), 0.0);
+    assert_eq!(fc_eu.metric("prescale_forecaster_sink_errors_total"), 0.0);
+    let log = std::fs::read_to_string(&fc_eu.log).expect("forecaster log");
+    assert!(
+        log.contains("this forecaster stores region `eu`"),
+        "the forecaster's log names the mismatch"
+    );
+}

@@ -56,9 +56,15 @@ pub enum Error {
     /// The peer reset the stream instead of answering (see `receiver::RESET_*`).
     #[error("peer rejected the message (stream reset with code {code})")]
     PeerRejected { code: u64 },
-    /// The caller-provided sink refused or failed to store a sketch.
+    /// The caller-provided sink failed to store a sketch (now; the node resends it).
     #[error("sink: {0}")]
     Sink(String),
+    /// The sink will never store this sketch (the node is told, and drops it).
+    #[error("sketch refused ({reason}): {detail}")]
+    Refused {
+        reason: crate::messages::Refusal,
+        detail: String,
+    },
 }
 
 impl Error {

@@ -43,7 +43,7 @@ pub use hll::HyperLogLog;
 pub use membership::{MemberId, MemberStatus, Membership, MembershipConfig, RegionTotals, Role};
 pub use messages::{
     Ack, AckOutcome, BackendPhase, FleetPlan, Message, MessageKind, ModelUpdate, NodeShare,
-    PlanUpdate, PlannedBackend, ProfileGrant, TierTarget,
+    PlanUpdate, PlannedBackend, ProfileGrant, Refusal, TierTarget,
 };
 pub use receiver::{NodeStatus, ReceiverConfig, ReceiverStatsSnapshot, SketchReceiver, SketchSink};
 pub use sample::{SampledUser, UserSample};

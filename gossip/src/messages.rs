@@ -18,6 +18,59 @@ pub enum AckOutcome {
     Stored,
     /// It (or a later sequence of the same node) was already stored; nothing was done.
     Duplicate,
+    /// The sink will never store it, for this reason: the node drops it from its spool (and
+    /// counts it) rather than resending it ahead of every later sketch forever.
+    Refused(Refusal),
+}
+
+/// Why a forecaster refuses a well-formed sketch for good. Resending cannot help: each is a
+/// mismatch between the sender and the forecaster that an operator fixes in configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The sketch's region is not the forecaster's.
+    WrongRegion,
+    /// A unique-user count is not at the region's HyperLogLog precision, so it cannot be merged
+    /// into the region's series.
+    UserCountPrecision,
+    /// Its interval is older than the forecaster keeps series for.
+    BeyondRetention,
+    /// Its interval starts further ahead of the forecaster's clock than clock skew explains.
+    InTheFuture,
+    /// Adding its counts to the series would overflow them.
+    CountOverflow,
+}
+
+impl Refusal {
+    /// Every reason, in a fixed order (for counters indexed by reason).
+    pub const ALL: [Refusal; 5] = [
+        Refusal::WrongRegion,
+        Refusal::UserCountPrecision,
+        Refusal::BeyondRetention,
+        Refusal::InTheFuture,
+        Refusal::CountOverflow,
+    ];
+
+    /// A stable snake_case name (metrics label, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::WrongRegion => "wrong_region",
+            Refusal::UserCountPrecision => "user_count_precision",
+            Refusal::BeyondRetention => "beyond_retention",
+            Refusal::InTheFuture => "in_the_future",
+            Refusal::CountOverflow => "count_overflow",
+        }
+    }
+
+    /// Position in [`Refusal::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The receiver's answer to one sketch, sent only after the sink accepted it.

@@ -19,7 +19,11 @@
 //! Robustness: every stream is read with the codec's limits; garbage, oversized or non-sketch
 //! frames are counted in [`ReceiverStats::rejected`] and the stream is reset with
 //! [`RESET_REJECTED`]; a sink failure resets with [`RESET_UNAVAILABLE`] (the sender retries).
-//! Neither closes the connection or stops the server.
+//! A sketch the sink refuses for good ([`Error::Refused`]: wrong region, mismatched precision,
+//! outside the time window, overflowing counts) is acked with [`AckOutcome::Refused`] and its
+//! reason, counted per reason in [`ReceiverStats::refused`], and taken as the node's last
+//! sequence, so it never blocks the node's later sketches. None of these closes the connection
+//! or stops the server.
 //!
 //! The way back: [`SketchReceiver::publish_model`] / [`SketchReceiver::publish_plan`] push an
 //! update on a unidirectional stream to every connected node, and the latest of each is pushed
@@ -38,7 +42,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::codec::{encode, Limits};
 use crate::error::{Error, Result};
 use crate::frame_io::{read_frame, write_frame};
-use crate::messages::{Ack, AckOutcome, Message, ModelUpdate, PlanUpdate};
+use crate::messages::{Ack, AckOutcome, Message, ModelUpdate, PlanUpdate, Refusal};
 use crate::sketch::Sketch;
 use crate::tls::NodeIdentity;
 
@@ -92,6 +96,8 @@ pub struct ReceiverStats {
     pub wrong_node: AtomicU64,
     /// Sink failures (sketch not acknowledged).
     pub sink_errors: AtomicU64,
+    /// Sketches the sink refused for good, by reason (indexed by [`Refusal::index`]).
+    pub refused: [AtomicU64; Refusal::ALL.len()],
     /// Handshakes that failed (e.g. a certificate not signed by our CA).
     pub handshake_failures: AtomicU64,
     /// Connections established.
@@ -108,9 +114,18 @@ pub struct ReceiverStatsSnapshot {
     pub rejected: u64,
     pub wrong_node: u64,
     pub sink_errors: u64,
+    /// By reason, in the order of [`Refusal::ALL`].
+    pub refused: [u64; Refusal::ALL.len()],
     pub handshake_failures: u64,
     pub connections: u64,
     pub updates_pushed: u64,
+}
+
+impl ReceiverStatsSnapshot {
+    /// Sketches refused for `reason`.
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refused[reason.index()]
+    }
 }
 
 impl ReceiverStats {
@@ -122,6 +137,7 @@ impl ReceiverStats {
             rejected: g(&self.rejected),
             wrong_node: g(&self.wrong_node),
             sink_errors: g(&self.sink_errors),
+            refused: std::array::from_fn(|i| g(&self.refused[i])),
             handshake_failures: g(&self.handshake_failures),
             connections: g(&self.connections),
             updates_pushed: g(&self.updates_pushed),
@@ -439,7 +455,7 @@ async fn serve_stream<S: SketchSink>(
         entry.region = region;
         entry.last_seen = SystemTime::now();
         entry.remote = remote;
-        if outcome == AckOutcome::Stored {
+        if matches!(outcome, AckOutcome::Stored | AckOutcome::Refused(_)) {
             entry.last_sequence = Some(sequence);
             entry.spooled = sender_state.spooled;
             entry.dropped = sender_state.dropped;
@@ -490,8 +506,20 @@ async fn store<S: SketchSink>(shared: &Shared<S>, sketch: Sketch) -> Result<AckO
         return Ok(AckOutcome::Duplicate);
     }
     let sequence = sketch.sequence;
-    shared.sink.accept(sketch).await?;
-    state.last = Some(sequence);
-    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    Ok(AckOutcome::Stored)
+    let node = sketch.node.clone();
+    match shared.sink.accept(sketch).await {
+        Ok(()) => {
+            state.last = Some(sequence);
+            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            Ok(AckOutcome::Stored)
+        }
+        Err(Error::Refused { reason, detail }) => {
+            // Taken as delivered: the node drops it and goes on with its next sequence.
+            state.last = Some(sequence);
+            shared.stats.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%node, sequence, %reason, %detail, "refused a sketch; the node drops it");
+            Ok(AckOutcome::Refused(reason))
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -10,7 +10,9 @@
 //! in-order delivery is what lets the receiver deduplicate by "sequence <= last stored".
 //!
 //! A sketch the receiver rejects as malformed (stream reset with `RESET_REJECTED`) is removed
-//! from the spool and counted in `corrupt` rather than retried forever. When the spool is full
+//! from the spool and counted in `corrupt` rather than retried forever; one it refuses for good
+//! (an ack with [`AckOutcome::Refused`], e.g. the node's region is not the forecaster's) is
+//! removed, logged with its reason and counted in `refused`. When the spool is full
 //! the oldest sketch is dropped and counted in `dropped` — both counters are in
 //! [`SenderStatsSnapshot`] for the proxy's metrics.
 //!
@@ -101,6 +103,7 @@ pub struct SenderStats {
     sent: AtomicU64,
     acked: AtomicU64,
     acked_duplicate: AtomicU64,
+    refused: AtomicU64,
     send_failures: AtomicU64,
     connects: AtomicU64,
     connected: AtomicBool,
@@ -121,6 +124,8 @@ pub struct SenderStatsSnapshot {
     pub acked: u64,
     /// Acks that said "duplicate" (counter).
     pub acked_duplicate: u64,
+    /// Acks that said the forecaster refuses the sketch for good; it left the spool (counter).
+    pub refused: u64,
     /// Failed sends or connection attempts (counter).
     pub send_failures: u64,
     /// Connections established (counter).
@@ -213,6 +218,49 @@ impl SketchSender {
         Ok(seq)
     }
 
+    /// Spool one interval's measurements, split into as many sketches as the frame limits need
+    /// ([`Sketch::split_to_fit`]), all or nothing: either every part is spooled (and their
+    /// sequences returned, in order) or none is, so the caller may carry the whole interval over
+    /// to the next one without counting any part twice. The delivery task sees no part before
+    /// all are spooled.
+    pub fn submit_interval(&self, mut sketch: Sketch) -> Result<Vec<u64>> {
+        sketch.node = self.shared.node.clone();
+        sketch.region = self.shared.region.clone();
+        let limits = self.shared.limits;
+        let parts = sketch.split_to_fit(&limits)?;
+        let mut spool = lock(&self.shared.spool);
+        let mut sequences = Vec::with_capacity(parts.len());
+        for mut part in parts {
+            let spooled = (spool.len() + 1).min(spool.capacity());
+            let dropped_before = spool.dropped();
+            let full = spool.len() >= spool.capacity();
+            let appended = spool.append(|seq| {
+                part.sequence = seq;
+                part.sender = SenderState {
+                    spooled: u32::try_from(spooled).unwrap_or(u32::MAX),
+                    dropped: dropped_before + u64::from(full),
+                };
+                encode(&Message::Sketch(part), &limits)
+            });
+            match appended {
+                Ok(seq) => sequences.push(seq),
+                Err(e) => {
+                    for seq in &sequences {
+                        if let Err(undo) = spool.remove(*seq) {
+                            tracing::error!(sequence = seq, error = %undo, "could not take back a part of an interval that failed to spool");
+                        }
+                    }
+                    self.shared.sync_spool_stats(&spool);
+                    return Err(e);
+                }
+            }
+        }
+        self.shared.sync_spool_stats(&spool);
+        drop(spool);
+        self.shared.notify.notify_one();
+        Ok(sequences)
+    }
+
     pub fn stats(&self) -> SenderStatsSnapshot {
         let s = &self.shared.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -223,6 +271,7 @@ impl SketchSender {
             sent: g(&s.sent),
             acked: g(&s.acked),
             acked_duplicate: g(&s.acked_duplicate),
+            refused: g(&s.refused),
             send_failures: g(&s.send_failures),
             connects: g(&s.connects),
             connected: s.connected.load(Ordering::Relaxed),
@@ -339,8 +388,19 @@ async fn deliver(
         match send_one(conn, config, seq, &frame).await {
             Ok(outcome) => {
                 shared.stats.acked.fetch_add(1, Ordering::Relaxed);
-                if outcome == AckOutcome::Duplicate {
-                    shared.stats.acked_duplicate.fetch_add(1, Ordering::Relaxed);
+                match outcome {
+                    AckOutcome::Stored => {}
+                    AckOutcome::Duplicate => {
+                        shared.stats.acked_duplicate.fetch_add(1, Ordering::Relaxed);
+                    }
+                    AckOutcome::Refused(reason) => {
+                        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            sequence = seq,
+                            %reason,
+                            "the forecaster refuses this node's sketch for good; dropping it (see the forecaster's log for the detail)"
+                        );
+                    }
                 }
                 let mut spool = lock(&shared.spool);
                 if let Err(e) = spool.remove(seq) {

@@ -172,6 +172,62 @@ impl Sketch {
         Ok(out)
     }
 
+    /// Split into sketches of the same node, region and interval whose frames each fit
+    /// `limits` (entries kept in order, each in exactly one part). A sketch that fits is returned
+    /// whole, an empty one too. Merging the parts into minutes gives what the whole would have
+    /// given, since every entry of an interval is in exactly one part. Fails only if one entry
+    /// alone exceeds the frame limit.
+    pub fn split_to_fit(self, limits: &crate::codec::Limits) -> Result<Vec<Sketch>> {
+        let whole = encoded_len(&self)?;
+        if whole <= limits.max_frame && self.entries.len() <= limits.max_entries {
+            return Ok(vec![self]);
+        }
+        let Sketch {
+            node,
+            region,
+            sequence,
+            interval_start_ms,
+            interval_end_ms,
+            sender,
+            entries,
+        } = self;
+        let empty = Sketch {
+            node,
+            region,
+            sequence,
+            interval_start_ms,
+            interval_end_ms,
+            sender,
+            entries: Vec::new(),
+        };
+        // The entry count's varint grows with the count: leave room for its largest form.
+        let budget = limits
+            .max_frame
+            .saturating_sub(encoded_len(&empty)? + VARINT_MAX_LEN);
+        let mut parts = Vec::new();
+        let mut current = empty.clone();
+        let mut used = 0usize;
+        for entry in entries {
+            let size = encoded_len(&entry)?;
+            if size > budget {
+                return Err(Error::Oversized {
+                    len: size,
+                    max: budget,
+                });
+            }
+            if !current.entries.is_empty()
+                && (used + size > budget || current.entries.len() >= limits.max_entries)
+            {
+                parts.push(std::mem::replace(&mut current, empty.clone()));
+                used = 0;
+            }
+            used += size;
+            current.entries.push(entry);
+        }
+        parts.push(current);
+        Ok(parts)
+    }
+
     /// Check the invariants listed in the module docs.
     pub fn validate(&self, max_entries: usize) -> Result<()> {
         self.check(max_entries, true)
@@ -217,6 +273,19 @@ impl Sketch {
         }
         Ok(())
     }
+}
+
+/// Longest postcard varint of a `usize` length.
+const VARINT_MAX_LEN: usize = 10;
+
+/// Size of `value`'s postcard encoding.
+fn encoded_len<T: Serialize>(value: &T) -> Result<usize> {
+    postcard::to_stdvec(value)
+        .map(|bytes| bytes.len())
+        .map_err(|e| Error::Malformed {
+            what: "encode",
+            detail: e.to_string(),
+        })
 }
 
 pub(crate) fn check_name(what: &'static str, name: &str, allow_empty: bool) -> Result<()> {
@@ -276,6 +345,59 @@ mod tests {
             one.users.estimate()
         );
         assert_eq!(merged[&key(2)].requests, 7);
+    }
+
+    #[test]
+    fn split_parts_fit_and_hold_every_entry_once() {
+        use crate::codec::{encode, Limits};
+        use crate::messages::Message;
+        let mut s = Sketch::new("n1", "eu", 0, 10_000);
+        for p in 0..300 {
+            let e = s.entry(key(p));
+            e.requests = u64::from(p);
+            for u in 0..(u64::from(p) % 40) {
+                e.observe_user(u, FeatureVector([0.25; FEATURE_DIM]));
+            }
+        }
+        let whole = s.clone().split_to_fit(&Limits::default()).expect("split");
+        assert_eq!(whole, vec![s.clone()], "a sketch that fits stays whole");
+        for (max_frame, max_entries) in [(8 * 1024, 4096), (64 * 1024, 7), (4 * 1024, 1)] {
+            let limits = Limits {
+                max_frame,
+                max_entries,
+            };
+            let parts = s.clone().split_to_fit(&limits).expect("split");
+            assert!(parts.len() > 1);
+            let mut keys = Vec::new();
+            for part in &parts {
+                assert!(encode(&Message::Sketch(part.clone()), &limits).is_ok());
+                assert_eq!((part.node.as_str(), part.interval_end_ms), ("n1", 10_000));
+                keys.extend(part.entries.iter().map(|e| e.key.clone()));
+            }
+            let original: Vec<EntryKey> = s.entries.iter().map(|e| e.key.clone()).collect();
+            assert_eq!(keys, original, "in order, each once");
+            assert_eq!(
+                parts.iter().map(Sketch::total_requests).sum::<u64>(),
+                s.total_requests()
+            );
+        }
+        let empty = Sketch::new("n1", "eu", 0, 10_000);
+        let tiny = Limits {
+            max_frame: 64,
+            max_entries: 1,
+        };
+        assert_eq!(
+            empty.clone().split_to_fit(&tiny).expect("empty"),
+            vec![empty]
+        );
+        // One entry bigger than a whole frame cannot be split.
+        assert!(matches!(
+            s.split_to_fit(&Limits {
+                max_frame: 200,
+                max_entries: 4096
+            }),
+            Err(Error::Oversized { .. })
+        ));
     }
 
     #[test]

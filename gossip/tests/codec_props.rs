@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use prescale_gossip::codec::{decode, encode, Limits};
 use prescale_gossip::messages::{
     Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, NodeShare, PlanUpdate,
-    PlannedBackend, ProfileGrant, TierTarget,
+    PlannedBackend, ProfileGrant, Refusal, TierTarget,
 };
 use prescale_gossip::model::{Centroid, FeatureVector, ProfileId, ProfileModel, FEATURE_DIM};
 use prescale_gossip::{EntryKey, HyperLogLog, LatencyHistogram, Sketch, UserSample};
@@ -214,15 +214,17 @@ fn plan() -> impl Strategy<Value = PlanUpdate> {
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         sketch().prop_map(Message::Sketch),
-        (name(), any::<u64>(), any::<bool>()).prop_map(|(node, sequence, dup)| Message::Ack(Ack {
-            node,
-            sequence,
-            outcome: if dup {
-                AckOutcome::Duplicate
-            } else {
-                AckOutcome::Stored
-            },
-        })),
+        (name(), any::<u64>(), 0..Refusal::ALL.len() + 2).prop_map(|(node, sequence, which)| {
+            Message::Ack(Ack {
+                node,
+                sequence,
+                outcome: match which {
+                    0 => AckOutcome::Duplicate,
+                    1 => AckOutcome::Stored,
+                    n => AckOutcome::Refused(Refusal::ALL[n - 2]),
+                },
+            })
+        }),
         model().prop_map(Message::ModelUpdate),
         plan().prop_map(Message::PlanUpdate),
     ]

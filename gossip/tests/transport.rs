@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use prescale_gossip::codec::{encode, Limits, HEADER_LEN};
+use prescale_gossip::codec::{decode, encode, Limits, HEADER_LEN};
 use prescale_gossip::messages::{
     Ack, AckOutcome, FleetPlan, Message, ModelUpdate, PlanUpdate, TierTarget,
 };
@@ -317,6 +317,124 @@ async fn garbage_is_rejected_counted_and_the_server_stays_up() {
     assert_eq!(store.sequences("proxy-1"), vec![1]);
     assert_eq!(rx.stats().rejected, inputs.len() as u64);
     assert_eq!(rx.stats().wrong_node, 1);
+}
+
+/// A sketch the forecaster refuses for good (wrong region, precision, time window, overflow)
+/// leaves the node's spool with its reason; the node's later sketches are stored behind it,
+/// and a resend of the refused one is not stored either.
+#[tokio::test]
+async fn a_refused_sketch_is_dropped_and_does_not_block_the_next() {
+    let ca = DevCa::generate().unwrap();
+    let store = Arc::new(Store::default());
+    let mut sink = TestSink::new(store.clone());
+    sink.refuse
+        .insert(2, prescale_gossip::Refusal::UserCountPrecision);
+    sink.refuse.insert(4, prescale_gossip::Refusal::WrongRegion);
+    let rx = receiver(&ca, loopback(), sink).await;
+    let spool = tempfile::tempdir().unwrap();
+    let tx = sender(&ca, "proxy-1", rx.local_addr().unwrap(), spool.path());
+    for i in 1..=5 {
+        tx.submit(sketch(i)).unwrap();
+    }
+    assert!(
+        tx.flush(Duration::from_secs(20)).await,
+        "a refused sketch blocked the spool: {:?}",
+        tx.stats()
+    );
+    assert_eq!(store.sequences("proxy-1"), vec![1, 3, 5]);
+    let st = tx.stats();
+    assert_eq!(
+        (
+            st.acked,
+            st.refused,
+            st.acked_duplicate,
+            st.corrupt,
+            st.spooled
+        ),
+        (5, 2, 0, 0, 0)
+    );
+    let rs = rx.stats();
+    assert_eq!((rs.accepted, rs.rejected, rs.sink_errors), (3, 0, 0));
+    assert_eq!(rs.refused(prescale_gossip::Refusal::UserCountPrecision), 1);
+    assert_eq!(rs.refused(prescale_gossip::Refusal::WrongRegion), 1);
+    assert_eq!(rs.refused(prescale_gossip::Refusal::CountOverflow), 0);
+    assert_eq!(rx.nodes()[0].last_sequence, Some(5));
+
+    // On the wire: the ack names the reason; a resend of the refused sequence is a duplicate
+    // (taken as delivered), and the node's next sequence is stored.
+    let (_ep, conn) = raw_client(&ca, rx.local_addr().unwrap()).await;
+    let limits = Limits::default();
+    for (sequence, expected) in [
+        (
+            2,
+            AckOutcome::Refused(prescale_gossip::Refusal::UserCountPrecision),
+        ),
+        (2, AckOutcome::Duplicate),
+        (3, AckOutcome::Stored),
+    ] {
+        let mut s = sketch(1);
+        s.node = "raw".into();
+        s.region = "eu".into();
+        s.sequence = sequence;
+        let answer = exchange(&conn, &encode(&Message::Sketch(s), &limits).unwrap())
+            .await
+            .expect("an ack");
+        match decode(&answer, &limits).expect("an ack frame") {
+            Message::Ack(a) => assert_eq!((a.sequence, a.outcome), (sequence, expected)),
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    assert_eq!(store.sequences("raw"), vec![3]);
+}
+
+/// An interval with more measurements than one frame holds is spooled as several sketches, each
+/// under the frame limit, and every entry is stored exactly once.
+#[tokio::test]
+async fn an_interval_too_big_for_one_frame_is_split_and_stored_whole() {
+    let ca = DevCa::generate().unwrap();
+    let store = Arc::new(Store::default());
+    let rx = receiver(&ca, loopback(), TestSink::new(store.clone())).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = sender_config(
+        ca.identity("proxy-1").unwrap(),
+        "proxy-1",
+        rx.local_addr().unwrap(),
+        spool.path(),
+    );
+    config.limits.max_frame = 16 * 1024;
+    let limits = config.limits;
+    let tx = prescale_gossip::SketchSender::start(config).unwrap();
+    let mut wide = prescale_gossip::Sketch::new("ignored", "ignored", 0, 10_000);
+    for key in 0..400u64 {
+        let e = wide.entry(prescale_gossip::EntryKey {
+            profile: format!("profile-{}", key % 32),
+            origin_region: format!("region-{}", key / 32),
+            fleet: "web".into(),
+        });
+        e.requests = key + 1;
+        for u in 0..20 {
+            e.users.insert(key * 1000 + u);
+        }
+    }
+    let whole = encode(&Message::Sketch(wide.clone()), &Limits::default()).unwrap();
+    assert!(whole.len() > 2 * limits.max_frame, "{} bytes", whole.len());
+    assert!(matches!(
+        tx.submit(wide.clone()),
+        Err(prescale_gossip::Error::Oversized { .. })
+    ));
+    let sequences = tx.submit_interval(wide.clone()).unwrap();
+    assert!(sequences.len() >= 3, "{sequences:?}");
+    assert!(tx.flush(Duration::from_secs(20)).await, "{:?}", tx.stats());
+    assert_eq!(store.sequences("proxy-1"), sequences);
+    assert_eq!(store.total_requests(), (1..=400).sum::<u64>());
+    let stored = store.sketches.lock().unwrap().clone();
+    let merged = prescale_gossip::Sketch::merge_entries(stored.values()).unwrap();
+    assert_eq!(merged.len(), 400, "every entry in exactly one part");
+    for part in stored.values() {
+        assert_eq!((part.interval_start_ms, part.interval_end_ms), (0, 10_000));
+        assert!(encode(&Message::Sketch(part.clone()), &limits).is_ok());
+    }
+    assert_eq!(tx.stats().acked, sequences.len() as u64);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The sketch exporter: every interval (aligned to the wall clock, so intervals nest in
 //! minutes) it turns the meters' delta into a [`Sketch`] — counts, latency histogram, unique-user
 //! HyperLogLog and a sample of users' feature vectors per (profile, origin region, fleet) — and
-//! hands it to the QUIC sender, which spools it until the forecaster acknowledges it. Profile
+//! hands it to the QUIC sender, which spools it (split into several sketches when one would
+//! exceed the frame limit) until the forecaster acknowledges it. Profile
 //! models and plans pushed back by the forecaster are installed and applied here.
 //!
 //! Invariants: every request recorded in the meters lands in exactly one sketch (the delta of
@@ -119,9 +120,11 @@ pub async fn run(
         // reported through `end_ms`, so a quiet interval counts as zero demand, not missing data.
         let sketch = build_sketch(&plane, &delta, start_ms, end_ms.max(start_ms + 1));
         let submit_to = Arc::clone(&sender);
-        let spooled = match tokio::task::spawn_blocking(move || submit_to.submit(sketch)).await {
-            Ok(Ok(sequence)) => {
-                tracing::debug!(sequence, "sketch spooled");
+        let spooled = match tokio::task::spawn_blocking(move || submit_to.submit_interval(sketch))
+            .await
+        {
+            Ok(Ok(sequences)) => {
+                tracing::debug!(?sequences, "sketch spooled");
                 true
             }
             Ok(Err(e)) => {

@@ -22,6 +22,9 @@ pub enum Error {
     /// Replay or planner settings that cannot be simulated.
     #[error("invalid setting {key}: {message}")]
     Setting { key: &'static str, message: String },
+    /// A sketch the store refuses for good (see [`crate::admission`]).
+    #[error(transparent)]
+    Refused(#[from] crate::admission::Refused),
     /// The series store (SQLite) failed or holds data this build cannot read.
     #[error("series store: {what}{}", source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Store {

@@ -2,6 +2,11 @@
 //! series store by one writer thread in batches (one SQLite transaction per batch), and each
 //! sketch's acknowledgement waits for the commit that holds it.
 //!
+//! Before a sketch is queued it passes the forecaster's [`Admission`] at the node clock's time;
+//! one it fails, or one the store refuses (counts that would overflow a row, a row at another
+//! precision), is answered [`prescale_gossip::Error::Refused`], which the receiver turns into a
+//! refusal the proxy drops the sketch on, so it never blocks the proxy's later sketches.
+//!
 //! Invariants: an `Ok` from [`StoreSink::accept`] means the sketch is committed (so the proxy's
 //! ack follows the commit, durable as the store's `synchronous` setting makes it: see
 //! [`crate::store`]); a batch that fails is retried sketch by sketch so one bad sketch cannot
@@ -16,16 +21,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prescale_gossip::{Sketch, SketchSink};
+use prescale_gossip::{NodeClock, Sketch, SketchSink};
 use tokio::sync::oneshot;
 
+use crate::admission::Admission;
 use crate::error::{Error, Result};
 use crate::store::{Ingested, NodeRecord, SeriesPoint, SeriesQuery, SeriesStore};
 
 /// Most sketches committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-type Reply = oneshot::Sender<std::result::Result<Ingested, String>>;
+type Reply = oneshot::Sender<prescale_gossip::Result<Ingested>>;
 
 /// Counters for the forecaster's `/metrics`.
 #[derive(Debug, Default)]
@@ -46,6 +52,8 @@ type Observer = Arc<OnceLock<Arc<dyn SampleObserver>>>;
 
 pub struct StoreSink {
     queue: mpsc::SyncSender<(Sketch, Reply)>,
+    admission: Admission,
+    clock: NodeClock,
     observer: Observer,
     reader: Mutex<SeriesStore>,
     pub stats: Arc<IngestStats>,
@@ -113,8 +121,9 @@ impl NodeTraffic {
 }
 
 impl StoreSink {
-    /// Opens the store at `path` (creating it), starts the writer thread.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens the store at `path` (creating it), starts the writer thread. Sketches are checked
+    /// against `admission` at `clock`'s time (node time, as the series minutes are).
+    pub fn open(path: &Path, admission: Admission, clock: NodeClock) -> Result<Self> {
         let writer = SeriesStore::open(path)?;
         let reader = SeriesStore::open(path)?;
         let (queue, receiver) = mpsc::sync_channel::<(Sketch, Reply)>(4 * MAX_BATCH);
@@ -141,6 +150,8 @@ impl StoreSink {
             })?;
         Ok(StoreSink {
             queue,
+            admission,
+            clock,
             observer,
             reader: Mutex::new(reader),
             stats,
@@ -231,14 +242,27 @@ fn write_loop(
                     let outcome = store
                         .ingest(std::slice::from_ref(&sketch), now_ms)
                         .map(|mut o| o.pop().unwrap_or(Ingested::Duplicate))
-                        .map_err(|e| format!("sketch {}#{}: {e}", sketch.node, sketch.sequence));
-                    if outcome == Ok(Ingested::Stored) {
+                        .map_err(|e| match e {
+                            Error::Refused(refused) => prescale_gossip::Error::from(refused),
+                            other => prescale_gossip::Error::Sink(format!(
+                                "sketch {}#{}: {other}",
+                                sketch.node, sketch.sequence
+                            )),
+                        });
+                    if matches!(outcome, Ok(Ingested::Stored)) {
                         traffic.record(&sketch);
                         if let Some(observer) = observer.get() {
                             observer.observe(&sketch);
                         }
                     }
-                    count(&stats, outcome.as_ref().map(|o| *o).map_err(|_| ()));
+                    count(
+                        &stats,
+                        match &outcome {
+                            Ok(o) => Ok(*o),
+                            Err(prescale_gossip::Error::Refused { .. }) => Err(Failure::Refused),
+                            Err(_) => Err(Failure::Failed),
+                        },
+                    );
                     let _ = reply.send(outcome);
                 }
             }
@@ -246,11 +270,19 @@ fn write_loop(
     }
 }
 
-fn count(stats: &IngestStats, outcome: std::result::Result<Ingested, ()>) {
+/// Why the writer did not store a sketch.
+enum Failure {
+    Refused,
+    Failed,
+}
+
+fn count(stats: &IngestStats, outcome: std::result::Result<Ingested, Failure>) {
     let counter = match outcome {
         Ok(Ingested::Stored) => &stats.stored,
         Ok(Ingested::Duplicate) => &stats.duplicates,
-        Err(()) => &stats.failed,
+        // Counted by reason by the receiver, which answers the refusal.
+        Err(Failure::Refused) => return,
+        Err(Failure::Failed) => &stats.failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -263,6 +295,7 @@ impl SketchSink for StoreSink {
     }
 
     async fn accept(&self, sketch: Sketch) -> prescale_gossip::Result<()> {
+        self.admission.check(&sketch, self.clock.now_ms())?;
         let (reply, answer) = oneshot::channel();
         let queue = self.queue.clone();
         // A full queue blocks: the receiver's stream waits (back-pressure to the proxies).
@@ -274,7 +307,7 @@ impl SketchSink for StoreSink {
             })?;
         match answer.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(message)) => Err(prescale_gossip::Error::Sink(message)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(prescale_gossip::Error::Sink(
                 "the series writer dropped the sketch".to_string(),
             )),

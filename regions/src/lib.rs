@@ -2,6 +2,7 @@
 //! (`prescale-brain`, re-exported as [`brain`], [`forecast`] and [`planner`]).
 //!
 //! * [`store`] and [`ingest`]: the SQLite series store and the sketch sink that writes it;
+//!   [`admission`]: what that sink takes (region, precision, time window, counts);
 //! * [`ledger`]: provisioned instances, plan versions and decisions, in the same file;
 //! * [`history`]: the capacity history (each minute's instances, demand and lead-time
 //!   forecast, the outlook of the coming day) that reports and the dashboard read;
@@ -18,6 +19,7 @@
 //! Invariant: decisions are made only in `prescale-brain`; this crate feeds it and carries its
 //! decisions out.
 
+pub mod admission;
 pub mod error;
 pub mod events;
 pub mod history;

@@ -7,6 +7,9 @@
 //!   as its counts, so a crash either keeps both or neither, and a resent sketch is skipped;
 //!   a batch posted to the ingest route ([`SeriesStore::ingest_batch`]) is applied whole in one
 //!   transaction with its idempotency key, under sequences that continue its node's;
+//! - a sketch that would poison a row is refused ([`Error::Refused`]), never half-applied: counts
+//!   whose sum exceeds [`MAX_COUNT`] (SQLite integers are signed 64-bit), unique-user counts at
+//!   another precision than the row's;
 //! - counts add, latency histograms merge exactly (counter by counter, and a minute is stored at
 //!   its own precision, never re-bucketed to the wire's size budget), unique-user HyperLogLogs
 //!   merge (register-wise max);
@@ -32,6 +35,7 @@ use prescale_gossip::{EntryStats, HyperLogLog, LatencyHistogram, Sketch};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
+use crate::admission::{Refused, MAX_COUNT};
 use crate::error::{Error, Result};
 
 /// SQLite's `synchronous` setting; see the module docs for what an acknowledged sketch survives.
@@ -790,12 +794,12 @@ struct RowAcc {
 }
 
 impl RowAcc {
-    fn new(
-        stats: &EntryStats,
-        histograms: &mut HistogramCodec,
-    ) -> Result<Self, prescale_gossip::Error> {
+    fn new(stats: &EntryStats, histograms: &mut HistogramCodec) -> Result<Self, AddError> {
+        Counts::ZERO.plus(&Counts::of(stats))?;
         let mut latency = HistogramSum::new();
-        latency.add(&stats.latency, histograms)?;
+        latency
+            .add(&stats.latency, histograms)
+            .map_err(AddError::Sketch)?;
         Ok(RowAcc {
             requests: stats.requests,
             errors: stats.errors,
@@ -806,19 +810,105 @@ impl RowAcc {
         })
     }
 
-    fn add(
-        &mut self,
-        stats: &EntryStats,
-        histograms: &mut HistogramCodec,
-    ) -> Result<(), prescale_gossip::Error> {
+    fn add(&mut self, stats: &EntryStats, histograms: &mut HistogramCodec) -> Result<(), AddError> {
+        let counts = self.counts().plus(&Counts::of(stats))?;
+        if self.users.precision() != stats.users.precision() {
+            return Err(AddError::Refused(precision_refusal(
+                self.users.precision(),
+                stats.users.precision(),
+            )));
+        }
         // Fallible parts first; each leaves its accumulator unchanged on error.
-        self.latency.add(&stats.latency, histograms)?;
-        self.users.merge(&stats.users)?;
-        self.requests = self.requests.saturating_add(stats.requests);
-        self.errors = self.errors.saturating_add(stats.errors);
-        self.bytes_in = self.bytes_in.saturating_add(stats.bytes_in);
-        self.bytes_out = self.bytes_out.saturating_add(stats.bytes_out);
+        self.latency
+            .add(&stats.latency, histograms)
+            .map_err(AddError::Sketch)?;
+        self.users.merge(&stats.users).map_err(AddError::Sketch)?;
+        self.set_counts(counts);
         Ok(())
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            requests: self.requests,
+            errors: self.errors,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }
+    }
+
+    fn set_counts(&mut self, counts: Counts) {
+        self.requests = counts.requests;
+        self.errors = counts.errors;
+        self.bytes_in = counts.bytes_in;
+        self.bytes_out = counts.bytes_out;
+    }
+}
+
+/// The four counts of a series row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counts {
+    requests: u64,
+    errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Counts {
+    const ZERO: Counts = Counts {
+        requests: 0,
+        errors: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+
+    fn of(stats: &EntryStats) -> Self {
+        Counts {
+            requests: stats.requests,
+            errors: stats.errors,
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+        }
+    }
+
+    /// The sum, or a refusal if any count would exceed what the store holds.
+    fn plus(self, other: &Counts) -> Result<Counts, Refused> {
+        let add = |what: &str, a: u64, b: u64| {
+            a.checked_add(b)
+                .filter(|sum| *sum <= MAX_COUNT)
+                .ok_or_else(|| Refused {
+                    reason: prescale_gossip::Refusal::CountOverflow,
+                    detail: format!(
+                        "{what}: {a} + {b} exceeds the store's largest count {MAX_COUNT}"
+                    ),
+                })
+        };
+        Ok(Counts {
+            requests: add("requests", self.requests, other.requests)?,
+            errors: add("errors", self.errors, other.errors)?,
+            bytes_in: add("bytes_in", self.bytes_in, other.bytes_in)?,
+            bytes_out: add("bytes_out", self.bytes_out, other.bytes_out)?,
+        })
+    }
+}
+
+fn precision_refusal(row: u8, sketch: u8) -> Refused {
+    Refused {
+        reason: prescale_gossip::Refusal::UserCountPrecision,
+        detail: format!(
+            "users counted at HyperLogLog precision {sketch}, the series row's are at {row}"
+        ),
+    }
+}
+
+/// Why an entry could not be added to a row.
+enum AddError {
+    Refused(Refused),
+    Sketch(prescale_gossip::Error),
+}
+
+impl From<Refused> for AddError {
+    fn from(r: Refused) -> Self {
+        AddError::Refused(r)
     }
 }
 
@@ -844,15 +934,24 @@ fn merge_sketch<'a>(
                 rows.insert(row, acc);
             }),
         };
-        merged.map_err(|e| Error::Store {
-            what: format!(
-                "{} entry {}/{}/{}: {e}",
+        let entry_name = || {
+            format!(
+                "{} entry {}/{}/{}",
                 sketch_name(sketch),
                 key.profile,
                 key.origin_region,
                 key.fleet
-            ),
-            source: None,
+            )
+        };
+        merged.map_err(|e| match e {
+            AddError::Refused(r) => Error::Refused(Refused {
+                reason: r.reason,
+                detail: format!("{}: {}", entry_name(), r.detail),
+            }),
+            AddError::Sketch(e) => Error::Store {
+                what: format!("{}: {e}", entry_name()),
+                source: None,
+            },
         })?;
     }
     Ok(())
@@ -957,7 +1056,7 @@ fn write_rows(
 ) -> Result<()> {
     let mut read = tx
         .prepare_cached(
-            "SELECT latency, users FROM series WHERE region = ?1 AND profile = ?2 AND fleet = ?3 AND origin = ?4 AND minute = ?5",
+            "SELECT requests, errors, bytes_in, bytes_out, latency, users FROM series WHERE region = ?1 AND profile = ?2 AND fleet = ?3 AND origin = ?4 AND minute = ?5",
         )
         .map_err(|e| store_error("prepare the series read", e))?;
     let mut upsert = tx
@@ -965,25 +1064,48 @@ fn write_rows(
             "INSERT INTO series (region, origin, profile, fleet, minute, requests, errors, bytes_in, bytes_out, latency, users)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (region, profile, fleet, origin, minute) DO UPDATE SET
-                requests = requests + ?6, errors = errors + ?7, bytes_in = bytes_in + ?8, bytes_out = bytes_out + ?9,
-                latency = ?10, users = ?11",
+                requests = ?6, errors = ?7, bytes_in = ?8, bytes_out = ?9, latency = ?10, users = ?11",
         )
         .map_err(|e| store_error("prepare the series write", e))?;
     for ((region, origin, profile, fleet, minute), mut acc) in rows {
         let row = || format!("series row {region}/{origin}/{profile}/{fleet} at minute {minute}");
-        let existing: Option<(Vec<u8>, Vec<u8>)> = read
+        let existing: Option<(Counts, Vec<u8>, Vec<u8>)> = read
             .query_row(params![region, profile, fleet, origin, minute], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                let count = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                Ok((
+                    Counts {
+                        requests: count(0)?,
+                        errors: count(1)?,
+                        bytes_in: count(2)?,
+                        bytes_out: count(3)?,
+                    },
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .optional()
             .map_err(|e| store_error(format!("read {}", row()), e))?;
-        if let Some((latency, stored_users)) = existing {
+        if let Some((stored, latency, stored_users)) = existing {
+            let counts = stored.plus(&acc.counts()).map_err(|r| Refused {
+                reason: r.reason,
+                detail: format!("{}: {}", row(), r.detail),
+            })?;
+            acc.set_counts(counts);
             acc.latency
                 .add_bytes(&latency, histograms)
                 .map_err(|e| sketch_error(&format!("stored latency histogram of {}", row()), e))?;
-            users
-                .merge_encoded(&mut acc.users, &stored_users)
-                .map_err(|e| sketch_error(&format!("stored user count of {}", row()), e))?;
+            match users.merge_encoded(&mut acc.users, &stored_users) {
+                Ok(()) => {}
+                // A merge fails only on precisions that differ (the row was written under
+                // another configuration): refuse the sketch rather than fail every later one.
+                Err(prescale_gossip::Error::Merge(detail)) => {
+                    return Err(Error::Refused(Refused {
+                        reason: prescale_gossip::Refusal::UserCountPrecision,
+                        detail: format!("{}: {detail}", row()),
+                    }))
+                }
+                Err(e) => return Err(sketch_error(&format!("stored user count of {}", row()), e)),
+            }
         }
         let latency = acc
             .latency
@@ -1363,6 +1485,88 @@ mod tests {
             [Ingested::Stored]
         );
         assert_eq!(store.last_sequence("n1").expect("seq"), Some(1));
+    }
+
+    fn requests_of(store: &SeriesStore) -> Vec<u64> {
+        store
+            .series(&SeriesQuery::default())
+            .expect("series")
+            .values()
+            .flatten()
+            .map(|p| p.requests)
+            .collect()
+    }
+
+    /// A sketch claiming `requests` (its histogram records only a few).
+    fn claiming(node: &str, sequence: u64, start_ms: u64, requests: u64) -> Sketch {
+        let mut s = sketch(node, sequence, start_ms, "web", 3, &[sequence]);
+        s.entries[0].stats.requests = requests;
+        s
+    }
+
+    #[test]
+    fn counts_that_would_overflow_a_row_are_refused_and_the_row_kept() {
+        let mut store = SeriesStore::in_memory().expect("store");
+        let big = MAX_COUNT - 5;
+        let first = claiming("n1", 1, 60_000, big);
+        assert_eq!(
+            store.ingest(&[first], 1).expect("ingest"),
+            [Ingested::Stored]
+        );
+        // Against the stored row.
+        let over = claiming("n1", 2, 60_000, 10);
+        match store.ingest(std::slice::from_ref(&over), 2) {
+            Err(Error::Refused(r)) => {
+                assert_eq!(r.reason, prescale_gossip::Refusal::CountOverflow);
+                assert!(r.detail.contains("requests"), "{r}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(requests_of(&store), [big]);
+        assert_eq!(store.last_sequence("n1").expect("seq"), Some(1));
+        // Within one batch, before anything is stored.
+        let mut fresh = SeriesStore::in_memory().expect("store");
+        let a = claiming("n1", 1, 120_000, big);
+        let b = claiming("n2", 1, 120_000, big);
+        assert!(matches!(
+            fresh.ingest(&[a.clone(), b], 3),
+            Err(Error::Refused(_))
+        ));
+        assert!(requests_of(&fresh).is_empty());
+        assert_eq!(fresh.ingest(&[a], 4).expect("alone"), [Ingested::Stored]);
+        // What fits is still added.
+        let fits = claiming("n1", 3, 60_000, 5);
+        assert_eq!(
+            store.ingest(&[fits], 5).expect("ingest"),
+            [Ingested::Stored]
+        );
+        assert_eq!(requests_of(&store), [MAX_COUNT]);
+    }
+
+    #[test]
+    fn a_row_at_another_precision_refuses_the_sketch_instead_of_failing_for_ever() {
+        let mut store = SeriesStore::in_memory().expect("store");
+        let mut coarse = sketch("n1", 1, 60_000, "web", 10, &[]);
+        coarse.entries[0].stats.users = HyperLogLog::new(12).expect("precision");
+        coarse.entries[0].stats.users.insert(7);
+        assert_eq!(
+            store.ingest(&[coarse], 1).expect("ingest"),
+            [Ingested::Stored]
+        );
+        let usual = sketch("n1", 2, 60_000, "web", 10, &[1]);
+        match store.ingest(&[usual], 2) {
+            Err(Error::Refused(r)) => {
+                assert_eq!(r.reason, prescale_gossip::Refusal::UserCountPrecision)
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(requests_of(&store), [10]);
+        // Another minute's row takes it.
+        let next_minute = sketch("n1", 2, 120_000, "web", 10, &[1]);
+        assert_eq!(
+            store.ingest(&[next_minute], 3).expect("ingest"),
+            [Ingested::Stored]
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prescale_gossip::{
-    DevCa, EntryKey, Error, NodeIdentity, ReceiverConfig, SenderConfig, Sketch, SketchReceiver,
-    SketchSender, SketchSink,
+    DevCa, EntryKey, Error, NodeIdentity, ReceiverConfig, Refusal, SenderConfig, Sketch,
+    SketchReceiver, SketchSender, SketchSink,
 };
 
 pub const FORECASTER: &str = "fc-eu";
@@ -63,6 +63,8 @@ pub struct TestSink {
     pub hang_after_storing: Option<u64>,
     /// Fail this many `accept` calls first.
     pub fail_first: AtomicU64,
+    /// Refuse these sequences for good, with these reasons (storing nothing).
+    pub refuse: BTreeMap<u64, Refusal>,
     pub last_sequence_calls: AtomicU64,
 }
 
@@ -72,6 +74,7 @@ impl TestSink {
             store,
             hang_after_storing: None,
             fail_first: AtomicU64::new(0),
+            refuse: BTreeMap::new(),
             last_sequence_calls: AtomicU64::new(0),
         }
     }
@@ -87,6 +90,12 @@ impl SketchSink for TestSink {
         if self.fail_first.load(Ordering::SeqCst) > 0 {
             self.fail_first.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::sink("database is locked"));
+        }
+        if let Some(reason) = self.refuse.get(&sketch.sequence) {
+            return Err(Error::Refused {
+                reason: *reason,
+                detail: format!("test refuses sequence {}", sketch.sequence),
+            });
         }
         let key = (sketch.node.clone(), sketch.sequence);
         let seq = sketch.sequence;
