@@ -351,6 +351,11 @@ impl Forecaster {
                     r.handshake_failures,
                 ),
                 (
+                    "prescale_forecaster_connections_refused_total",
+                    "QUIC connections refused or closed over a per-peer or total cap.",
+                    r.refused_connections,
+                ),
+                (
                     "prescale_forecaster_connections_total",
                     "QUIC connections accepted.",
                     r.connections,

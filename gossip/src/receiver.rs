@@ -25,6 +25,13 @@
 //! sequence, so it never blocks the node's later sketches. None of these closes the connection
 //! or stops the server.
 //!
+//! Resource caps ([`PeerCaps`]): at most so many connections in all and per certificate, so
+//! many handshakes in progress per address, so many concurrent streams per connection, and flow
+//! control windows of one frame per stream, so a peer — even one with a valid certificate — holds
+//! a bounded share of the forecaster's memory and tasks. An excess connection is refused or closed
+//! with [`CLOSE_TOO_MANY`] and counted in [`ReceiverStats::refused_connections`]; an excess stream
+//! waits for credit at the peer.
+//!
 //! The way back: [`SketchReceiver::publish_model`] / [`SketchReceiver::publish_plan`] push an
 //! update on a unidirectional stream to every connected node, and the latest of each is pushed
 //! to every node when it connects.
@@ -51,6 +58,9 @@ pub const RESET_REJECTED: u32 = 1;
 /// Stream reset code: the sink could not store the sketch now; resend later.
 pub const RESET_UNAVAILABLE: u32 = 2;
 
+/// Connection close code: the peer (its certificate or address) holds its share of connections.
+pub const CLOSE_TOO_MANY: u32 = 3;
+
 /// How long a stream may take to deliver its whole frame (a stalled stream is rejected).
 pub const STREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -71,6 +81,7 @@ pub struct ReceiverConfig {
     pub bind: SocketAddr,
     pub identity: NodeIdentity,
     pub limits: Limits,
+    pub caps: PeerCaps,
 }
 
 impl ReceiverConfig {
@@ -79,6 +90,33 @@ impl ReceiverConfig {
             bind,
             identity,
             limits: Limits::default(),
+            caps: PeerCaps::default(),
+        }
+    }
+}
+
+/// What one peer may hold of the receiver. A proxy needs one connection and one stream at a
+/// time (its sender delivers one sketch at a time); the defaults leave room for restarts and
+/// reconnects racing the old connection's idle timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCaps {
+    /// Established connections in all.
+    pub connections: usize,
+    /// Established connections per client certificate.
+    pub connections_per_certificate: usize,
+    /// Handshakes in progress per remote IP address.
+    pub handshakes_per_address: usize,
+    /// Concurrent sketch streams a connection may open (more wait for credit).
+    pub streams_per_connection: u32,
+}
+
+impl Default for PeerCaps {
+    fn default() -> Self {
+        PeerCaps {
+            connections: 4096,
+            connections_per_certificate: 4,
+            handshakes_per_address: 16,
+            streams_per_connection: 4,
         }
     }
 }
@@ -100,6 +138,8 @@ pub struct ReceiverStats {
     pub refused: [AtomicU64; Refusal::ALL.len()],
     /// Handshakes that failed (e.g. a certificate not signed by our CA).
     pub handshake_failures: AtomicU64,
+    /// Connections refused or closed at once over a [`PeerCaps`] cap.
+    pub refused_connections: AtomicU64,
     /// Connections established.
     pub connections: AtomicU64,
     /// Updates pushed to nodes.
@@ -117,6 +157,7 @@ pub struct ReceiverStatsSnapshot {
     /// By reason, in the order of [`Refusal::ALL`].
     pub refused: [u64; Refusal::ALL.len()],
     pub handshake_failures: u64,
+    pub refused_connections: u64,
     pub connections: u64,
     pub updates_pushed: u64,
 }
@@ -139,6 +180,7 @@ impl ReceiverStats {
             sink_errors: g(&self.sink_errors),
             refused: std::array::from_fn(|i| g(&self.refused[i])),
             handshake_failures: g(&self.handshake_failures),
+            refused_connections: g(&self.refused_connections),
             connections: g(&self.connections),
             updates_pushed: g(&self.updates_pushed),
         }
@@ -169,6 +211,11 @@ struct NodeDedup {
 struct Shared<S> {
     sink: Arc<S>,
     limits: Limits,
+    caps: PeerCaps,
+    /// Handshakes in progress per remote address.
+    handshakes: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Established connections per client certificate (its DER bytes).
+    per_certificate: Mutex<HashMap<Vec<u8>, usize>>,
     stats: ReceiverStats,
     dedup: Mutex<HashMap<String, Arc<tokio::sync::Mutex<NodeDedup>>>>,
     status: Mutex<HashMap<String, NodeStatus>>,
@@ -194,12 +241,17 @@ pub struct SketchReceiver<S: SketchSink> {
 impl<S: SketchSink> SketchReceiver<S> {
     /// Bind and start accepting. Must be called within a tokio runtime.
     pub fn start(config: ReceiverConfig, sink: Arc<S>) -> Result<Self> {
-        let server = config.identity.server_config()?;
+        let mut server = config.identity.server_config()?;
+        server.transport_config(Arc::new(receiver_transport(&config)));
+        server.max_incoming(config.caps.connections);
         let endpoint = quinn::Endpoint::server(server, config.bind)
             .map_err(|e| Error::Transport(format!("binding {}: {e}", config.bind)))?;
         let shared = Arc::new(Shared {
             sink,
             limits: config.limits,
+            caps: config.caps,
+            handshakes: Mutex::new(HashMap::new()),
+            per_certificate: Mutex::new(HashMap::new()),
             stats: ReceiverStats::default(),
             dedup: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
@@ -328,14 +380,87 @@ async fn push(conn: &quinn::Connection, frame: &[u8], stats: &ReceiverStats) {
     }
 }
 
+/// The receiver's transport: the common one, with stream and flow-control limits from `config`
+/// (a stream's window holds one whole frame, a connection's one per stream). Proxies open no
+/// unidirectional streams and send no datagrams to it.
+fn receiver_transport(config: &ReceiverConfig) -> quinn::TransportConfig {
+    let mut t = crate::tls::transport();
+    let frame = (config.limits.max_frame + crate::codec::HEADER_LEN) as u64;
+    let streams = u64::from(config.caps.streams_per_connection.max(1));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(config.caps.streams_per_connection));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u64(frame).unwrap_or(quinn::VarInt::MAX));
+    t.receive_window(quinn::VarInt::from_u64(frame * streams).unwrap_or(quinn::VarInt::MAX));
+    t.datagram_receive_buffer_size(None);
+    t
+}
+
+/// A slot held in a per-key count, given back on drop.
+struct Slot<'a, K: std::hash::Hash + Eq + Clone> {
+    counts: &'a Mutex<HashMap<K, usize>>,
+    key: K,
+}
+
+impl<'a, K: std::hash::Hash + Eq + Clone> Slot<'a, K> {
+    /// Takes a slot of `key` if fewer than `cap` are held.
+    fn take(counts: &'a Mutex<HashMap<K, usize>>, key: K, cap: usize) -> Option<Self> {
+        let mut map = lock(counts);
+        let held = map.entry(key.clone()).or_default();
+        if *held >= cap {
+            if *held == 0 {
+                map.remove(&key);
+            }
+            return None;
+        }
+        *held += 1;
+        Some(Slot { counts, key })
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<'_, K> {
+    fn drop(&mut self) {
+        let mut map = lock(self.counts);
+        if let Some(held) = map.get_mut(&self.key) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 async fn accept_loop<S: SketchSink>(endpoint: quinn::Endpoint, shared: Arc<Shared<S>>) {
     let mut conns = JoinSet::new();
     while let Some(incoming) = endpoint.accept().await {
         while conns.try_join_next().is_some() {}
+        let remote = incoming.remote_address();
+        if lock(&shared.conns).len() >= shared.caps.connections {
+            shared
+                .stats
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%remote, cap = shared.caps.connections, "connection refused: the receiver holds its most connections");
+            incoming.refuse();
+            continue;
+        }
         let shared = shared.clone();
         conns.spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
+            let Some(handshake) = Slot::take(
+                &shared.handshakes,
+                remote.ip(),
+                shared.caps.handshakes_per_address,
+            ) else {
+                shared
+                    .stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%remote, "connection refused: too many handshakes in progress from this address");
+                incoming.refuse();
+                return;
+            };
+            let connected = incoming.await;
+            drop(handshake);
+            match connected {
                 Ok(conn) => serve_connection(conn, shared).await,
                 Err(e) => {
                     shared
@@ -350,6 +475,27 @@ async fn accept_loop<S: SketchSink>(endpoint: quinn::Endpoint, shared: Arc<Share
 }
 
 async fn serve_connection<S: SketchSink>(conn: quinn::Connection, shared: Arc<Shared<S>>) {
+    let certificate = peer_certificate(&conn);
+    let key = certificate
+        .as_ref()
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
+    let Some(_slot) = Slot::take(
+        &shared.per_certificate,
+        key,
+        shared.caps.connections_per_certificate,
+    ) else {
+        shared
+            .stats
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(remote = %conn.remote_address(), cap = shared.caps.connections_per_certificate, "connection closed: its certificate holds its most connections");
+        conn.close(
+            CLOSE_TOO_MANY.into(),
+            b"too many connections for this certificate",
+        );
+        return;
+    };
     let id = conn.stable_id();
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     lock(&shared.conns).insert(id, conn.clone());
@@ -361,11 +507,7 @@ async fn serve_connection<S: SketchSink>(conn: quinn::Connection, shared: Arc<Sh
     for frame in latest {
         push(&conn, &frame, &shared.stats).await;
     }
-    let peer_cert: Arc<Option<CertificateDer<'static>>> = Arc::new(
-        conn.peer_identity()
-            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .and_then(|chain| chain.first().cloned()),
-    );
+    let peer_cert: Arc<Option<CertificateDer<'static>>> = Arc::new(certificate);
     let mut streams = JoinSet::new();
     loop {
         while streams.try_join_next().is_some() {}
@@ -476,6 +618,13 @@ async fn serve_stream<S: SketchSink>(
         }
         Err(e) => tracing::error!(error = %e, "could not encode an ack"),
     }
+}
+
+/// The peer's end-entity certificate.
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().cloned())
 }
 
 /// Whether the peer's end-entity certificate is valid for the DNS name `node`.

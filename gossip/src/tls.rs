@@ -318,7 +318,7 @@ impl NodeIdentity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(Error::tls)?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        cfg.transport_config(transport());
+        cfg.transport_config(Arc::new(transport()));
         Ok(cfg)
     }
 
@@ -334,18 +334,19 @@ impl NodeIdentity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(Error::tls)?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-        cfg.transport_config(transport());
+        cfg.transport_config(Arc::new(transport()));
         Ok(cfg)
     }
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// The transport settings of every prescale QUIC connection (the receiver narrows its own).
+pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
-    Arc::new(t)
+    t
 }
 
 #[cfg(test)]

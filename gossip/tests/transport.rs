@@ -437,6 +437,90 @@ async fn an_interval_too_big_for_one_frame_is_split_and_stored_whole() {
     assert_eq!(tx.stats().acked, sequences.len() as u64);
 }
 
+/// A raw client presenting `identity`'s certificate.
+async fn client_as(
+    identity: &NodeIdentity,
+    addr: std::net::SocketAddr,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let mut ep = quinn::Endpoint::client(loopback()).unwrap();
+    ep.set_default_client_config(identity.client_config().unwrap());
+    let conn = ep.connect(addr, FORECASTER).unwrap().await.unwrap();
+    (ep, conn)
+}
+
+/// One certificate holds at most its share of connections and each connection at most its
+/// streams, however valid the certificate: the excess connection is closed with
+/// `CLOSE_TOO_MANY`, the excess stream waits, and other nodes are served throughout.
+#[tokio::test]
+async fn a_peer_holds_only_its_share_of_connections_and_streams() {
+    let ca = DevCa::generate().unwrap();
+    let store = Arc::new(Store::default());
+    let mut config =
+        prescale_gossip::ReceiverConfig::new(loopback(), ca.identity(FORECASTER).unwrap());
+    config.caps.connections_per_certificate = 2;
+    config.caps.streams_per_connection = 2;
+    let rx = prescale_gossip::SketchReceiver::start(config, Arc::new(TestSink::new(store.clone())))
+        .unwrap();
+    let addr = rx.local_addr().unwrap();
+    let hog = ca.identity("hog").unwrap();
+    let (_e1, first) = client_as(&hog, addr).await;
+    let (_e2, second) = client_as(&hog, addr).await;
+    let (_e3, third) = client_as(&hog, addr).await;
+    match tokio::time::timeout(Duration::from_secs(5), third.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(prescale_gossip::receiver::CLOSE_TOO_MANY)
+        ),
+        other => panic!("the third connection was not closed as too many: {other:?}"),
+    }
+    assert_eq!(rx.stats().refused_connections, 1);
+
+    // Two streams left open mid-frame use up the first connection's credit: a third waits.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let (mut send, recv) = first.open_bi().await.unwrap();
+        send.write_all(b"PS").await.unwrap();
+        stalled.push((send, recv));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), first.open_bi())
+            .await
+            .is_err(),
+        "a third concurrent stream was granted"
+    );
+
+    // The other connection of the same certificate, and other nodes, are served meanwhile.
+    let limits = Limits::default();
+    let mut s = sketch(3);
+    s.node = "hog".into();
+    s.region = "eu".into();
+    s.sequence = 1;
+    let answer = exchange(&second, &encode(&Message::Sketch(s), &limits).unwrap())
+        .await
+        .expect("an ack");
+    assert!(matches!(
+        decode(&answer, &limits),
+        Ok(Message::Ack(Ack { sequence: 1, .. }))
+    ));
+    let spool = tempfile::tempdir().unwrap();
+    let tx = sender(&ca, "proxy-1", addr, spool.path());
+    tx.submit(sketch(5)).unwrap();
+    assert!(tx.flush(Duration::from_secs(20)).await, "{:?}", tx.stats());
+    assert_eq!(store.sequences("proxy-1"), vec![1]);
+
+    // A closed connection gives its slot back.
+    first.close(0u32.into(), b"done");
+    drop(stalled);
+    let (_e4, fourth) = client_as(&hog, addr).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), fourth.closed())
+            .await
+            .is_err(),
+        "a connection within the cap was closed"
+    );
+    assert_eq!(rx.stats().refused_connections, 1);
+}
+
 #[tokio::test]
 async fn sink_failures_are_retried_without_duplicates() {
     let ca = DevCa::generate().unwrap();

@@ -3,8 +3,12 @@
 //! retention).
 //!
 //! Invariants:
-//! - a sketch is applied at most once: `(node, sequence)` is recorded in the same transaction
-//!   as its counts, so a crash either keeps both or neither, and a resent sketch is skipped;
+//! - a sketch is applied at most once: each node's highest stored sequence (its high-water
+//!   mark, `nodes.last_sequence`) advances in the same transaction as the counts, so a crash
+//!   either keeps both or neither, and a resent sketch (sequence at or below the mark) is
+//!   skipped. A mark suffices because a proxy delivers its sketches in sequence order, one at a
+//!   time, and a new spool starts above every sequence it sent before; it needs no pruning, so
+//!   pruning never holds the writer up for long (series rows go in small transactions);
 //!   a batch posted to the ingest route ([`SeriesStore::ingest_batch`]) is applied whole in one
 //!   transaction with its idempotency key, under sequences that continue its node's;
 //! - a sketch that would poison a row is refused ([`Error::Refused`]), never half-applied: counts
@@ -95,7 +99,15 @@ const MIGRATIONS: &[&str] = &[
         users INTEGER NOT NULL,
         committed_ms INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // 4: dedup by each node's high-water mark (`nodes.last_sequence`) instead of a record per
+    // sketch, which had to be pruned under the writer's lock.
+    "UPDATE nodes SET last_sequence = MAX(last_sequence,
+        COALESCE((SELECT MAX(r.sequence) FROM received r WHERE r.node = nodes.node), last_sequence));
+     DROP TABLE received;",
 ];
+
+/// Series rows deleted per pruning transaction: small enough that the writer waits only briefly.
+const PRUNE_CHUNK: usize = 2_000;
 
 /// Node names of the batches a forecaster's ingest route stores start with this. A `/` is not
 /// valid in a DNS name, so no proxy's certificate (whose name must be its sketches' node) can
@@ -285,14 +297,7 @@ impl SeriesStore {
 
     /// The highest sequence stored for `node`.
     pub fn last_sequence(&self, node: &str) -> Result<Option<u64>> {
-        self.conn
-            .query_row(
-                "SELECT MAX(sequence) FROM received WHERE node = ?1",
-                params![node],
-                |row| row.get::<_, Option<i64>>(0),
-            )
-            .map(|v| v.map(|s| s as u64))
-            .map_err(|e| store_error(format!("read last sequence of {node}"), e))
+        high_water_mark(&self.conn, node)
     }
 
     /// Applies a batch of sketches in one transaction (all or nothing). `now_ms` is the arrival
@@ -359,14 +364,8 @@ impl SeriesStore {
                 return Ok(BatchIngested::Duplicate(committed));
             }
         }
-        let last: Option<i64> = tx
-            .query_row(
-                "SELECT MAX(sequence) FROM received WHERE node = ?1",
-                params![node],
-                |row| row.get(0),
-            )
-            .map_err(|e| store_error(format!("read last sequence of {node}"), e))?;
-        let first_sequence = last.map_or(0, |s| s as u64 + 1);
+        let last = high_water_mark(&tx, &node)?;
+        let first_sequence = last.map_or(0, |s| s + 1);
         for (sketch, sequence) in sketches.iter_mut().zip(first_sequence..) {
             sketch.sequence = sequence;
         }
@@ -710,23 +709,32 @@ impl SeriesStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| store_error("begin prune", e))?;
-        let removed = tx
-            .execute("DELETE FROM series WHERE minute < ?1", params![cutoff])
-            .map_err(|e| store_error("prune series", e))?;
-        // Keep each node's latest record so dedup still knows where it stands.
-        tx.execute(
-            "DELETE FROM received WHERE interval_start_ms < ?1 * 1000
-               AND sequence < (SELECT MAX(r.sequence) FROM received r WHERE r.node = received.node)",
-            params![cutoff],
-        )
-        .map_err(|e| store_error("prune dedup records", e))?;
         tx.execute(
             "DELETE FROM ingest_keys WHERE committed_ms < ?1 * 1000",
             params![cutoff],
         )
         .map_err(|e| store_error("prune idempotency keys", e))?;
         tx.commit().map_err(|e| store_error("commit prune", e))?;
-        Ok(removed)
+        // Series rows in small transactions, so the writer is never held up for long.
+        let mut removed = 0;
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| store_error("begin prune", e))?;
+            let chunk = tx
+                .execute(
+                    "DELETE FROM series WHERE (region, profile, fleet, origin, minute) IN
+                       (SELECT region, profile, fleet, origin, minute FROM series WHERE minute < ?1 LIMIT ?2)",
+                    params![cutoff, PRUNE_CHUNK as i64],
+                )
+                .map_err(|e| store_error("prune series", e))?;
+            tx.commit().map_err(|e| store_error("commit prune", e))?;
+            removed += chunk;
+            if chunk < PRUNE_CHUNK {
+                return Ok(removed);
+            }
+        }
     }
 }
 
@@ -744,21 +752,20 @@ fn apply_sketches(
     // and written once per batch however many sketches touch it.
     let mut rows: BTreeMap<RowKey<'_>, RowAcc> = BTreeMap::new();
     let mut nodes: BTreeMap<&str, NodeUpdate<'_>> = BTreeMap::new();
+    // Each node's high-water mark, read once per batch and advanced by its new sketches.
+    let mut marks: BTreeMap<&str, Option<u64>> = BTreeMap::new();
     {
-        let mut record = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO received (node, sequence, interval_start_ms) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(|e| store_error("prepare the dedup insert", e))?;
         for sketch in sketches {
-            let inserted = record
-                .execute(params![
-                    sketch.node,
-                    sketch.sequence as i64,
-                    sketch.interval_start_ms as i64
-                ])
-                .map_err(|e| store_error(format!("record {}", sketch_name(sketch)), e))?
-                > 0;
+            let mark = match marks.get_mut(sketch.node.as_str()) {
+                Some(mark) => mark,
+                None => marks
+                    .entry(&sketch.node)
+                    .or_insert(high_water_mark(tx, &sketch.node)?),
+            };
+            let inserted = mark.is_none_or(|last| sketch.sequence > last);
+            if inserted {
+                *mark = Some(sketch.sequence);
+            }
             match nodes.get_mut(sketch.node.as_str()) {
                 Some(node) => node.add(sketch, inserted),
                 None => {
@@ -1139,6 +1146,18 @@ fn write_rows(
     Ok(())
 }
 
+/// The highest sequence stored for `node` (its dedup high-water mark).
+fn high_water_mark(conn: &Connection, node: &str) -> Result<Option<u64>> {
+    conn.prepare_cached("SELECT last_sequence FROM nodes WHERE node = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![node], |row| row.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|v| v.map(|s| s as u64))
+        .map_err(|e| store_error(format!("read last sequence of {node}"), e))
+}
+
 fn read_key(conn: &Connection, key: &str) -> Result<Option<CommittedKey>> {
     conn.query_row(
         "SELECT body_hash, events, minutes, users, committed_ms FROM ingest_keys WHERE key = ?1",
@@ -1303,6 +1322,61 @@ mod tests {
     }
 
     #[test]
+    fn a_store_of_schema_3_keeps_its_dedup_marks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("series.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL);")
+                .expect("schema_version");
+            for migration in &MIGRATIONS[..3] {
+                conn.execute_batch(migration).expect("migrate");
+            }
+            conn.execute_batch(
+                "INSERT INTO schema_version VALUES (3);
+                 INSERT INTO received VALUES ('n1', 7, 0), ('n1', 9, 0), ('n2', 4, 0);
+                 INSERT INTO nodes (node, region, last_seen_ms, last_sequence, spooled, dropped, sketches)
+                   VALUES ('n1', 'eu', 0, 8, 0, 0, 2), ('n2', 'eu', 0, 4, 0, 0, 1);",
+            )
+            .expect("rows");
+        }
+        let mut store = SeriesStore::open(&path).expect("migrated");
+        assert_eq!(store.last_sequence("n1").expect("n1"), Some(9));
+        assert_eq!(store.last_sequence("n2").expect("n2"), Some(4));
+        assert_eq!(store.last_sequence("n3").expect("n3"), None);
+        let again = sketch("n1", 9, 60_000, "web", 5, &[1]);
+        let next = sketch("n1", 10, 60_000, "web", 5, &[1]);
+        assert_eq!(
+            store.ingest(&[again, next], 1).expect("ingest"),
+            [Ingested::Duplicate, Ingested::Stored]
+        );
+        assert_eq!(store.last_sequence("n1").expect("n1"), Some(10));
+    }
+
+    #[test]
+    fn pruning_goes_in_chunks_and_keeps_the_marks() {
+        let mut store = SeriesStore::in_memory().expect("store");
+        let rows = PRUNE_CHUNK + 500;
+        let sketches: Vec<Sketch> = (0..rows as u64)
+            .map(|i| sketch("n1", i + 1, i * 60_000, "web", 1, &[]))
+            .collect();
+        for batch in sketches.chunks(MAX_TEST_BATCH) {
+            store.ingest(batch, 1).expect("ingest");
+        }
+        let now_secs = rows as u64 * 60;
+        assert_eq!(store.prune(now_secs, 60).expect("prune"), rows - 1);
+        assert_eq!(requests_of(&store), [1]);
+        // Pruned minutes' sketches are still known as stored.
+        let resent = sketch("n1", 3, 120_000, "web", 1, &[]);
+        assert_eq!(
+            store.ingest(&[resent], 2).expect("ingest"),
+            [Ingested::Duplicate]
+        );
+    }
+
+    const MAX_TEST_BATCH: usize = 500;
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("series.db");
@@ -1430,13 +1504,13 @@ mod tests {
     fn nodes_keep_the_last_sender_state_of_a_batch() {
         let mut store = SeriesStore::in_memory().expect("store");
         let mut batch = Vec::new();
-        for (sequence, spooled, dropped) in [(4, 3, 1), (2, 9, 9), (5, 1, 2)] {
+        for (sequence, spooled, dropped) in [(2, 9, 9), (4, 3, 1), (5, 1, 2)] {
             let mut s = sketch("n1", sequence, 60_000 * sequence, "web", 1, &[1]);
             s.sender.spooled = spooled;
             s.sender.dropped = dropped;
             batch.push(s);
         }
-        batch.push(batch[0].clone());
+        batch.push(batch[1].clone());
         let outcomes = store.ingest(&batch, 77).expect("ingest");
         assert_eq!(
             outcomes.iter().filter(|o| **o == Ingested::Stored).count(),
@@ -1454,7 +1528,7 @@ mod tests {
                 spooled: 3,
                 dropped: 1,
                 sketches: 3,
-                // The latest interval end of any of its sketches, in whatever order they came.
+                // The latest interval end of any of its sketches.
                 reported_through_ms: 60_000 * 5 + 10_000,
             }]
         );
