@@ -773,6 +773,77 @@ fn a_client_that_stops_reading_is_let_go_within_the_send_timeout() {
     }
 }
 
+/// A client that stops sending its request body is answered 408 within the body timeout, and
+/// when the backend's read timeout (it waits for the body) runs out first, that is the client's
+/// stall too: 408, never counted against the backend (slow uploads must not eject backends).
+#[test]
+fn a_request_body_that_stalls_is_the_clients_timeout_not_the_backends() {
+    use std::io::{Read, Write};
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let cases = [
+        ("body_timeout_secs = 1", "read_ms = 10000"),
+        ("body_timeout_secs = 60", "read_ms = 1000"),
+    ];
+    for (body_timeout, read_timeout) in cases {
+        let (proxy, admin) = addrs();
+        let text = config(proxy, admin, &[web], &[batch], "")
+            .replace(
+                "shutdown_grace_secs = 20",
+                &format!("shutdown_grace_secs = 20\n{body_timeout}"),
+            )
+            .replace("read_ms = 10000", read_timeout);
+        let node = start_node(&text);
+        let failures = || {
+            metric_sum(
+                &node.metrics(),
+                "prescale_backend_failures_total",
+                &[("fleet", "web")],
+            )
+        };
+        let before = failures();
+        // Declares 100 bytes of body, sends 10, then nothing.
+        let mut stalled = std::net::TcpStream::connect(node.proxy).expect("connect");
+        stalled
+            .write_all(
+                b"POST /ok HTTP/1.1\r\nHost: shop\r\nX-User-Id: slow-writer\r\nContent-Length: 100\r\n\r\n0123456789",
+            )
+            .expect("send");
+        for _ in 0..5 {
+            let r = get(node.proxy, "/ok", &[("X-User-Id", "writer")]);
+            assert_eq!(r.status, 200, "{body_timeout}: {}", r.text());
+        }
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let read = stalled.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            read.is_ok() && text.starts_with("HTTP/1.1 408"),
+            "{body_timeout}, {read_timeout}: {read:?} {text}"
+        );
+        let metrics = node.metrics_when(|m| {
+            metric_sum(m, "prescale_backend_in_flight", &[("fleet", "web")]) == 0.0
+        });
+        assert_eq!(
+            metric_sum(&metrics, "prescale_backend_in_flight", &[("fleet", "web")]),
+            0.0,
+            "{body_timeout}: the stalled upload's slot is freed: {metrics}"
+        );
+        assert_eq!(
+            failures(),
+            before,
+            "{body_timeout}, {read_timeout}: not the backend's failure"
+        );
+        // Not ejected: the backend serves the next request at once.
+        assert_eq!(
+            get(node.proxy, "/ok", &[("X-User-Id", "writer")]).status,
+            200
+        );
+    }
+}
+
 #[test]
 fn malformed_backend_responses_are_502_and_the_backends_failures() {
     let backend = raw_backend(Default::default());

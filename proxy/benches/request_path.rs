@@ -14,6 +14,13 @@
 //! distances — each on a plane of its own, warmed the same way (how many users are anomalous is
 //! printed). With `PRESCALE_BENCH_CPU_TIME=1` they are measured on-CPU too, at one thread.
 //!
+//! `request_path_many_keys`: the 32-profile learned model with clients from 30 origin regions, at
+//! two threads, so the meters see some 32 × 31 × 2 keys: `sized` with the meters sized from
+//! that key space (`meters::key_capacity`, as the data plane sizes them from its config),
+//! `full` with meters of the 1024-key minimum already holding 1024 other keys, so that every
+//! request is counted in the overflow cell — the path that took a global lock per request before
+//! it was made lock-free. How many keys the requests touch is printed.
+//!
 //! Header fields are read as the front door reads them: `HeaderFields` over the fields parsed in
 //! place (`httparse`), in the order a browser sends them.
 //!
@@ -68,6 +75,8 @@ struct Plane {
     table: FeatureTable,
     meters: Meters,
     clock: CoarseClock,
+    /// Origin regions the users come from (a user's is fixed by its number).
+    regions: u64,
 }
 
 struct Request {
@@ -145,6 +154,10 @@ fn model(
 }
 
 fn plane_with(model: ProfileModel) -> Plane {
+    plane_with_keys(model, 1, Meters::new())
+}
+
+fn plane_with_keys(model: ProfileModel, regions: u64, meters: Meters) -> Plane {
     let identity = IdentityResolver::new(&IdentityConfig {
         secret: "bench-secret-0123456789abcdef".into(),
         sources: prescale_config::default_identity_sources(),
@@ -172,8 +185,9 @@ fn plane_with(model: ProfileModel) -> Plane {
         identity,
         assigner,
         table: FeatureTable::with_memory_ceiling(64 * 1024 * 1024, 1800),
-        meters: Meters::new(),
+        meters,
         clock: CoarseClock::start(),
+        regions,
     }
 }
 
@@ -234,8 +248,8 @@ fn handle(plane: &Plane, request: &Request, spread: u64, later: u64, latency: Du
     });
     let key = MeterKey {
         profile: outcome.profile,
-        region: RegionId(0),
-        fleet: MeterFleet(0),
+        region: RegionId((spread % plane.regions) as u16),
+        fleet: MeterFleet((spread / plane.regions % 2) as u16),
     };
     let observation = Observation {
         status: 200,
@@ -349,6 +363,17 @@ fn bench(c: &mut Criterion) {
                 }
             }
         }
+        for (name, meters) in many_keys_cases() {
+            let plane = Arc::new(many_keys_plane(meters, &per_thread));
+            match cpu_ns_per_request(&plane, &per_thread, 2, 5_000_000) {
+                Some(ns) => println!(
+                    "request_path on-CPU: 32 profiles x {MANY_REGIONS} origin regions, meters {name}, 2 threads: {ns:.0} ns/request per thread"
+                ),
+                None => {
+                    println!("request_path on-CPU: /proc/thread-self/schedstat is not available")
+                }
+            }
+        }
         return;
     }
 
@@ -365,27 +390,7 @@ fn bench(c: &mut Criterion) {
         let mut offset = 0u64;
         b.iter_custom(|iterations| {
             offset = offset.wrapping_add(iterations);
-            let barrier = Arc::new(Barrier::new(2));
-            let handles: Vec<_> = (0..2)
-                .map(|t| {
-                    let (plane, requests, barrier) = (
-                        Arc::clone(&plane),
-                        Arc::clone(&per_thread[t]),
-                        Arc::clone(&barrier),
-                    );
-                    let start = offset.wrapping_add(t as u64 * USERS / 2);
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        run(&plane, &requests, iterations, start)
-                    })
-                })
-                .collect();
-            // Time per request per thread: the slower of the two.
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .max()
-                .unwrap_or_default()
+            two_threads(&plane, &per_thread, iterations, offset)
         })
     });
     group.finish();
@@ -472,6 +477,108 @@ fn bench(c: &mut Criterion) {
         });
     }
     learned.finish();
+
+    let mut many = c.benchmark_group("request_path_many_keys");
+    many.throughput(Throughput::Elements(1));
+    for (name, meters) in many_keys_cases() {
+        let plane = Arc::new(many_keys_plane(meters, &per_thread));
+        many.bench_function(format!("{name}_two_threads"), |b| {
+            let mut offset = 0u64;
+            b.iter_custom(|iterations| {
+                offset = offset.wrapping_add(iterations);
+                two_threads(&plane, &per_thread, iterations, offset)
+            })
+        });
+    }
+    many.finish();
+}
+
+/// Runs `iterations` requests on each of two threads at once; the slower thread's time (time
+/// per request per thread).
+fn two_threads(
+    plane: &Arc<Plane>,
+    per_thread: &[Arc<Vec<Request>>],
+    iterations: u64,
+    offset: u64,
+) -> Duration {
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|t| {
+            let (plane, requests, barrier) = (
+                Arc::clone(plane),
+                Arc::clone(&per_thread[t]),
+                Arc::clone(&barrier),
+            );
+            let start = offset.wrapping_add(t as u64 * USERS / 2);
+            std::thread::spawn(move || {
+                barrier.wait();
+                run(&plane, &requests, iterations, start)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_default())
+        .max()
+        .unwrap_or_default()
+}
+
+/// Origin regions of the many-keys cases.
+const MANY_REGIONS: u64 = 30;
+
+/// The many-keys cases: `(name, meters)`.
+fn many_keys_cases() -> [(&'static str, Meters); 2] {
+    let profiles = ProfileRegistry::with_builtins().len() + 32 + 1;
+    [
+        (
+            "sized",
+            Meters::with_capacity(prescale_proxy::meters::key_capacity(
+                profiles,
+                MANY_REGIONS as usize + 1,
+                3,
+            )),
+        ),
+        ("full", full_meters()),
+    ]
+}
+
+/// Meters of the minimum capacity, filled with keys no request of the bench uses.
+fn full_meters() -> Meters {
+    let meters = Meters::new();
+    for i in 0..prescale_proxy::meters::MIN_METER_KEYS as u16 {
+        meters.register(MeterKey {
+            profile: ProfileIdx(200 + i % 50),
+            region: RegionId(1000 + i / 50),
+            fleet: MeterFleet(9),
+        });
+    }
+    meters
+}
+
+/// A plane of the 32-profile learned model over `MANY_REGIONS` origin regions, warmed.
+fn many_keys_plane(meters: Meters, per_thread: &[Arc<Vec<Request>>]) -> Plane {
+    let plane = plane_with_keys(
+        model(learned_centers(32), learned_mean(), 1, None),
+        MANY_REGIONS,
+        meters,
+    );
+    for (t, requests) in per_thread.iter().enumerate() {
+        run(&plane, requests, 3 * USERS, t as u64 * USERS / 2);
+    }
+    let snapshot = plane.meters.snapshot();
+    let overflowed = snapshot
+        .get(MeterKey::OVERFLOW)
+        .map_or(0, |e| e.counts.requests);
+    let touched = snapshot
+        .entries
+        .iter()
+        .filter(|e| e.counts.requests > 0 && e.key != MeterKey::OVERFLOW)
+        .count();
+    eprintln!(
+        "request_path_many_keys: {touched} keys with requests, capacity {}, {overflowed} requests in the overflow cell",
+        plane.meters.capacity()
+    );
+    plane
 }
 
 /// Centroid counts of the learned-model cases.

@@ -202,6 +202,7 @@ impl DataPlane {
                     reason: e.to_string(),
                 })?,
             );
+        let configured_profiles = registry.len();
         let assigner = ProfileAssigner::new(&config.assignment, registry).map_err(|e| {
             ProxyError::Startup {
                 what: "profile assignment",
@@ -214,6 +215,18 @@ impl DataPlane {
             .filter(|f| f.region == region)
             .collect();
         let fleets = Fleets::new(&fleet_configs, crate::server::worker_threads(config))?;
+        // Every key the meters can see: configured and learned profiles (with the default),
+        // origin regions (with the unknown one), this region's fleets (with "none").
+        let learned = if config.learning.enabled {
+            config.learning.k.unwrap_or(config.learning.k_max)
+        } else {
+            0
+        };
+        let meter_keys = crate::meters::key_capacity(
+            configured_profiles + learned + 1,
+            config.regions.len() + 1,
+            fleet_configs.len() + 1,
+        );
         let config = Arc::new(config.clone());
         let plane = DataPlane {
             node_id: config.node.id.clone(),
@@ -225,7 +238,7 @@ impl DataPlane {
                 .enabled
                 .then(|| FeatureTable::new(&config.profiling)),
             assigner,
-            meters: Meters::new(),
+            meters: Meters::with_capacity(meter_keys),
             fleets,
             routes: ArcSwap::from_pointee(Vec::new()),
             priorities: ArcSwap::from_pointee(Vec::new()),

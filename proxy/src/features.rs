@@ -17,7 +17,8 @@
 //! - the per-profile user gauge counts each resident user once, in the profile it was last
 //!   assigned; it is kept incrementally (on assignment change and eviction), never by scanning;
 //! - every entry is its own lock (a bit of its last word), held only for a few arithmetic
-//!   operations: two threads serving different users never write the same line (a lock per
+//!   operations — the profile assignment (a model's nearest-centroid search) runs between two
+//!   holds, on a copy of the state, and its result is stored by the second: two threads serving different users never write the same line (a lock per
 //!   shard of sets was written by every thread in turn, and at 2 threads that line traffic cost
 //!   a quarter of the per-request time); a set's insertion lock is taken only to insert a user;
 //!   the user gauge is striped per thread (cache-padded) and summed when read; nothing on the
@@ -308,6 +309,10 @@ impl Drop for EntryGuard<'_> {
 
 /// Set in [`UserState::profile`] when the model (not a rule or the default) chose the profile.
 const BY_MODEL: u16 = 1 << 8;
+/// Set in [`UserState::profile`] once a profile was stored for the user, i.e. once the user is
+/// counted in the per-profile gauge (a user evicted before its first assignment was stored is
+/// in none).
+const ASSIGNED: u16 = 1 << 9;
 const _: () = assert!(MAX_PROFILES <= 256);
 
 /// Size of one table entry in bytes.
@@ -748,7 +753,7 @@ impl FeatureTable {
         };
         if replaced.requests == 0 {
             gauge.resident.fetch_add(1, Ordering::Relaxed);
-        } else {
+        } else if replaced.profile & ASSIGNED != 0 {
             gauge.profile_users[replaced.profile_index()].fetch_sub(1, Ordering::Relaxed);
         }
         home_guard.state = UserState {
@@ -774,7 +779,7 @@ impl FeatureTable {
             Some(guard) => guard,
             None => self.insert(set, user),
         };
-        self.record(guard, now, traits, assign)
+        self.record(set, user, guard, now, traits, assign)
     }
 
     /// As [`FeatureTable::on_request`], but a user not resident is inserted only when
@@ -794,37 +799,49 @@ impl FeatureTable {
             None if admit_new() => self.insert(set, user),
             None => return None,
         };
-        Some(self.record(guard, now, traits, assign))
+        Some(self.record(set, user, guard, now, traits, assign))
     }
 
+    /// Updates the user's state under its entry's lock, then assigns with the lock released
+    /// (the nearest-centroid search of a learned model must not hold a user's line while other
+    /// requests of the user wait), then locks again to store the profile, if the user is still
+    /// resident.
     fn record(
         &self,
+        set: usize,
+        user: UserKey,
         mut guard: EntryGuard<'_>,
         now: u64,
         traits: RequestTraits,
         assign: impl FnOnce(&UserView<'_>) -> Assignment,
     ) -> RequestOutcome {
-        let gauge = self.gauge();
         let state = &mut guard.state;
         let same_second = state.requests > 0 && u64::from(state.last_seen) == now;
         state.observe_request(now, traits, self.session_gap_secs);
+        let seen = *state;
+        drop(guard);
         let assignment = assign(&UserView {
-            state,
+            state: &seen,
             now,
             same_second,
         });
         let new_index = usize::from(assignment.profile.0) % MAX_PROFILES;
-        let old_index = state.profile_index();
-        if state.requests == 1 {
-            gauge.profile_users[new_index].fetch_add(1, Ordering::Relaxed);
-        } else if old_index != new_index {
-            gauge.profile_users[old_index].fetch_sub(1, Ordering::Relaxed);
-            gauge.profile_users[new_index].fetch_add(1, Ordering::Relaxed);
+        if let Some(mut guard) = self.locked(set, user) {
+            let gauge = self.gauge();
+            let state = &mut guard.state;
+            let old_index = state.profile_index();
+            if state.profile & ASSIGNED == 0 {
+                gauge.profile_users[new_index].fetch_add(1, Ordering::Relaxed);
+            } else if old_index != new_index {
+                gauge.profile_users[old_index].fetch_sub(1, Ordering::Relaxed);
+                gauge.profile_users[new_index].fetch_add(1, Ordering::Relaxed);
+            }
+            state.profile =
+                new_index as u16 | ASSIGNED | if assignment.by_model { BY_MODEL } else { 0 };
         }
-        state.profile = new_index as u16 | if assignment.by_model { BY_MODEL } else { 0 };
         RequestOutcome {
             profile: ProfileIdx(new_index as u16),
-            requests: state.requests,
+            requests: seen.requests,
         }
     }
 

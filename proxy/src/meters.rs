@@ -6,8 +6,10 @@
 //! Invariants:
 //! - recording takes no lock and allocates nothing once a key's cell exists: a key's cell is found
 //!   by lock-free probing of a fixed slot table (`OnceLock` slots); only the first sighting of a
-//!   key takes the insert lock to allocate its cell; when [`MAX_METER_KEYS`] keys exist, further
-//!   keys are counted in one overflow cell ([`MeterKey::OVERFLOW`]), so recording never fails;
+//!   key takes the insert lock to allocate its cell; once the meters hold their key capacity
+//!   (sized from the config's profiles × origin regions × fleets, [`key_capacity`]), further keys
+//!   are counted in one overflow cell ([`MeterKey::OVERFLOW`]) without taking any lock, so
+//!   recording never fails and never waits;
 //! - every cell is striped: each thread records into its own cache-padded stripe, so two threads
 //!   never contend on a cache line; snapshots sum the stripes;
 //! - counters are cumulative and never reset (Prometheus counters are monotonic); interval values
@@ -46,7 +48,7 @@ pub struct MeterKey {
 }
 
 impl MeterKey {
-    /// Where requests of keys beyond [`MAX_METER_KEYS`] are counted.
+    /// Where requests of keys beyond the key capacity are counted.
     pub const OVERFLOW: MeterKey = MeterKey {
         profile: ProfileIdx(u16::MAX),
         region: RegionId(u16::MAX),
@@ -62,8 +64,20 @@ impl MeterKey {
 }
 
 /// Most distinct keys metered individually.
-pub const MAX_METER_KEYS: usize = 1024;
-const SLOTS: usize = MAX_METER_KEYS * 2;
+/// Fewest keys a meter set holds (what it holds when nothing is known of the key space).
+pub const MIN_METER_KEYS: usize = 1024;
+/// Most keys a meter set holds, whatever the config (a key's cell is some 14 KiB per stripe,
+/// allocated at its first request).
+pub const MAX_METER_KEYS: usize = 16_384;
+
+/// Keys to hold for `profiles` × `origin_regions` × `fleets` (each count including its
+/// "unknown"/"none" value): the whole key space, within [`MIN_METER_KEYS`]..=[`MAX_METER_KEYS`].
+pub fn key_capacity(profiles: usize, origin_regions: usize, fleets: usize) -> usize {
+    profiles
+        .saturating_mul(origin_regions)
+        .saturating_mul(fleets)
+        .clamp(MIN_METER_KEYS, MAX_METER_KEYS)
+}
 
 /// Smallest latency distinguished: 1 µs.
 pub const MIN_LATENCY_NS: u64 = 1_000;
@@ -313,7 +327,9 @@ thread_local! {
 
 /// All meters of a node. Share one (`Arc`); recording takes `&self`.
 pub struct Meters {
+    /// Twice the key capacity, so probing finds a key or an empty slot within a few steps.
     slots: Box<[OnceLock<Box<MeterCell>>]>,
+    capacity: usize,
     insert: Mutex<()>,
     overflow: MeterCell,
     stripes: usize,
@@ -338,17 +354,30 @@ impl Default for Meters {
 }
 
 impl Meters {
-    /// Meters with one stripe per available core (at most 16).
+    /// Meters of [`MIN_METER_KEYS`] keys with one stripe per available core (at most 16).
     pub fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(4, usize::from);
-        Self::with_stripes(cores.min(16))
+        Self::with_capacity(MIN_METER_KEYS)
     }
 
-    /// Meters with `stripes` stripes per key (threads beyond that share stripes).
+    /// Meters holding `keys` keys (within [`MIN_METER_KEYS`]..=[`MAX_METER_KEYS`]), one stripe
+    /// per available core (at most 16).
+    pub fn with_capacity(keys: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, usize::from);
+        Self::with_capacity_and_stripes(keys, cores.min(16))
+    }
+
+    /// Meters of [`MIN_METER_KEYS`] keys with `stripes` stripes per key (threads beyond that
+    /// share stripes).
     pub fn with_stripes(stripes: usize) -> Self {
+        Self::with_capacity_and_stripes(MIN_METER_KEYS, stripes)
+    }
+
+    pub fn with_capacity_and_stripes(keys: usize, stripes: usize) -> Self {
         let stripes = stripes.max(1);
+        let capacity = keys.clamp(MIN_METER_KEYS, MAX_METER_KEYS);
         Meters {
-            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            slots: (0..capacity * 2).map(|_| OnceLock::new()).collect(),
+            capacity,
             insert: Mutex::new(()),
             overflow: MeterCell::new(MeterKey::OVERFLOW, stripes),
             stripes,
@@ -415,12 +444,22 @@ impl Meters {
         self.keys.load(Ordering::Relaxed)
     }
 
+    /// Keys this meter set holds before counting further keys in the overflow cell.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     fn cell(&self, key: MeterKey) -> &MeterCell {
+        let slots = self.slots.len();
         let start = key.slot_hash() as usize;
-        for probe in 0..SLOTS {
-            match self.slots[(start + probe) % SLOTS].get() {
+        for probe in 0..slots {
+            match self.slots[(start + probe) % slots].get() {
                 Some(cell) if cell.key == key => return cell,
                 Some(_) => continue,
+                // Full: an unseen key goes to the overflow cell without the insert lock.
+                None if self.keys.load(Ordering::Relaxed) >= self.capacity => {
+                    return &self.overflow
+                }
                 None => return self.insert(key),
             }
         }
@@ -437,14 +476,15 @@ impl Meters {
             .insert
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slots = self.slots.len();
         let start = key.slot_hash() as usize;
-        for probe in 0..SLOTS {
-            let slot = &self.slots[(start + probe) % SLOTS];
+        for probe in 0..slots {
+            let slot = &self.slots[(start + probe) % slots];
             match slot.get() {
                 Some(cell) if cell.key == key => return cell,
                 Some(_) => continue,
                 None => {
-                    if self.keys.load(Ordering::Relaxed) >= MAX_METER_KEYS {
+                    if self.keys.load(Ordering::Relaxed) >= self.capacity {
                         return &self.overflow;
                     }
                     self.keys.fetch_add(1, Ordering::Relaxed);

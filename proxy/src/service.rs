@@ -57,6 +57,9 @@ pub struct RequestCtx {
     pub(crate) local_status: Option<u16>,
     /// The path routing saw and the backend gets, when normalising changed the client's.
     normalized_path: Option<String>,
+    /// The request failed on a timeout while the client had not sent its whole body: the
+    /// client's stall (answered 408), not the backend's failure.
+    client_stalled: bool,
 }
 
 impl RequestCtx {
@@ -72,6 +75,7 @@ impl RequestCtx {
             failure_status: 502,
             local_status: None,
             normalized_path: None,
+            client_stalled: false,
         }
     }
 
@@ -430,6 +434,13 @@ impl ProxyHttp for ProxyService {
         let mut e = e.more_context(format!("backend {}", peer._address));
         let Some(routed) = ctx.routed else { return e };
         let fleet = self.plane.fleets.get(routed.fleet);
+        // A backend waiting for the rest of a body the client stopped sending times out through
+        // no fault of its own: charging it would let slow uploads eject healthy backends.
+        if is_timeout(e.etype()) && !session.as_mut().is_body_done() {
+            ctx.client_stalled = true;
+            e.set_retry(false);
+            return e;
+        }
         let attempts_left = e.esource() == &ErrorSource::Upstream && ctx.attempt_failed(fleet, &e);
         let retryable = attempts_left
             && session.req_header().method.is_idempotent()
@@ -448,8 +459,11 @@ impl ProxyHttp for ProxyService {
     where
         Self::CTX: Send + Sync,
     {
+        let client_timed_out = is_timeout(e.etype())
+            && (ctx.client_stalled || e.esource() == &ErrorSource::Downstream);
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            _ if client_timed_out => 408,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
@@ -495,10 +509,16 @@ pub(crate) fn failure_answer(status: u16) -> (&'static str, Option<u32>) {
         503 => ("no healthy backend in the fleet\n", Some(1)),
         502 => ("backend failed to answer\n", None),
         504 => ("backend timed out\n", None),
+        408 => ("the request (its body) did not arrive in time\n", None),
         400 => ("bad request\n", None),
         500 => ("internal proxy error\n", None),
         _ => ("request failed\n", None),
     }
+}
+
+/// A read or write that timed out (a connect timeout happens before any body is read).
+fn is_timeout(etype: &ErrorType) -> bool {
+    matches!(etype, ErrorType::ReadTimedout | ErrorType::WriteTimedout)
 }
 
 fn failure_status(e: &Error) -> u16 {

@@ -161,18 +161,77 @@ fn quantiles() {
 #[test]
 fn keys_beyond_the_limit_go_to_overflow() {
     let meters = Meters::with_stripes(1);
-    for i in 0..(MAX_METER_KEYS as u16 + 10) {
+    for i in 0..(MIN_METER_KEYS as u16 + 10) {
         meters.record(key(i % 256, i / 256, 0), &ok(Duration::from_millis(1)));
     }
-    assert_eq!(meters.key_count(), MAX_METER_KEYS);
+    assert_eq!(meters.key_count(), MIN_METER_KEYS);
     let snapshot = meters.snapshot();
-    assert_eq!(snapshot.entries.len(), MAX_METER_KEYS + 1);
+    assert_eq!(snapshot.entries.len(), MIN_METER_KEYS + 1);
     assert_eq!(
         snapshot.get(MeterKey::OVERFLOW).unwrap().counts.requests,
         10
     );
     let total: u64 = snapshot.entries.iter().map(|e| e.counts.requests).sum();
-    assert_eq!(total, MAX_METER_KEYS as u64 + 10);
+    assert_eq!(total, MIN_METER_KEYS as u64 + 10);
+}
+
+/// Once full, an unseen key is counted in the overflow cell without the insert lock: recording
+/// completes while another thread holds that lock.
+#[test]
+fn the_overflow_path_takes_no_lock() {
+    let meters = Arc::new(Meters::with_stripes(1));
+    for i in 0..MIN_METER_KEYS as u16 {
+        meters.record(key(i % 256, i / 256, 0), &ok(Duration::from_millis(1)));
+    }
+    let held = meters.insert.lock().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let recorder = {
+        let meters = Arc::clone(&meters);
+        std::thread::spawn(move || {
+            for i in 0..100u16 {
+                meters.record(key(i, 200, 1), &ok(Duration::from_millis(1)));
+            }
+            done_tx.send(()).unwrap();
+        })
+    };
+    let finished = done_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    drop(held);
+    recorder.join().unwrap();
+    assert!(
+        finished,
+        "recording an unseen key at capacity waited for the insert lock"
+    );
+    assert_eq!(
+        meters
+            .snapshot()
+            .get(MeterKey::OVERFLOW)
+            .unwrap()
+            .counts
+            .requests,
+        100
+    );
+}
+
+#[test]
+fn the_capacity_comes_from_the_key_space() {
+    assert_eq!(key_capacity(4, 3, 2), MIN_METER_KEYS);
+    assert_eq!(key_capacity(40, 31, 4), 4960);
+    assert_eq!(key_capacity(256, 256, 256), MAX_METER_KEYS);
+    let meters = Meters::with_capacity_and_stripes(key_capacity(40, 31, 4), 1);
+    assert_eq!(meters.capacity(), 4960);
+    for i in 0..5000u16 {
+        meters.record(key(i % 40, i / 40, 0), &ok(Duration::from_millis(1)));
+    }
+    assert_eq!(meters.key_count(), 4960);
+    assert_eq!(
+        meters
+            .snapshot()
+            .get(MeterKey::OVERFLOW)
+            .unwrap()
+            .counts
+            .requests,
+        40
+    );
 }
 
 #[test]
