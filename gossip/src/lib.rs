@@ -45,7 +45,9 @@ pub use messages::{
     Ack, AckOutcome, BackendPhase, FleetPlan, Message, MessageKind, ModelUpdate, NodeShare,
     PlanUpdate, PlannedBackend, ProfileGrant, Refusal, TierTarget,
 };
-pub use receiver::{NodeStatus, PeerCaps, ReceiverConfig, ReceiverStatsSnapshot, SketchReceiver, SketchSink};
+pub use receiver::{
+    NodeStatus, PeerCaps, ReceiverConfig, ReceiverStatsSnapshot, SketchReceiver, SketchSink,
+};
 pub use sample::{SampledUser, UserSample};
 pub use sender::{SenderConfig, SenderStatsSnapshot, SketchSender};
 pub use sketch::{EntryKey, EntryStats, SenderState, Sketch, SketchEntry};

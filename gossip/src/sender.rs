@@ -200,18 +200,7 @@ impl SketchSender {
         sketch.node = self.shared.node.clone();
         sketch.region = self.shared.region.clone();
         let mut spool = lock(&self.shared.spool);
-        let spooled = (spool.len() + 1).min(spool.capacity());
-        let dropped_before = spool.dropped();
-        let full = spool.len() >= spool.capacity();
-        let limits = self.shared.limits;
-        let seq = spool.append(|seq| {
-            sketch.sequence = seq;
-            sketch.sender = SenderState {
-                spooled: u32::try_from(spooled).unwrap_or(u32::MAX),
-                dropped: dropped_before + u64::from(full),
-            };
-            encode(&Message::Sketch(sketch), &limits)
-        })?;
+        let seq = append(&mut spool, sketch, &self.shared.limits)?;
         self.shared.sync_spool_stats(&spool);
         drop(spool);
         self.shared.notify.notify_one();
@@ -230,18 +219,8 @@ impl SketchSender {
         let parts = sketch.split_to_fit(&limits)?;
         let mut spool = lock(&self.shared.spool);
         let mut sequences = Vec::with_capacity(parts.len());
-        for mut part in parts {
-            let spooled = (spool.len() + 1).min(spool.capacity());
-            let dropped_before = spool.dropped();
-            let full = spool.len() >= spool.capacity();
-            let appended = spool.append(|seq| {
-                part.sequence = seq;
-                part.sender = SenderState {
-                    spooled: u32::try_from(spooled).unwrap_or(u32::MAX),
-                    dropped: dropped_before + u64::from(full),
-                };
-                encode(&Message::Sketch(part), &limits)
-            });
+        for part in parts {
+            let appended = append(&mut spool, part, &limits);
             match appended {
                 Ok(seq) => sequences.push(seq),
                 Err(e) => {
@@ -321,6 +300,21 @@ impl Drop for SketchSender {
         self.task.abort();
         self.endpoint.close(0u32.into(), b"shutdown");
     }
+}
+
+/// Appends `sketch` to `spool` under the next sequence, with the spool's state as of now.
+fn append(spool: &mut Spool, mut sketch: Sketch, limits: &Limits) -> Result<u64> {
+    let spooled = (spool.len() + 1).min(spool.capacity());
+    let dropped_before = spool.dropped();
+    let full = spool.len() >= spool.capacity();
+    spool.append(|seq| {
+        sketch.sequence = seq;
+        sketch.sender = SenderState {
+            spooled: u32::try_from(spooled).unwrap_or(u32::MAX),
+            dropped: dropped_before + u64::from(full),
+        };
+        encode(&Message::Sketch(sketch), limits)
+    })
 }
 
 fn jittered(d: Duration) -> Duration {
