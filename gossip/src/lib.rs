@@ -22,6 +22,8 @@ pub mod clock;
 pub mod codec;
 pub mod error;
 mod frame_io;
+#[doc(hidden)]
+pub mod fuzz_checks;
 mod hash;
 pub mod histogram;
 pub mod hll;

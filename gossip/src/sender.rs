@@ -170,7 +170,11 @@ impl SketchSender {
     /// Open the spool and start delivering. Must be called within a tokio runtime.
     pub fn start(config: SenderConfig) -> Result<Self> {
         crate::tls::check_node_name(&config.forecaster_name)?;
-        let spool = Spool::open(&config.spool_dir, config.spool_capacity)?;
+        let spool = Spool::open_with_max_file(
+            &config.spool_dir,
+            config.spool_capacity,
+            crate::codec::HEADER_LEN.saturating_add(config.limits.max_frame),
+        )?;
         let client = config.identity.client_config()?;
         let mut endpoint = quinn::Endpoint::client(config.bind)
             .map_err(|e| Error::Transport(format!("binding {}: {e}", config.bind)))?;

@@ -16,23 +16,30 @@
 //!
 //! Invariants: at most `capacity` sketches are held; when a new one arrives at capacity, the
 //! oldest is deleted and counted in [`Spool::dropped`] (never silently); sketches leave the spool
-//! in sequence order, only when acknowledged ([`Spool::remove`]).
+//! in sequence order, only when acknowledged ([`Spool::remove`]); nothing read from the
+//! directory is taken in whole before its size is checked: a sketch file larger than the
+//! largest frame the sender writes (the spool's `max_file`), or a `next-sequence` longer than a
+//! number, is damage, removed and counted in [`Spool::corrupt`].
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 const SUFFIX: &str = ".sketch";
 const NEXT_SEQUENCE: &str = "next-sequence";
+/// Longest `next-sequence` content read: a `u64` in decimal and a line end, with room to spare.
+const MAX_NEXT_SEQUENCE_LEN: u64 = 32;
 
 /// See the module docs.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
     capacity: usize,
+    /// Largest sketch file read back, in bytes.
+    max_file: u64,
     seqs: BTreeSet<u64>,
     next: u64,
     dropped: u64,
@@ -43,7 +50,15 @@ impl Spool {
     /// Open (creating if needed) the spool in `dir`, holding at most `capacity` sketches.
     /// Leftover temporary files are removed; unreadable sketch names are counted as corrupt and
     /// removed. If the directory holds more than `capacity` sketches, the oldest are dropped.
+    /// Sketch files up to the default frame limit are read back; see [`Spool::open_with_max_file`].
     pub fn open(dir: &Path, capacity: usize) -> Result<Self> {
+        let limits = crate::codec::Limits::default();
+        Self::open_with_max_file(dir, capacity, crate::codec::HEADER_LEN + limits.max_frame)
+    }
+
+    /// [`Spool::open`] for a writer whose frames are at most `max_file` bytes: a sketch file
+    /// larger than that is damage, never read in whole.
+    pub fn open_with_max_file(dir: &Path, capacity: usize, max_file: usize) -> Result<Self> {
         if capacity == 0 {
             return Err(Error::Argument("spool capacity must be at least 1".into()));
         }
@@ -54,6 +69,7 @@ impl Spool {
         let mut spool = Self {
             dir: dir.to_path_buf(),
             capacity,
+            max_file: u64::try_from(max_file).unwrap_or(u64::MAX),
             seqs: BTreeSet::new(),
             next: 1,
             dropped: 0,
@@ -67,21 +83,25 @@ impl Spool {
             if name.ends_with(".tmp") {
                 let _ = fs::remove_file(entry.path());
             } else if let Some(stem) = name.strip_suffix(SUFFIX) {
+                // Only names this spool writes: `+5.sketch` or `5.sketch` would parse, yet
+                // never be found again under `path_of`; nothing can follow `u64::MAX`.
                 match stem.parse::<u64>() {
-                    Ok(seq) => {
+                    Ok(seq) if seq < u64::MAX && format!("{seq:020}") == stem => {
                         spool.seqs.insert(seq);
                     }
-                    Err(_) => {
+                    _ => {
                         spool.corrupt += 1;
+                        tracing::warn!(file = %name, "spool file with a name it does not write removed");
                         let _ = fs::remove_file(entry.path());
                     }
                 }
             }
         }
         let next_path = dir.join(NEXT_SEQUENCE);
-        let stored_next = match fs::read(&next_path) {
-            Ok(bytes) => match std::str::from_utf8(&bytes)
-                .ok()
+        let stored_next = match read_at_most(&next_path, MAX_NEXT_SEQUENCE_LEN) {
+            Ok(bytes) => match bytes
+                .as_deref()
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
                 .and_then(|text| text.trim().parse::<u64>().ok())
             {
                 Some(next) if next > 0 => Some(next),
@@ -157,7 +177,15 @@ impl Spool {
     pub fn oldest(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
         while let Some(&seq) = self.seqs.first() {
             let path = self.path_of(seq);
-            match fs::read(&path) {
+            let read = read_at_most(&path, self.max_file).and_then(|bytes| {
+                bytes.ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("larger than the largest frame, {} bytes", self.max_file),
+                    )
+                })
+            });
+            match read {
                 Ok(bytes) => return Ok(Some((seq, bytes))),
                 Err(e) => {
                     tracing::warn!(sequence = seq, error = %e, "unreadable spooled sketch removed");
@@ -228,6 +256,16 @@ fn epoch_start() -> u64 {
         .map_or(1, |d| (d.as_micros() as u64).max(1))
 }
 
+/// The whole content of `path` if it is at most `max` bytes, `None` if it is longer (only
+/// `max + 1` bytes are read to tell).
+fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
@@ -252,6 +290,23 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_files_are_damage_never_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open_with_max_file(dir.path(), 10, 8).unwrap();
+        let big = s.append(|_| Ok(vec![7; 9])).unwrap();
+        let fits = s.append(|_| Ok(vec![7; 8])).unwrap();
+        assert_eq!(s.oldest().unwrap(), Some((fits, vec![7; 8])));
+        assert_eq!(s.corrupt(), 1);
+        assert!(!s.path_of(big).exists());
+        drop(s);
+        // A next-sequence longer than any number starts a new epoch instead of being read.
+        fs::write(dir.path().join(NEXT_SEQUENCE), vec![b'9'; 4096]).unwrap();
+        let s = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(s.corrupt(), 1);
+        assert!(s.next_sequence() > fits);
+    }
 
     #[test]
     fn appends_in_order_and_survives_reopen() {

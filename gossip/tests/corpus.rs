@@ -1,12 +1,15 @@
-//! Replays the fuzz seed corpus (`fuzz/corpus/decode/`) through the decoder as a normal test.
+//! Replays the fuzz seed corpus (`fuzz/corpus/decode/`) through the frame decoder's fuzz check
+//! ([`fuzz_checks::frame`], the one the `decode` target runs) as a normal test.
 //!
-//! Files named `valid-*` must decode, `invalid-*` must be rejected with a decode error; any other
-//! file (e.g. one a fuzzer added) just must not panic. `write_seed_corpus` (ignored) regenerates
-//! the seeds: `cargo test -p prescale-gossip --test corpus -- --ignored`.
+//! Files named `valid-*` must decode (and re-encode to the same message), `invalid-*` must be
+//! rejected with a decode error; any other file (e.g. one a fuzzer added) just must not panic.
+//! `write_seed_corpus` (ignored) regenerates the seeds:
+//! `cargo test -p prescale-gossip --test corpus -- --ignored`.
 
 use std::path::PathBuf;
 
-use prescale_gossip::codec::{decode, encode, Limits, HEADER_LEN};
+use prescale_gossip::codec::{encode, Limits, HEADER_LEN};
+use prescale_gossip::fuzz_checks;
 use prescale_gossip::messages::{
     Ack, AckOutcome, BackendPhase, FleetPlan, Message, ModelUpdate, NodeShare, PlanUpdate,
     PlannedBackend, ProfileGrant, TierTarget,
@@ -22,27 +25,10 @@ fn corpus_dir() -> PathBuf {
 
 #[test]
 fn corpus_replays_without_panic() {
-    let limits = Limits::default();
-    let mut files = 0;
-    let (mut valid, mut invalid) = (0, 0);
-    for entry in std::fs::read_dir(corpus_dir()).expect("corpus directory") {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let bytes = std::fs::read(&path).unwrap();
-        let result = decode(&bytes, &limits);
-        files += 1;
-        if name.starts_with("valid-") {
-            valid += 1;
-            assert!(result.is_ok(), "{name}: {:?}", result.err());
-        } else if name.starts_with("invalid-") {
-            invalid += 1;
-            let err = result.expect_err(&name);
-            assert!(err.is_decode_error(), "{name}: {err}");
-        }
-    }
+    let tally = fuzz_checks::replay_corpus(&corpus_dir(), fuzz_checks::frame);
     assert!(
-        valid >= 4 && invalid >= 6,
-        "corpus too small: {files} files, {valid} valid, {invalid} invalid"
+        tally.valid >= 4 && tally.invalid >= 6,
+        "corpus too small: {tally:?}"
     );
 }
 
@@ -198,13 +184,7 @@ fn write_seed_corpus() {
 fn seeds_behave_as_named() {
     // The generator itself is checked too, so a change to the format that breaks a seed shows
     // up here even before the corpus is regenerated.
-    let limits = Limits::default();
     for (name, bytes) in seeds() {
-        let r = decode(&bytes, &limits);
-        if name.starts_with("valid-") {
-            assert!(r.is_ok(), "{name}: {:?}", r.err());
-        } else if name.starts_with("invalid-") {
-            assert!(r.is_err(), "{name}");
-        }
+        fuzz_checks::expect_named(name, &fuzz_checks::frame(&bytes));
     }
 }
