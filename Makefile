@@ -1,6 +1,6 @@
 # The two commands: `make up` runs the embedded default, `make test` runs the test suite.
 # Both install what a fresh machine lacks before running cargo: cmake (pingora's zlib-ng), and for
-# the tests Chromium, Prometheus and systemd-analyze (scripts/ensure-deps.sh).
+# the tests Chromium, Prometheus, systemd-analyze and g++ (scripts/ensure-deps.sh).
 
 .PHONY: up test deps test-deps bench
 
@@ -13,5 +13,7 @@ test-deps:
 up: deps
 	cargo run --release -- up
 
+# The suite, then every fuzz target for a few seconds from its corpus (scripts/fuzz-smoke.sh).
 test: test-deps
 	cargo test --workspace --lib --bins --tests --no-fail-fast
+	scripts/fuzz-smoke.sh

@@ -144,8 +144,28 @@ pub fn metrics(membership: &Arc<Membership>) -> admin::MetricsSource {
             ),
             (
                 "prescale_membership_wrong_identity_total",
-                "Membership datagrams claiming a name their connection's certificate is not for.",
+                "Membership datagrams claiming a name, role or region their connection's certificate does not carry.",
                 s.wrong_identity,
+            ),
+            (
+                "prescale_membership_forged_updates_total",
+                "Updates about other members refused (irrefutable incarnation, identity ahead of the clock, role or region against the certificate).",
+                s.forged_updates,
+            ),
+            (
+                "prescale_membership_forged_totals_total",
+                "Region totals refused: from a member of another region, or ahead of the clock.",
+                s.forged_totals,
+            ),
+            (
+                "prescale_membership_rate_limited_total",
+                "Membership datagrams dropped because their peer certificate exceeded its rate.",
+                s.rate_limited,
+            ),
+            (
+                "prescale_membership_queue_full_total",
+                "Membership datagrams dropped because the queue to the agent was full.",
+                s.queue_full,
             ),
         ];
         for (name, help, value) in counters {

@@ -227,12 +227,19 @@ fn series_add_up_exactly_across_a_forecaster_crash() {
         seed,
         us_seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
     };
+    // NAME:ROLE:REGION: membership takes only the role and region a certificate binds.
     write_certs(
         &paths.certs,
-        &["fc-eu", "fc-us", "p-eu-1", "p-eu-2", "p-us-1"],
+        &[
+            "fc-eu:forecaster:eu",
+            "fc-us:forecaster:us",
+            "p-eu-1:proxy:eu",
+            "p-eu-2:proxy:eu",
+            "p-us-1:proxy:us",
+        ],
     );
     let rogue_certs = dir.path().join("rogue-certs");
-    write_certs(&rogue_certs, &["p-rogue"]);
+    write_certs(&rogue_certs, &["p-rogue:proxy:eu"]);
     let (_backend, backend) = start_backend("web", None, &[]);
 
     let mut fc_eu = start_forecaster(&paths, "fc-eu", "eu", backend, None);
@@ -501,7 +508,7 @@ fn a_cut_proxy_path_heals_without_loss_or_duplicates() {
         seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
         us_seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
     };
-    write_certs(&paths.certs, &["fc-eu", "p-eu-1"]);
+    write_certs(&paths.certs, &["fc-eu:forecaster:eu", "p-eu-1:proxy:eu"]);
     let (_backend, backend) = start_backend("web", None, &[]);
     let fc_eu = start_forecaster(&paths, "fc-eu", "eu", backend, None);
     // The proxy reaches its forecaster's QUIC listener only through the relay.
@@ -592,7 +599,10 @@ fn a_proxy_of_another_region_is_refused_and_never_stuck() {
         seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
         us_seed: format!("127.0.0.1:{}", udp_port()).parse().expect("addr"),
     };
-    write_certs(&paths.certs, &["fc-eu", "p-eu-1", "p-us-1"]);
+    write_certs(
+        &paths.certs,
+        &["fc-eu:forecaster:eu", "p-eu-1:proxy:eu", "p-us-1:proxy:us"],
+    );
     let (_backend, backend) = start_backend("web", None, &[]);
     let fc_eu = start_forecaster(&paths, "fc-eu", "eu", backend, None);
     let astray = start_proxy_node(

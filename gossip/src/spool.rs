@@ -6,7 +6,8 @@
 //! crash or power loss leaves either the whole sketch or none of it, and never an older
 //! `next-sequence`. Sequence numbers survive restarts: `next-sequence` is advanced (and synced)
 //! before a sketch is written under it, and on open it is never below the highest spooled
-//! sequence + 1, so a restarted node never reuses a sequence the receiver has seen.
+//! sequence + 1 and is stored at once, so a restarted node never reuses a sequence the receiver
+//! has seen. Sequences end at `u64::MAX`: an append past the last is refused with an error.
 //!
 //! A spool without a readable `next-sequence` — new, wiped, or corrupted — starts a new epoch:
 //! its first sequence is the current time in microseconds since the Unix epoch (or the highest
@@ -119,6 +120,12 @@ impl Spool {
         };
         let after_spooled = spool.seqs.last().map_or(1, |s| s.saturating_add(1));
         spool.next = stored_next.unwrap_or_else(epoch_start).max(after_spooled);
+        if stored_next != Some(spool.next) {
+            // Stored now, not at the first append: a later open must never start below a
+            // sequence this one derived (from the spooled files or a new epoch), and damage is
+            // counted once, not on every open.
+            write_synced(&next_path, spool.next.to_string().as_bytes())?;
+        }
         while spool.seqs.len() > spool.capacity {
             spool.drop_oldest()?;
         }

@@ -30,7 +30,7 @@ fn member(ca: &DevCa, name: &str, role: Role, region: &str) -> Membership {
         role,
         region,
         "127.0.0.1:0".parse().unwrap(),
-        ca.identity(name).unwrap(),
+        ca.member_identity(name, role, region).unwrap(),
     );
     Membership::start(fast(cfg)).unwrap()
 }
@@ -181,7 +181,13 @@ async fn member_at(
 ) -> Membership {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let cfg = MembershipConfig::new(name, role, region, bind, ca.identity(name).unwrap());
+        let cfg = MembershipConfig::new(
+            name,
+            role,
+            region,
+            bind,
+            ca.member_identity(name, role, region).unwrap(),
+        );
         match Membership::start(fast(cfg)) {
             Ok(m) => return m,
             Err(e)
@@ -204,7 +210,7 @@ async fn a_killed_member_restarted_on_its_address_rejoins_promptly() {
         Role::Forecaster,
         "eu",
         "127.0.0.1:0".parse().unwrap(),
-        ca.identity("fc-eu").unwrap(),
+        ca.member_identity("fc-eu", Role::Forecaster, "eu").unwrap(),
     ));
     let addr = victim.member.local_addr().unwrap();
     let old_bump = victim.member.id().bump;
@@ -294,7 +300,7 @@ async fn a_member_cannot_claim_another_members_name() {
         Role::Proxy,
         "eu",
         "127.0.0.1:0".parse().unwrap(),
-        ca.identity("proxy-a").unwrap(),
+        ca.member_identity("proxy-a", Role::Proxy, "eu").unwrap(),
     ))
     .err()
     .expect("a member started under another node's name");
@@ -306,7 +312,12 @@ async fn a_member_cannot_claim_another_members_name() {
     let good = member(&ca, "proxy-b", Role::Proxy, "eu");
     good.join("fc-eu", fc_addr).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(ca.identity("proxy-a").unwrap().client_config().unwrap());
+    endpoint.set_default_client_config(
+        ca.member_identity("proxy-a", Role::Proxy, "eu")
+            .unwrap()
+            .client_config()
+            .unwrap(),
+    );
     let own = endpoint.local_addr().unwrap();
     let conn = endpoint.connect(fc_addr, "fc-eu").unwrap().await.unwrap();
 
