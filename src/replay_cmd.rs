@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use prescale_regions::replay::{self, Policy, PolicyScore, ReplaySettings};
+use prescale_regions::trace::access_log::read_access_log;
 use prescale_regions::trace::Trace;
 
 use crate::exit::CliError;
@@ -21,8 +22,13 @@ pub enum PolicyArg {
 pub struct Args {
     /// Trace file: CSV `timestamp,requests` (unix seconds, requests in that step; the step is
     /// inferred), or the wide Azure Functions per-function sample (summed).
-    #[arg(long)]
-    trace: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "access_log")]
+    trace: Option<PathBuf>,
+    /// Instead of a trace: an nginx or Apache access log in the common or combined format
+    /// (`.gz` too), counted per minute; lines that do not parse are skipped and reported by
+    /// number on stderr.
+    #[arg(long, value_name = "FILE", conflicts_with = "trace")]
+    access_log: Option<PathBuf>,
     /// Policy to simulate.
     #[arg(long, value_enum, default_value = "all")]
     policy: PolicyArg,
@@ -48,7 +54,27 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let trace = Trace::from_path(&args.trace).map_err(CliError::input)?;
+    let (trace, source) = match (&args.trace, &args.access_log) {
+        (Some(path), _) => (Trace::from_path(path).map_err(CliError::input)?, path),
+        (None, Some(path)) => {
+            let log = read_access_log(path).map_err(CliError::input)?;
+            eprintln!(
+                "{}: {} requests over {} minutes",
+                path.display(),
+                log.requests,
+                log.trace.len()
+            );
+            if log.bad.count > 0 {
+                eprintln!("{}: {}", path.display(), log.bad);
+            }
+            (log.trace, path)
+        }
+        (None, None) => {
+            return Err(CliError::input(anyhow::anyhow!(
+                "give --trace FILE or --access-log FILE"
+            )))
+        }
+    };
     let policies: Vec<Policy> = match args.policy {
         PolicyArg::Predictive => vec![Policy::Predictive],
         PolicyArg::Reactive => vec![Policy::Reactive],
@@ -82,8 +108,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
     if let Some(path) = &args.plot {
         let title = format!(
             "{}: {} req/s per instance, {} s cold start",
-            args.trace.file_name().map_or_else(
-                || args.trace.display().to_string(),
+            source.file_name().map_or_else(
+                || source.display().to_string(),
                 |n| n.to_string_lossy().into_owned()
             ),
             args.capacity_rps,

@@ -300,3 +300,140 @@ fn the_predictive_policy_takes_its_settings_from_a_config() {
         assert!(stderr.contains(expected), "{name}: {stderr}");
     }
 }
+
+/// Month names of the access log's `[DD/Mon/YYYY:HH:MM:SS ±HHMM]`.
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// `[DD/Mon/YYYY:HH:MM:SS ±HHMM]` of unix seconds `secs`, written in a zone `offset_minutes`
+/// east of UTC.
+fn log_time(secs: i64, offset_minutes: i64) -> String {
+    let local = secs + offset_minutes * 60;
+    let (days, of_day) = (local.div_euclid(86_400), local.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let sign = if offset_minutes < 0 { '-' } else { '+' };
+    format!(
+        "{day:02}/{}/{year}:{:02}:{:02}:{:02} {sign}{:02}{:02}",
+        MONTHS[(month - 1) as usize],
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        offset_minutes.abs() / 60,
+        offset_minutes.abs() % 60
+    )
+}
+
+/// `--access-log` replays an nginx log as the trace of its per-minute counts: a gzipped
+/// combined-format day (zones east and west of UTC, lines out of order, a few broken lines)
+/// scores exactly as the same counts given as a CSV trace, and the broken lines are reported by
+/// number; a file in another format exits 2 naming its first line.
+#[test]
+fn an_access_log_replays_as_its_per_minute_counts() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let start = 1_700_006_400; // a minute boundary
+    let minutes = 1440;
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut counts = Vec::with_capacity(minutes);
+    let mut lines = Vec::new();
+    for m in 0..minutes {
+        let daily = (std::f64::consts::TAU * m as f64 / 1440.0).sin().max(0.0);
+        let surge = if (900..960).contains(&m) { 60.0 } else { 0.0 };
+        let count = (4.0 + 30.0 * daily + surge + (next() % 5) as f64) as usize;
+        counts.push(count);
+        for _ in 0..count {
+            let secs = start + 60 * m as i64 + (next() % 60) as i64;
+            let offset = [0, 120, -420, 330][(next() % 4) as usize];
+            lines.push(format!(
+                "203.0.113.{} - - [{}] \"GET /item/{} HTTP/1.1\" 200 {} \"-\" \"Mozilla/5.0 (X11)\"",
+                next() % 255,
+                log_time(secs, offset),
+                next() % 1000,
+                next() % 5000
+            ));
+        }
+    }
+    // Logged when each request ended: neighbours swap places.
+    for i in (1..lines.len()).step_by(7) {
+        lines.swap(i - 1, i);
+    }
+    let bad_at = [10, 5_000, 20_000];
+    for (k, &at) in bad_at.iter().enumerate() {
+        lines.insert(at - 1, format!("broken line {k}"));
+    }
+    let log = dir.path().join("access.log.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for line in &lines {
+        writeln!(gz, "{line}").expect("gzip");
+    }
+    std::fs::write(&log, gz.finish().expect("gzip")).expect("write log");
+    let mut csv = String::from("timestamp,requests\n");
+    for (m, count) in counts.iter().enumerate() {
+        csv.push_str(&format!("{},{count}\n", start + 60 * m as i64));
+    }
+    let trace = write_trace(dir.path(), "same.csv", &csv);
+
+    let settings = ["--capacity-rps", "0.5", "--cold-start", "120", "--json"];
+    let mut from_log = vec!["--access-log", log.to_str().expect("utf-8 path")];
+    from_log.extend_from_slice(&settings);
+    let out = replay(&from_log);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let log_scores = json_scores(&out);
+    let csv_scores = json_scores(&replay_trace(&trace, "0.5", "120", &["--json"]));
+    assert_eq!(log_scores, csv_scores, "stderr: {stderr}");
+    let total: usize = counts.iter().sum();
+    assert!(
+        stderr.contains(&format!("{total} requests over {minutes} minutes")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 line(s) skipped"), "{stderr}");
+    for at in bad_at {
+        assert!(stderr.contains(&format!("line {at}: ")), "{stderr}");
+    }
+
+    let not_a_log = write_trace(dir.path(), "trace.csv", "timestamp,requests\n0,5\n");
+    let out = replay(&[
+        "--access-log",
+        not_a_log.to_str().expect("utf-8 path"),
+        "--capacity-rps",
+        "1",
+        "--cold-start",
+        "60",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("trace.csv") && stderr.contains("line 1") && stderr.contains("combined"),
+        "{stderr}"
+    );
+    let out = replay(&[
+        "--access-log",
+        not_a_log.to_str().expect("utf-8 path"),
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+        "--capacity-rps",
+        "1",
+        "--cold-start",
+        "60",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = replay(&["--capacity-rps", "1", "--cold-start", "60"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trace"));
+}

@@ -5,7 +5,10 @@
 //! The step is inferred from the timestamps (the greatest common divisor of their differences).
 //! Steps shorter than a minute are summed into minutes, longer steps are spread evenly over their
 //! minutes. A step missing from the file is zero demand; the minutes it covers are marked absent
-//! so that forecasters can tell an outage from a quiet minute.
+//! so that forecasters can tell an outage from a quiet minute. Access logs are read by
+//! [`access_log`].
+
+pub mod access_log;
 
 use std::io::BufRead;
 use std::path::Path;
