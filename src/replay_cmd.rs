@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use prescale_regions::replay::{self, Policy, PolicyScore, ReplaySettings};
+use prescale_regions::replay::{self, FleetStart, Policy, PolicyScore, ReplaySettings};
 use prescale_regions::trace::access_log::read_access_log;
 use prescale_regions::trace::Trace;
 
@@ -45,6 +45,11 @@ pub struct Args {
     /// `[planner]` tables of a prescale config (a whole config, or a file with only those).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Start the reactive and predictive fleets with one instance (the predictive one has no
+    /// history either way), and also score each policy's first day alone: a new service's day
+    /// one.
+    #[arg(long)]
+    empty_history: bool,
     /// Print the scores as a JSON array, one object per policy.
     #[arg(long)]
     json: bool,
@@ -91,6 +96,11 @@ pub fn run(args: Args) -> Result<(), CliError> {
         target_utilization: args.target_utilization,
         forecast: brain.forecast,
         planner: brain.planner,
+        start: if args.empty_history {
+            FleetStart::OneInstance
+        } else {
+            FleetStart::SizedToFirstMinute
+        },
     };
     settings.validate().map_err(CliError::input)?;
     let bar = replay::progress::terminal_bar(trace.len() as u64 * policies.len() as u64);
@@ -147,5 +157,29 @@ fn print_table(scores: &[PolicyScore], minutes: usize) {
             s.cost_vs_oracle,
             mase
         );
+    }
+    let Some(minutes) = scores
+        .iter()
+        .find_map(|s| s.first_day.as_ref().map(|d| d.minutes))
+    else {
+        return;
+    };
+    println!();
+    println!("first day alone ({minutes} minutes), from one instance and no history");
+    println!(
+        "{:<11} {:>15} {:>11} {:>17} {:>15}",
+        "policy", "violation min", "unserved", "instance-minutes", "cost vs oracle"
+    );
+    for s in scores {
+        if let Some(day) = &s.first_day {
+            println!(
+                "{:<11} {:>15} {:>10.4}% {:>17.1} {:>15.3}",
+                s.policy,
+                day.slo_violation_minutes,
+                day.unserved_fraction * 100.0,
+                day.instance_minutes,
+                day.cost_vs_oracle
+            );
+        }
     }
 }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use prescale_regions::report::time::civil_time;
+
 fn traces() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/traces")
 }
@@ -309,25 +311,16 @@ const MONTHS: [&str; 12] = [
 /// `[DD/Mon/YYYY:HH:MM:SS ±HHMM]` of unix seconds `secs`, written in a zone `offset_minutes`
 /// east of UTC.
 fn log_time(secs: i64, offset_minutes: i64) -> String {
-    let local = secs + offset_minutes * 60;
-    let (days, of_day) = (local.div_euclid(86_400), local.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let local = civil_time(u64::try_from(secs + offset_minutes * 60).expect("after 1970"));
     let sign = if offset_minutes < 0 { '-' } else { '+' };
     format!(
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} {sign}{:02}{:02}",
-        MONTHS[(month - 1) as usize],
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
+        "{:02}/{}/{}:{:02}:{:02}:{:02} {sign}{:02}{:02}",
+        local.day,
+        MONTHS[(local.month - 1) as usize],
+        local.year,
+        local.hour,
+        local.minute,
+        local.second,
         offset_minutes.abs() / 60,
         offset_minutes.abs() % 60
     )
@@ -436,4 +429,85 @@ fn an_access_log_replays_as_its_per_minute_counts() {
     let out = replay(&["--capacity-rps", "1", "--cold-start", "60"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trace"));
+}
+
+/// `--empty-history` starts the reactive and predictive fleets at one instance and scores each
+/// policy's first day alone: a trace that needs four instances at once violates at its start
+/// only from one instance, the first-day scores are those of the first day replayed alone, and
+/// without the flag the JSON carries no `first_day`.
+#[test]
+fn empty_history_starts_from_one_instance_and_scores_the_first_day() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let start = 1_700_006_400;
+    let mut csv = String::from("timestamp,requests\n");
+    let mut first_day = String::from("timestamp,requests\n");
+    for m in 0..2 * 1440 {
+        // 40 req/s at the start, a daily surge to 90 req/s, 10 req/s otherwise.
+        let rps = match m % 1440 {
+            0..=29 => 40,
+            600..=779 => 90,
+            _ => 10,
+        };
+        let row = format!("{},{}\n", start + 60 * m, rps * 60 + (m * 7919) % 60);
+        csv.push_str(&row);
+        if m < 1440 {
+            first_day.push_str(&row);
+        }
+    }
+    let trace = write_trace(dir.path(), "two-days.csv", &csv);
+    let day = write_trace(dir.path(), "first-day.csv", &first_day);
+
+    let warm = json_scores(&replay_trace(&trace, "10", "120", &["--json"]));
+    assert!(
+        warm.iter().all(|s| s.get("first_day").is_none()),
+        "{warm:?}"
+    );
+    let empty = json_scores(&replay_trace(
+        &trace,
+        "10",
+        "120",
+        &["--json", "--empty-history"],
+    ));
+    let day_alone = json_scores(&replay_trace(
+        &day,
+        "10",
+        "120",
+        &["--json", "--empty-history"],
+    ));
+    for name in ["predictive", "reactive", "oracle"] {
+        let first = &policy(&empty, name)["first_day"];
+        let alone = policy(&day_alone, name);
+        assert_eq!(first["minutes"], 1440, "{name}: {first}");
+        for key in [
+            "slo_violation_minutes",
+            "unserved_fraction",
+            "instance_minutes",
+            "cost_vs_oracle",
+        ] {
+            assert_eq!(first[key], alone[key], "{name} {key}");
+        }
+    }
+    let violations = |scores: &[serde_json::Value], name: &str| {
+        policy(scores, name)["slo_violation_minutes"]
+            .as_u64()
+            .expect("count")
+    };
+    // Five instances are needed in minute 0 and booting takes two minutes: from one instance,
+    // both policies miss at least minute 0.
+    for name in ["predictive", "reactive"] {
+        let (from_one, sized) = (violations(&empty, name), violations(&warm, name));
+        assert!(from_one > sized, "{name}: {from_one} vs {sized}");
+    }
+    assert_eq!(
+        policy(&empty, "oracle")["instance_minutes"],
+        policy(&warm, "oracle")["instance_minutes"]
+    );
+
+    let table = replay_trace(&trace, "10", "120", &["--empty-history"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success());
+    assert!(
+        text.contains("first day alone (1440 minutes), from one instance and no history"),
+        "{text}"
+    );
 }

@@ -101,6 +101,24 @@ pub fn replay_corpus(dir: &Path, mut check: impl FnMut(&[u8]) -> Outcome) -> Tal
     tally
 }
 
+/// Checks that every seed's outcome is what its name says ([`expect_named`]); the replay tests
+/// check the generator too, so a format change that breaks a seed shows before the corpus is
+/// regenerated.
+pub fn check_seeds(seeds: &[(&str, Vec<u8>)], mut check: impl FnMut(&[u8]) -> Outcome) {
+    for (name, bytes) in seeds {
+        expect_named(name, &check(bytes));
+    }
+}
+
+/// Writes `seeds` into the corpus directory `dir` (each test's ignored `write_seed_corpus`).
+pub fn write_corpus(dir: &Path, seeds: &[(&str, Vec<u8>)]) {
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for (name, bytes) in seeds {
+        let path = dir.join(name);
+        fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
 /// Two values in one input: a little-endian `u16` length, that many bytes (fewer if the input
 /// ends first), and the rest. The inverse of [`join_pair`].
 pub fn split_pair(data: &[u8]) -> (&[u8], &[u8]) {

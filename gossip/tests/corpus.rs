@@ -173,18 +173,12 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 #[ignore = "regenerates the committed seed corpus"]
 fn write_seed_corpus() {
-    let dir = corpus_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in seeds() {
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
+    fuzz_checks::write_corpus(&corpus_dir(), &seeds());
 }
 
 #[test]
 fn seeds_behave_as_named() {
     // The generator itself is checked too, so a change to the format that breaks a seed shows
     // up here even before the corpus is regenerated.
-    for (name, bytes) in seeds() {
-        fuzz_checks::expect_named(name, &fuzz_checks::frame(&bytes));
-    }
+    fuzz_checks::check_seeds(&seeds(), fuzz_checks::frame);
 }

@@ -180,19 +180,15 @@ fn corpus_replays_through_the_fuzz_check() {
 
 #[test]
 fn seeds_behave_as_named() {
-    for (name, bytes) in seeds() {
-        let outcome = fuzz_checks::hll(&bytes);
+    fuzz_checks::check_seeds(&seeds(), |bytes| {
+        let outcome = fuzz_checks::hll(bytes);
         assert_typed(&outcome);
-        fuzz_checks::expect_named(name, &outcome);
-    }
+        outcome
+    });
 }
 
 #[test]
 #[ignore = "regenerates the committed seed corpus"]
 fn write_seed_corpus() {
-    let dir = corpus_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in seeds() {
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
+    fuzz_checks::write_corpus(&corpus_dir(), &seeds());
 }

@@ -9,42 +9,9 @@ use std::time::Duration;
 use prescale_gossip::membership::{MemberId, Membership, MembershipConfig, RegionTotals, Role};
 use prescale_gossip::DevCa;
 
-fn fast(mut c: MembershipConfig) -> MembershipConfig {
-    c.swim.probe_period = Duration::from_millis(200);
-    c.swim.probe_rtt = Duration::from_millis(100);
-    c.swim.suspect_to_down_after = Duration::from_millis(800);
-    c.swim.periodic_gossip = Some(foca::PeriodicParams {
-        frequency: Duration::from_millis(100),
-        num_members: 3.try_into().unwrap(),
-    });
-    c.swim.periodic_announce = Some(foca::PeriodicParams {
-        frequency: Duration::from_millis(500),
-        num_members: 1.try_into().unwrap(),
-    });
-    c
-}
+mod common;
 
-fn member(ca: &DevCa, name: &str, role: Role, region: &str) -> Membership {
-    let cfg = MembershipConfig::new(
-        name,
-        role,
-        region,
-        "127.0.0.1:0".parse().unwrap(),
-        ca.member_identity(name, role, region).unwrap(),
-    );
-    Membership::start(fast(cfg)).unwrap()
-}
-
-async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
+use common::{fast, member, wait_for};
 
 fn names(ids: Vec<prescale_gossip::MemberId>) -> Vec<String> {
     ids.into_iter().map(|m| m.name).collect()

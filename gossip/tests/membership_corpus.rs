@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 use foca::{Codec, Header, Incarnation, Member, Message, PostcardCodec, State};
+use prescale_gossip::fuzz_checks;
 use prescale_gossip::membership::{
     screen_untrusted, MemberId, RegionTotals, Role, ScreenScene, UntrustedVerdict,
 };
@@ -72,11 +73,7 @@ fn seeds_behave_as_named() {
 #[test]
 #[ignore = "regenerates the committed seed corpus"]
 fn write_seed_corpus() {
-    let dir = corpus_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in seeds() {
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
+    fuzz_checks::write_corpus(&corpus_dir(), &seeds());
 }
 
 fn packet(

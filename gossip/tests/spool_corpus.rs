@@ -143,17 +143,11 @@ fn corpus_replays_through_the_fuzz_check() {
 #[test]
 fn seeds_behave_as_named() {
     let scratch = scratch();
-    for (name, bytes) in seeds() {
-        fuzz_checks::expect_named(name, &fuzz_checks::spool(&bytes, scratch.path()));
-    }
+    fuzz_checks::check_seeds(&seeds(), |bytes| fuzz_checks::spool(bytes, scratch.path()));
 }
 
 #[test]
 #[ignore = "regenerates the committed seed corpus"]
 fn write_seed_corpus() {
-    let dir = corpus_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in seeds() {
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
+    fuzz_checks::write_corpus(&corpus_dir(), &seeds());
 }

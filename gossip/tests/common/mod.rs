@@ -1,5 +1,6 @@
-//! Shared helpers for the transport tests: an in-memory "durable" store standing in for the
-//! forecaster's database, and constructors for receivers and senders on loopback.
+//! Shared helpers for the transport and membership tests: an in-memory "durable" store standing
+//! in for the forecaster's database, constructors for receivers, senders and members on
+//! loopback.
 
 #![allow(dead_code)]
 
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prescale_gossip::membership::{Membership, MembershipConfig, Role};
 use prescale_gossip::{
     DevCa, EntryKey, Error, NodeIdentity, ReceiverConfig, Refusal, SenderConfig, Sketch,
     SketchReceiver, SketchSender, SketchSink,
@@ -184,4 +186,32 @@ pub async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()
+}
+
+/// SWIM timings a test can wait for: probes every 200 ms, down after 800 ms of suspicion.
+pub fn fast(mut c: MembershipConfig) -> MembershipConfig {
+    c.swim.probe_period = Duration::from_millis(200);
+    c.swim.probe_rtt = Duration::from_millis(100);
+    c.swim.suspect_to_down_after = Duration::from_millis(800);
+    c.swim.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(100),
+        num_members: 3.try_into().unwrap(),
+    });
+    c.swim.periodic_announce = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(500),
+        num_members: 1.try_into().unwrap(),
+    });
+    c
+}
+
+/// A member on a loopback port with a certificate binding `role` and `region`.
+pub fn member(ca: &DevCa, name: &str, role: Role, region: &str) -> Membership {
+    let cfg = MembershipConfig::new(
+        name,
+        role,
+        region,
+        "127.0.0.1:0".parse().unwrap(),
+        ca.member_identity(name, role, region).unwrap(),
+    );
+    Membership::start(fast(cfg)).unwrap()
 }

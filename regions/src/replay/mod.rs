@@ -56,6 +56,31 @@ pub struct ReplaySettings {
     pub forecast: ForecastConfig,
     /// The predictive policy's planner settings.
     pub planner: PlannerConfig,
+    /// The fleets the reactive and predictive policies start with.
+    pub start: FleetStart,
+}
+
+/// How the simulated fleets start. Either way the predictive policy starts without history: it
+/// learns from the minutes as they end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FleetStart {
+    /// Ready for the first minute's demand, as a fleet that has been running.
+    #[default]
+    SizedToFirstMinute,
+    /// One ready instance (the predictive policy: its baseline, if larger): a new service's day
+    /// one (`prescale replay --empty-history`).
+    OneInstance,
+}
+
+impl FleetStart {
+    /// Instances ready at minute 0 for a fleet that would need `needed` then, never below
+    /// `floor`.
+    pub fn instances(self, needed: usize, floor: usize) -> usize {
+        match self {
+            FleetStart::SizedToFirstMinute => needed.max(floor),
+            FleetStart::OneInstance => floor.max(1),
+        }
+    }
 }
 
 impl Default for ReplaySettings {
@@ -66,6 +91,7 @@ impl Default for ReplaySettings {
             target_utilization: 0.7,
             forecast: ForecastConfig::default(),
             planner: PlannerConfig::default(),
+            start: FleetStart::default(),
         }
     }
 }
@@ -149,6 +175,20 @@ pub struct PolicyScore {
     pub instance_minutes: f64,
     pub cost_vs_oracle: f64,
     pub forecast_mase: Option<f64>,
+    /// The same policy over the trace's first day alone (`--empty-history`): what it does
+    /// before it has seen a day, against the oracle of that day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_day: Option<WindowScore>,
+}
+
+/// A policy's score over a leading part of the trace.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WindowScore {
+    pub minutes: usize,
+    pub slo_violation_minutes: usize,
+    pub unserved_fraction: f64,
+    pub instance_minutes: f64,
+    pub cost_vs_oracle: f64,
 }
 
 /// The outcome of a replay: scores and the runs behind them (for plots).
@@ -161,7 +201,33 @@ pub struct ReplayOutcome {
 
 /// Simulate `policies` on `trace`. `progress` is called with the number of minutes simulated so
 /// far (summed over policies) out of `trace.len() * policies.len()`.
+/// With [`FleetStart::OneInstance`], each score also carries its policy's first day.
 pub fn replay(
+    trace: &Trace,
+    policies: &[Policy],
+    settings: &ReplaySettings,
+    progress: impl FnMut(u64),
+) -> Result<ReplayOutcome> {
+    let mut outcome = simulate(trace, policies, settings, progress)?;
+    if settings.start == FleetStart::OneInstance {
+        // Every policy is causal, so the first day replayed alone is exactly what it did then,
+        // with its cost closed at the day's end.
+        let day = trace.first_minutes(DAY_MINUTES);
+        let day_outcome = simulate(&day, policies, settings, |_| {})?;
+        for (score, day_score) in outcome.scores.iter_mut().zip(day_outcome.scores) {
+            score.first_day = Some(WindowScore {
+                minutes: day.len(),
+                slo_violation_minutes: day_score.slo_violation_minutes,
+                unserved_fraction: day_score.unserved_fraction,
+                instance_minutes: day_score.instance_minutes,
+                cost_vs_oracle: day_score.cost_vs_oracle,
+            });
+        }
+    }
+    Ok(outcome)
+}
+
+fn simulate(
     trace: &Trace,
     policies: &[Policy],
     settings: &ReplaySettings,
@@ -184,7 +250,7 @@ pub fn replay(
         progress(done);
         runs.push(run);
     }
-    let scores = runs
+    let scores: Vec<PolicyScore> = runs
         .iter()
         .map(|run| {
             score(
@@ -232,6 +298,7 @@ pub fn score(
             f64::NAN
         },
         forecast_mase: run.forecast_30.as_ref().and_then(|f| mase(f, trace)),
+        first_day: None,
     }
 }
 

@@ -28,11 +28,13 @@ pub fn fleet_key() -> FleetKey {
 /// Simulate the predictive policy on `trace`.
 pub fn run(trace: &Trace, settings: &ReplaySettings, mut progress: impl FnMut(usize)) -> PolicyRun {
     let demand = trace.demand_rps();
-    let start_instances = needed_instances(
-        demand.first().copied().unwrap_or(0.0),
-        settings.capacity_rps,
-    )
-    .max(settings.planner.baseline_instances as usize);
+    let start_instances = settings.start.instances(
+        needed_instances(
+            demand.first().copied().unwrap_or(0.0),
+            settings.capacity_rps,
+        ),
+        settings.planner.baseline_instances as usize,
+    );
     let mut fleet = SimFleet::warm(settings.cold_start_seconds, start_instances);
     let mut brain = Brain::new(settings.forecast.clone(), settings.planner.clone());
     let key = fleet_key();

@@ -28,7 +28,9 @@ pub fn run(
     let first = demand.first().copied().unwrap_or(0.0);
     let mut fleet = SimFleet::warm(
         settings.cold_start_seconds,
-        MIN_REPLICAS.max((first / c).ceil() as usize),
+        settings
+            .start
+            .instances((first / c).ceil() as usize, MIN_REPLICAS),
     );
     let mut recommendations: VecDeque<(f64, usize)> = VecDeque::new();
     let mut ready = Vec::with_capacity(demand.len());

@@ -17,7 +17,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use super::{Trace, MAX_TRACE_MINUTES};
+use super::{open_maybe_gzipped, Trace, MAX_TRACE_MINUTES};
 use crate::error::{Error, Result};
 use crate::report::time::{days_from_civil, days_in_month};
 
@@ -67,21 +67,7 @@ impl std::fmt::Display for BadLines {
 /// Open and parse an access log (`.gz` is decompressed, also when several files were
 /// concatenated); errors name the file.
 pub fn read_access_log(path: &Path) -> Result<AccessLogTrace> {
-    let io = |source| Error::TraceIo {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let origin = path.display().to_string();
-    let gzipped = path
-        .extension()
-        .is_some_and(|ext| ext.eq_ignore_ascii_case("gz"));
-    if gzipped {
-        let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
-        parse_access_log(reader, &origin)
-    } else {
-        parse_access_log(std::io::BufReader::new(file), &origin)
-    }
+    parse_access_log(open_maybe_gzipped(path)?, &path.display().to_string())
 }
 
 /// Parse access log lines into per-minute requests. `origin` names the source in errors.

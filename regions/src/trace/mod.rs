@@ -115,6 +115,17 @@ impl Trace {
     }
 
     /// Number of minutes in the trace.
+    /// The first `minutes` minutes (all of it if shorter).
+    pub fn first_minutes(&self, minutes: usize) -> Trace {
+        let n = minutes.min(self.requests.len());
+        Trace {
+            start: self.start,
+            step_seconds: self.step_seconds,
+            requests: self.requests[..n].to_vec(),
+            present: self.present[..n].to_vec(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.requests.len()
     }
@@ -191,21 +202,26 @@ pub struct FunctionRow {
 
 /// Open and parse a trace file (`.gz` is decompressed).
 pub fn read_trace_file(path: &Path) -> Result<TraceFile> {
-    let io = |source| Error::TraceIo {
+    parse_trace_file(open_maybe_gzipped(path)?, &path.display().to_string())
+}
+
+/// A buffered reader of `path`, decompressed when its name ends in `.gz` (concatenated gzip
+/// members too, as rotated logs are joined).
+pub(crate) fn open_maybe_gzipped(path: &Path) -> Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path).map_err(|source| Error::TraceIo {
         path: path.to_path_buf(),
         source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let origin = path.display().to_string();
+    })?;
     let gzipped = path
         .extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("gz"));
-    if gzipped {
-        let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
-        parse_trace_file(reader, &origin)
+    Ok(if gzipped {
+        Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
+            file,
+        )))
     } else {
-        parse_trace_file(std::io::BufReader::new(file), &origin)
-    }
+        Box::new(std::io::BufReader::new(file))
+    })
 }
 
 /// Parse a step trace (the header `timestamp,requests` is optional) or the Azure sample (told

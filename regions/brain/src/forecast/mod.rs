@@ -49,6 +49,45 @@ const ERROR_SMOOTHING: f64 = 1.0 / 1440.0;
 /// Days of history the seasonal model is fitted on.
 const MSTL_MAX_DAYS: i64 = 14;
 
+/// How the error quantiles of the tracked horizons combine for one horizon: between two tracked
+/// horizons, the bounds at both, weighted by the log of the horizon (rounding up would size a
+/// 2-minute decision by the 5-minute errors); beyond the last, the last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HorizonMix {
+    below: usize,
+    above: usize,
+    /// The share of `above` (1 at a tracked horizon).
+    weight: f64,
+}
+
+impl HorizonMix {
+    fn of(horizon: i64) -> HorizonMix {
+        let horizon = horizon.max(1);
+        let above = TRACKED_HORIZONS
+            .iter()
+            .position(|&h| h >= horizon)
+            .unwrap_or(TRACKED_HORIZONS.len() - 1);
+        match above.checked_sub(1) {
+            Some(below) if TRACKED_HORIZONS[above] > horizon => {
+                let (h0, h1) = (
+                    TRACKED_HORIZONS[below] as f64,
+                    TRACKED_HORIZONS[above] as f64,
+                );
+                HorizonMix {
+                    below,
+                    above,
+                    weight: ((horizon as f64).ln() - h0.ln()) / (h1.ln() - h0.ln()),
+                }
+            }
+            _ => HorizonMix {
+                below: above,
+                above,
+                weight: 1.0,
+            },
+        }
+    }
+}
+
 /// A forecasting model a series may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -266,20 +305,33 @@ impl SeriesForecaster {
     pub fn forecast(&mut self, origin: i64, target: i64) -> ForecastPoint {
         let model = self.chosen(origin, target);
         let point = self.candidate(model, origin, target).unwrap_or(0.0);
-        let horizon = (target - origin).max(1);
-        let index = TRACKED_HORIZONS
-            .iter()
-            .position(|&h| h >= horizon)
-            .unwrap_or(TRACKED_HORIZONS.len() - 1);
-        let q = self.quantiles[index];
-        let scale = q.scale(point);
-        let upper = (point + q.upper * scale).max(point);
+        let HorizonMix {
+            below,
+            above,
+            mut weight,
+        } = HorizonMix::of(target - origin);
+        // A neighbour without enough errors yet has only the wide default bounds: while the
+        // other is calibrated, it alone says more.
+        let uncalibrated = |i: usize| self.quantiles[i] == ErrorQuantiles::UNCALIBRATED;
+        match (uncalibrated(below), uncalibrated(above)) {
+            (false, true) => weight = 0.0,
+            (true, false) => weight = 1.0,
+            _ => {}
+        }
+        let bounds = |q: ErrorQuantiles| {
+            let scale = q.scale(point);
+            (q.lower * scale, q.upper * scale, q.slo * scale)
+        };
+        let (l0, u0, s0) = bounds(self.quantiles[below]);
+        let (l1, u1, s1) = bounds(self.quantiles[above]);
+        let mix = |a: f64, b: f64| a + (b - a) * weight;
+        let upper = (point + mix(u0, u1)).max(point);
         ForecastPoint {
             minute: target,
             point,
-            lower: (point + q.lower * scale).clamp(0.0, point),
+            lower: (point + mix(l0, l1)).clamp(0.0, point),
             upper,
-            slo_upper: (point + q.slo * scale).max(upper),
+            slo_upper: (point + mix(s0, s1)).max(upper),
             model,
         }
     }
@@ -490,6 +542,32 @@ mod tests {
 
     fn forecaster() -> SeriesForecaster {
         SeriesForecaster::new(&ForecastConfig::default(), 0.999)
+    }
+
+    #[test]
+    fn horizons_between_tracked_ones_mix_both_by_log_horizon() {
+        let exact = |below, weight| HorizonMix {
+            below,
+            above: below,
+            weight,
+        };
+        assert_eq!(HorizonMix::of(0), exact(0, 1.0));
+        assert_eq!(HorizonMix::of(1), exact(0, 1.0));
+        assert_eq!(HorizonMix::of(5), exact(1, 1.0));
+        assert_eq!(HorizonMix::of(5000), exact(TRACKED_HORIZONS.len() - 1, 1.0));
+        let two = HorizonMix::of(2);
+        assert_eq!((two.below, two.above), (0, 1));
+        assert!(
+            (two.weight - 2f64.ln() / 5f64.ln()).abs() < 1e-12,
+            "{two:?}"
+        );
+        let mut previous = 0.0;
+        for h in 6..30 {
+            let mix = HorizonMix::of(h);
+            assert_eq!((mix.below, mix.above), (1, 2));
+            assert!(mix.weight > previous && mix.weight < 1.0, "{h}: {mix:?}");
+            previous = mix.weight;
+        }
     }
 
     #[test]
