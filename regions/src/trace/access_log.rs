@@ -14,6 +14,7 @@
 //! replayed as silence. Blank lines are ignored. A minute without lines is a minute without
 //! requests (every minute of the span is present).
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
@@ -77,7 +78,10 @@ pub fn parse_access_log(mut reader: impl BufRead, origin: &str) -> Result<Access
         line: usize::try_from(line).unwrap_or(usize::MAX),
         message,
     };
-    let mut times: Vec<i64> = Vec::new();
+    // Requests per minute (unix minute), not one entry per line: a log of a billion lines
+    // holds only its minutes.
+    let mut per_minute: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut counted = 0u64;
     let mut bad = BadLines::default();
     let mut buf = Vec::new();
     let mut number = 0u64;
@@ -107,7 +111,8 @@ pub fn parse_access_log(mut reader: impl BufRead, origin: &str) -> Result<Access
                 if latest.is_none_or(|(t, _)| time > t) {
                     latest = Some((time, number));
                 }
-                times.push(time);
+                *per_minute.entry(time.div_euclid(60)).or_default() += 1;
+                counted += 1;
             }
             Err(reason) => {
                 bad.count += 1;
@@ -143,12 +148,12 @@ pub fn parse_access_log(mut reader: impl BufRead, origin: &str) -> Result<Access
         ));
     }
     let mut requests = vec![0.0; minutes as usize];
-    for &time in &times {
-        requests[((time - start) / 60) as usize] += 1.0;
+    for (minute, count) in per_minute {
+        requests[(minute - start / 60) as usize] = count as f64;
     }
     Ok(AccessLogTrace {
         trace: Trace::from_minutes(start, requests),
-        requests: times.len() as u64,
+        requests: counted,
         bad,
     })
 }
