@@ -654,21 +654,33 @@ fn one_client_cannot_churn_the_user_table_with_fresh_ids() {
     assert!(requests >= (FRESH + 1) as f64, "{requests}: {metrics}");
 }
 
+/// What [`raw_backend`] saw of the proxy's connections.
+#[derive(Default)]
+struct RawBackendCounts {
+    /// Writes of `/big` that failed: the proxy let the connection go.
+    big_closed: std::sync::atomic::AtomicUsize,
+    /// Requests that arrived on a connection after its `/both-framings` response: the proxy
+    /// reused a connection whose framing it cannot trust.
+    reused_after_both_framings: std::sync::atomic::AtomicUsize,
+}
+
 /// A backend on a raw socket, one thread per connection, answering by path: `/big` a 1 GiB body
-/// written as fast as the proxy takes it (`big_closed` counts those writes that failed: the
-/// proxy let the connection go), `/status-600`, `/both-framings`, `/bad-chunk` malformed
-/// responses, anything else `ok`. Request bodies (Content-Length) are read and dropped.
-fn raw_backend(big_closed: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+/// written as fast as the proxy takes it, `/status-600`, `/both-framings`, `/bad-chunk` malformed
+/// responses, anything else `ok`. Request bodies (Content-Length) are read and dropped. After
+/// `/both-framings` the connection stays open, to see whether the proxy sends on it again.
+fn raw_backend(counts: std::sync::Arc<RawBackendCounts>) -> SocketAddr {
     use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let big_closed = std::sync::Arc::clone(&big_closed);
+            let counts = std::sync::Arc::clone(&counts);
             std::thread::spawn(move || {
                 let mut pending = Vec::new();
                 let mut buf = [0u8; 4096];
+                let mut sent_both_framings = false;
                 loop {
                     let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
                         match conn.read(&mut buf) {
@@ -690,6 +702,11 @@ fn raw_backend(big_closed: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> So
                         }
                     }
                     pending.drain(..end + 4 + length);
+                    if sent_both_framings {
+                        counts
+                            .reused_after_both_framings
+                            .fetch_add(1, Ordering::SeqCst);
+                    }
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                     let response: &[u8] = match path.as_str() {
                         "/big" => {
@@ -700,7 +717,7 @@ fn raw_backend(big_closed: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> So
                             }
                             for _ in 0..(1 << 14) {
                                 if conn.write_all(&chunk).is_err() {
-                                    big_closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    counts.big_closed.fetch_add(1, Ordering::SeqCst);
                                     return;
                                 }
                             }
@@ -713,8 +730,10 @@ fn raw_backend(big_closed: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> So
                         "/bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nno",
                         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                     };
-                    // A malformed response ends its connection.
-                    let keep = matches!(path.as_str(), "/" | "/ok");
+                    // A malformed response ends its connection, but for the one the proxy
+                    // must end itself.
+                    sent_both_framings |= path == "/both-framings";
+                    let keep = matches!(path.as_str(), "/" | "/ok" | "/both-framings");
                     if conn.write_all(response).is_err() || !keep {
                         return;
                     }
@@ -728,9 +747,9 @@ fn raw_backend(big_closed: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> So
 #[test]
 fn a_client_that_stops_reading_is_let_go_within_the_send_timeout() {
     use std::io::Write;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let big_closed = std::sync::Arc::new(AtomicUsize::new(0));
-    let backend = raw_backend(std::sync::Arc::clone(&big_closed));
+    use std::sync::atomic::Ordering;
+    let counts = std::sync::Arc::new(RawBackendCounts::default());
+    let backend = raw_backend(std::sync::Arc::clone(&counts));
     let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
     let (proxy, admin) = addrs();
     let text = config(proxy, admin, &[backend], &[batch], "").replace(
@@ -759,7 +778,7 @@ fn a_client_that_stops_reading_is_let_go_within_the_send_timeout() {
         wait_until(
             &format!("{method}: the backend connection of the stalled client to close"),
             Duration::from_secs(15),
-            || big_closed.load(Ordering::SeqCst) > round,
+            || counts.big_closed.load(Ordering::SeqCst) > round,
         );
         let metrics = node.metrics_when(|m| {
             metric_sum(m, "prescale_backend_in_flight", &[("fleet", "web")]) == 0.0
@@ -846,7 +865,8 @@ fn a_request_body_that_stalls_is_the_clients_timeout_not_the_backends() {
 
 #[test]
 fn malformed_backend_responses_are_502_and_the_backends_failures() {
-    let backend = raw_backend(Default::default());
+    let counts = std::sync::Arc::new(RawBackendCounts::default());
+    let backend = raw_backend(std::sync::Arc::clone(&counts));
     let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
     let (proxy, admin) = addrs();
     let text = config(proxy, admin, &[backend], &[batch], "")
@@ -860,13 +880,13 @@ fn malformed_backend_responses_are_502_and_the_backends_failures() {
         )
     };
     // The direct path finds all three before anything reaches the client; pingora's path
-    // forwards a response head before its body is read, and drops Content-Length beside
-    // Transfer-Encoding as RFC 9112 allows, so only the status is its to refuse.
+    // forwards a response head before its body is read, so a bad chunk is not its to refuse.
     let cases = [
         ("GET", "/status-600"),
         ("GET", "/both-framings"),
         ("GET", "/bad-chunk"),
         ("POST", "/status-600"),
+        ("POST", "/both-framings"),
     ];
     for (method, path) in cases {
         let before = failures();
@@ -878,9 +898,39 @@ fn malformed_backend_responses_are_502_and_the_backends_failures() {
             before + 1.0,
             "{method} {path}: counted once against the backend"
         );
-        // The backend is still served to: one failure does not eject it here.
+        // The backend is still served to, on both paths: one failure does not eject it here.
         assert_eq!(get(node.proxy, "/ok", &[("X-User-Id", "erin")]).status, 200);
+        let r = request(node.proxy, "POST", "/ok", &[("X-User-Id", "erin")], b"{}");
+        assert_eq!(
+            r.status,
+            200,
+            "{method} {path}, then POST /ok: {}",
+            r.text()
+        );
     }
+    // On pingora's path the head of a chunked response is forwarded before its first chunk is
+    // read: a bad chunk then ends the client's response unfinished, and is the backend's.
+    let before = failures();
+    let truncated = try_request(
+        node.proxy,
+        "POST",
+        "/bad-chunk",
+        &[("X-User-Id", "erin")],
+        b"{}",
+    );
+    assert!(truncated.is_err(), "POST /bad-chunk: {truncated:?}");
+    assert_eq!(
+        failures(),
+        before + 1.0,
+        "POST /bad-chunk: the backend's failure"
+    );
+    assert_eq!(
+        counts
+            .reused_after_both_framings
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a connection that sent both framings is never used again"
+    );
 }
 
 #[test]
