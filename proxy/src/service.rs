@@ -398,6 +398,9 @@ impl ProxyHttp for ProxyService {
             e.set_retry(false);
             return Err(e);
         }
+        if upstream_response.status.as_u16() != 101 {
+            strip_hop_by_hop(upstream_response);
+        }
         ctx.response_started = true;
         if let (Some(routed), Some(backend)) = (ctx.routed, ctx.backend()) {
             self.plane
@@ -560,4 +563,23 @@ async fn respond(
         .write_response_body(Some(Bytes::from_static(message.as_bytes())), true)
         .await?;
     Ok(())
+}
+
+/// The backend's hop-by-hop fields stay with its connection, as on the direct path: `Keep-Alive`
+/// and every field `Connection` names (RFC 9110 §7.6.1). `Connection` itself is pingora's to
+/// write for the client's connection. Not applied to a 101, whose `Upgrade` must reach the client.
+fn strip_hop_by_hop(response: &mut ResponseHeader) {
+    let named: Vec<String> = response
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty() && token != "close" && token != "keep-alive")
+        .collect();
+    for name in named {
+        response.remove_header(name.as_str());
+    }
+    response.remove_header("keep-alive");
 }

@@ -25,7 +25,7 @@ use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{BodyReader, BodyWriter};
+use super::body::{BodyReader, BodyWriter, ParseState};
 use super::common::*;
 use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
@@ -67,6 +67,11 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // prescale: the head of a chunked response, held back by `read_response_task` until the
+    // first read of its body has succeeded.
+    held_response_header: Option<HttpTask>,
+    // prescale: that first body read, returned right after the held head.
+    held_response_body: Option<HttpTask>,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +105,8 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            held_response_header: None,
+            held_response_body: None,
         }
     }
 
@@ -814,17 +821,42 @@ impl HttpSession {
         }
     }
 
+    // prescale: the head of a chunked response (status 200 or more, body not empty) is
+    // returned only once the first read of its body has succeeded, so that a malformed first
+    // chunk fails the response before anything of it reaches the client (a 502 there, instead
+    // of a head followed by a cut-off body). Cancel-safe like the rest of this function: the
+    // held head stays on the session while that body read is pending.
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
-        if self.should_read_resp_header() {
+        if let Some(body) = self.held_response_body.take() {
+            return Ok(body);
+        }
+        if self.held_response_header.is_none() && self.should_read_resp_header() {
             let resp_header = self.read_resp_header_parts().await?;
             let end_of_body = self.is_body_done();
             debug!("Response header: {resp_header:?}");
             trace!(
                 "Raw Response header: {:?}",
-                str::from_utf8(self.get_headers_raw()).unwrap()
+                String::from_utf8_lossy(self.get_headers_raw())
             );
-            Ok(HttpTask::Header(resp_header, end_of_body))
-        } else if self.is_body_done() {
+            let chunked_body = !end_of_body
+                && !self.upgraded
+                && resp_header.status.as_u16() >= 200
+                && matches!(self.body_reader.body_state, ParseState::Chunked(..));
+            if !chunked_body {
+                return Ok(HttpTask::Header(resp_header, end_of_body));
+            }
+            self.held_response_header = Some(HttpTask::Header(resp_header, end_of_body));
+        }
+        if self.held_response_header.is_some() {
+            let body = self.read_body_bytes().await?;
+            let end_of_body = self.is_body_done();
+            self.held_response_body = Some(HttpTask::Body(body, end_of_body));
+            return Ok(self
+                .held_response_header
+                .take()
+                .expect("held above and only taken here"));
+        }
+        if self.is_body_done() {
             // no body
             debug!("Response is done");
             Ok(HttpTask::Done)
