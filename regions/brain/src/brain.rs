@@ -110,6 +110,8 @@ struct BindingMinute {
 
 /// Minutes of per-resource demand kept for late additions (corrections arrive within the hour).
 const BINDING_MINUTES_KEPT: i64 = 120;
+/// Minutes an ended event still scales observations of its minutes that arrive late.
+const ENDED_EVENT_MEMORY_MINUTES: i64 = 120;
 
 impl FleetSpec {
     /// Whether the fleet serves `profile` of `region`.
@@ -399,6 +401,8 @@ pub struct Brain {
     /// Resources per request/s of profiles, for fleets sized on their binding resource.
     profile_resources: BTreeMap<SeriesKey, Resources>,
     events: Vec<ScheduledEvent>,
+    /// Events that ended recently, kept to scale minutes of theirs reported late.
+    ended_events: Vec<ScheduledEvent>,
     event_learning: BTreeMap<String, EventLearning>,
     learned: BTreeMap<String, f64>,
     next_tick: Option<UnixSeconds>,
@@ -414,6 +418,7 @@ impl Brain {
             fleets: BTreeMap::new(),
             profile_resources: BTreeMap::new(),
             events: Vec::new(),
+            ended_events: Vec::new(),
             event_learning: BTreeMap::new(),
             learned: BTreeMap::new(),
             next_tick: None,
@@ -576,6 +581,20 @@ impl Brain {
             })
             .forecaster
             .observe(minute, requests);
+        // A fleet's total series keeps its demand without the events on the whole fleet: the
+        // forecast multiplies the events back in, and a series that had adapted to an event
+        // would have it multiplied twice (a 4x campaign planned at 16x once its level caught up).
+        let event_factors: BTreeMap<FleetKey, f64> = self
+            .fleets
+            .values()
+            .filter(|f| f.spec.serves(region, profile))
+            .map(|f| {
+                (
+                    f.spec.key.clone(),
+                    self.observed_event_factor(&f.spec, minute),
+                )
+            })
+            .collect();
         let resources = self.profile_resources.get(&SeriesKey {
             region: region.to_string(),
             profile: profile.to_string(),
@@ -585,6 +604,8 @@ impl Brain {
             .values_mut()
             .filter(|f| f.spec.serves(region, profile))
         {
+            let scale = event_factors.get(&fleet.spec.key).copied().unwrap_or(1.0);
+            let requests = requests / scale;
             let demand = match fleet.spec.instance_resources {
                 Some(instance) => fleet.add_binding(&instance, minute, requests, resources),
                 None => requests,
@@ -596,12 +617,14 @@ impl Brain {
     /// Add or replace (by id) a scheduled event.
     pub fn set_event(&mut self, event: ScheduledEvent) {
         self.events.retain(|e| e.id != event.id);
+        self.ended_events.retain(|e| e.id != event.id);
         self.events.push(event);
     }
 
     /// Remove a scheduled event.
     pub fn remove_event(&mut self, id: &str) {
         self.events.retain(|e| e.id != id);
+        self.ended_events.retain(|e| e.id != id);
     }
 
     /// The multiplier learned from the last finished event with `tag`, if any.
@@ -778,6 +801,9 @@ impl Brain {
             .drain(..)
             .partition(|e| e.end.div_euclid(60) <= origin_minute);
         self.events = running;
+        self.ended_events
+            .retain(|e| e.end.div_euclid(60) + ENDED_EVENT_MEMORY_MINUTES > origin_minute);
+        self.ended_events.extend(ended.iter().cloned());
         for e in ended {
             if let Some(l) = self.event_learning.remove(&e.id) {
                 if l.forecast > 0.0 && l.actual.is_finite() {
@@ -843,8 +869,29 @@ impl Brain {
     }
 
     fn event_factor_whole(&self, spec: &FleetSpec, minute: i64) -> f64 {
-        self.events
-            .iter()
+        self.whole_factor_of(self.events.iter(), spec, minute)
+    }
+
+    /// The factor by which the events in force at `minute` (running, or ended less than
+    /// [`ENDED_EVENT_MEMORY_MINUTES`] ago, for minutes reported late) scaled a fleet's whole
+    /// demand: what an observation is divided by before it enters the fleet's total series.
+    fn observed_event_factor(&self, spec: &FleetSpec, minute: i64) -> f64 {
+        let factor =
+            self.whole_factor_of(self.events.iter().chain(&self.ended_events), spec, minute);
+        if factor.is_finite() && factor > 0.0 {
+            factor
+        } else {
+            1.0
+        }
+    }
+
+    fn whole_factor_of<'a>(
+        &self,
+        events: impl Iterator<Item = &'a ScheduledEvent>,
+        spec: &FleetSpec,
+        minute: i64,
+    ) -> f64 {
+        events
             .filter(|e| in_event(e, minute))
             .filter(|e| match &e.scope {
                 EventScope::All => true,

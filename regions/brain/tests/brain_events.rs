@@ -112,3 +112,40 @@ fn learn_from_tag_uses_the_last_event_with_that_tag() {
         "{with_event} vs {without} x {learned}"
     );
 }
+
+/// A fleet's series keeps its demand without the event: once its level has caught up with a
+/// 4x campaign, the forecast inside the campaign is 4x the demand before it, not 16x (the level
+/// that adapted to the campaign, multiplied by the campaign again), and after the campaign it
+/// is back at the demand before it.
+#[test]
+fn a_running_event_is_not_counted_twice_once_the_level_catches_up() {
+    let (mut brain, key) = brain();
+    brain.set_event(ScheduledEvent {
+        id: "campaign".into(),
+        tag: "campaign".into(),
+        scope: EventScope::All,
+        start: 300 * 60,
+        end: 420 * 60,
+        effect: EventEffect::Multiplier { factor: 4.0 },
+    });
+    feed(&mut brain, 0..400, |m| {
+        if (300..420).contains(&m) {
+            400.0
+        } else {
+            100.0
+        }
+    });
+    let inside = brain
+        .fleet_forecast(&key, 400 * 60, 410)
+        .expect("forecast")
+        .point;
+    assert!(
+        (inside - 400.0).abs() < 20.0,
+        "inside the campaign: {inside}"
+    );
+    let after = brain
+        .fleet_forecast(&key, 400 * 60, 440)
+        .expect("forecast")
+        .point;
+    assert!((after - 100.0).abs() < 10.0, "after the campaign: {after}");
+}

@@ -94,7 +94,7 @@ impl ErrorWindow {
             beta,
             lower: quantile(&sorted, tail),
             upper,
-            slo: quantile(&sorted, slo).max(upper),
+            slo: quantile(&sorted, slo),
         }
     }
 

@@ -331,7 +331,7 @@ impl SeriesForecaster {
             point,
             lower: (point + mix(l0, l1)).clamp(0.0, point),
             upper,
-            slo_upper: (point + mix(s0, s1)).max(upper),
+            slo_upper: (point + mix(s0, s1)).max(0.0),
             model,
         }
     }
