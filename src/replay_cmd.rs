@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use prescale_regions::replay::events::read_events_file;
+use prescale_regions::replay::sweep::{self, SweepOutcome};
 use prescale_regions::replay::{self, FleetStart, Policy, PolicyScore, ReplaySettings};
 use prescale_regions::trace::access_log::read_access_log;
 use prescale_regions::trace::Trace;
@@ -50,10 +52,23 @@ pub struct Args {
     /// one.
     #[arg(long)]
     empty_history: bool,
-    /// Print the scores as a JSON array, one object per policy.
+    /// Instead of one run per policy: the cost / violation frontier of the predictive policy over
+    /// `[planner] slo_target` (0.9-0.995, its other settings from --config) against the reactive
+    /// (HPA) policy over its target utilization (0.5-0.9), and which HPA points it dominates.
+    #[arg(long, conflicts_with_all = ["policy", "target_utilization", "empty_history"])]
+    sweep: bool,
+    /// Scheduled events the predictive policy is told of, as the live forecaster is told of
+    /// those of `/api/v1/events`: a JSON array of objects in that API's form (`tag`, `start`,
+    /// `end` in unix seconds, `scope` `{"kind":"all"}`, `effect` a multiplier or
+    /// `learn_from_tag`); each policy is also scored inside each event.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Print the scores as a JSON array, one object per policy (with --sweep: one object with
+    /// the points and the verdicts).
     #[arg(long)]
     json: bool,
-    /// Draw demand, ready capacity per policy and violation minutes to FILE (.svg or .png).
+    /// Draw demand, ready capacity per policy and violation minutes to FILE (.svg or .png); with
+    /// --sweep, the frontier: violation minutes against cost.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
 }
@@ -90,6 +105,10 @@ pub fn run(args: Args) -> Result<(), CliError> {
         Some(path) => prescale_config::load_brain_file(path).map_err(CliError::input)?,
         None => prescale_config::BrainConfig::default(),
     };
+    let events = match &args.events {
+        Some(path) => read_events_file(path, &trace).map_err(CliError::input)?,
+        None => Vec::new(),
+    };
     let settings = ReplaySettings {
         capacity_rps: args.capacity_rps,
         cold_start_seconds: args.cold_start,
@@ -101,8 +120,21 @@ pub fn run(args: Args) -> Result<(), CliError> {
         } else {
             FleetStart::SizedToFirstMinute
         },
+        events,
     };
     settings.validate().map_err(CliError::input)?;
+    let title = format!(
+        "{}: {} req/s per instance, {} s cold start",
+        source.file_name().map_or_else(
+            || source.display().to_string(),
+            |n| n.to_string_lossy().into_owned()
+        ),
+        args.capacity_rps,
+        args.cold_start
+    );
+    if args.sweep {
+        return run_sweep(&trace, &settings, &title, &args);
+    }
     let bar = replay::progress::terminal_bar(trace.len() as u64 * policies.len() as u64);
     let outcome = replay::replay(&trace, &policies, &settings, |done| {
         if let Some(bar) = &bar {
@@ -116,15 +148,6 @@ pub fn run(args: Args) -> Result<(), CliError> {
         bar.finish_and_clear();
     }
     if let Some(path) = &args.plot {
-        let title = format!(
-            "{}: {} req/s per instance, {} s cold start",
-            source.file_name().map_or_else(
-                || source.display().to_string(),
-                |n| n.to_string_lossy().into_owned()
-            ),
-            args.capacity_rps,
-            args.cold_start
-        );
         prescale_regions::plot::draw(&outcome, args.capacity_rps, &title, path)
             .map_err(CliError::runtime)?;
     }
@@ -136,6 +159,92 @@ pub fn run(args: Args) -> Result<(), CliError> {
         print_table(&outcome.scores, trace.len());
     }
     Ok(())
+}
+
+fn run_sweep(
+    trace: &Trace,
+    settings: &ReplaySettings,
+    title: &str,
+    args: &Args,
+) -> Result<(), CliError> {
+    let points = (sweep::SLO_TARGETS.len() + sweep::TARGET_UTILIZATIONS.len()) as u64;
+    let bar = replay::progress::terminal_bar(trace.len() as u64 * points);
+    let outcome = sweep::sweep(trace, settings, &|done| {
+        if let Some(bar) = &bar {
+            if done % 256 == 0 {
+                bar.set_position(done);
+            }
+        }
+    })
+    .map_err(CliError::input)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if let Some(path) = &args.plot {
+        prescale_regions::plot::draw_frontier(&outcome, &format!("frontier of {title}"), path)
+            .map_err(CliError::runtime)?;
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&outcome).context("encoding the sweep as JSON")?;
+        println!("{text}");
+    } else {
+        print_sweep(&outcome);
+    }
+    Ok(())
+}
+
+fn print_sweep(outcome: &SweepOutcome) {
+    println!(
+        "{} minutes simulated; oracle {:.1} instance-minutes",
+        outcome.minutes, outcome.oracle_instance_minutes
+    );
+    println!(
+        "{:<11} {:<23} {:>15} {:>11} {:>17} {:>15}",
+        "policy", "setting", "violation min", "unserved", "instance-minutes", "cost vs oracle"
+    );
+    for p in &outcome.points {
+        println!(
+            "{:<11} {:<23} {:>15} {:>10.4}% {:>17.1} {:>15.3}",
+            p.policy,
+            format!("{} {}", p.setting, p.value),
+            p.slo_violation_minutes,
+            p.unserved_fraction * 100.0,
+            p.instance_minutes,
+            p.cost_vs_oracle
+        );
+    }
+    println!();
+    println!("each HPA point against the cheapest predictive point that dominates it");
+    println!("(no more violation minutes and no more cost, and fewer of one)");
+    let dominated = outcome
+        .hpa
+        .iter()
+        .filter(|v| v.dominated_by_slo_target.is_some())
+        .count();
+    for (verdict, hpa) in outcome.hpa.iter().zip(outcome.reactive()) {
+        let by = verdict.dominated_by_slo_target.and_then(|slo| {
+            outcome
+                .predictive()
+                .find(|p| p.value == slo)
+                .map(|p| (slo, p))
+        });
+        let against = match by {
+            Some((slo, p)) => format!(
+                "dominated by slo_target {slo}: {} violation min, {:.3}x its cost",
+                p.slo_violation_minutes,
+                p.instance_minutes / hpa.instance_minutes
+            ),
+            None => "not dominated".to_string(),
+        };
+        println!(
+            "HPA target utilization {:<4} {:>6} violation min  {against}",
+            hpa.value, hpa.slo_violation_minutes
+        );
+    }
+    println!(
+        "the predictive frontier dominates HPA's at {dominated} of {} targets",
+        outcome.hpa.len()
+    );
 }
 
 fn print_table(scores: &[PolicyScore], minutes: usize) {
@@ -158,6 +267,7 @@ fn print_table(scores: &[PolicyScore], minutes: usize) {
             mase
         );
     }
+    print_events(scores);
     let Some(minutes) = scores
         .iter()
         .find_map(|s| s.first_day.as_ref().map(|d| d.minutes))
@@ -181,5 +291,33 @@ fn print_table(scores: &[PolicyScore], minutes: usize) {
                 day.cost_vs_oracle
             );
         }
+    }
+}
+
+/// Violation minutes of each policy inside each event's window.
+fn print_events(scores: &[PolicyScore]) {
+    let Some(first) = scores.first().filter(|s| !s.events.is_empty()) else {
+        return;
+    };
+    println!();
+    println!("inside each scheduled event: violation minutes (ready instance-minutes)");
+    print!("{:<16} {:<16} {:>8}", "event", "tag", "minutes");
+    for s in scores {
+        print!(" {:>22}", s.policy);
+    }
+    println!();
+    for (i, event) in first.events.iter().enumerate() {
+        print!("{:<16} {:<16} {:>8}", event.id, event.tag, event.minutes);
+        for s in scores {
+            let window = &s.events[i];
+            print!(
+                " {:>22}",
+                format!(
+                    "{} ({:.0})",
+                    window.slo_violation_minutes, window.ready_instance_minutes
+                )
+            );
+        }
+        println!();
     }
 }

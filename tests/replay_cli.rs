@@ -511,3 +511,301 @@ fn empty_history_starts_from_one_instance_and_scores_the_first_day() {
         "{text}"
     );
 }
+
+/// Two days of a daily surge (5 req/s, ramping over 10 minutes at 10:00 to 60 req/s for 3
+/// hours) with a seeded, overdispersed noise of up to ±20 %.
+fn daily_surge_csv(days: usize) -> String {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut csv = String::from("timestamp,requests\n");
+    for m in 0..days * 1440 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let noise = ((state >> 33) % 41) as f64 / 100.0 - 0.2;
+        let of_day = m % 1440;
+        let rps = match of_day {
+            600..=609 => 5.0 + 55.0 * (of_day - 600) as f64 / 10.0,
+            610..=789 => 60.0,
+            _ => 5.0,
+        };
+        let requests = (rps * 60.0 * (1.0 + noise)).round();
+        csv.push_str(&format!("{},{requests}\n", 1_699_920_000 + 60 * m));
+    }
+    csv
+}
+
+/// `--sweep` replays the predictive policy at each `slo_target` (keeping the other settings of
+/// `--config`) and HPA at each target utilization: its points are exactly the single runs with
+/// that setting, each HPA verdict names the cheapest predictive point that dominates it (or
+/// none, when none does), the table ends with the count, and the frontier plot is written.
+#[test]
+fn a_sweep_is_the_frontier_of_single_runs_and_names_what_dominates_hpa() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = write_trace(dir.path(), "surge.csv", &daily_surge_csv(2));
+    let config = write_trace(
+        dir.path(),
+        "brain.toml",
+        "[planner]\nscale_down_threshold = 0.9\n",
+    );
+    let config_arg = config.to_str().expect("utf-8 path");
+    let plot = dir.path().join("frontier.svg");
+    let out = replay_trace(
+        &trace,
+        "10",
+        "120",
+        &[
+            "--sweep",
+            "--json",
+            "--config",
+            config_arg,
+            "--plot",
+            plot.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sweep: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON object");
+    let points = sweep["points"].as_array().expect("points");
+    let point = |policy: &str, value: f64| {
+        points
+            .iter()
+            .find(|p| p["policy"] == policy && p["value"].as_f64() == Some(value))
+            .unwrap_or_else(|| panic!("no {policy} {value} in {points:?}"))
+    };
+    assert_eq!(points.len(), 12, "{points:?}");
+    assert_eq!(sweep["minutes"], 2880);
+
+    let single = |extra: &[&str], name: &str| {
+        let mut args = vec!["--json"];
+        if !extra.contains(&"--config") {
+            args.extend_from_slice(&["--config", config_arg]);
+        }
+        args.extend_from_slice(extra);
+        policy(
+            &json_scores(&replay_trace(&trace, "10", "120", &args)),
+            name,
+        )
+        .clone()
+    };
+    let slo_98 = write_trace(
+        dir.path(),
+        "slo-98.toml",
+        "[planner]\nscale_down_threshold = 0.9\nslo_target = 0.98\n",
+    );
+    let checks = [
+        (
+            single(&["--policy", "predictive"], "predictive"),
+            point("predictive", 0.99),
+        ),
+        (
+            single(
+                &[
+                    "--policy",
+                    "predictive",
+                    "--config",
+                    slo_98.to_str().expect("utf-8 path"),
+                ],
+                "predictive",
+            ),
+            point("predictive", 0.98),
+        ),
+        (
+            single(&["--policy", "reactive"], "reactive"),
+            point("reactive", 0.7),
+        ),
+        (
+            single(
+                &["--policy", "reactive", "--target-utilization", "0.5"],
+                "reactive",
+            ),
+            point("reactive", 0.5),
+        ),
+    ];
+    for (alone, swept) in &checks {
+        for key in [
+            "slo_violation_minutes",
+            "unserved_fraction",
+            "instance_minutes",
+            "cost_vs_oracle",
+        ] {
+            assert_eq!(alone[key], swept[key], "{key}: {alone} vs {swept}");
+        }
+    }
+
+    let violations = |p: &serde_json::Value| p["slo_violation_minutes"].as_u64().expect("count");
+    let cost = |p: &serde_json::Value| p["instance_minutes"].as_f64().expect("cost");
+    let dominates = |a: &serde_json::Value, b: &serde_json::Value| {
+        violations(a) <= violations(b)
+            && cost(a) <= cost(b)
+            && (violations(a) < violations(b) || cost(a) < cost(b))
+    };
+    let verdicts = sweep["hpa"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 5);
+    let mut dominated = 0;
+    for verdict in verdicts {
+        let hpa = point(
+            "reactive",
+            verdict["target_utilization"].as_f64().expect("u"),
+        );
+        let cheapest = points
+            .iter()
+            .filter(|p| p["policy"] == "predictive" && dominates(p, hpa))
+            .min_by(|a, b| cost(a).total_cmp(&cost(b)));
+        match cheapest {
+            Some(p) => {
+                dominated += 1;
+                assert_eq!(verdict["dominated_by_slo_target"], p["value"], "{verdict}");
+            }
+            None => assert!(verdict["dominated_by_slo_target"].is_null(), "{verdict}"),
+        }
+    }
+    assert_eq!(sweep["predictive_dominates_hpa"], dominated == 5);
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("predictive (slo_target)"),
+        "{}",
+        &svg[..svg.len().min(200)]
+    );
+
+    let table = replay_trace(&trace, "10", "120", &["--sweep", "--config", config_arg]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success());
+    assert!(
+        text.contains(&format!(
+            "the predictive frontier dominates HPA's at {dominated} of 5 targets"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("HPA target utilization 0.9"), "{text}");
+
+    let conflict = replay_trace(&trace, "10", "120", &["--sweep", "--policy", "reactive"]);
+    assert_eq!(conflict.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&conflict.stderr).contains("--policy"),
+        "{}",
+        String::from_utf8_lossy(&conflict.stderr)
+    );
+}
+
+/// Three days at about 10 req/s with three 2-hour campaigns at 4x at irregular times, and the
+/// campaigns as the events file `events_name` with `effect`.
+fn campaigns(dir: &Path, events_name: &str, effect: &str) -> (PathBuf, PathBuf) {
+    let start = 1_699_920_000;
+    let windows = [(1700, 1820), (2390, 2510), (3700, 3820)];
+    let mut csv = String::from("timestamp,requests\n");
+    for m in 0..3 * 1440 {
+        let base = 600 + (m * 7919) % 61;
+        let factor = if windows.iter().any(|&(a, b)| (a..b).contains(&m)) {
+            4
+        } else {
+            1
+        };
+        csv.push_str(&format!("{},{}\n", start + 60 * m, base * factor));
+    }
+    let events: Vec<String> = windows
+        .iter()
+        .map(|&(a, b)| {
+            format!(
+                r#"{{"tag":"campaign","start":{},"end":{},"scope":{{"kind":"all"}},"effect":{effect}}}"#,
+                start + 60 * a,
+                start + 60 * b
+            )
+        })
+        .collect();
+    (
+        write_trace(dir, "campaigns.csv", &csv),
+        write_trace(dir, events_name, &format!("[{}]", events.join(","))),
+    )
+}
+
+/// `--events` tells the predictive policy of scheduled campaigns: with their factor it has its
+/// capacity ready when each starts (no violation minute inside them, where it has some without
+/// the file) and costs less than without it, since a campaign it was told of does not widen its
+/// bounds; with `learn_from_tag`, the campaigns after the first use what the first did. Each
+/// policy is scored inside each event, and a bad file is refused naming the event and field.
+#[test]
+fn scheduled_events_are_provisioned_ahead_and_scored_inside_their_windows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (trace, exact) = campaigns(
+        dir.path(),
+        "exact.json",
+        r#"{"kind":"multiplier","factor":4}"#,
+    );
+    let (_, learn) = campaigns(dir.path(), "learn.json", r#"{"kind":"learn_from_tag"}"#);
+    let run = |events: Option<&Path>| {
+        let mut args = vec!["--json"];
+        if let Some(path) = events {
+            args.extend_from_slice(&["--events", path.to_str().expect("utf-8 path")]);
+        }
+        json_scores(&replay_trace(&trace, "10", "120", &args))
+    };
+    let count = |v: &serde_json::Value, key: &str| v[key].as_f64().expect("number");
+    let without = run(None);
+    let told = run(Some(&exact));
+    let learned = run(Some(&learn));
+    assert!(policy(&without, "predictive").get("events").is_none());
+    let windows = |scores: &[serde_json::Value], name: &str| {
+        policy(scores, name)["events"]
+            .as_array()
+            .expect("events scored")
+            .clone()
+    };
+    let told_windows = windows(&told, "predictive");
+    assert_eq!(told_windows.len(), 3);
+    for w in &told_windows {
+        assert_eq!(w["minutes"], 120, "{w}");
+        assert_eq!(w["slo_violation_minutes"], 0, "{w}");
+    }
+    assert!(
+        count(policy(&without, "predictive"), "slo_violation_minutes") > 0.0,
+        "{without:?}"
+    );
+    assert!(
+        count(policy(&told, "predictive"), "instance_minutes")
+            < count(policy(&without, "predictive"), "instance_minutes"),
+        "{told:?} vs {without:?}"
+    );
+    // The reactive and oracle policies are not told of events.
+    for name in ["reactive", "oracle"] {
+        assert_eq!(
+            policy(&told, name)["instance_minutes"],
+            policy(&without, name)["instance_minutes"]
+        );
+    }
+    let learned_windows = windows(&learned, "predictive");
+    for w in &learned_windows[1..] {
+        assert_eq!(w["slo_violation_minutes"], 0, "{learned_windows:?}");
+    }
+
+    let table = replay_trace(
+        &trace,
+        "10",
+        "120",
+        &["--events", exact.to_str().expect("utf-8 path")],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success());
+    assert!(text.contains("inside each scheduled event"), "{text}");
+    assert!(text.contains("ev-3"), "{text}");
+
+    let bad = write_trace(
+        dir.path(),
+        "bad-events.json",
+        r#"[{"tag":"campaign","start":1700020000,"end":1700030000,"scope":{"kind":"all"},"effect":{"kind":"multiplier","factor":-1}}]"#,
+    );
+    let out = replay_trace(
+        &trace,
+        "10",
+        "120",
+        &["--events", bad.to_str().expect("utf-8 path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad-events.json") && stderr.contains("event 1: effect.factor"),
+        "{stderr}"
+    );
+}

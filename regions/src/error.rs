@@ -45,6 +45,16 @@ pub enum Error {
     /// A scheduled event with this id exists already.
     #[error("a scheduled event `{id}` exists already")]
     EventConflict { id: String },
+    /// A replay's events file could not be read.
+    #[error("cannot read events file {path}: {source}")]
+    EventsFileIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A replay's events file holds something that is not a usable event.
+    #[error("events file {path}: {message}")]
+    EventsFile { path: PathBuf, message: String },
     /// Drawing the replay plot failed.
     #[error("cannot draw plot {path}: {message}")]
     Plot { path: PathBuf, message: String },

@@ -303,23 +303,28 @@ impl EventInput {
     pub fn from_json(body: &[u8], regions: &[String]) -> Result<EventInput> {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| input_error(None, format!("the body is not JSON: {e}")))?;
+        Self::from_value(&value, regions)
+    }
+
+    /// Checks one event already parsed as JSON, as [`EventInput::from_json`] does.
+    pub fn from_value(value: &Value, regions: &[String]) -> Result<EventInput> {
         let Value::Object(map) = value else {
             return Err(input_error(
                 None,
                 format!(
                     "the body must be a JSON object with tag, start, end, scope and effect, got {}",
-                    kind_of(&value)
+                    kind_of(value)
                 ),
             ));
         };
-        reject_unknown(&map, "", &["id", "tag", "start", "end", "scope", "effect"])?;
+        reject_unknown(map, "", &["id", "tag", "start", "end", "scope", "effect"])?;
         let id = match map.get("id") {
             None | Some(Value::Null) => None,
-            Some(_) => Some(name_field(&map, "id", "id")?),
+            Some(_) => Some(name_field(map, "id", "id")?),
         };
-        let tag = name_field(&map, "tag", "tag")?;
-        let start = seconds_field(&map, "start")?;
-        let end = seconds_field(&map, "end")?;
+        let tag = name_field(map, "tag", "tag")?;
+        let start = seconds_field(map, "start")?;
+        let end = seconds_field(map, "end")?;
         if end <= start {
             return Err(input_error(
                 Some("end"),
@@ -335,8 +340,8 @@ impl EventInput {
                 ),
             ));
         }
-        let scope = parse_scope(&map, regions)?;
-        let effect = parse_effect(&map)?;
+        let scope = parse_scope(map, regions)?;
+        let effect = parse_effect(map)?;
         Ok(EventInput {
             id,
             tag,

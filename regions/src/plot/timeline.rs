@@ -1,48 +1,44 @@
-//! Plot of a replay: demand, each policy's ready capacity, and each policy's violation minutes
-//! (a mark under the axis), as SVG or PNG chosen by the file's extension. Long traces are
-//! bucketed for drawing: peak demand and lowest capacity per bucket, so nothing is hidden.
-//! PNG carries no text (no font is bundled); SVG has the title, axes and legend.
+//! Timeline of a replay: demand, each policy's ready capacity, and each policy's violation
+//! minutes (a mark under the axis). Long traces are bucketed for drawing: peak demand and lowest
+//! capacity per bucket, so nothing is hidden.
 
 use std::path::Path;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::error::{Error, Result};
+use super::{draw_figure, Figure, COLORS};
+use crate::error::Result;
 use crate::replay::ReplayOutcome;
 
 /// At most this many points per line.
 const MAX_POINTS: usize = 2000;
-const WIDTH: u32 = 1400;
-const HEIGHT: u32 = 600;
-const COLORS: [RGBColor; 3] = [
-    RGBColor(0, 114, 178),
-    RGBColor(213, 94, 0),
-    RGBColor(0, 158, 115),
-];
 
 /// Draw `outcome` to `path` (`.svg` or `.png`).
 pub fn draw(outcome: &ReplayOutcome, capacity_rps: f64, title: &str, path: &Path) -> Result<()> {
-    let fail = |message: String| Error::Plot {
-        path: path.to_path_buf(),
-        message,
-    };
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    match extension.as_deref() {
-        Some("svg") => {
-            let area = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
-            render(&area, outcome, capacity_rps, title, true).map_err(fail)?;
-            area.present().map_err(|e| fail(e.to_string()))
-        }
-        Some("png") => {
-            let area = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
-            render(&area, outcome, capacity_rps, title, false).map_err(fail)?;
-            area.present().map_err(|e| fail(e.to_string()))
-        }
-        _ => Err(fail("the file name must end in .svg or .png".into())),
+    draw_figure(
+        &Timeline {
+            outcome,
+            capacity_rps,
+            title,
+        },
+        path,
+    )
+}
+
+struct Timeline<'a> {
+    outcome: &'a ReplayOutcome,
+    capacity_rps: f64,
+    title: &'a str,
+}
+
+impl Figure for Timeline<'_> {
+    fn render<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        text: bool,
+    ) -> Result<(), String> {
+        render(area, self.outcome, self.capacity_rps, self.title, text)
     }
 }
 

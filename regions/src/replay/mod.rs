@@ -5,16 +5,18 @@
 //! The `predictive` policy drives the same [`Brain`](crate::brain::Brain) the live forecaster
 //! runs; it only ever sees minutes that have ended.
 
+pub mod events;
 pub mod fleet;
 pub mod oracle;
 pub mod predictive;
 pub mod progress;
 pub mod reactive;
+pub mod sweep;
 
 use prescale_config::brain::{ForecastConfig, PlannerConfig};
 use serde::Serialize;
 
-use crate::brain::Decision;
+use crate::brain::{Decision, ScheduledEvent};
 use crate::error::{Error, Result};
 use crate::trace::Trace;
 
@@ -58,6 +60,9 @@ pub struct ReplaySettings {
     pub planner: PlannerConfig,
     /// The fleets the reactive and predictive policies start with.
     pub start: FleetStart,
+    /// Scheduled events the predictive policy is told of (`--events`); every score also
+    /// carries its policy's score inside each event.
+    pub events: Vec<ScheduledEvent>,
 }
 
 /// How the simulated fleets start. Either way the predictive policy starts without history: it
@@ -92,6 +97,7 @@ impl Default for ReplaySettings {
             forecast: ForecastConfig::default(),
             planner: PlannerConfig::default(),
             start: FleetStart::default(),
+            events: Vec::new(),
         }
     }
 }
@@ -179,6 +185,9 @@ pub struct PolicyScore {
     /// before it has seen a day, against the oracle of that day.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_day: Option<WindowScore>,
+    /// The same policy inside each scheduled event's window (`--events`), in the file's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<events::EventWindowScore>,
 }
 
 /// A policy's score over a leading part of the trace.
@@ -253,13 +262,21 @@ fn simulate(
     let scores: Vec<PolicyScore> = runs
         .iter()
         .map(|run| {
-            score(
+            let mut scored = score(
                 run,
                 &demand,
                 settings.capacity_rps,
                 oracle_run.instance_minutes,
                 trace,
-            )
+            );
+            scored.events = events::window_scores(
+                &settings.events,
+                trace,
+                &demand,
+                &run.ready,
+                settings.capacity_rps,
+            );
+            scored
         })
         .collect();
     Ok(ReplayOutcome {
@@ -299,6 +316,7 @@ pub fn score(
         },
         forecast_mase: run.forecast_30.as_ref().and_then(|f| mase(f, trace)),
         first_day: None,
+        events: Vec::new(),
     }
 }
 

@@ -56,6 +56,9 @@ pub fn run(trace: &Trace, settings: &ReplaySettings, mut progress: impl FnMut(us
         warm_sub_pools: Vec::new(),
         instance_resources: None,
     });
+    for event in &settings.events {
+        brain.set_event(event.clone());
+    }
     let mut ready = Vec::with_capacity(trace.len());
     let mut decisions: Vec<Decision> = Vec::new();
     let mut forecast_30 = vec![None; trace.len()];
