@@ -1812,3 +1812,132 @@ fn idle_and_trickling_clients_are_closed_after_the_keepalive_timeout() {
         "a trickling head was kept open for {closed_after:?}"
     );
 }
+
+/// Every request gets an `X-Request-Id` (32 hex digits, new per request) that the backend
+/// receives and the client gets back, on both paths; a trusted peer's own ID is kept, an
+/// untrusted client's replaced; `Via` names the proxy's pseudonym on the request and on the
+/// response, after the client's own `Via`; `proxy.request_id = false` and `proxy.via = ""` turn
+/// them off, and a pseudonym that is not a token is refused at start.
+#[test]
+fn request_ids_and_via_reach_the_backend_and_come_back() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[web], &[batch], ""));
+    let host = format!("Host: {proxy}");
+    let mut seen = std::collections::HashSet::new();
+    for method in ["GET", "POST"] {
+        for _ in 0..2 {
+            let r = raw_on(node.proxy, method, "/api/items", &[host.as_str()]);
+            assert_eq!(r.status, 200, "{method}: {}", r.text());
+            let echo = r.json();
+            let id = r.header("x-request-id").expect("X-Request-Id").to_string();
+            assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{method}: {id}"
+            );
+            assert_eq!(echo["headers"]["x-request-id"], id.as_str(), "{method}");
+            assert_eq!(echo["headers"]["via"], "1.1 prescale", "{method}: {echo}");
+            assert_eq!(r.header("via"), Some("1.1 prescale"), "{method}");
+            assert!(seen.insert(id), "{method}: an ID given twice");
+        }
+        // Loopback is a trusted peer here: its ID is kept; its Via comes first.
+        let r = raw_on(
+            node.proxy,
+            method,
+            "/api/items",
+            &[host.as_str(), "X-Request-Id: edge-42", "Via: 1.0 edge-lb"],
+        );
+        let echo = r.json();
+        assert_eq!(echo["headers"]["x-request-id"], "edge-42", "{method}");
+        assert_eq!(r.header("x-request-id"), Some("edge-42"), "{method}");
+        assert_eq!(
+            echo["headers"]["via"], "1.0 edge-lb, 1.1 prescale",
+            "{method}: {echo}"
+        );
+        // Two IDs, or one that is not visible ASCII: a new one.
+        let r = raw_on(
+            node.proxy,
+            method,
+            "/api/items",
+            &[host.as_str(), "X-Request-Id: a", "X-Request-Id: b"],
+        );
+        let id = r.header("x-request-id").expect("X-Request-Id");
+        assert_eq!(id.len(), 32, "{method}: {id}");
+        assert_eq!(r.json()["headers"]["x-request-id"], id, "{method}");
+    }
+    drop(node);
+
+    // An untrusted client's ID is replaced; another pseudonym.
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web], &[batch], "")
+        .replace(
+            "trusted_proxies = [\"127.0.0.0/8\"]",
+            "trusted_proxies = []",
+        )
+        .replace(
+            "shutdown_grace_secs = 20",
+            "shutdown_grace_secs = 20\nvia = \"edge-7\"",
+        );
+    let node = start_node(&text);
+    let host = format!("Host: {proxy}");
+    for method in ["GET", "POST"] {
+        let r = raw_on(
+            node.proxy,
+            method,
+            "/api/items",
+            &[host.as_str(), "X-Request-Id: forged"],
+        );
+        let echo = r.json();
+        let id = r.header("x-request-id").expect("X-Request-Id");
+        assert_eq!(id.len(), 32, "{method}: {id}");
+        assert_eq!(echo["headers"]["x-request-id"], id, "{method}");
+        assert_eq!(echo["headers"]["via"], "1.1 edge-7", "{method}: {echo}");
+        assert_eq!(r.header("via"), Some("1.1 edge-7"), "{method}");
+    }
+    drop(node);
+
+    // Both off: the client's field passes as any other, and nothing is added.
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web], &[batch], "").replace(
+        "shutdown_grace_secs = 20",
+        "shutdown_grace_secs = 20\nrequest_id = false\nvia = \"\"",
+    );
+    let node = start_node(&text);
+    let host = format!("Host: {proxy}");
+    for method in ["GET", "POST"] {
+        let r = raw_on(node.proxy, method, "/api/items", &[host.as_str()]);
+        let echo = r.json();
+        assert_eq!(r.header("x-request-id"), None, "{method}");
+        assert_eq!(r.header("via"), None, "{method}");
+        assert_eq!(echo["headers"]["x-request-id"], serde_json::Value::Null);
+        assert_eq!(echo["headers"]["via"], serde_json::Value::Null);
+        let r = raw_on(
+            node.proxy,
+            method,
+            "/api/items",
+            &[host.as_str(), "X-Request-Id: client-1"],
+        );
+        assert_eq!(r.json()["headers"]["x-request-id"], "client-1", "{method}");
+    }
+    drop(node);
+
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web], &[batch], "").replace(
+        "shutdown_grace_secs = 20",
+        "shutdown_grace_secs = 20\nvia = \"two words\"",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("prescale.toml");
+    std::fs::write(&path, text).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prescale"))
+        .args(["check-config", path.to_str().expect("utf8 path")])
+        .output()
+        .expect("run prescale check-config");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("proxy.via"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -125,6 +125,15 @@ pub struct ProxyConfig {
     /// and `_` alike (CGI, WSGI, Rack) cannot be handed `X_User_Id` for `X-User-Id`.
     #[serde(default)]
     pub underscores_in_headers: bool,
+    /// Give every request an `X-Request-Id` (32 hex digits), sent to the backend and returned to
+    /// the client; a trusted peer's (`network.trusted_proxies`) is kept. Off: the field passes
+    /// like any other.
+    #[serde(default = "default_true")]
+    pub request_id: bool,
+    /// The pseudonym in the `Via` field (RFC 9110 §7.6.3) added to requests to backends and to
+    /// responses to clients, e.g. `1.1 prescale`; empty: no `Via`.
+    #[serde(default = "default_via")]
+    pub via: String,
 }
 
 impl Default for ProxyConfig {
@@ -140,8 +149,14 @@ impl Default for ProxyConfig {
             tls: None,
             h2c: false,
             underscores_in_headers: false,
+            request_id: true,
+            via: default_via(),
         }
     }
+}
+
+fn default_via() -> String {
+    "prescale".to_string()
 }
 
 fn default_proxy_listen() -> SocketAddr {

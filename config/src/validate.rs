@@ -236,6 +236,17 @@ impl Validator {
                 );
             }
         }
+        let via = &config.proxy.via;
+        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if via.len() > 64 || !via.chars().all(tchar) {
+            self.problem(
+                root.key("proxy").key("via"),
+                format!(
+                    "`{via}` is not a pseudonym for Via: expected up to 64 letters, digits or \
+                     !#$%&'*+-.^_`|~ (RFC 9110 token), or \"\" for no Via"
+                ),
+            );
+        }
         if config.proxy.threads > 1024 {
             self.problem(
                 root.key("proxy").key("threads"),

@@ -45,6 +45,7 @@ use crate::profiles::{
     MAX_PROFILES,
 };
 use crate::request_head::ForwardingPolicy;
+use crate::request_id::AddedFields;
 
 /// How far back `/api/v1/profiles` looks for request rates.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -150,6 +151,8 @@ pub struct DataPlane {
     pub tls: bool,
     /// Which client fields a backend never gets (`proxy.underscores_in_headers`).
     pub forwarding: ForwardingPolicy,
+    /// `X-Request-Id` and `Via` (`proxy.request_id`, `proxy.via`).
+    pub added_fields: AddedFields,
     /// How long a write to a client, and a read of its request body, may wait
     /// (`proxy.send_timeout_secs`, `proxy.body_timeout_secs`).
     pub client_timeouts: ClientTimeouts,
@@ -248,6 +251,7 @@ impl DataPlane {
             forwarding: ForwardingPolicy {
                 underscores: config.proxy.underscores_in_headers,
             },
+            added_fields: AddedFields::new(config.proxy.request_id, &config.proxy.via),
             new_users: NewUserLimiter::new(config.identity.new_users_per_client_per_sec),
             client_timeouts: ClientTimeouts {
                 send: Duration::from_secs(config.proxy.send_timeout_secs),

@@ -17,7 +17,8 @@
 //!   ([`RequestCtx`]), passive ejection, retries on another backend only while nothing has reached
 //!   the client and only up to the fleet's `retries`, the 502/503/504 answers and their bodies,
 //!   the `Host` check, the normalised path and the fields a backend never gets
-//!   ([`request_head`]), `X-Forwarded-For` / `X-Forwarded-Proto`, and the meters;
+//!   ([`request_head`]), `X-Forwarded-For` / `X-Forwarded-Proto`, the request ID and `Via` on
+//!   the request and its response ([`request_id`](crate::request_id)), and the meters;
 //! - hop-by-hop fields never cross: not the client's to the backend, nor the backend's
 //!   (`Connection`, `Keep-Alive`, the fields `Connection` names) to the client;
 //! - a response is framed as the backend framed it (length, chunked, or until close); when its
@@ -65,6 +66,7 @@ use crate::dataplane::{Admitted, DataPlane, Rejection};
 use crate::fields::HeaderFields;
 use crate::fleet::{Attempt, BackendState, Fleet};
 use crate::request_head::{self, HeadError};
+use crate::request_id::REQUEST_ID;
 use crate::service::{
     failure_answer, forwarded_for, forwarded_proto, ProxyService, RequestCtx, FORWARDED_FOR,
     FORWARDED_PROTO,
@@ -168,6 +170,8 @@ struct Connection {
     response: Vec<u8>,
     /// Bytes for the client (response head and the first body bytes, or our own answer).
     output: Vec<u8>,
+    /// Field lines the proxy adds to the backend's response head (`X-Request-Id`, `Via`).
+    response_fields: ResponseFields,
     /// When the first bytes of the request head being read arrived (unix seconds): the whole
     /// head must arrive within the keep-alive timeout of them.
     head_started_secs: u64,
@@ -227,6 +231,7 @@ impl FrontDoor {
             upstream_request: Vec::with_capacity(1024),
             response: Vec::with_capacity(READ_SIZE),
             output: Vec::with_capacity(1024),
+            response_fields: ResponseFields::default(),
             head_started_secs: 0,
         };
         let mut first = true;
@@ -255,7 +260,12 @@ impl FrontDoor {
                         return;
                     }
                 }
-                match self.parse(&conn.input, conn.peer_ip, &mut conn.upstream_request) {
+                match self.parse(
+                    &conn.input,
+                    conn.peer_ip,
+                    &mut conn.upstream_request,
+                    &mut conn.response_fields,
+                ) {
                     Parsed::Partial if conn.input.len() < self.head_limit => continue,
                     Parsed::Partial => break Parsed::TooLarge,
                     parsed => break parsed,
@@ -322,7 +332,13 @@ impl FrontDoor {
 
     /// Reads a request head at the start of `input` and, when it is one for the direct path,
     /// admits it and writes the upstream request.
-    fn parse(&self, input: &[u8], peer_ip: Option<IpAddr>, upstream: &mut Vec<u8>) -> Parsed {
+    fn parse(
+        &self,
+        input: &[u8],
+        peer_ip: Option<IpAddr>,
+        upstream: &mut Vec<u8>,
+        response_fields: &mut ResponseFields,
+    ) -> Parsed {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut request = httparse::Request::new(&mut []);
         let head_len = match request.parse_with_uninit_headers(input, &mut fields) {
@@ -399,7 +415,14 @@ impl FrontDoor {
             },
             Ok(admitted) => {
                 let target = UpstreamTarget { path: &path, query };
-                self.write_upstream_request(upstream, method.as_str(), target, headers, peer_ip);
+                self.write_upstream_request(
+                    upstream,
+                    response_fields,
+                    method.as_str(),
+                    target,
+                    headers,
+                    peer_ip,
+                );
                 Parsed::Admitted {
                     head_len,
                     admitted,
@@ -411,10 +434,12 @@ impl FrontDoor {
     }
 
     /// The request as the backend gets it: the normalised target, the client's fields without
-    /// hop-by-hop ones and those the forwarding policy drops, with the forwarding fields.
+    /// hop-by-hop ones and those the forwarding policy drops, with the forwarding fields, the
+    /// request ID and `Via`; and the fields its response will get.
     fn write_upstream_request(
         &self,
         out: &mut Vec<u8>,
+        response_fields: &mut ResponseFields,
         method: &str,
         target: UpstreamTarget<'_>,
         headers: HeaderFields<'_>,
@@ -430,16 +455,42 @@ impl FrontDoor {
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let trusted = self.plane.trusts(peer_ip);
+        let added = &self.plane.added_fields;
+        let request_id = added.request_id(
+            trusted,
+            headers
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case(REQUEST_ID))
+                .map(|f| f.value),
+        );
         for field in headers.iter() {
             let name = field.name;
             if REQUEST_HOP_BY_HOP
                 .iter()
                 .any(|hop| name.eq_ignore_ascii_case(hop))
                 || self.plane.forwarding.drops(name, trusted)
+                || (request_id.is_some() && name.eq_ignore_ascii_case(REQUEST_ID))
             {
                 continue;
             }
             push_field(out, name.as_bytes(), field.value);
+        }
+        response_fields.lines.clear();
+        response_fields.replaces_request_id = request_id.is_some();
+        if let Some(id) = &request_id {
+            push_field(out, REQUEST_ID.as_bytes(), id.as_bytes());
+            push_field(
+                &mut response_fields.lines,
+                REQUEST_ID.as_bytes(),
+                id.as_bytes(),
+            );
+        }
+        if let Some(via) = added.via() {
+            for target in [&mut *out, &mut response_fields.lines] {
+                target.extend_from_slice(b"via: 1.1 ");
+                target.extend_from_slice(via.as_bytes());
+                target.extend_from_slice(b"\r\n");
+            }
         }
         let forwarded = forwarded_for(&self.plane, peer_ip, &headers);
         if !forwarded.is_empty() {
@@ -589,8 +640,14 @@ impl FrontDoor {
 
         conn.response.clear();
         let head = loop {
-            match final_response_head(&mut conn.response, head_only, close, &mut conn.output)
-                .map_err(backend_fault)?
+            match final_response_head(
+                &mut conn.response,
+                head_only,
+                close,
+                &conn.response_fields,
+                &mut conn.output,
+            )
+            .map_err(backend_fault)?
             {
                 Some(head) => break head,
                 None if conn.response.len() > RESPONSE_HEAD_LIMIT => {
@@ -812,10 +869,11 @@ fn final_response_head(
     response: &mut Vec<u8>,
     head_only: bool,
     close: bool,
+    added: &ResponseFields,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, Box<Error>> {
     loop {
-        match parse_response_head(response, head_only, close, out)? {
+        match parse_response_head(response, head_only, close, added, out)? {
             Some(head) if head.informational => {
                 response.drain(..head.len);
             }
@@ -824,12 +882,13 @@ fn final_response_head(
     }
 }
 
-/// Parses a response head at the start of `bytes` and writes the client's version of it to
-/// `out`. `None`: not complete yet.
+/// Parses a response head at the start of `bytes` and writes the client's version of it, with
+/// the fields in `added`, to `out`. `None`: not complete yet.
 fn parse_response_head(
     bytes: &[u8],
     head_only: bool,
     close: bool,
+    added: &ResponseFields,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, Box<Error>> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -929,10 +988,12 @@ fn parse_response_head(
             .iter()
             .any(|hop| name.eq_ignore_ascii_case(hop))
             || nominated_by_connection(fields, name);
-        if !hop_by_hop {
+        let replaced = added.replaces_request_id && name.eq_ignore_ascii_case(REQUEST_ID);
+        if !hop_by_hop && !replaced {
             push_field(out, name.as_bytes(), field.value);
         }
     }
+    out.extend_from_slice(&added.lines);
     if close_client {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -961,6 +1022,15 @@ fn nominated_by_connection(fields: &[httparse::Header<'_>], name: &str) -> bool 
         .iter()
         .filter(|f| f.name.eq_ignore_ascii_case("connection"))
         .any(|f| tokens(f.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+/// Field lines the proxy adds to a backend's response head for the client.
+#[derive(Debug, Default)]
+struct ResponseFields {
+    /// Whole field lines (`name: value\r\n`).
+    lines: Vec<u8>,
+    /// The backend's own `X-Request-Id` is left out (the request's is among `lines`).
+    replaces_request_id: bool,
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -1168,9 +1238,15 @@ pub fn read_backend_response(
 ) -> Result<(Vec<u8>, Vec<u8>), String> {
     let mut response = stream.to_vec();
     let mut head_out = Vec::new();
-    let head = final_response_head(&mut response, head_only, false, &mut head_out)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "incomplete head".to_string())?;
+    let head = final_response_head(
+        &mut response,
+        head_only,
+        false,
+        &ResponseFields::default(),
+        &mut head_out,
+    )
+    .map_err(|e| e.to_string())?
+    .ok_or_else(|| "incomplete head".to_string())?;
     let mut framing = head.framing;
     let mut body = Vec::new();
     let after_head = &response[head.len..];
@@ -1199,9 +1275,15 @@ mod tests {
 
     fn head(bytes: &[u8], head_only: bool) -> (ResponseHead, String) {
         let mut out = Vec::new();
-        let head = parse_response_head(bytes, head_only, false, &mut out)
-            .expect("valid")
-            .expect("complete");
+        let head = parse_response_head(
+            bytes,
+            head_only,
+            false,
+            &ResponseFields::default(),
+            &mut out,
+        )
+        .expect("valid")
+        .expect("complete");
         (head, String::from_utf8(out).expect("text"))
     }
 
@@ -1270,16 +1352,21 @@ mod tests {
         ] {
             let mut out = Vec::new();
             assert!(
-                parse_response_head(bad, false, false, &mut out).is_err(),
+                parse_response_head(bad, false, false, &ResponseFields::default(), &mut out)
+                    .is_err(),
                 "{bad:?}"
             );
         }
         let mut out = Vec::new();
-        assert!(
-            parse_response_head(b"HTTP/1.1 200 OK\r\nX: y", false, false, &mut out)
-                .expect("no error yet")
-                .is_none()
-        );
+        assert!(parse_response_head(
+            b"HTTP/1.1 200 OK\r\nX: y",
+            false,
+            false,
+            &ResponseFields::default(),
+            &mut out
+        )
+        .expect("no error yet")
+        .is_none());
     }
 
     #[test]
@@ -1293,15 +1380,28 @@ mod tests {
             head
         };
         let mut out = Vec::new();
-        let head = parse_response_head(&many(MAX_FIELDS - 1), false, false, &mut out)
-            .expect("within the limit")
-            .expect("complete");
+        let head = parse_response_head(
+            &many(MAX_FIELDS - 1),
+            false,
+            false,
+            &ResponseFields::default(),
+            &mut out,
+        )
+        .expect("within the limit")
+        .expect("complete");
         assert_eq!(head.status, 200);
         assert_eq!(
             String::from_utf8_lossy(&out).matches("Set-Cookie").count(),
             MAX_FIELDS - 1
         );
-        assert!(parse_response_head(&many(MAX_FIELDS), false, false, &mut out).is_err());
+        assert!(parse_response_head(
+            &many(MAX_FIELDS),
+            false,
+            false,
+            &ResponseFields::default(),
+            &mut out
+        )
+        .is_err());
     }
 
     #[test]

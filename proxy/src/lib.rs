@@ -32,6 +32,7 @@ pub mod new_users;
 pub mod plan;
 pub mod profiles;
 pub mod request_head;
+pub mod request_id;
 pub mod server;
 pub mod service;
 pub mod upstream_pool;

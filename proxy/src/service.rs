@@ -6,7 +6,8 @@
 //! | `request_filter`         | header limits, client address, identity → `UserKey`, origin region, |
 //! |                          | feature update → profile, profile → fleet; early 4xx/503 answers    |
 //! | `upstream_peer`          | a Ready, healthy, non-ejected, untried backend of the fleet        |
-//! | `upstream_request_filter`| `X-Forwarded-For` / `X-Forwarded-Proto`                             |
+//! | `upstream_request_filter`| `X-Forwarded-For` / `X-Forwarded-Proto`, `X-Request-Id`, `Via`      |
+//! | `upstream_response_filter`| status check, hop-by-hop fields out, `X-Request-Id` and `Via` in   |
 //! | `fail_to_connect`        | passive ejection bookkeeping, retry on another backend             |
 //! | `error_while_proxy`      | retry idempotent requests that got no response yet                 |
 //! | `fail_to_proxy`          | 502 / 503 / 504 with a short body                                  |
@@ -38,6 +39,7 @@ use crate::fields::{visible_ascii, HeaderLookup};
 use crate::fleet::{Attempt, BackendState, Fleet, FleetIdx, InFlight, Tried};
 use crate::meters::{MeterKey, Observation};
 use crate::request_head::{self, HeadError};
+use crate::request_id::{RequestId, REQUEST_ID, VIA};
 
 /// Per-request state carried between hooks.
 pub struct RequestCtx {
@@ -60,6 +62,8 @@ pub struct RequestCtx {
     /// The request failed on a timeout while the client had not sent its whole body: the
     /// client's stall (answered 408), not the backend's failure.
     client_stalled: bool,
+    /// The request's `X-Request-Id`, chosen at its first attempt (kept across retries).
+    request_id: Option<RequestId>,
 }
 
 impl RequestCtx {
@@ -76,6 +80,7 @@ impl RequestCtx {
             local_status: None,
             normalized_path: None,
             client_stalled: false,
+            request_id: None,
         }
     }
 
@@ -214,6 +219,17 @@ impl ProxyService {
         }
         upstream_request.insert_header(FORWARDED_PROTO, forwarded_proto(&self.plane))?;
         Ok(())
+    }
+}
+
+/// The protocol a message was received with, as `Via` names it (RFC 9110 §7.6.3).
+fn via_protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
     }
 }
 
@@ -372,7 +388,30 @@ impl ProxyHttp for ProxyService {
             })?;
             upstream_request.set_uri(uri);
         }
-        self.set_forwarding_headers(peer_ip(session), upstream_request)
+        let peer_ip = peer_ip(session);
+        self.set_forwarding_headers(peer_ip, upstream_request)?;
+        let added = &self.plane.added_fields;
+        if added.request_ids() {
+            let trusted = self.plane.trusts(peer_ip);
+            let id = *ctx.request_id.get_or_insert_with(|| {
+                added
+                    .request_id(
+                        trusted,
+                        upstream_request
+                            .headers
+                            .get_all(REQUEST_ID)
+                            .iter()
+                            .map(|v| v.as_bytes()),
+                    )
+                    .unwrap_or_else(RequestId::generate)
+            });
+            upstream_request.insert_header(REQUEST_ID, id.as_str())?;
+        }
+        if let Some(via) = added.via() {
+            let received = via_protocol(session.req_header().version);
+            upstream_request.append_header(VIA, format!("{received} {via}"))?;
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -400,6 +439,13 @@ impl ProxyHttp for ProxyService {
         }
         if upstream_response.status.as_u16() != 101 {
             strip_hop_by_hop(upstream_response);
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream_response.insert_header(REQUEST_ID, id.as_str())?;
+        }
+        if let Some(via) = self.plane.added_fields.via() {
+            let received = via_protocol(upstream_response.version);
+            upstream_response.append_header(VIA, format!("{received} {via}"))?;
         }
         ctx.response_started = true;
         if let (Some(routed), Some(backend)) = (ctx.routed, ctx.backend()) {
