@@ -4,20 +4,12 @@ minutes at 10:00 UTC to 60 req/s for 3 hours, every day, Poisson counts per minu
 
     scripts/daily-surge-trace.py DAYS SEED > trace.csv
 """
-import math
+import os
 import random
 import sys
 
-
-def poisson(rng, mean):
-    if mean > 50:  # the normal approximation, exact enough at these rates
-        return max(0, int(rng.gauss(mean, math.sqrt(mean)) + 0.5))
-    limit, k, p = math.exp(-mean), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p < limit:
-            return k
-        k += 1
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trace_noise import poisson  # noqa: E402
 
 
 def main():

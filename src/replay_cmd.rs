@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use prescale_regions::replay::events::read_events_file;
+use prescale_regions::replay::progress::ReplayProgress;
 use prescale_regions::replay::sweep::{self, SweepOutcome};
 use prescale_regions::replay::{self, FleetStart, Policy, PolicyScore, ReplaySettings};
 use prescale_regions::trace::access_log::read_access_log;
@@ -135,18 +136,10 @@ pub fn run(args: Args) -> Result<(), CliError> {
     if args.sweep {
         return run_sweep(&trace, &settings, &title, &args);
     }
-    let bar = replay::progress::terminal_bar(trace.len() as u64 * policies.len() as u64);
-    let outcome = replay::replay(&trace, &policies, &settings, |done| {
-        if let Some(bar) = &bar {
-            if done % 256 == 0 {
-                bar.set_position(done);
-            }
-        }
-    })
-    .map_err(CliError::input)?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let progress = ReplayProgress::new(trace.len() as u64 * policies.len() as u64);
+    let outcome = replay::replay(&trace, &policies, &settings, |done| progress.update(done))
+        .map_err(CliError::input)?;
+    progress.finish();
     if let Some(path) = &args.plot {
         prescale_regions::plot::draw(&outcome, args.capacity_rps, &title, path)
             .map_err(CliError::runtime)?;
@@ -168,18 +161,10 @@ fn run_sweep(
     args: &Args,
 ) -> Result<(), CliError> {
     let points = (sweep::SLO_TARGETS.len() + sweep::TARGET_UTILIZATIONS.len()) as u64;
-    let bar = replay::progress::terminal_bar(trace.len() as u64 * points);
-    let outcome = sweep::sweep(trace, settings, &|done| {
-        if let Some(bar) = &bar {
-            if done % 256 == 0 {
-                bar.set_position(done);
-            }
-        }
-    })
-    .map_err(CliError::input)?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let progress = ReplayProgress::new(trace.len() as u64 * points);
+    let outcome =
+        sweep::sweep(trace, settings, &|done| progress.update(done)).map_err(CliError::input)?;
+    progress.finish();
     if let Some(path) = &args.plot {
         prescale_regions::plot::draw_frontier(&outcome, &format!("frontier of {title}"), path)
             .map_err(CliError::runtime)?;

@@ -126,6 +126,19 @@ rules = [{{ path_prefix = "/batch", profile = "batch" }}, {{ path_prefix = "/api
     )
 }
 
+/// `config_text` with loopback no longer a trusted proxy and `proxy_line` added to `[proxy]`.
+fn untrusted_config(config_text: &str, proxy_line: &str) -> String {
+    config_text
+        .replace(
+            "trusted_proxies = [\"127.0.0.0/8\"]",
+            "trusted_proxies = []",
+        )
+        .replace(
+            "shutdown_grace_secs = 20",
+            &format!("shutdown_grace_secs = 20\n{proxy_line}"),
+        )
+}
+
 fn start_node(config_text: &str) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("prescale.toml");
@@ -541,15 +554,10 @@ fn request_heads_are_checked_normalised_and_stripped_alike_on_both_paths() {
     // Loopback untrusted, underscores allowed: a client's forwarding fields are dropped and
     // its own address is the whole X-Forwarded-For.
     let (proxy, admin) = addrs();
-    let text = config(proxy, admin, &[web], &[batch], "")
-        .replace(
-            "trusted_proxies = [\"127.0.0.0/8\"]",
-            "trusted_proxies = []",
-        )
-        .replace(
-            "shutdown_grace_secs = 20",
-            "shutdown_grace_secs = 20\nunderscores_in_headers = true",
-        );
+    let text = untrusted_config(
+        &config(proxy, admin, &[web], &[batch], ""),
+        "underscores_in_headers = true",
+    );
     let node = start_node(&text);
     let host = format!("Host: {proxy}");
     for method in ["GET", "POST"] {
@@ -1870,15 +1878,10 @@ fn request_ids_and_via_reach_the_backend_and_come_back() {
 
     // An untrusted client's ID is replaced; another pseudonym.
     let (proxy, admin) = addrs();
-    let text = config(proxy, admin, &[web], &[batch], "")
-        .replace(
-            "trusted_proxies = [\"127.0.0.0/8\"]",
-            "trusted_proxies = []",
-        )
-        .replace(
-            "shutdown_grace_secs = 20",
-            "shutdown_grace_secs = 20\nvia = \"edge-7\"",
-        );
+    let text = untrusted_config(
+        &config(proxy, admin, &[web], &[batch], ""),
+        "via = \"edge-7\"",
+    );
     let node = start_node(&text);
     let host = format!("Host: {proxy}");
     for method in ["GET", "POST"] {

@@ -631,6 +631,9 @@ fn check_spool(data: &[u8], dir: &Path) -> Outcome {
     }
     let found: BTreeSet<u64> = files.keys().filter_map(|n| spooled_sequence(n)).collect();
     let stored_next = files.get("next-sequence").and_then(|bytes| {
+        if bytes.len() as u64 > crate::spool::MAX_NEXT_SEQUENCE_LEN {
+            return None;
+        }
         std::str::from_utf8(bytes)
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())

@@ -31,8 +31,9 @@ use crate::error::{Error, Result};
 
 const SUFFIX: &str = ".sketch";
 const NEXT_SEQUENCE: &str = "next-sequence";
-/// Longest `next-sequence` content read: a `u64` in decimal and a line end, with room to spare.
-const MAX_NEXT_SEQUENCE_LEN: u64 = 32;
+/// Longest `next-sequence` content read: a `u64` in decimal, with room for leading zeros and
+/// whitespace (a longer file is damage, and starts a new epoch).
+pub(crate) const MAX_NEXT_SEQUENCE_LEN: u64 = 4096;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -309,7 +310,7 @@ mod tests {
         assert!(!s.path_of(big).exists());
         drop(s);
         // A next-sequence longer than any number starts a new epoch instead of being read.
-        fs::write(dir.path().join(NEXT_SEQUENCE), vec![b'9'; 4096]).unwrap();
+        fs::write(dir.path().join(NEXT_SEQUENCE), vec![b'9'; 4097]).unwrap();
         let s = Spool::open(dir.path(), 10).unwrap();
         assert_eq!(s.corrupt(), 1);
         assert!(s.next_sequence() > fits);

@@ -7,6 +7,7 @@ pub mod timeline;
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -32,6 +33,20 @@ trait Figure {
         area: &DrawingArea<DB, Shift>,
         text: bool,
     ) -> Result<(), String>;
+}
+
+/// A chart with numbers on both axes, as every figure here draws.
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The legend of the chart's labelled series, top right.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart<'a, DB>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// Draw `figure` to `path`, choosing the backend by the extension (`.svg` or `.png`).

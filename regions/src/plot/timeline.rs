@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{draw_figure, Figure, COLORS};
+use super::{draw_figure, draw_legend, Figure, COLORS};
 use crate::error::Result;
 use crate::replay::ReplayOutcome;
 
@@ -121,13 +121,7 @@ fn render<DB: DrawingBackend>(
         chart.draw_series(marks).map_err(err)?;
     }
     if text {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart)?;
     }
     Ok(())
 }

@@ -20,3 +20,30 @@ pub fn terminal_bar(total_minutes: u64) -> Option<ProgressBar> {
     }
     Some(bar)
 }
+
+/// A replay's progress as its callback reports it: the terminal bar when there is one.
+pub struct ReplayProgress(Option<ProgressBar>);
+
+impl ReplayProgress {
+    /// Progress over `total_minutes` simulated minutes (a bar only where [`terminal_bar`] draws
+    /// one).
+    pub fn new(total_minutes: u64) -> Self {
+        ReplayProgress(terminal_bar(total_minutes))
+    }
+
+    /// `done` minutes have been simulated (redrawn every 256).
+    pub fn update(&self, done: u64) {
+        if let Some(bar) = &self.0 {
+            if done.is_multiple_of(256) {
+                bar.set_position(done);
+            }
+        }
+    }
+
+    /// The replay is over: the bar is cleared.
+    pub fn finish(self) {
+        if let Some(bar) = self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
