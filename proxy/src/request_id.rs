@@ -113,11 +113,6 @@ impl AddedFields {
         }
     }
 
-    /// Whether requests get an `X-Request-Id` (and the client's own is replaced).
-    pub fn request_ids(&self) -> bool {
-        self.request_ids
-    }
-
     /// The pseudonym for `Via`, if one is added.
     pub fn via(&self) -> Option<&str> {
         self.via.as_deref()

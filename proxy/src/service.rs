@@ -198,11 +198,11 @@ impl ProxyService {
     pub(crate) fn set_forwarding_headers(
         &self,
         peer_ip: Option<IpAddr>,
+        trusted: bool,
         upstream_request: &mut pingora::http::RequestHeader,
     ) -> Result<()> {
         // Read before the client's copy is dropped.
         let forwarded_for = forwarded_for(&self.plane, peer_ip, &upstream_request.headers);
-        let trusted = self.plane.trusts(peer_ip);
         let dropped: Vec<http::HeaderName> = upstream_request
             .headers
             .keys()
@@ -389,22 +389,21 @@ impl ProxyHttp for ProxyService {
             upstream_request.set_uri(uri);
         }
         let peer_ip = peer_ip(session);
-        self.set_forwarding_headers(peer_ip, upstream_request)?;
+        let trusted = self.plane.trusts(peer_ip);
+        self.set_forwarding_headers(peer_ip, trusted, upstream_request)?;
         let added = &self.plane.added_fields;
-        if added.request_ids() {
-            let trusted = self.plane.trusts(peer_ip);
-            let id = *ctx.request_id.get_or_insert_with(|| {
-                added
-                    .request_id(
-                        trusted,
-                        upstream_request
-                            .headers
-                            .get_all(REQUEST_ID)
-                            .iter()
-                            .map(|v| v.as_bytes()),
-                    )
-                    .unwrap_or_else(RequestId::generate)
-            });
+        // Chosen at the first attempt from the client's fields; a retry sends the same ID.
+        if ctx.request_id.is_none() {
+            ctx.request_id = added.request_id(
+                trusted,
+                upstream_request
+                    .headers
+                    .get_all(REQUEST_ID)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            );
+        }
+        if let Some(id) = &ctx.request_id {
             upstream_request.insert_header(REQUEST_ID, id.as_str())?;
         }
         if let Some(via) = added.via() {

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::brain::{EventScope, ScheduledEvent};
 use crate::error::{Error, Result};
-use crate::events::{EventInput, MAX_EVENT_SECONDS};
+use crate::events::EventInput;
 use crate::trace::Trace;
 
 /// The largest events file read: a million events are far more than any replay needs.
@@ -90,7 +90,6 @@ pub fn parse_events(text: &[u8], path: &Path, trace: &Trace) -> Result<Vec<Sched
                 twin + 1
             )));
         }
-        debug_assert!(input.end - input.start <= MAX_EVENT_SECONDS);
         events.push(ScheduledEvent {
             id,
             tag: input.tag,
@@ -114,11 +113,13 @@ pub fn window_scores(
     events
         .iter()
         .map(|event| {
-            let first = ((event.start.div_euclid(60) - trace.start.div_euclid(60)).max(0)) as usize;
-            let last = ((event.end.div_euclid(60) - trace.start.div_euclid(60)).max(0) as usize)
-                .min(trace.len());
+            // Trace minutes the event covers; the file's check keeps them inside the trace.
+            let minute_of = |t: i64| {
+                ((t.div_euclid(60) - trace.start.div_euclid(60)).max(0) as usize).min(trace.len())
+            };
+            let (first, last) = (minute_of(event.start), minute_of(event.end));
             let (mut violations, mut unserved, mut total, mut instances) = (0, 0.0, 0.0, 0.0);
-            for m in first..last.max(first) {
+            for m in first..last {
                 let capacity = ready[m] as f64 * capacity_rps;
                 if demand[m] > capacity + 1e-9 {
                     violations += 1;
@@ -130,7 +131,7 @@ pub fn window_scores(
             EventWindowScore {
                 id: event.id.clone(),
                 tag: event.tag.clone(),
-                minutes: last.saturating_sub(first),
+                minutes: last - first,
                 slo_violation_minutes: violations,
                 unserved_fraction: if total > 0.0 { unserved / total } else { 0.0 },
                 ready_instance_minutes: instances,
