@@ -352,6 +352,7 @@ fn run_node(
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
+    watch_reopen_signal(&control, Arc::clone(&plane)).map_err(CliError::runtime)?;
     let mut handlers = plane.admin_handlers();
     let mut metrics = vec![plane.metrics_source()];
     let mut readiness = vec![plane.readiness(), listener_readiness(config.proxy.listen)];
@@ -482,6 +483,10 @@ fn run_node(
             "grace period over with requests still in flight"
         );
     }
+    if let Some(log) = &plane.access_log {
+        // Every request has ended: its line is queued; write them all before exiting.
+        log.close(Duration::from_secs(5));
+    }
     if let Some((sender, task)) = exporter {
         // The last partial interval is spooled, then we give delivery a moment; whatever is not
         // acknowledged stays in the spool and is sent after the next start.
@@ -552,6 +557,28 @@ fn sender_metrics(sender: Arc<SketchSender>) -> prescale_proxy::admin::MetricsSo
             prescale_proxy::admin::write_metric(out, name, kind, help, value);
         }
     })
+}
+
+/// SIGUSR1 reopens the access log (as logrotate's `postrotate` sends, and as nginx does). It is
+/// watched even without a log file, so that the signal never ends the process.
+fn watch_reopen_signal(
+    control: &tokio::runtime::Runtime,
+    plane: Arc<DataPlane>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut reopen = {
+        let _guard = control.enter();
+        signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?
+    };
+    control.spawn(async move {
+        while reopen.recv().await.is_some() {
+            match &plane.access_log {
+                Some(log) => log.reopen(),
+                None => tracing::info!("SIGUSR1: no access log is configured; nothing to reopen"),
+            }
+        }
+    });
+    Ok(())
 }
 
 pub async fn wait_for_signal() -> anyhow::Result<()> {

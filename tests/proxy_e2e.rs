@@ -1944,3 +1944,218 @@ fn request_ids_and_via_reach_the_backend_and_come_back() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One combined access-log line, split as a log reader splits it.
+#[derive(Debug)]
+struct CombinedLine {
+    client: String,
+    request: String,
+    status: u16,
+    referer: String,
+    user_agent: String,
+    fields: std::collections::HashMap<String, String>,
+}
+
+fn parse_combined(line: &str) -> CombinedLine {
+    let bad = format!("not a combined line: {line}");
+    let (client, rest) = line.split_once(" - - [").expect(&bad);
+    let (_time, rest) = rest.split_once("] \"").expect(&bad);
+    let (request, rest) = rest.split_once("\" ").expect(&bad);
+    let mut words = rest.splitn(3, ' ');
+    let status = words.next().and_then(|s| s.parse().ok()).expect(&bad);
+    let _bytes: u64 = words.next().and_then(|s| s.parse().ok()).expect(&bad);
+    let rest = words.next().expect(&bad);
+    let rest = rest.strip_prefix('"').expect(&bad);
+    let (referer, rest) = rest.split_once("\" \"").expect(&bad);
+    let (user_agent, rest) = rest.split_once("\" ").expect(&bad);
+    let fields = rest
+        .split(' ')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').expect(&bad);
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    CombinedLine {
+        client: client.to_string(),
+        request: request.to_string(),
+        status,
+        referer: referer.to_string(),
+        user_agent: user_agent.to_string(),
+        fields,
+    }
+}
+
+fn lines_when(path: &std::path::Path, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn access_log_lines_match_the_requests_and_follow_a_rotation() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("access.log");
+    let (proxy, admin) = addrs();
+    let extra = format!(
+        "[proxy.access_log]\npath = {:?}\n",
+        path.display().to_string()
+    );
+    let node = start_node(&config(proxy, admin, &[web], &[batch], &extra));
+    let host = format!("Host: {proxy}");
+    let agent = "User-Agent: e2e-agent/1 \"quoted\"";
+    let referer = "Referer: http://ref.example/page";
+
+    // (what was sent, the response, the fleet and backend it must name)
+    let mut sent = Vec::new();
+    for (method, target, fleet) in [
+        ("GET", "/api/items?x=1", Some(("web", web))),
+        ("POST", "/api/items", Some(("web", web))),
+        ("GET", "/batch/job", Some(("batch", batch))),
+    ] {
+        let r = raw_on(node.proxy, method, target, &[host.as_str(), agent, referer]);
+        assert_eq!(r.status, 200, "{method} {target}: {}", r.text());
+        sent.push((method, target, r, fleet));
+    }
+    // The proxy's own answers (no Host: 400) carry a request ID too, on both paths.
+    for method in ["GET", "POST"] {
+        let r = raw_on(node.proxy, method, "/api/items", &[agent]);
+        assert_eq!(r.status, 400, "{method}: {}", r.text());
+        sent.push((method, "/api/items", r, None));
+    }
+
+    let lines = lines_when(&path, sent.len());
+    assert_eq!(lines.len(), sent.len(), "{lines:#?}");
+    let logged: Vec<CombinedLine> = lines.iter().map(|l| parse_combined(l)).collect();
+    for (method, target, response, fleet) in &sent {
+        let id = response
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("{method} {target} {}: no X-Request-Id", response.status));
+        let line = logged
+            .iter()
+            .find(|l| l.fields["request_id"] == id)
+            .unwrap_or_else(|| panic!("no line with request_id={id}: {lines:#?}"));
+        assert_eq!(
+            line.request,
+            format!("{method} {target} HTTP/1.1"),
+            "{line:?}"
+        );
+        assert_eq!(line.status, response.status, "{line:?}");
+        assert_eq!(line.client, "127.0.0.1", "{line:?}");
+        assert_eq!(line.user_agent, "e2e-agent/1 \\x22quoted\\x22", "{line:?}");
+        assert!(
+            line.fields["request_time"].parse::<f64>().is_ok(),
+            "{line:?}"
+        );
+        match fleet {
+            Some((fleet, backend)) => {
+                assert_eq!(line.referer, "http://ref.example/page", "{line:?}");
+                assert_eq!(line.fields["fleet"], *fleet, "{line:?}");
+                assert_eq!(line.fields["backend"], backend.to_string(), "{line:?}");
+                let profile = if *fleet == "batch" {
+                    "batch"
+                } else {
+                    "interactive"
+                };
+                assert_eq!(line.fields["profile"], profile, "{line:?}");
+                assert_ne!(line.fields["region"], "-", "{line:?}");
+                assert!(
+                    line.fields["upstream_time"].parse::<f64>().is_ok(),
+                    "{line:?}"
+                );
+            }
+            None => {
+                assert_eq!(line.fields["backend"], "-", "{line:?}");
+                assert_eq!(line.fields["upstream_time"], "-", "{line:?}");
+            }
+        }
+    }
+
+    // logrotate: move the file, send SIGUSR1; later lines go to a new file at the path.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).expect("rotate");
+    node.proc.signal("USR1");
+    node.metrics_when(|m| {
+        metric_sum(m, "prescale_access_log_reopens_total", &[("result", "ok")]) == 1.0
+    });
+    let r = raw_on(node.proxy, "GET", "/api/after-rotation", &[host.as_str()]);
+    assert_eq!(r.status, 200);
+    let after = lines_when(&path, 1);
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert!(after[0].contains("/api/after-rotation"), "{after:#?}");
+    assert_eq!(lines_when(&rotated, sent.len()).len(), sent.len());
+    let metrics = node.metrics();
+    assert_eq!(
+        metric_sum(&metrics, "prescale_access_log_lines_total", &[]),
+        (sent.len() + 1) as f64
+    );
+    assert_eq!(
+        metric_sum(&metrics, "prescale_access_log_dropped_total", &[]),
+        0.0
+    );
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(log.contains("access log reopened"), "{log}");
+}
+
+#[test]
+fn json_access_log_to_stdout_is_written_whole_before_a_graceful_exit() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (proxy, admin) = addrs();
+    let text = config(
+        proxy,
+        admin,
+        &[web],
+        &[batch],
+        "[proxy.access_log]\npath = \"-\"\nformat = \"json\"\n",
+    );
+    let config_path = dir.path().join("prescale.toml");
+    std::fs::write(&config_path, &text).expect("write config");
+    let (out, log) = (dir.path().join("stdout"), dir.path().join("node.log"));
+    let mut node = start_with_stdout(
+        "proxy",
+        &["proxy", "--config", config_path.to_str().expect("utf8")],
+        &out,
+        &log,
+    );
+    wait_for_status(admin, "/readyz", 200, Duration::from_secs(20), &log);
+    wait_for_listener(proxy, Duration::from_secs(20), &log);
+    let host = format!("Host: {proxy}");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let r = raw_on(proxy, method, &format!("/api/n{i}"), &[host.as_str()]);
+        assert_eq!(r.status, 200);
+        ids.push(r.header("x-request-id").expect("id").to_string());
+    }
+    node.signal("TERM");
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    let stdout = std::fs::read_to_string(&out).expect("stdout");
+    let objects: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(objects.len(), ids.len(), "{stdout}");
+    for (i, (object, id)) in objects.iter().zip(&ids).enumerate() {
+        assert_eq!(object["request_id"], id.as_str(), "{object}");
+        assert_eq!(object["target"], format!("/api/n{i}"), "{object}");
+        assert_eq!(object["status"], 200, "{object}");
+        assert_eq!(object["fleet"], "web", "{object}");
+        assert_eq!(object["backend"], web.to_string(), "{object}");
+        assert_eq!(object["protocol"], "HTTP/1.1", "{object}");
+        assert!(object["upstream_time"].as_f64().is_some(), "{object}");
+        assert!(
+            object["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{object}"
+        );
+    }
+}

@@ -134,6 +134,49 @@ pub struct ProxyConfig {
     /// responses to clients, e.g. `1.1 prescale`; empty: no `Via`.
     #[serde(default = "default_via")]
     pub via: String,
+    /// One line per request, written off the request path (absent: no access log).
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `[proxy.access_log]`: where request lines go and in which format.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// The file lines are appended to (created when missing, reopened on SIGUSR1 for logrotate);
+    /// `"-"`: standard output.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// Lines waiting for the writer; when they are this many, further lines are dropped (and
+    /// counted) rather than a request ever waiting for the disk.
+    #[serde(default = "default_access_log_buffer_lines")]
+    pub buffer_lines: usize,
+}
+
+impl AccessLogConfig {
+    /// The `path` that means standard output.
+    pub const STDOUT: &'static str = "-";
+
+    /// Lines go to standard output rather than a file.
+    pub fn is_stdout(&self) -> bool {
+        self.path.as_os_str() == Self::STDOUT
+    }
+}
+
+/// The line format of the access log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// nginx's `combined` line, then prescale's fields as `key=value` pairs.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_access_log_buffer_lines() -> usize {
+    65_536
 }
 
 impl Default for ProxyConfig {
@@ -151,6 +194,7 @@ impl Default for ProxyConfig {
             underscores_in_headers: false,
             request_id: true,
             via: default_via(),
+            access_log: None,
         }
     }
 }

@@ -487,3 +487,37 @@ fn instance_resources_are_checked_and_read() {
     let p = only_problem(&with("{ gpus = 1 }"));
     assert!(p.message.contains("gpus"), "{}", p.message);
 }
+
+#[test]
+fn access_log_is_off_by_default_and_checked_when_set() {
+    let c = parse_str(MINIMAL, "test.toml").expect("valid");
+    assert!(c.proxy.access_log.is_none());
+
+    let on = format!("{MINIMAL}\n[proxy.access_log]\npath = \"-\"\nformat = \"json\"\n");
+    let c = parse_str(&on, "test.toml").expect("valid");
+    let log = c.proxy.access_log.expect("set");
+    assert!(log.is_stdout());
+    assert_eq!(log.format, crate::AccessLogFormat::Json);
+    assert_eq!(log.buffer_lines, 65_536);
+
+    let p = only_problem(&format!(
+        "{MINIMAL}\n[proxy.access_log]\npath = \"a.log\"\nformat = \"clf\"\n"
+    ));
+    assert!(
+        p.message.contains("combined") && p.message.contains("json"),
+        "{p}"
+    );
+    let p = only_problem(&format!(
+        "{MINIMAL}\n[proxy.access_log]\npath = \"a.log\"\nbuffer_lines = 0\n"
+    ));
+    assert_eq!(p.key.to_string(), "proxy.access_log.buffer_lines", "{p}");
+    let dir = std::env::temp_dir();
+    let p = only_problem(&format!(
+        "{MINIMAL}\n[proxy.access_log]\npath = {:?}\n",
+        dir.display().to_string()
+    ));
+    assert_eq!(p.key.to_string(), "proxy.access_log.path", "{p}");
+    assert!(p.message.contains("directory"), "{p}");
+    let p = only_problem(&format!("{MINIMAL}\n[proxy.access_log]\npath = \"\"\n"));
+    assert_eq!(p.key.to_string(), "proxy.access_log.path", "{p}");
+}

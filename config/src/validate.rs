@@ -13,6 +13,9 @@ use crate::schema::{Config, IdentitySource};
 /// Profiles that exist without being configured.
 pub const BUILTIN_PROFILES: [&str; 2] = ["new", "default"];
 
+/// Most lines `proxy.access_log.buffer_lines` may hold (each waiting line is a small allocation).
+const MAX_ACCESS_LOG_BUFFER_LINES: usize = 1 << 20;
+
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut v = Validator {
         problems: Vec::new(),
@@ -246,6 +249,29 @@ impl Validator {
                      !#$%&'*+-.^_`|~ (RFC 9110 token), or \"\" for no Via"
                 ),
             );
+        }
+        if let Some(log) = &config.proxy.access_log {
+            let at = root.key("proxy").key("access_log");
+            if log.path.as_os_str().is_empty() {
+                self.problem(
+                    at.key("path"),
+                    "expected a file path, or \"-\" for standard output",
+                );
+            } else if !log.is_stdout() && log.path.is_dir() {
+                self.problem(
+                    at.key("path"),
+                    format!("{} is a directory; expected a file", log.path.display()),
+                );
+            }
+            if !(1..=MAX_ACCESS_LOG_BUFFER_LINES).contains(&log.buffer_lines) {
+                self.problem(
+                    at.key("buffer_lines"),
+                    format!(
+                        "{} is out of range; expected 1 to {MAX_ACCESS_LOG_BUFFER_LINES} lines",
+                        log.buffer_lines
+                    ),
+                );
+            }
         }
         if config.proxy.threads > 1024 {
             self.problem(

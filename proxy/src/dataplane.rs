@@ -28,6 +28,7 @@ use prescale_gossip::NodeClock;
 use prescale_gossip::{BackendPhase, PlanUpdate};
 use serde::Serialize;
 
+use crate::access_log::{AccessLog, LogNames};
 use crate::admin::{self, AdminRequest, Handler, MetricsSource, Readiness};
 use crate::client_ip::ClientIpResolver;
 use crate::error::ProxyError;
@@ -153,6 +154,8 @@ pub struct DataPlane {
     pub forwarding: ForwardingPolicy,
     /// `X-Request-Id` and `Via` (`proxy.request_id`, `proxy.via`).
     pub added_fields: AddedFields,
+    /// `proxy.access_log` (`None`: off; nothing is copied for it on the request path).
+    pub access_log: Option<AccessLog>,
     /// How long a write to a client, and a read of its request body, may wait
     /// (`proxy.send_timeout_secs`, `proxy.body_timeout_secs`).
     pub client_timeouts: ClientTimeouts,
@@ -230,12 +233,24 @@ impl DataPlane {
             config.regions.len() + 1,
             fleet_configs.len() + 1,
         );
+        let geo = GeoResolver::open(config)?;
+        let access_log = match &config.proxy.access_log {
+            Some(log) => Some(AccessLog::start(
+                log,
+                LogNames {
+                    profiles: Arc::clone(assigner.registry()),
+                    regions: geo.region_names().to_vec(),
+                    fleets: fleets.iter().map(|f| f.name.clone()).collect(),
+                },
+            )?),
+            None => None,
+        };
         let config = Arc::new(config.clone());
         let plane = DataPlane {
             node_id: config.node.id.clone(),
             identity: IdentityResolver::new(&config.identity)?,
             client_ips: ClientIpResolver::new(&config.network),
-            geo: GeoResolver::open(&config)?,
+            geo,
             features: config
                 .profiling
                 .enabled
@@ -252,6 +267,7 @@ impl DataPlane {
                 underscores: config.proxy.underscores_in_headers,
             },
             added_fields: AddedFields::new(config.proxy.request_id, &config.proxy.via),
+            access_log,
             new_users: NewUserLimiter::new(config.identity.new_users_per_client_per_sec),
             client_timeouts: ClientTimeouts {
                 send: Duration::from_secs(config.proxy.send_timeout_secs),
@@ -1051,6 +1067,9 @@ impl DataPlane {
                 out,
                 "prescale_rejected_requests_total{{status=\"{label}\"}} {n}"
             );
+        }
+        if let Some(log) = &self.access_log {
+            log.write_metrics(out);
         }
         out.push_str("# HELP prescale_profile_model_version Version of the installed profile model (0: rules only).\n");
         out.push_str("# TYPE prescale_profile_model_version gauge\n");

@@ -46,6 +46,9 @@ pub enum ProxyError {
     /// TLS material for the proxy listener that cannot be used.
     #[error("proxy.tls: {reason}")]
     Tls { reason: String },
+    /// The access log's file cannot be opened, or its writer started.
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     /// A runtime or thread the proxy needs could not be started.
     #[error("cannot start {what}: {reason}")]
     Startup { what: &'static str, reason: String },

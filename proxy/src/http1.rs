@@ -61,15 +61,16 @@ use pingora::{Error, ErrorType};
 use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::access_log::RequestLine;
 use crate::chunked::ChunkedScanner;
 use crate::dataplane::{Admitted, DataPlane, Rejection};
 use crate::fields::HeaderFields;
 use crate::fleet::{Attempt, BackendState, Fleet};
 use crate::request_head::{self, HeadError};
-use crate::request_id::REQUEST_ID;
+use crate::request_id::{RequestId, REQUEST_ID};
 use crate::service::{
-    failure_answer, forwarded_for, forwarded_proto, ProxyService, RequestCtx, FORWARDED_FOR,
-    FORWARDED_PROTO,
+    failure_answer, forwarded_for, forwarded_proto, Answer, ProxyService, RequestCtx,
+    FORWARDED_FOR, FORWARDED_PROTO,
 };
 
 /// Room for the request line beyond `proxy.max_header_bytes` of fields: a request head not
@@ -95,6 +96,14 @@ const REQUEST_HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "http2-settings",
 ];
+
+/// The request line a backend gets, and the ID it carries.
+#[derive(Clone, Copy)]
+struct UpstreamRequest<'a> {
+    method: &'a str,
+    target: UpstreamTarget<'a>,
+    request_id: Option<&'a RequestId>,
+}
 
 /// The target a backend gets: the normalised path and the client's query, unchanged.
 #[derive(Clone, Copy)]
@@ -190,6 +199,7 @@ enum Parsed {
         head_len: usize,
         rejection: Rejection,
         head_only: bool,
+        noted: Noted,
     },
     /// To be forwarded; `upstream_request` holds it.
     Admitted {
@@ -197,7 +207,24 @@ enum Parsed {
         admitted: Admitted,
         head_only: bool,
         client_close: bool,
+        noted: Noted,
     },
+}
+
+/// What a parsed head leaves for the rest of its request: its ID, and its access-log line.
+struct Noted {
+    request_id: Option<RequestId>,
+    line: Option<Box<RequestLine>>,
+}
+
+impl Noted {
+    fn into_ctx(self, peer_ip: Option<IpAddr>) -> RequestCtx {
+        let mut ctx = RequestCtx::new();
+        ctx.peer_ip = peer_ip;
+        ctx.request_id = self.request_id;
+        ctx.request_line = self.line;
+        ctx
+    }
 }
 
 /// How one attempt on a backend ended, when it did not end well.
@@ -277,16 +304,24 @@ impl FrontDoor {
                     // Never handed over: every head pingora parses is complete, so the
                     // whole-head deadline above holds on both paths.
                     let rejection = Rejection::early(431, "request header fields too large\n");
-                    let mut ctx = RequestCtx::new();
+                    // No head to take an ID from: a new one.
+                    let noted = Noted {
+                        request_id: self
+                            .plane
+                            .added_fields
+                            .request_id(false, std::iter::empty()),
+                        line: None,
+                    };
+                    let mut ctx = noted.into_ctx(conn.peer_ip);
                     ctx.rejected(&self.plane, &rejection);
-                    conn.answer(
-                        self.plane.client_timeouts.send,
-                        rejection.status,
-                        rejection.message,
-                        None,
-                        false,
-                    )
-                    .await;
+                    let answer = Answer {
+                        status: rejection.status,
+                        message: rejection.message,
+                        retry_after: None,
+                        request_id: ctx.request_id.as_ref(),
+                    };
+                    conn.answer(self.plane.client_timeouts.send, answer, false)
+                        .await;
                     ctx.finish(&self.plane, None, 0, 0);
                     return;
                 }
@@ -298,19 +333,19 @@ impl FrontDoor {
                     head_len,
                     rejection,
                     head_only,
+                    noted,
                 } => {
                     conn.input.drain(..head_len);
-                    let mut ctx = RequestCtx::new();
+                    let mut ctx = noted.into_ctx(conn.peer_ip);
                     ctx.rejected(&self.plane, &rejection);
-                    let (status, message) = (rejection.status, rejection.message);
-                    conn.answer(
-                        self.plane.client_timeouts.send,
-                        status,
-                        message,
-                        rejection.retry_after_secs,
-                        head_only,
-                    )
-                    .await;
+                    let answer = Answer {
+                        status: rejection.status,
+                        message: rejection.message,
+                        retry_after: rejection.retry_after_secs,
+                        request_id: ctx.request_id.as_ref(),
+                    };
+                    conn.answer(self.plane.client_timeouts.send, answer, head_only)
+                        .await;
                     ctx.finish(&self.plane, None, 0, 0);
                     return;
                 }
@@ -319,10 +354,15 @@ impl FrontDoor {
                     admitted,
                     head_only,
                     client_close,
+                    noted,
                 } => {
                     conn.input.drain(..head_len);
                     let close = client_close || *shutdown.borrow();
-                    if !self.forward(&mut conn, &admitted, head_only, close).await {
+                    let ctx = noted.into_ctx(conn.peer_ip);
+                    if !self
+                        .forward(&mut conn, ctx, &admitted, head_only, close)
+                        .await
+                    {
                         return;
                     }
                 }
@@ -391,13 +431,29 @@ impl FrontDoor {
             }
         }
         let head_only = method == Method::HEAD;
-        let refused = |e: HeadError| Parsed::Rejected {
+        let request_id = self.plane.added_fields.request_id(
+            self.plane.trusts(peer_ip),
+            headers
+                .iter()
+                .filter(|f| f.name.eq_ignore_ascii_case(REQUEST_ID))
+                .map(|f| f.value),
+        );
+        let noted = Noted {
+            request_id,
+            line: self
+                .plane
+                .access_log
+                .is_some()
+                .then(|| Box::new(request_line(method.as_str(), target, &headers))),
+        };
+        let refused = |e: HeadError, noted| Parsed::Rejected {
             head_len,
             rejection: Rejection::early(400, e.message()),
             head_only,
+            noted,
         };
         if let Err(e) = request_head::check_host(request_head::Version::Http11, None, &headers) {
-            return refused(e);
+            return refused(e, noted);
         }
         let (path, query) = match target.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -405,29 +461,28 @@ impl FrontDoor {
         };
         let path = match request_head::normalize_path(path) {
             Ok(path) => path,
-            Err(e) => return refused(e),
+            Err(e) => return refused(e, noted),
         };
         match self.plane.admit(&method, &path, &headers, peer_ip) {
             Err(rejection) => Parsed::Rejected {
                 head_len,
                 rejection,
                 head_only,
+                noted,
             },
             Ok(admitted) => {
-                let target = UpstreamTarget { path: &path, query };
-                self.write_upstream_request(
-                    upstream,
-                    response_fields,
-                    method.as_str(),
-                    target,
-                    headers,
-                    peer_ip,
-                );
+                let request = UpstreamRequest {
+                    method: method.as_str(),
+                    target: UpstreamTarget { path: &path, query },
+                    request_id: noted.request_id.as_ref(),
+                };
+                self.write_upstream_request(upstream, response_fields, request, headers, peer_ip);
                 Parsed::Admitted {
                     head_len,
                     admitted,
                     head_only,
                     client_close,
+                    noted,
                 }
             }
         }
@@ -440,11 +495,15 @@ impl FrontDoor {
         &self,
         out: &mut Vec<u8>,
         response_fields: &mut ResponseFields,
-        method: &str,
-        target: UpstreamTarget<'_>,
+        request: UpstreamRequest<'_>,
         headers: HeaderFields<'_>,
         peer_ip: Option<IpAddr>,
     ) {
+        let UpstreamRequest {
+            method,
+            target,
+            request_id,
+        } = request;
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
@@ -456,13 +515,6 @@ impl FrontDoor {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let trusted = self.plane.trusts(peer_ip);
         let added = &self.plane.added_fields;
-        let request_id = added.request_id(
-            trusted,
-            headers
-                .iter()
-                .filter(|f| f.name.eq_ignore_ascii_case(REQUEST_ID))
-                .map(|f| f.value),
-        );
         for field in headers.iter() {
             let name = field.name;
             if REQUEST_HOP_BY_HOP
@@ -477,7 +529,7 @@ impl FrontDoor {
         }
         response_fields.lines.clear();
         response_fields.replaces_request_id = request_id.is_some();
-        if let Some(id) = &request_id {
+        if let Some(id) = request_id {
             push_field(out, REQUEST_ID.as_bytes(), id.as_bytes());
             push_field(
                 &mut response_fields.lines,
@@ -531,11 +583,11 @@ impl FrontDoor {
     async fn forward(
         &self,
         conn: &mut Connection,
+        mut ctx: RequestCtx,
         admitted: &Admitted,
         head_only: bool,
         close: bool,
     ) -> bool {
-        let mut ctx = RequestCtx::new();
         let routed = ctx.admitted(admitted);
         let fleet = self.plane.fleets.get(routed.fleet);
         // Set after a reused connection failed before any response: the same backend once more,
@@ -581,14 +633,14 @@ impl FrontDoor {
         };
         ctx.local_status = Some(failure);
         let (message, retry_after) = failure_answer(failure);
-        conn.answer(
-            self.plane.client_timeouts.send,
-            failure,
+        let answer = Answer {
+            status: failure,
             message,
             retry_after,
-            head_only,
-        )
-        .await;
+            request_id: ctx.request_id.as_ref(),
+        };
+        conn.answer(self.plane.client_timeouts.send, answer, head_only)
+            .await;
         ctx.finish(&self.plane, None, 0, 0);
         false
     }
@@ -777,15 +829,14 @@ impl Connection {
     }
 
     /// Sends a response of our own (then the connection closes).
-    async fn answer(
-        &mut self,
-        send_timeout: Duration,
-        status: u16,
-        message: &str,
-        retry_after: Option<u32>,
-        head_only: bool,
-    ) {
+    async fn answer(&mut self, send_timeout: Duration, answer: Answer<'_>, head_only: bool) {
         use std::fmt::Write as _;
+        let Answer {
+            status,
+            message,
+            retry_after,
+            request_id,
+        } = answer;
         let reason = StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
@@ -797,6 +848,9 @@ impl Connection {
         );
         if let Some(seconds) = retry_after {
             let _ = write!(head, "retry-after: {seconds}\r\n");
+        }
+        if let Some(id) = request_id {
+            let _ = write!(head, "{REQUEST_ID}: {}\r\n", id.as_str());
         }
         head.push_str("connection: close\r\n\r\n");
         self.output.clear();
@@ -1009,6 +1063,23 @@ fn parse_response_head(
 }
 
 /// The comma-separated tokens of a field value, trimmed, empty ones left out.
+/// What the access log shows of a head parsed here.
+fn request_line(method: &str, target: &str, headers: &HeaderFields<'_>) -> RequestLine {
+    let field = |name: &str| {
+        headers
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value.into())
+    };
+    RequestLine {
+        method: method.into(),
+        target: target.as_bytes().into(),
+        protocol: "HTTP/1.1",
+        referer: field("referer"),
+        user_agent: field("user-agent"),
+    }
+}
+
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')

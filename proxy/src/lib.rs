@@ -10,6 +10,7 @@
 // and write no memory.
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 mod chunked;
 pub mod client_ip;

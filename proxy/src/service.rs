@@ -23,7 +23,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::access_log::{AccessEntry, RequestLine};
 use crate::dataplane::{Admitted, DataPlane, Rejection};
 use crate::fields::{visible_ascii, HeaderLookup};
 use crate::fleet::{Attempt, BackendState, Fleet, FleetIdx, InFlight, Tried};
@@ -62,8 +63,15 @@ pub struct RequestCtx {
     /// The request failed on a timeout while the client had not sent its whole body: the
     /// client's stall (answered 408), not the backend's failure.
     client_stalled: bool,
-    /// The request's `X-Request-Id`, chosen at its first attempt (kept across retries).
-    request_id: Option<RequestId>,
+    /// The request's `X-Request-Id`, chosen when its head is read (kept across retries, and on
+    /// the proxy's own answers).
+    pub(crate) request_id: Option<RequestId>,
+    /// The client's peer address.
+    pub(crate) peer_ip: Option<IpAddr>,
+    /// The head as the access log shows it (only while the log is on).
+    pub(crate) request_line: Option<Box<RequestLine>>,
+    /// When the first attempt on a backend began.
+    first_attempt: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -81,6 +89,9 @@ impl RequestCtx {
             normalized_path: None,
             client_stalled: false,
             request_id: None,
+            peer_ip: None,
+            request_line: None,
+            first_attempt: None,
         }
     }
 
@@ -111,8 +122,9 @@ impl RequestCtx {
         }
     }
 
-    /// Ends the request: its in-flight count, then the meters and the user's response features.
-    /// `sent_status`: the status of the response the client got, if one was sent.
+    /// Ends the request: its in-flight count, then the meters and the user's response features,
+    /// then its access-log line. `sent_status`: the status of the response the client got, if
+    /// one was sent.
     pub(crate) fn finish(
         &mut self,
         plane: &DataPlane,
@@ -120,21 +132,37 @@ impl RequestCtx {
         bytes_in: u64,
         bytes_out: u64,
     ) {
-        self.in_flight = None;
-        let Some(routed) = self.routed else { return };
+        let backend = self.in_flight.take().map(|attempt| attempt.backend().addr);
         let status = self
             .local_status
             .filter(|_| !self.response_started)
             .or(sent_status)
             .unwrap_or(0);
-        let observation = Observation {
-            status,
-            upstream_failed: self.upstream_failed && !self.response_started,
-            latency: self.started.elapsed(),
-            bytes_in,
-            bytes_out,
-        };
-        plane.record(routed.user, routed.meter, observation);
+        let latency = self.started.elapsed();
+        if let Some(routed) = self.routed {
+            let observation = Observation {
+                status,
+                upstream_failed: self.upstream_failed && !self.response_started,
+                latency,
+                bytes_in,
+                bytes_out,
+            };
+            plane.record(routed.user, routed.meter, observation);
+        }
+        if let Some(log) = &plane.access_log {
+            log.log(Box::new(AccessEntry {
+                ended: SystemTime::now(),
+                client: self.peer_ip,
+                request: self.request_line.take(),
+                status,
+                body_bytes_sent: bytes_out,
+                request_id: self.request_id,
+                meter: self.routed.map(|routed| routed.meter),
+                backend,
+                upstream_time: self.first_attempt.map(|at| at.elapsed()),
+                request_time: latency,
+            }));
+        }
     }
 
     /// Starts the next attempt on `fleet`: a Ready, healthy, untried backend, or, when none is
@@ -154,6 +182,7 @@ impl RequestCtx {
         };
         self.tried.insert(backend.id());
         self.attempts += 1;
+        self.first_attempt.get_or_insert_with(Instant::now);
         // Replacing the guard ends the previous attempt's in-flight count.
         let guard = self.in_flight.insert(backend.begin());
         Ok(guard.backend())
@@ -230,6 +259,18 @@ fn via_protocol(version: http::Version) -> &'static str {
         http::Version::HTTP_2 => "2",
         http::Version::HTTP_3 => "3",
         _ => "1.1",
+    }
+}
+
+/// What the access log shows of a request head read by pingora.
+fn request_line(request: &pingora::http::RequestHeader) -> RequestLine {
+    let field = |name| request.headers.get(name).map(|v| v.as_bytes().into());
+    RequestLine {
+        method: request.method.as_str().into(),
+        target: request.raw_path().into(),
+        protocol: RequestLine::protocol_of(request.version),
+        referer: field(http::header::REFERER),
+        user_agent: field(http::header::USER_AGENT),
     }
 }
 
@@ -310,13 +351,33 @@ impl ProxyHttp for ProxyService {
         session.set_read_timeout(Some(timeouts.body));
         let peer_ip = peer_ip(session);
         let request = session.req_header();
+        ctx.peer_ip = peer_ip;
+        if self.plane.access_log.is_some() {
+            ctx.request_line = Some(Box::new(request_line(request)));
+        }
+        // Chosen once from the client's fields: every attempt, and any answer of our own,
+        // carries the same ID.
+        ctx.request_id = self.plane.added_fields.request_id(
+            self.plane.trusts(peer_ip),
+            request
+                .headers
+                .get_all(REQUEST_ID)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
         let path = match request_head_of(request) {
             Ok(path) => path,
             Err(e) => {
                 let rejection = Rejection::early(400, e.message());
                 ctx.rejected(&self.plane, &rejection);
                 session.set_keepalive(None);
-                respond(session, rejection.status, rejection.message, None).await?;
+                let answer = Answer {
+                    status: rejection.status,
+                    message: rejection.message,
+                    retry_after: None,
+                    request_id: ctx.request_id.as_ref(),
+                };
+                respond(session, answer).await?;
                 return Ok(true);
             }
         };
@@ -333,13 +394,13 @@ impl ProxyHttp for ProxyService {
             }
             Err(rejection) => {
                 ctx.rejected(&self.plane, &rejection);
-                respond(
-                    session,
-                    rejection.status,
-                    rejection.message,
-                    rejection.retry_after_secs,
-                )
-                .await?;
+                let answer = Answer {
+                    status: rejection.status,
+                    message: rejection.message,
+                    retry_after: rejection.retry_after_secs,
+                    request_id: ctx.request_id.as_ref(),
+                };
+                respond(session, answer).await?;
                 Ok(true)
             }
         }
@@ -391,22 +452,10 @@ impl ProxyHttp for ProxyService {
         let peer_ip = peer_ip(session);
         let trusted = self.plane.trusts(peer_ip);
         self.set_forwarding_headers(peer_ip, trusted, upstream_request)?;
-        let added = &self.plane.added_fields;
-        // Chosen at the first attempt from the client's fields; a retry sends the same ID.
-        if ctx.request_id.is_none() {
-            ctx.request_id = added.request_id(
-                trusted,
-                upstream_request
-                    .headers
-                    .get_all(REQUEST_ID)
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            );
-        }
         if let Some(id) = &ctx.request_id {
             upstream_request.insert_header(REQUEST_ID, id.as_str())?;
         }
-        if let Some(via) = added.via() {
+        if let Some(via) = self.plane.added_fields.via() {
             let received = via_protocol(session.req_header().version);
             upstream_request.append_header(VIA, format!("{received} {via}"))?;
         }
@@ -525,7 +574,13 @@ impl ProxyHttp for ProxyService {
         let (message, retry_after) = failure_answer(code);
         ctx.local_status = Some(code);
         if code > 0 && !ctx.response_started {
-            if let Err(write_error) = respond(session, code, message, retry_after).await {
+            let answer = Answer {
+                status: code,
+                message,
+                retry_after,
+                request_id: ctx.request_id.as_ref(),
+            };
+            if let Err(write_error) = respond(session, answer).await {
                 tracing::debug!(error = %write_error, "could not send error response");
             }
         }
@@ -587,18 +642,25 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    message: &'static str,
-    retry_after: Option<u32>,
-) -> Result<()> {
-    let mut header = ResponseHeader::build(status, Some(4))?;
+/// A response the proxy gives itself (on either path).
+pub(crate) struct Answer<'a> {
+    pub(crate) status: u16,
+    pub(crate) message: &'static str,
+    pub(crate) retry_after: Option<u32>,
+    pub(crate) request_id: Option<&'a RequestId>,
+}
+
+async fn respond(session: &mut Session, answer: Answer<'_>) -> Result<()> {
+    let message = answer.message;
+    let mut header = ResponseHeader::build(answer.status, Some(5))?;
     header.insert_header("content-type", "text/plain; charset=utf-8")?;
     header.insert_header("content-length", message.len().to_string())?;
     header.insert_header("cache-control", "no-store")?;
-    if let Some(seconds) = retry_after {
+    if let Some(seconds) = answer.retry_after {
         header.insert_header("retry-after", seconds.to_string())?;
+    }
+    if let Some(id) = answer.request_id {
+        header.insert_header(REQUEST_ID, id.as_str())?;
     }
     session.set_keepalive(None);
     session
