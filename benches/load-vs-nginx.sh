@@ -3,7 +3,12 @@
 # (inline profiling on, then off), driven by wrk in one run on this machine.
 #
 # Usage: benches/load-vs-nginx.sh            (DURATION=10s CONNECTIONS=50 ROUNDS=3 to change)
-# The last line is exactly: ratio_rps=X ratio_p99=Y profiling_cost=Z
+#        ACCESS_LOG=1 benches/load-vs-nginx.sh  both proxies write an access log (nginx's
+#                                               `combined`, prescale's `combined`) to a file
+#        BODIES="1024 65536" (the default) also measures POST with a body of each size (bytes),
+#        nginx against prescale (profiling on); BODIES="" skips them. One line per size:
+#        post_SIZE: ... ratio_rps=X ratio_p99=Y cpu_per_request_ratio=Z
+# The last line is exactly: ratio_rps=X ratio_p99=Y profiling_cost=Z (plain GET)
 #   ratio_rps      = prescale (profiling on) req/s ÷ nginx req/s
 #   ratio_p99      = prescale (profiling on) p99   ÷ nginx p99
 #   profiling_cost = 1 − (req/s with profiling ÷ req/s without)
@@ -19,6 +24,8 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 ROUNDS=${ROUNDS:-3}
+ACCESS_LOG=${ACCESS_LOG:-0}
+BODIES=${BODIES-1024 65536}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -80,7 +87,9 @@ error_log $work/nginx/logs/error.log warn;
 pid $work/nginx/nginx.pid;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  # Bodies up to 128 KiB stay in memory (the default 16 KiB buffer writes larger ones to disk).
+  client_body_buffer_size 128k;
+  $(if [ "$ACCESS_LOG" = 1 ]; then echo "access_log $work/nginx/logs/access.log combined;"; else echo "access_log off;"; fi)
   upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
@@ -116,6 +125,9 @@ backends = ["127.0.0.1:$BACKEND_PORT"]
 [profiling]
 enabled = $1
 EOF
+  if [ "$ACCESS_LOG" = 1 ]; then
+    printf '[proxy.access_log]\npath = "%s"\n' "$work/prescale-$1.access.log" >>"$work/prescale-$1.toml"
+  fi
   PRESCALE_LOG=warn spawn_pinned 1 "$work/prescale-$1.log" "$PRESCALE" proxy --config "$work/prescale-$1.toml"
   wait_port "$port"
   STARTED_PORT=$port
@@ -135,10 +147,10 @@ EOF
 cpu1_jiffies() { awk '/^cpu1 /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
 
 # wrk prints e.g. "Requests/sec:  12345.67" and, with --latency, "99%    1.23ms".
-run_wrk() { # $1 = port → "rps p99_ms cpu_us_per_request cpu_busy_share"
+run_wrk() { # $1 = port, $2 = wrk script (default users.lua) → "rps p99_ms cpu_us_per_request cpu_busy_share"
   local out before after
   before=$(cpu1_jiffies)
-  out=$(pin 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/users.lua" "http://127.0.0.1:$1/" 2>&1)
+  out=$(pin 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "${2:-$work/users.lua}" "http://127.0.0.1:$1/" 2>&1)
   after=$(cpu1_jiffies)
   python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
@@ -177,6 +189,34 @@ for round in $(seq 1 "$ROUNDS"); do
     read -r r p c b < <(run_wrk "$PRESCALE_ON_PORT"); on_rps+=("$r"); on_p99+=("$p"); on_cpu+=("$c"); on_busy+=("$b")
   fi
   echo "round $round: nginx ${n_rps[-1]} req/s p99 ${n_p99[-1]} ms | prescale ${on_rps[-1]} req/s p99 ${on_p99[-1]} ms | prescale (profiling off) ${off_rps[-1]} req/s p99 ${off_p99[-1]} ms" >&2
+done
+
+# POST with a body of each size: nginx, then prescale (profiling on), in each round.
+for size in $BODIES; do
+  cat >"$work/post-$size.lua" <<EOF
+math.randomseed(42)
+local body = string.rep("x", $size)
+request = function()
+  return wrk.format("POST", "/", { ["X-User-Id"] = "user-" .. math.random(1, 100000),
+    ["Content-Type"] = "application/octet-stream" }, body)
+end
+EOF
+  pn_rps=(); pn_p99=(); pn_cpu=(); pp_rps=(); pp_p99=(); pp_cpu=()
+  for round in $(seq 1 "$ROUNDS"); do
+    read -r r p c _ < <(run_wrk "$NGINX_PORT" "$work/post-$size.lua"); pn_rps+=("$r"); pn_p99+=("$p"); pn_cpu+=("$c")
+    read -r r p c _ < <(run_wrk "$PRESCALE_ON_PORT" "$work/post-$size.lua"); pp_rps+=("$r"); pp_p99+=("$p"); pp_cpu+=("$c")
+    echo "post $size B round $round: nginx ${pn_rps[-1]} req/s | prescale ${pp_rps[-1]} req/s" >&2
+  done
+  python3 - "$size" "${pn_rps[*]}" "${pn_p99[*]}" "${pn_cpu[*]}" "${pp_rps[*]}" "${pp_p99[*]}" "${pp_cpu[*]}" <<'PY'
+import statistics, sys
+size = sys.argv[1]
+n_rps, n_p99, n_cpu, p_rps, p_p99, p_cpu = [list(map(float, a.split())) for a in sys.argv[2:]]
+med = statistics.median
+ratio = lambda a, b: med(x / y for x, y in zip(a, b))
+print(f"post_{size}: nginx {med(n_rps):.0f} req/s {med(n_cpu):.1f} us/request | prescale "
+      f"{med(p_rps):.0f} req/s {med(p_cpu):.1f} us/request | ratio_rps={ratio(p_rps, n_rps):.3f} "
+      f"ratio_p99={ratio(p_p99, n_p99):.3f} cpu_per_request_ratio={ratio(p_cpu, n_cpu):.3f}")
+PY
 done
 
 python3 - "${n_rps[*]}" "${n_p99[*]}" "${on_rps[*]}" "${on_p99[*]}" "${off_rps[*]}" "${off_p99[*]}" \

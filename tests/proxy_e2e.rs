@@ -439,16 +439,20 @@ fn hostile_requests_get_4xx_and_the_proxy_stays_up() {
 }
 
 /// One request written as given (`host` lines included), on both request paths: `GET` takes the
-/// direct one, `POST` with a body pingora's general one.
+/// direct one, `POST` with a chunked body pingora's general one.
 fn raw_on(proxy: SocketAddr, method: &str, target: &str, fields: &[&str]) -> HttpResponse {
     let mut head = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
     for field in fields {
         head.push_str(field);
         head.push_str("\r\n");
     }
-    let body = if method == "POST" { "{}" } else { "" };
+    let body = if method == "POST" {
+        "2\r\n{}\r\n0\r\n\r\n"
+    } else {
+        ""
+    };
     if method == "POST" {
-        head.push_str("Content-Length: 2\r\n");
+        head.push_str("Transfer-Encoding: chunked\r\n");
     }
     head.push_str("\r\n");
     head.push_str(body);
@@ -670,11 +674,14 @@ struct RawBackendCounts {
     /// Requests that arrived on a connection after its `/both-framings` response: the proxy
     /// reused a connection whose framing it cannot trust.
     reused_after_both_framings: std::sync::atomic::AtomicUsize,
+    /// Requests for `/vanish`, whose connection closes without a response.
+    vanished: std::sync::atomic::AtomicUsize,
 }
 
 /// A backend on a raw socket, one thread per connection, answering by path: `/big` a 1 GiB body
 /// written as fast as the proxy takes it, `/status-600`, `/both-framings`, `/bad-chunk` malformed
-/// responses, anything else `ok`. Request bodies (Content-Length) are read and dropped. After
+/// responses, `/vanish` none at all (the connection closes), anything else `ok`. Request bodies
+/// (Content-Length) are read and dropped. After
 /// `/both-framings` the connection stays open, to see whether the proxy sends on it again.
 fn raw_backend(counts: std::sync::Arc<RawBackendCounts>) -> SocketAddr {
     use std::io::{Read, Write};
@@ -698,18 +705,34 @@ fn raw_backend(counts: std::sync::Arc<RawBackendCounts>) -> SocketAddr {
                         continue;
                     };
                     let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                    let chunked = head.contains("transfer-encoding: chunked");
                     let length: usize = head
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length:"))
                         .and_then(|v| v.trim().parse().ok())
                         .unwrap_or(0);
-                    while pending.len() < end + 4 + length {
+                    // A chunked body is taken to end at its first empty chunk (the tests send
+                    // one small chunk).
+                    let body_end = |pending: &[u8]| {
+                        if chunked {
+                            pending[end + 4..]
+                                .windows(5)
+                                .position(|w| w == b"0\r\n\r\n")
+                                .map(|at| end + 4 + at + 5)
+                        } else {
+                            (pending.len() >= end + 4 + length).then_some(end + 4 + length)
+                        }
+                    };
+                    let consumed = loop {
+                        if let Some(at) = body_end(&pending) {
+                            break at;
+                        }
                         match conn.read(&mut buf) {
                             Ok(0) | Err(_) => return,
                             Ok(n) => pending.extend_from_slice(&buf[..n]),
                         }
-                    }
-                    pending.drain(..end + 4 + length);
+                    };
+                    pending.drain(..consumed);
                     if sent_both_framings {
                         counts
                             .reused_after_both_framings
@@ -736,6 +759,10 @@ fn raw_backend(counts: std::sync::Arc<RawBackendCounts>) -> SocketAddr {
                             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n"
                         }
                         "/bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nno",
+                        "/vanish" => {
+                            counts.vanished.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
                         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                     };
                     // A malformed response ends its connection, but for the one the proxy
@@ -808,11 +835,15 @@ fn a_request_body_that_stalls_is_the_clients_timeout_not_the_backends() {
     use std::io::{Read, Write};
     let (_web_proc, web) = start_backend("web-1", None, &[]);
     let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    // A body of up to 64 KiB is read whole by the direct path before any backend is involved
+    // (nginx's request buffering): only the body timeout can end it. A longer one is streamed by
+    // the general path, whose backend read times out first, and that is still the client's 408.
     let cases = [
-        ("body_timeout_secs = 1", "read_ms = 10000"),
-        ("body_timeout_secs = 60", "read_ms = 1000"),
+        ("body_timeout_secs = 1", "read_ms = 10000", 100),
+        ("body_timeout_secs = 1", "read_ms = 10000", 100_000),
+        ("body_timeout_secs = 60", "read_ms = 1000", 100_000),
     ];
-    for (body_timeout, read_timeout) in cases {
+    for (body_timeout, read_timeout, declared) in cases {
         let (proxy, admin) = addrs();
         let text = config(proxy, admin, &[web], &[batch], "")
             .replace(
@@ -829,11 +860,15 @@ fn a_request_body_that_stalls_is_the_clients_timeout_not_the_backends() {
             )
         };
         let before = failures();
-        // Declares 100 bytes of body, sends 10, then nothing.
+        // Declares a body, sends 10 bytes of it, then nothing.
         let mut stalled = std::net::TcpStream::connect(node.proxy).expect("connect");
         stalled
             .write_all(
-                b"POST /ok HTTP/1.1\r\nHost: shop\r\nX-User-Id: slow-writer\r\nContent-Length: 100\r\n\r\n0123456789",
+                format!(
+                    "POST /ok HTTP/1.1\r\nHost: shop\r\nX-User-Id: slow-writer\r\n\
+                     Content-Length: {declared}\r\n\r\n0123456789"
+                )
+                .as_bytes(),
             )
             .expect("send");
         for _ in 0..5 {
@@ -1720,22 +1755,23 @@ fn every_response_framing_keeps_client_and_backend_in_step() {
     assert_eq!((first.status, first.text().as_str()), (200, "length"));
     assert_eq!((second.status, second.text().as_str()), (200, "hints"));
 
-    // The general path in between, then the direct path again.
+    // The general path in between (a `Connection` naming a field sends a request there), then
+    // the direct path again.
     let r = client.send(
-        b"POST /length HTTP/1.1\r\nHost: shop\r\nX-User-Id: frank\r\nContent-Length: 0\r\n\r\n",
+        b"POST /length HTTP/1.1\r\nHost: shop\r\nX-User-Id: frank\r\nConnection: x-note\r\nX-Note: 1\r\n\r\n",
         false,
     );
     assert_eq!((r.status, r.text().as_str()), (200, "length"));
     // Chunked on the general path: its head waits for the first chunk, and the upstream
     // connection is kept for the next request all the same.
     let r = client.send(
-        b"POST /chunked HTTP/1.1\r\nHost: shop\r\nX-User-Id: frank\r\nContent-Length: 0\r\n\r\n",
+        b"POST /chunked HTTP/1.1\r\nHost: shop\r\nX-User-Id: frank\r\nConnection: x-note\r\nX-Note: 1\r\n\r\n",
         false,
     );
     assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
     assert_eq!(r.header("x-hop"), None, "{:?}", r.headers);
     let r = client.send(
-        b"POST /slow-chunked HTTP/1.1\r\nHost: shop\r\nX-User-Id: frank\r\nContent-Length: 0\r\n\r\n",
+        b"POST /slow-chunked HTTP/1.1\r\nHost: shop\r\nX-User-Id: frank\r\nConnection: x-note\r\nX-Note: 1\r\n\r\n",
         false,
     );
     assert_eq!((r.status, r.text().as_str()), (200, "late"));
@@ -2156,6 +2192,132 @@ fn json_access_log_to_stdout_is_written_whole_before_a_graceful_exit() {
         assert!(
             object["time"].as_str().is_some_and(|t| t.ends_with('Z')),
             "{object}"
+        );
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+#[test]
+fn request_bodies_reach_the_backend_intact_whatever_their_size_and_method() {
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let node = start_node(&config(proxy, admin, &[web], &[batch], ""));
+    let mut client = KeepAliveClient::connect(node.proxy);
+    // Up to 64 KiB the direct path reads the body whole; beyond it the general path streams it.
+    let cases = [
+        ("POST", 0),
+        ("POST", 1),
+        ("POST", 1024),
+        ("PUT", 65_536),
+        ("PATCH", 65_537),
+        ("DELETE", 10),
+        ("OPTIONS", 3),
+        ("POST", 300_000),
+    ];
+    for (method, len) in cases {
+        let body: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let head = format!(
+            "{method} /api/body HTTP/1.1\r\nHost: shop\r\nX-User-Id: uploader\r\n\
+             Content-Length: {len}\r\n\r\n"
+        );
+        // The head, then the body in two writes a moment apart: a body arrives in pieces.
+        client.write(head.as_bytes());
+        let (first, rest) = body.split_at(len / 2);
+        client.write(first);
+        std::thread::sleep(Duration::from_millis(20));
+        client.write(rest);
+        let r = client.receive(false);
+        assert_eq!(r.status, 200, "{method} {len}: {}", r.text());
+        let echo = r.json();
+        assert_eq!(echo["method"], method, "{echo}");
+        assert_eq!(echo["body_bytes"], len as u64, "{method} {len}: {echo}");
+        assert_eq!(echo["body_fnv1a"], fnv1a(&body), "{method} {len}: {echo}");
+        assert_eq!(echo["headers"]["content-length"], len.to_string(), "{echo}");
+    }
+    // Pipelined: two requests with bodies in one write, answered in order on one connection.
+    let mut both = Vec::new();
+    for body in ["first body", "second, longer body"] {
+        both.extend_from_slice(
+            format!(
+                "POST /api/pipelined HTTP/1.1\r\nHost: shop\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    client.write(&both);
+    for body in ["first body", "second, longer body"] {
+        let echo = client.receive(false).json();
+        assert_eq!(echo["body_fnv1a"], fnv1a(body.as_bytes()), "{echo}");
+    }
+    let metrics = node.metrics_when(|m| {
+        metric_sum(m, "prescale_requests_total", &[("fleet", "web")]) >= (cases.len() + 2) as f64
+    });
+    assert_eq!(
+        metric_sum(&metrics, "prescale_requests_total", &[("fleet", "web")]),
+        (cases.len() + 2) as f64,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_request_that_may_have_reached_a_backend_is_resent_only_when_idempotent() {
+    let counts = [
+        std::sync::Arc::new(RawBackendCounts::default()),
+        std::sync::Arc::new(RawBackendCounts::default()),
+    ];
+    let backends = [
+        raw_backend(std::sync::Arc::clone(&counts[0])),
+        raw_backend(std::sync::Arc::clone(&counts[1])),
+    ];
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    // Not ejected after a failure, so every request finds both backends.
+    let text = config(proxy, admin, &backends, &[batch], "").replace(
+        "eject_after_failures = 1\n",
+        "eject_after_failures = 1000\n",
+    );
+    let node = start_node(&text);
+    let vanished = || {
+        counts
+            .iter()
+            .map(|c| c.vanished.load(std::sync::atomic::Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    let host = format!("Host: {proxy}");
+    // (method, body framing: direct path for a length, general for chunked, attempts expected)
+    let cases = [
+        ("POST", "Content-Length: 2", 1),
+        ("POST", "Transfer-Encoding: chunked", 1),
+        ("PATCH", "Content-Length: 2", 1),
+        ("PUT", "Content-Length: 2", 2),
+        ("GET", "Content-Length: 0", 2),
+        ("DELETE", "Content-Length: 2", 2),
+    ];
+    for (method, framing, attempts) in cases {
+        let before = vanished();
+        let body = match framing {
+            "Content-Length: 0" => "",
+            "Transfer-Encoding: chunked" => "2\r\n{}\r\n0\r\n\r\n",
+            _ => "{}",
+        };
+        let raw = format!(
+            "{method} /vanish HTTP/1.1\r\n{host}\r\nConnection: close\r\n{framing}\r\n\r\n{body}"
+        );
+        let r = raw_request(node.proxy, raw.as_bytes()).expect("response");
+        assert_eq!(r.status, 502, "{method} ({framing}): {}", r.text());
+        assert!(r.header("x-request-id").is_some(), "{method}");
+        assert_eq!(
+            vanished() - before,
+            attempts,
+            "{method} ({framing}): times the backends got it"
         );
     }
 }

@@ -1,10 +1,14 @@
 //! The front door of the proxy listener: every client connection arrives here first. The common
-//! request — HTTP/1.1 `GET` or `HEAD`, no body, no upgrade, nothing but `keep-alive` / `close` in
-//! `Connection`, an origin-form target — is parsed in place (`httparse`) and proxied on our own
-//! idle upstream connections (`upstream_pool`), the response head rewritten and its body passed
-//! through unchanged. Every other request, and HTTP/2 (TLS ALPN `h2`, or the h2c preface when
-//! enabled), is handed to pingora-proxy's general path (`service`) with the bytes already read
-//! put back in front (`Rewind`); once that request is done the connection comes back here.
+//! request — HTTP/1.1 `GET`, `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE` or `OPTIONS`, without a body
+//! or with a `Content-Length` one of at most [`DIRECT_BODY_LIMIT`], no upgrade or `Expect`,
+//! nothing but `keep-alive` / `close` in `Connection`, an origin-form target — is parsed in place
+//! (`httparse`), its body read whole (each read within `proxy.body_timeout_secs`, else 408, as
+//! nginx's request buffering and `client_body_timeout`), and proxied on our own idle upstream
+//! connections (`upstream_pool`), the response head rewritten and its body passed through
+//! unchanged. Every other request (chunked or larger bodies among them), and HTTP/2 (TLS ALPN
+//! `h2`, or the h2c preface when enabled), is handed to pingora-proxy's general path
+//! (`service`) with the bytes already read put back in front (`Rewind`); once that request is
+//! done the connection comes back here.
 //!
 //! Why: pingora's HTTP/1 sessions build an `http::HeaderMap` and several owned copies of each
 //! head, and pingora-proxy runs each request through a state machine of channels and phases. On
@@ -15,7 +19,8 @@
 //! - the policy is the general path's, through the same functions: admission (`DataPlane::admit`
 //!   on the same header fields), backend choice, the tried set and in-flight guards
 //!   ([`RequestCtx`]), passive ejection, retries on another backend only while nothing has reached
-//!   the client and only up to the fleet's `retries`, the 502/503/504 answers and their bodies,
+//!   the client and only up to the fleet's `retries` (a `POST` or `PATCH` only when no connection
+//!   was made for it), the 408/502/503/504 answers and their bodies,
 //!   the `Host` check, the normalised path and the fields a backend never gets
 //!   ([`request_head`]), `X-Forwarded-For` / `X-Forwarded-Proto`, the request ID and `Via` on
 //!   the request and its response ([`request_id`](crate::request_id)), and the meters;
@@ -76,6 +81,10 @@ use crate::service::{
 /// Room for the request line beyond `proxy.max_header_bytes` of fields: a request head not
 /// complete within both is answered 431 (as nginx's 8 KiB `large_client_header_buffers`).
 const REQUEST_LINE_LIMIT: usize = 8 * 1024;
+/// Request bodies up to this size with a `Content-Length` are read whole and sent to the backend
+/// with their head in one write (nginx buffers request bodies too: `proxy_request_buffering`);
+/// a larger body, or a chunked one, takes the general path, which streams it.
+const DIRECT_BODY_LIMIT: usize = 64 * 1024;
 /// Longest response head accepted from a backend.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 /// Header fields parsed in place (pingora's own limit); a head with more goes to the general path
@@ -201,14 +210,27 @@ enum Parsed {
         head_only: bool,
         noted: Noted,
     },
-    /// To be forwarded; `upstream_request` holds it.
+    /// To be forwarded; `upstream_request` holds its head, and its body (`request.body_len`
+    /// bytes) follows the head in `input`.
     Admitted {
         head_len: usize,
         admitted: Admitted,
-        head_only: bool,
+        request: DirectRequest,
         client_close: bool,
         noted: Noted,
     },
+}
+
+/// What the direct path needs to know of an admitted request.
+#[derive(Clone, Copy, Debug)]
+struct DirectRequest {
+    /// A `HEAD`: the response has no body.
+    head_only: bool,
+    /// The method may be sent again after a failure (RFC 9110 §9.2.2): `POST` and `PATCH` are
+    /// never sent to a second backend once a byte of them went to one.
+    idempotent: bool,
+    /// Bytes of `Content-Length` body (at most [`DIRECT_BODY_LIMIT`]).
+    body_len: usize,
 }
 
 /// What a parsed head leaves for the rest of its request: its ID, and its access-log line.
@@ -232,8 +254,13 @@ enum Failed {
     /// Nothing reached the client: another backend may be tried. `stale`: a connection taken
     /// from the idle ones failed before any response byte, other than by timing out (the
     /// backend closed it meanwhile; not the backend's fault). A timeout, or a bad response, on a
-    /// reused connection is the backend's.
-    BeforeResponse { error: Box<Error>, stale: bool },
+    /// reused connection is the backend's. `request_sent`: a byte of the request may have
+    /// reached the backend (false only when no connection was made).
+    BeforeResponse {
+        error: Box<Error>,
+        stale: bool,
+        request_sent: bool,
+    },
     /// The response had begun: the client connection must end.
     AfterResponse { error: Box<Error>, sent: Sent },
 }
@@ -352,7 +379,7 @@ impl FrontDoor {
                 Parsed::Admitted {
                     head_len,
                     admitted,
-                    head_only,
+                    request,
                     client_close,
                     noted,
                 } => {
@@ -360,7 +387,7 @@ impl FrontDoor {
                     let close = client_close || *shutdown.borrow();
                     let ctx = noted.into_ctx(conn.peer_ip);
                     if !self
-                        .forward(&mut conn, ctx, &admitted, head_only, close)
+                        .forward(&mut conn, ctx, &admitted, request, close)
                         .await
                     {
                         return;
@@ -393,6 +420,11 @@ impl FrontDoor {
         let method = match request.method {
             Some("GET") => Method::GET,
             Some("HEAD") => Method::HEAD,
+            Some("POST") => Method::POST,
+            Some("PUT") => Method::PUT,
+            Some("PATCH") => Method::PATCH,
+            Some("DELETE") => Method::DELETE,
+            Some("OPTIONS") => Method::OPTIONS,
             _ => return Parsed::General,
         };
         let Some(target) = request.path else {
@@ -405,6 +437,7 @@ impl FrontDoor {
         let headers = HeaderFields::new(request.headers);
         let mut client_close = false;
         let mut lengths = 0;
+        let mut body_len = 0;
         for field in headers.iter() {
             let name = field.name;
             if name.eq_ignore_ascii_case("transfer-encoding")
@@ -415,8 +448,11 @@ impl FrontDoor {
             }
             if name.eq_ignore_ascii_case("content-length") {
                 lengths += 1;
-                if lengths > 1 || field.value != b"0" {
-                    return Parsed::General;
+                // One length of plain digits, small enough to read whole; anything else
+                // (lists, signs, large bodies) is the general path's to judge or stream.
+                match direct_body_len(field.value) {
+                    Some(len) if lengths == 1 => body_len = len,
+                    _ => return Parsed::General,
                 }
             } else if name.eq_ignore_ascii_case("connection") {
                 for token in field.value.split(|b| *b == b',') {
@@ -480,7 +516,11 @@ impl FrontDoor {
                 Parsed::Admitted {
                     head_len,
                     admitted,
-                    head_only,
+                    request: DirectRequest {
+                        head_only,
+                        idempotent: method.is_idempotent(),
+                        body_len,
+                    },
                     client_close,
                     noted,
                 }
@@ -577,19 +617,47 @@ impl FrontDoor {
         Some(conn)
     }
 
-    /// Forwards the admitted request in `conn.upstream_request`, with retries; answers 502/503/504
-    /// when no backend served it. Returns whether the client connection may carry another
-    /// request.
+    /// Reads the body of the admitted request (at the start of `conn.input`) and forwards it
+    /// with its head in `conn.upstream_request`, with retries; answers 408 when the body does
+    /// not arrive in time, and 502/503/504 when no backend served it. Returns whether the
+    /// client connection may carry another request.
     async fn forward(
         &self,
         conn: &mut Connection,
         mut ctx: RequestCtx,
         admitted: &Admitted,
-        head_only: bool,
+        request: DirectRequest,
         close: bool,
     ) -> bool {
         let routed = ctx.admitted(admitted);
         let fleet = self.plane.fleets.get(routed.fleet);
+        let head_only = request.head_only;
+        let body_len = request.body_len;
+        if body_len > 0 {
+            if let Err(timed_out) = conn
+                .read_body(body_len, self.plane.client_timeouts.body)
+                .await
+            {
+                if timed_out {
+                    ctx.local_status = Some(408);
+                    let (message, retry_after) = failure_answer(408);
+                    let answer = Answer {
+                        status: 408,
+                        message,
+                        retry_after,
+                        request_id: ctx.request_id.as_ref(),
+                    };
+                    conn.answer(self.plane.client_timeouts.send, answer, head_only)
+                        .await;
+                }
+                ctx.finish(&self.plane, None, 0, 0);
+                return false;
+            }
+            conn.upstream_request
+                .extend_from_slice(&conn.input[..body_len]);
+            conn.input.drain(..body_len);
+        }
+        let bytes_in = body_len as u64;
         // Set after a reused connection failed before any response: the same backend once more,
         // without counting an attempt (the backend did nothing wrong); from then on only new
         // connections, so this happens at most once.
@@ -610,22 +678,37 @@ impl FrontDoor {
             match result {
                 Ok(sent) => {
                     ctx.response_started = true;
-                    ctx.finish(&self.plane, Some(sent.status), 0, sent.body_bytes);
+                    ctx.finish(&self.plane, Some(sent.status), bytes_in, sent.body_bytes);
                     return sent.keep_client;
                 }
                 Err(Failed::AfterResponse { error, sent }) => {
                     tracing::debug!(%error, "response cut short");
                     ctx.response_started = true;
-                    ctx.finish(&self.plane, Some(sent.status), 0, sent.body_bytes);
+                    ctx.finish(&self.plane, Some(sent.status), bytes_in, sent.body_bytes);
                     return false;
                 }
-                Err(Failed::BeforeResponse { stale: true, .. }) => {
+                Err(Failed::BeforeResponse {
+                    stale: true,
+                    request_sent,
+                    error,
+                }) => {
+                    if request_sent && !request.idempotent {
+                        // As nginx: a POST that may have reached the backend is not sent again,
+                        // and a connection the backend closed while idle is not its failure.
+                        tracing::debug!(%error, backend = %backend.addr, "non-idempotent request on a closed idle connection");
+                        break 502;
+                    }
                     reuse = false;
                     stale_retry = true;
                 }
-                Err(Failed::BeforeResponse { error, .. }) => {
+                Err(Failed::BeforeResponse {
+                    error,
+                    request_sent,
+                    ..
+                }) => {
                     tracing::debug!(%error, backend = %backend.addr, "attempt failed");
-                    if !ctx.attempt_failed(fleet, &error) {
+                    let attempts_left = ctx.attempt_failed(fleet, &error);
+                    if !attempts_left || (request_sent && !request.idempotent) {
                         break ctx.failure_status;
                     }
                 }
@@ -641,7 +724,7 @@ impl FrontDoor {
         };
         conn.answer(self.plane.client_timeouts.send, answer, head_only)
             .await;
-        ctx.finish(&self.plane, None, 0, 0);
+        ctx.finish(&self.plane, None, bytes_in, 0);
         false
     }
 
@@ -673,15 +756,24 @@ impl FrontDoor {
                     ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 ),
             error,
+            request_sent: true,
         };
         let backend_fault = |error: Box<Error>| Failed::BeforeResponse {
             error,
             stale: false,
+            request_sent: true,
         };
-        let mut upstream = match idle {
-            Some(stream) => stream,
-            None => self.transport.new_stream(peer).await.map_err(before_any)?,
-        };
+        let mut upstream =
+            match idle {
+                Some(stream) => stream,
+                None => self.transport.new_stream(peer).await.map_err(|error| {
+                    Failed::BeforeResponse {
+                        error,
+                        stale: false,
+                        request_sent: false,
+                    }
+                })?,
+            };
         write_all(
             &mut upstream,
             &conn.upstream_request,
@@ -826,6 +918,21 @@ impl Connection {
             self.head_started_secs = plane.now_secs();
         }
         more
+    }
+
+    /// Reads until `input` holds `len` bytes of request body, each read waiting at most
+    /// `timeout` (nginx's `client_body_timeout`). `Err(true)`: the client stalled; `Err(false)`:
+    /// it closed the connection or the read failed.
+    async fn read_body(&mut self, len: usize, timeout: Duration) -> Result<(), bool> {
+        while self.input.len() < len {
+            self.input.reserve(len - self.input.len());
+            match fast_timeout(timeout, self.stream.read_buf(&mut self.input)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                Ok(_) => return Err(false),
+                Err(_) => return Err(true),
+            }
+        }
+        Ok(())
     }
 
     /// Sends a response of our own (then the connection closes).
@@ -1063,6 +1170,18 @@ fn parse_response_head(
 }
 
 /// The comma-separated tokens of a field value, trimmed, empty ones left out.
+/// The body length of a `Content-Length` value the direct path reads whole: plain digits, at
+/// most [`DIRECT_BODY_LIMIT`].
+fn direct_body_len(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 7 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let len = value
+        .iter()
+        .fold(0usize, |n, digit| n * 10 + usize::from(digit - b'0'));
+    (len <= DIRECT_BODY_LIMIT).then_some(len)
+}
+
 /// What the access log shows of a head parsed here.
 fn request_line(method: &str, target: &str, headers: &HeaderFields<'_>) -> RequestLine {
     let field = |name: &str| {
@@ -1473,6 +1592,26 @@ mod tests {
             &mut out
         )
         .is_err());
+    }
+
+    #[test]
+    fn only_plain_small_lengths_are_read_on_the_direct_path() {
+        assert_eq!(direct_body_len(b"0"), Some(0));
+        assert_eq!(direct_body_len(b"1024"), Some(1024));
+        assert_eq!(direct_body_len(b"65536"), Some(DIRECT_BODY_LIMIT));
+        assert_eq!(direct_body_len(b"0000001"), Some(1));
+        for general in [
+            &b"65537"[..],
+            b"",
+            b"+1",
+            b"-1",
+            b"1,1",
+            b"1 ",
+            b"0x10",
+            b"99999999999",
+        ] {
+            assert_eq!(direct_body_len(general), None, "{general:?}");
+        }
     }
 
     #[test]

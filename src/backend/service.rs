@@ -105,6 +105,8 @@ struct Echo<'a> {
     /// Every request header by (lower-case) name; repeated fields joined with ", ".
     headers: BTreeMap<&'a str, Cow<'a, str>>,
     body_bytes: u64,
+    /// FNV-1a (64 bits, hex) of the body, so a client can check it arrived unchanged.
+    body_fnv1a: String,
 }
 
 impl Backend {
@@ -160,7 +162,7 @@ impl Backend {
             }
         };
         let (parts, body) = request.into_parts();
-        let body_bytes = drain(body).await;
+        let drained = drain(body).await;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -185,7 +187,8 @@ impl Backend {
                 .keys()
                 .filter_map(|name| Some((name.as_str(), header_text(&parts.headers, name)?)))
                 .collect(),
-            body_bytes,
+            body_bytes: drained.length,
+            body_fnv1a: format!("{:016x}", drained.fnv1a),
         };
         let body = json_line(&echo);
         // HEAD answers carry the headers of the GET answer but no body.
@@ -225,23 +228,45 @@ fn json_line(value: &impl Serialize) -> Vec<u8> {
     line
 }
 
-/// Reads and discards the request body so the connection can be reused; returns its length.
-async fn drain(mut body: Incoming) -> u64 {
-    let mut length = 0u64;
+/// A request body read to its end: its length and FNV-1a hash.
+struct Drained {
+    length: u64,
+    fnv1a: u64,
+}
+
+/// FNV-1a's 64-bit offset basis; [`fnv1a`] continues a hash from it.
+const FNV1A_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Continues an FNV-1a (64-bit) hash over `bytes`.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Reads and discards the request body so the connection can be reused.
+async fn drain(mut body: Incoming) -> Drained {
+    let mut drained = Drained {
+        length: 0,
+        fnv1a: FNV1A_BASIS,
+    };
     if body.is_end_stream() {
-        return length;
+        return drained;
     }
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
                 if let Some(data) = frame.data_ref() {
-                    length += data.len() as u64;
+                    drained.length += data.len() as u64;
+                    drained.fnv1a = fnv1a(drained.fnv1a, data);
                 }
             }
             Err(_) => break,
         }
     }
-    length
+    drained
 }
 
 /// The `sleep_ms` query parameter, if present, bounded to [`MAX_SLEEP`].
@@ -287,6 +312,16 @@ fn version_name(version: Version) -> &'static str {
 mod tests {
     const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
     use super::*;
+
+    #[test]
+    fn body_hash_is_fnv1a_64() {
+        assert_eq!(fnv1a(FNV1A_BASIS, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(FNV1A_BASIS, b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(
+            fnv1a(fnv1a(FNV1A_BASIS, b"fo"), b"o"),
+            fnv1a(FNV1A_BASIS, b"foo")
+        );
+    }
 
     #[test]
     fn sleep_parameter_is_found_among_others_and_bounded() {
