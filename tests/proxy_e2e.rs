@@ -2321,3 +2321,173 @@ fn a_request_that_may_have_reached_a_backend_is_resent_only_when_idempotent() {
         );
     }
 }
+
+#[test]
+fn client_limits_refuse_beyond_their_rate_and_connections_and_connections_end_after_keepalive_requests(
+) {
+    use std::io::Read;
+    let (_web_proc, web) = start_backend("web-1", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    // One request per 2 s with a burst of 4: five at once, then none for a while.
+    let text = config(
+        proxy,
+        admin,
+        &[web],
+        &[batch],
+        "[proxy.client_limits]\nconnections = 2\nrequests_per_sec = 0.5\nburst = 4\n",
+    )
+    .replace(
+        "shutdown_grace_secs = 20",
+        "shutdown_grace_secs = 20\nkeepalive_requests = 3",
+    );
+    let node = start_node(&text);
+    let host = format!("Host: {proxy}");
+
+    // The rate is per client address: loopback is a trusted proxy, so X-Forwarded-For names
+    // the client; each phase below is a client of its own.
+    let client = |ip: &str| format!("X-Forwarded-For: {ip}");
+    let limited = client("192.0.2.50");
+    for method in ["GET", "POST", "GET", "POST", "GET"] {
+        let r = raw_on(
+            node.proxy,
+            method,
+            "/api/x",
+            &[host.as_str(), limited.as_str()],
+        );
+        assert_eq!(r.status, 200, "{method} within the burst: {}", r.text());
+    }
+    for method in ["GET", "POST"] {
+        let r = raw_on(
+            node.proxy,
+            method,
+            "/api/x",
+            &[host.as_str(), limited.as_str()],
+        );
+        assert_eq!(r.status, 429, "{method} beyond the burst: {}", r.text());
+        assert!(r
+            .header("retry-after")
+            .is_some_and(|s| s.parse::<u32>().is_ok_and(|s| s >= 1)));
+        assert!(r.header("x-request-id").is_some(), "{method}");
+    }
+    let other = client("192.0.2.51");
+    let r = raw_on(
+        node.proxy,
+        "GET",
+        "/api/x",
+        &[host.as_str(), other.as_str()],
+    );
+    assert_eq!(r.status, 200, "another client has its own allowance");
+    let metrics = node.metrics();
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "prescale_client_limited_total",
+            &[("limit", "requests")]
+        ),
+        2.0,
+        "{metrics}"
+    );
+
+    // keepalive_requests: the third request on a connection is its last, on either path.
+    let patient = client("192.0.2.60");
+    let mut keep = KeepAliveClient::connect(node.proxy);
+    let get = format!("GET /api/k HTTP/1.1\r\n{host}\r\n{patient}\r\n\r\n");
+    let post = format!(
+        "POST /api/k HTTP/1.1\r\n{host}\r\n{patient}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
+    for (i, raw) in [&get, &post, &get].into_iter().enumerate() {
+        let r = keep.send(raw.as_bytes(), false);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        let closing = r
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        assert_eq!(closing, i == 2, "request {i}: {:?}", r.headers);
+    }
+    let mut stream = keep.into_stream();
+    let mut rest = Vec::new();
+    assert_eq!(
+        stream.read_to_end(&mut rest).ok(),
+        Some(0),
+        "closed after the third"
+    );
+
+    // Two connections per peer address: a third is answered and closed.
+    let first = client("192.0.2.70");
+    let request = format!("GET /api/c HTTP/1.1\r\n{host}\r\n{first}\r\n\r\n");
+    let mut a = KeepAliveClient::connect(node.proxy);
+    let mut b = KeepAliveClient::connect(node.proxy);
+    assert_eq!(a.send(request.as_bytes(), false).status, 200);
+    assert_eq!(b.send(request.as_bytes(), false).status, 200);
+    let second = client("192.0.2.71");
+    let r = raw_on(
+        node.proxy,
+        "GET",
+        "/api/c",
+        &[host.as_str(), second.as_str()],
+    );
+    assert_eq!(r.status, 429, "a third connection: {}", r.text());
+    assert!(r.text().contains("too many connections"), "{}", r.text());
+    drop(a);
+    // Once one closes there is room again.
+    wait_until("a connection slot frees", Duration::from_secs(5), || {
+        raw_on(
+            node.proxy,
+            "GET",
+            "/api/c",
+            &[host.as_str(), second.as_str()],
+        )
+        .status
+            == 200
+    });
+    assert_eq!(b.send(request.as_bytes(), false).status, 200);
+    let metrics = node.metrics();
+    assert!(
+        metric_sum(
+            &metrics,
+            "prescale_client_limited_total",
+            &[("limit", "connections")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_backend_at_its_connection_cap_is_passed_over_and_a_full_fleet_answers_503() {
+    let (_web1_proc, web1) = start_backend("web-1", None, &[]);
+    let (_web2_proc, web2) = start_backend("web-2", None, &[]);
+    let (_batch_proc, batch) = start_backend("batch-1", None, &[]);
+    let (proxy, admin) = addrs();
+    let text = config(proxy, admin, &[web1, web2], &[batch], "").replacen(
+        "eject_after_failures = 1\n",
+        "eject_after_failures = 1\nmax_connections_per_backend = 1\n",
+        1,
+    );
+    let node = start_node(&text);
+    let slow = |user: &'static str| {
+        std::thread::spawn(move || get(proxy, "/api/slow?sleep_ms=1500", &[("X-User-Id", user)]))
+    };
+    // Two slow requests take both backends' one connection each...
+    let first = slow("patient-1");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = slow("patient-2");
+    std::thread::sleep(Duration::from_millis(200));
+    // ...so the next request finds no room: 503 at once, not a wait.
+    let started = Instant::now();
+    let r = get(node.proxy, "/api/now", &[("X-User-Id", "impatient")]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert!(
+        r.text().contains("max_connections_per_backend"),
+        "{}",
+        r.text()
+    );
+    let (a, b) = (first.join().expect("first"), second.join().expect("second"));
+    assert_eq!((a.status, b.status), (200, 200));
+    // Each went to a backend of its own: the one at its cap was passed over.
+    assert_ne!(a.json()["backend"], b.json()["backend"]);
+    assert_eq!(
+        get(node.proxy, "/api/now", &[("X-User-Id", "impatient")]).status,
+        200
+    );
+}

@@ -137,6 +137,55 @@ pub struct ProxyConfig {
     /// One line per request, written off the request path (absent: no access log).
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
+    /// Requests one client connection may carry; after the last one's response the connection
+    /// closes (nginx's `keepalive_requests`, 1000 by default there too).
+    #[serde(default = "default_keepalive_requests")]
+    pub keepalive_requests: u32,
+    /// Per-client-address limits (absent: none).
+    #[serde(default)]
+    pub client_limits: ClientLimitsConfig,
+}
+
+/// `[proxy.client_limits]`: what one client address may take (IPv6 by its /64, which one
+/// subscriber holds). The request rate reads the client address the proxy resolved (a trusted
+/// proxy's `X-Forwarded-For`); connections count the peer's.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientLimitsConfig {
+    /// Open connections per peer address (nginx's `limit_conn`); 0 = no limit. A connection
+    /// beyond it is answered `status` and closed.
+    #[serde(default)]
+    pub connections: u32,
+    /// Sustained requests per second per client address (nginx's `limit_req` rate); 0 = no
+    /// limit. A request beyond it, and beyond `burst`, is answered `status` with `Retry-After`.
+    #[serde(default)]
+    pub requests_per_sec: f64,
+    /// Requests beyond the rate a client may send at once (nginx's `burst`, served at once as
+    /// with `nodelay`).
+    #[serde(default)]
+    pub burst: u32,
+    /// The status of a refused request or connection: 429 or 503.
+    #[serde(default = "default_client_limit_status")]
+    pub status: u16,
+}
+
+impl Default for ClientLimitsConfig {
+    fn default() -> Self {
+        ClientLimitsConfig {
+            connections: 0,
+            requests_per_sec: 0.0,
+            burst: 0,
+            status: default_client_limit_status(),
+        }
+    }
+}
+
+fn default_keepalive_requests() -> u32 {
+    1000
+}
+
+fn default_client_limit_status() -> u16 {
+    429
 }
 
 /// `[proxy.access_log]`: where request lines go and in which format.
@@ -195,6 +244,8 @@ impl Default for ProxyConfig {
             request_id: true,
             via: default_via(),
             access_log: None,
+            keepalive_requests: default_keepalive_requests(),
+            client_limits: ClientLimitsConfig::default(),
         }
     }
 }
@@ -413,6 +464,11 @@ pub struct FleetConfig {
     /// lower-priority profiles are shed first. 0 = no admission control.
     #[serde(default)]
     pub max_in_flight_per_backend: u32,
+    /// Requests (and so connections) one backend of this fleet may have at once (nginx's
+    /// `max_conns`); a backend at it is passed over for the next one, and when all are, the
+    /// request is answered 503. 0 = no limit.
+    #[serde(default)]
+    pub max_connections_per_backend: u32,
     /// The latency SLO requests of this fleet must meet (milliseconds, at
     /// `latency_slo_quantile`); what `capacity_rps` means and what `learn_capacity` learns against.
     #[serde(default)]

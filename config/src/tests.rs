@@ -521,3 +521,36 @@ fn access_log_is_off_by_default_and_checked_when_set() {
     let p = only_problem(&format!("{MINIMAL}\n[proxy.access_log]\npath = \"\"\n"));
     assert_eq!(p.key.to_string(), "proxy.access_log.path", "{p}");
 }
+
+#[test]
+fn client_limits_default_to_none_and_are_checked() {
+    let c = parse_str(MINIMAL, "test.toml").expect("valid");
+    assert_eq!(c.proxy.keepalive_requests, 1000);
+    assert_eq!(c.proxy.client_limits.status, 429);
+    assert_eq!(c.proxy.client_limits.connections, 0);
+    assert_eq!(c.fleets[0].max_connections_per_backend, 0);
+    let with = |table: &str| format!("{MINIMAL}\n[proxy.client_limits]\n{table}\n");
+    let c = parse_str(
+        &with("connections = 10\nrequests_per_sec = 5.5\nburst = 20\nstatus = 503"),
+        "test.toml",
+    )
+    .expect("valid");
+    assert_eq!(c.proxy.client_limits.requests_per_sec, 5.5);
+    for (table, key) in [
+        ("status = 403", "proxy.client_limits.status"),
+        ("burst = 5", "proxy.client_limits.burst"),
+        (
+            "requests_per_sec = -1.0",
+            "proxy.client_limits.requests_per_sec",
+        ),
+        (
+            "requests_per_sec = nan",
+            "proxy.client_limits.requests_per_sec",
+        ),
+    ] {
+        let p = only_problem(&with(table));
+        assert_eq!(p.key.to_string(), key, "{table}: {p}");
+    }
+    let p = only_problem(&format!("[proxy]\nkeepalive_requests = 0\n{MINIMAL}"));
+    assert_eq!(p.key.to_string(), "proxy.keepalive_requests", "{p}");
+}

@@ -273,6 +273,38 @@ impl Validator {
                 );
             }
         }
+        if config.proxy.keepalive_requests == 0 {
+            self.problem(
+                root.key("proxy").key("keepalive_requests"),
+                "must be at least 1 (requests per client connection)",
+            );
+        }
+        let limits = &config.proxy.client_limits;
+        let at = root.key("proxy").key("client_limits");
+        let rate = limits.requests_per_sec;
+        if !(rate.is_finite() && (0.0..=1_000_000.0).contains(&rate)) {
+            self.problem(
+                at.key("requests_per_sec"),
+                format!("{rate} is out of range; expected 0 (no limit) to 1000000 requests/s"),
+            );
+        }
+        if limits.burst > 1_000_000 {
+            self.problem(at.key("burst"), "expected 0 to 1000000 requests");
+        } else if limits.burst > 0 && rate == 0.0 {
+            self.problem(
+                at.key("burst"),
+                "a burst needs a rate: set requests_per_sec too (0 means no limit)",
+            );
+        }
+        if !matches!(limits.status, 429 | 503) {
+            self.problem(
+                at.key("status"),
+                format!(
+                    "{} is not a status for a refused client; expected 429 or 503",
+                    limits.status
+                ),
+            );
+        }
         if config.proxy.threads > 1024 {
             self.problem(
                 root.key("proxy").key("threads"),

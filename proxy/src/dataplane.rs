@@ -31,6 +31,7 @@ use serde::Serialize;
 use crate::access_log::{AccessLog, LogNames};
 use crate::admin::{self, AdminRequest, Handler, MetricsSource, Readiness};
 use crate::client_ip::ClientIpResolver;
+use crate::client_limits::{ConnectionLimiter, RateLimiter};
 use crate::error::ProxyError;
 use crate::features::{FeatureTable, RequestTraits, UserView};
 use crate::fields::HeaderLookup;
@@ -156,6 +157,14 @@ pub struct DataPlane {
     pub added_fields: AddedFields,
     /// `proxy.access_log` (`None`: off; nothing is copied for it on the request path).
     pub access_log: Option<AccessLog>,
+    /// `proxy.client_limits.connections` (`None`: no limit).
+    pub client_connections: Option<ConnectionLimiter>,
+    /// `proxy.client_limits.requests_per_sec` and `burst` (`None`: no limit).
+    client_rate: Option<Arc<RateLimiter>>,
+    /// `proxy.client_limits.status`.
+    pub client_limit_status: u16,
+    /// `proxy.keepalive_requests`.
+    pub keepalive_requests: u32,
     /// How long a write to a client, and a read of its request body, may wait
     /// (`proxy.send_timeout_secs`, `proxy.body_timeout_secs`).
     pub client_timeouts: ClientTimeouts,
@@ -245,6 +254,14 @@ impl DataPlane {
             )?),
             None => None,
         };
+        let limits = &config.proxy.client_limits;
+        let client_rate =
+            RateLimiter::start(limits.requests_per_sec, limits.burst).map_err(|e| {
+                ProxyError::Startup {
+                    what: "the client rate limiter's sweep thread",
+                    reason: e.to_string(),
+                }
+            })?;
         let config = Arc::new(config.clone());
         let plane = DataPlane {
             node_id: config.node.id.clone(),
@@ -268,6 +285,10 @@ impl DataPlane {
             },
             added_fields: AddedFields::new(config.proxy.request_id, &config.proxy.via),
             access_log,
+            client_connections: ConnectionLimiter::new(config.proxy.client_limits.connections),
+            client_rate,
+            client_limit_status: config.proxy.client_limits.status,
+            keepalive_requests: config.proxy.keepalive_requests,
             new_users: NewUserLimiter::new(config.identity.new_users_per_client_per_sec),
             client_timeouts: ClientTimeouts {
                 send: Duration::from_secs(config.proxy.send_timeout_secs),
@@ -543,6 +564,17 @@ impl DataPlane {
             .client_ips
             .client_ip(peer, headers)
             .map_err(|e| Rejection::early(e.status(), "malformed X-Forwarded-For\n"))?;
+        if let Some(rate) = &self.client_rate {
+            if let Err(wait) = rate.allow(client_ip) {
+                return Err(Rejection {
+                    retry_after_secs: Some(wait.secs),
+                    ..Rejection::early(
+                        self.client_limit_status,
+                        "too many requests from this client address; retry later\n",
+                    )
+                });
+            }
+        }
         let mut user = self
             .identity
             .resolve(headers, client_ip)
@@ -1070,6 +1102,40 @@ impl DataPlane {
         }
         if let Some(log) = &self.access_log {
             log.write_metrics(out);
+        }
+        if self.client_connections.is_some() || self.client_rate.is_some() {
+            out.push_str("# HELP prescale_client_limited_total Requests (limit=\"requests\") and connections (limit=\"connections\") refused by proxy.client_limits.\n");
+            out.push_str("# TYPE prescale_client_limited_total counter\n");
+            if let Some(connections) = &self.client_connections {
+                let _ = writeln!(
+                    out,
+                    "prescale_client_limited_total{{limit=\"connections\"}} {}",
+                    connections.refused()
+                );
+            }
+            if let Some(rate) = &self.client_rate {
+                let _ = writeln!(
+                    out,
+                    "prescale_client_limited_total{{limit=\"requests\"}} {}",
+                    rate.limited()
+                );
+            }
+            out.push_str("# HELP prescale_client_limit_clients Client addresses the limits hold state for (with an open connection; with a request rate debt).\n");
+            out.push_str("# TYPE prescale_client_limit_clients gauge\n");
+            if let Some(connections) = &self.client_connections {
+                let _ = writeln!(
+                    out,
+                    "prescale_client_limit_clients{{limit=\"connections\"}} {}",
+                    connections.clients()
+                );
+            }
+            if let Some(rate) = &self.client_rate {
+                let _ = writeln!(
+                    out,
+                    "prescale_client_limit_clients{{limit=\"requests\"}} {}",
+                    rate.clients()
+                );
+            }
         }
         out.push_str("# HELP prescale_profile_model_version Version of the installed profile model (0: rules only).\n");
         out.push_str("# TYPE prescale_profile_model_version gauge\n");

@@ -318,11 +318,14 @@ impl BackendSet {
     }
 
     /// The first candidate of `candidates` a new request of `tried` may go to.
+    /// The first candidate that is routable, untried and below `max_in_flight` requests (0: no
+    /// cap).
     fn pick(
         &self,
         mut candidates: impl BackendIter,
         tried: &Tried,
         now_ms: u64,
+        max_in_flight: u32,
     ) -> Option<Arc<BackendState>> {
         // As pingora's balancer bounds its walk (round robin's fallbacks and the ring may repeat
         // backends).
@@ -333,7 +336,10 @@ impl BackendSet {
                 continue;
             };
             let backend = &self.backends[index];
-            if backend.routable(now_ms) && !tried.contains(backend.id) {
+            if backend.routable(now_ms)
+                && !tried.contains(backend.id)
+                && (max_in_flight == 0 || backend.in_flight.load(Ordering::Relaxed) < max_in_flight)
+            {
                 return Some(Arc::clone(backend));
             }
         }
@@ -452,8 +458,9 @@ impl Fleet {
             .is_some_and(|p| p.supplies_backends())
     }
 
-    /// Picks a Ready, healthy, non-ejected backend that is not in `tried`. `user_key` steers
-    /// consistent hashing; round robin ignores it.
+    /// Picks a Ready, healthy, non-ejected backend that is not in `tried` and has room under
+    /// `max_connections_per_backend`. `user_key` steers consistent hashing; round robin ignores
+    /// it.
     pub fn select(&self, user_key: u64, tried: &Tried) -> Option<Arc<BackendState>> {
         let set = self.set.load();
         if set.selectable == 0 {
@@ -461,9 +468,10 @@ impl Fleet {
         }
         let now_ms = self.now_ms();
         let key = user_key.to_le_bytes();
+        let cap = self.config.max_connections_per_backend;
         match &set.selection {
-            Selection::RoundRobin(s) => set.pick(s.iter(&key), tried, now_ms),
-            Selection::Consistent(s) => set.pick(s.iter(&key), tried, now_ms),
+            Selection::RoundRobin(s) => set.pick(s.iter(&key), tried, now_ms, cap),
+            Selection::Consistent(s) => set.pick(s.iter(&key), tried, now_ms, cap),
         }
     }
 

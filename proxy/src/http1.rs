@@ -85,6 +85,10 @@ const REQUEST_LINE_LIMIT: usize = 8 * 1024;
 /// with their head in one write (nginx buffers request bodies too: `proxy_request_buffering`);
 /// a larger body, or a chunked one, takes the general path, which streams it.
 const DIRECT_BODY_LIMIT: usize = 64 * 1024;
+/// How long a refused connection's bytes are read and dropped after its answer (as nginx's
+/// lingering close), and how many at most.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 /// Longest response head accepted from a backend.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
 /// Header fields parsed in place (pingora's own limit); a head with more goes to the general path
@@ -164,6 +168,17 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Held for the connection's life: its place in the peer's connection count.
+        let _slot = match (&self.plane.client_connections, peer_ip(&stream)) {
+            (Some(limiter), Some(peer)) => match limiter.open(peer) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.refuse_connection(stream).await;
+                    return None;
+                }
+            },
+            _ => None,
+        };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.general, stream, shutdown).await;
         }
@@ -289,6 +304,8 @@ impl FrontDoor {
             head_started_secs: 0,
         };
         let mut first = true;
+        // Requests this connection has carried (`proxy.keepalive_requests`).
+        let mut served: u32 = 0;
         loop {
             let mut need_bytes = conn.input.is_empty();
             if !need_bytes {
@@ -352,10 +369,14 @@ impl FrontDoor {
                     ctx.finish(&self.plane, None, 0, 0);
                     return;
                 }
-                Parsed::Partial | Parsed::General => match self.hand_over(conn, &shutdown).await {
-                    Some(back) => conn = back,
-                    None => return,
-                },
+                Parsed::Partial | Parsed::General => {
+                    served = served.saturating_add(1);
+                    let last = served >= self.plane.keepalive_requests;
+                    match self.hand_over(conn, &shutdown, last).await {
+                        Some(back) => conn = back,
+                        None => return,
+                    }
+                }
                 Parsed::Rejected {
                     head_len,
                     rejection,
@@ -384,7 +405,10 @@ impl FrontDoor {
                     noted,
                 } => {
                     conn.input.drain(..head_len);
-                    let close = client_close || *shutdown.borrow();
+                    served = served.saturating_add(1);
+                    let close = client_close
+                        || *shutdown.borrow()
+                        || served >= self.plane.keepalive_requests;
                     let ctx = noted.into_ctx(conn.peer_ip);
                     if !self
                         .forward(&mut conn, ctx, &admitted, request, close)
@@ -392,6 +416,8 @@ impl FrontDoor {
                     {
                         return;
                     }
+                    // The body stayed in place for retries.
+                    conn.input.drain(..request.body_len);
                 }
             }
         }
@@ -596,16 +622,57 @@ impl FrontDoor {
         out.extend_from_slice(b"\r\n");
     }
 
+    /// Answers a connection beyond its peer's `proxy.client_limits.connections` with the limit's
+    /// status and closes it (an HTTP/2 one is closed without an answer). The client's first
+    /// bytes are read and dropped for a moment after the answer, so that closing with them
+    /// unread does not reset the connection before the client has read it.
+    async fn refuse_connection(&self, mut stream: Stream) {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return;
+        }
+        let status = self.plane.client_limit_status;
+        let reason = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let message = "too many connections from this client address\n";
+        let answer = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\ncache-control: no-store\r\nretry-after: 1\r\n\
+             connection: close\r\n\r\n{message}",
+            message.len()
+        );
+        let send = self.plane.client_timeouts.send;
+        if write_all(&mut stream, answer.as_bytes(), Some(send))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = fast_timeout(send.min(LINGER), AsyncWriteExt::shutdown(&mut stream)).await;
+        let mut sink = Vec::with_capacity(READ_SIZE);
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while sink.len() < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match fast_timeout(left, stream.read_buf(&mut sink)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                _ => break,
+            }
+        }
+    }
+
     /// Gives the connection, with what was read of it, to the general path for one request;
-    /// returns it (and what that path left unread) when it may carry another.
+    /// returns it (and what that path left unread) when it may carry another (`last`: it may
+    /// not).
     async fn hand_over(
         &self,
         mut conn: Connection,
         shutdown: &ShutdownWatch,
+        last: bool,
     ) -> Option<Connection> {
         let input = std::mem::take(&mut conn.input);
         let mut session = ServerSession::new_http1(Box::new(Rewind::new(conn.stream, input)));
-        session.set_keepalive(if *shutdown.borrow() {
+        session.set_keepalive(if *shutdown.borrow() || last {
             None
         } else {
             Some(self.keepalive.as_secs())
@@ -617,8 +684,8 @@ impl FrontDoor {
         Some(conn)
     }
 
-    /// Reads the body of the admitted request (at the start of `conn.input`) and forwards it
-    /// with its head in `conn.upstream_request`, with retries; answers 408 when the body does
+    /// Reads the body of the admitted request (at the start of `conn.input`, where it stays) and
+    /// forwards it with its head in `conn.upstream_request`, with retries; answers 408 when the body does
     /// not arrive in time, and 502/503/504 when no backend served it. Returns whether the
     /// client connection may carry another request.
     async fn forward(
@@ -653,9 +720,6 @@ impl FrontDoor {
                 ctx.finish(&self.plane, None, 0, 0);
                 return false;
             }
-            conn.upstream_request
-                .extend_from_slice(&conn.input[..body_len]);
-            conn.input.drain(..body_len);
         }
         let bytes_in = body_len as u64;
         // Set after a reused connection failed before any response: the same backend once more,
@@ -673,7 +737,7 @@ impl FrontDoor {
                 break 503;
             };
             let result = self
-                .exchange(conn, backend, fleet, reuse, head_only, close)
+                .exchange(conn, backend, fleet, reuse, request, close)
                 .await;
             match result {
                 Ok(sent) => {
@@ -738,9 +802,10 @@ impl FrontDoor {
         backend: &BackendState,
         fleet: &Fleet,
         reuse: bool,
-        head_only: bool,
+        request: DirectRequest,
         close: bool,
     ) -> Result<Sent, Failed> {
+        let head_only = request.head_only;
         let peer = &backend.peer;
         let read_timeout = peer.options.read_timeout;
         let send_timeout = self.plane.client_timeouts.send;
@@ -774,9 +839,10 @@ impl FrontDoor {
                     }
                 })?,
             };
-        write_all(
+        // Head and body in one vectored write: the body is not copied behind the head.
+        write_all_vectored(
             &mut upstream,
-            &conn.upstream_request,
+            [&conn.upstream_request, &conn.input[..request.body_len]],
             peer.options.write_timeout,
         )
         .await
@@ -1235,6 +1301,35 @@ fn invalid(what: &'static str) -> Box<Error> {
 }
 
 /// Writes all of `bytes` and flushes, within `limit` when one is set.
+/// Writes both parts in order, as few writes as the stream takes, within `limit`.
+async fn write_all_vectored(
+    stream: &mut Stream,
+    parts: [&[u8]; 2],
+    limit: Option<Duration>,
+) -> pingora::Result<()> {
+    let [mut first, mut second] = parts;
+    let write = async {
+        while !first.is_empty() || !second.is_empty() {
+            let slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+            let written = stream.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            let from_first = written.min(first.len());
+            first = &first[from_first..];
+            second = &second[written - from_first..];
+        }
+        stream.flush().await
+    };
+    let result = match limit {
+        Some(limit) => fast_timeout(limit, write)
+            .await
+            .map_err(|_| Error::explain(ErrorType::WriteTimedout, "write timed out"))?,
+        None => write.await,
+    };
+    result.map_err(|e| Error::because(ErrorType::WriteError, "write failed", e))
+}
+
 async fn write_all(
     stream: &mut Stream,
     bytes: &[u8],

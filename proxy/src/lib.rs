@@ -14,6 +14,7 @@ pub mod access_log;
 pub mod admin;
 mod chunked;
 pub mod client_ip;
+pub mod client_limits;
 pub mod dashboard;
 pub mod dataplane;
 pub mod error;

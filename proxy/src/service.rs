@@ -609,7 +609,10 @@ impl ProxyHttp for ProxyService {
 /// The body and `Retry-After` of a response the proxy gives itself for `status`.
 pub(crate) fn failure_answer(status: u16) -> (&'static str, Option<u32>) {
     match status {
-        503 => ("no healthy backend in the fleet\n", Some(1)),
+        503 => (
+            "no backend of the fleet can take the request (none healthy and ready, or all at max_connections_per_backend)\n",
+            Some(1),
+        ),
         502 => ("backend failed to answer\n", None),
         504 => ("backend timed out\n", None),
         408 => ("the request (its body) did not arrive in time\n", None),

@@ -9,10 +9,11 @@
 //!   of `proxy.access_log.buffer_lines`; when the queue is full the line is dropped and counted
 //!   (`prescale_access_log_dropped_total{reason="queue_full"}`), as is a line the writer could not
 //!   write (`reason="write_error"`); every line is either written or counted as dropped;
-//! - formatting and writing happen on the writer thread ([`writer`]); lines are written in the
-//!   order requests ended on each worker thread;
+//! - formatting and writing happen on the writer thread ([`writer`]), which polls the queue (a
+//!   request never wakes it); lines are written in the order requests ended on each worker
+//!   thread;
 //! - a [`AccessLog::reopen`] (SIGUSR1, as logrotate sends) makes the writer open the path again
-//!   within [`writer::WAKE_INTERVAL`]; lines already written stay in the old file, later ones go
+//!   within [`writer::POLL_INTERVAL`]; lines already written stay in the old file, later ones go
 //!   to the new one; if the path cannot be opened, the old file is kept and the failure counted;
 //! - [`AccessLog::close`] writes every queued line before it returns (or its timeout ends).
 

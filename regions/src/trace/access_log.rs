@@ -355,6 +355,21 @@ mod tests {
     }
 
     #[test]
+    fn prescales_own_combined_lines_parse() {
+        // As the proxy's access log writes them: combined, then its own fields.
+        let text = "127.0.0.1 - - [03/Dec/2026:23:10:00 +0000] \"POST /api/items HTTP/1.1\" 200 \
+                    12 \"-\" \"e2e \\x22agent\\x22\" request_id=0123abcd profile=interactive \
+                    region=eu fleet=web backend=127.0.0.1:9001 upstream_time=0.002 \
+                    request_time=0.003\n\
+                    127.0.0.1 - - [03/Dec/2026:23:10:01 +0000] \"-\" 431 0 \"-\" \"-\" \
+                    request_id=- profile=- region=- fleet=- backend=- upstream_time=- \
+                    request_time=0.000\n";
+        let log = parse(text).unwrap();
+        assert_eq!(log.requests, 2, "{:?}", log.bad);
+        assert_eq!(log.trace.requests, vec![2.0]);
+    }
+
+    #[test]
     fn out_of_order_lines_and_gaps_are_minutes_of_their_own() {
         let line = |time: &str| format!("h - - [{time} +0000] \"GET / HTTP/1.1\" 200 5\n");
         let text = [
