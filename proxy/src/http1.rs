@@ -1335,17 +1335,7 @@ async fn write_all(
     bytes: &[u8],
     limit: Option<Duration>,
 ) -> pingora::Result<()> {
-    let write = async {
-        stream.write_all(bytes).await?;
-        stream.flush().await
-    };
-    let result = match limit {
-        Some(limit) => fast_timeout(limit, write)
-            .await
-            .map_err(|_| Error::explain(ErrorType::WriteTimedout, "write timed out"))?,
-        None => write.await,
-    };
-    result.map_err(|e| Error::because(ErrorType::WriteError, "write failed", e))
+    write_all_vectored(stream, [bytes, &[]], limit).await
 }
 
 /// Reads what is there (at least one byte, or 0 at the end) into `buf`, within `limit` when set.

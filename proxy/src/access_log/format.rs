@@ -208,20 +208,11 @@ impl CivilTime {
         let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = since.as_secs() as i64;
         let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        // Howard Hinnant's civil_from_days.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (year, month, day) = crate::ingest::parse::civil_from_days(days);
         CivilTime {
             year,
-            month,
-            day,
+            month: month as u8,
+            day: day as u8,
             hour: (of_day / 3600) as u8,
             minute: (of_day / 60 % 60) as u8,
             second: (of_day % 60) as u8,

@@ -214,7 +214,9 @@ fn a_backend_draining_in_a_set_still_loaded_is_not_selected() {
     let Selection::RoundRobin(selection) = &old.selection else {
         panic!("round robin");
     };
-    assert!(old.pick(selection.iter(&key), &Tried::new(), 1, 0).is_none());
+    assert!(old
+        .pick(selection.iter(&key), &Tried::new(), 1, 0)
+        .is_none());
 }
 
 #[test]
