@@ -421,6 +421,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         .enable_all()
         .build()
         .context("cannot start the forecaster runtime")?;
+    let stop = crate::node_cmd::StopSignals::watch(&control).map_err(CliError::runtime)?;
     let options = crate::live_cmd::LiveOptions {
         clock: crate::node_cmd::node_clock(args.speedup)?,
         stop_instances_on_exit: false,
@@ -479,9 +480,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
     )
     .map_err(CliError::input)?;
     tracing::info!(admin = %admin_addr, quic = %forecaster.quic_addr, "prescale forecaster running");
-    control
-        .block_on(crate::node_cmd::wait_for_signal())
-        .map_err(CliError::runtime)?;
+    control.block_on(stop.wait());
     // The fleet keeps serving: a forecaster that stops leaves its instances to the proxies and
     // adopts them at its next start.
     forecaster.stop();

@@ -863,7 +863,7 @@ fn event_error(e: prescale_regions::Error) -> admin::AdminResponse {
     admin::json_error(status, &e.to_string())
 }
 
-fn method_not_allowed(allow: &'static str, message: &str) -> admin::AdminResponse {
+pub(crate) fn method_not_allowed(allow: &'static str, message: &str) -> admin::AdminResponse {
     let mut response = admin::json_error(http::StatusCode::METHOD_NOT_ALLOWED, message);
     response
         .headers_mut()

@@ -14,6 +14,7 @@ mod membership_cmd;
 mod model_fanout;
 mod node_cmd;
 mod personas_cmd;
+mod reload_cmd;
 mod replay_cmd;
 mod report_cmd;
 

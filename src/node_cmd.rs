@@ -15,6 +15,7 @@ use prescale_proxy::dataplane::DataPlane;
 use prescale_proxy::server::{start_admin, start_proxy};
 
 use crate::exit::CliError;
+use crate::reload_cmd::ConfigSource;
 
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
@@ -92,7 +93,11 @@ pub fn proxy(args: ProxyArgs) -> Result<(), CliError> {
         stop_instances_on_exit: false,
         print_decisions: false,
     };
-    run_node(config, None, options)
+    let source = ConfigSource {
+        path: Some(args.config),
+        prepare: Box::new(Ok),
+    };
+    run_node(config, None, options, source)
 }
 
 /// The node clock for `--speedup X`.
@@ -102,7 +107,7 @@ pub fn node_clock(speedup: f64) -> Result<NodeClock, CliError> {
 
 pub fn up(args: UpArgs) -> Result<(), CliError> {
     let clock = node_clock(args.speedup)?;
-    let (mut config, origin) = match &args.config {
+    let (config, origin) = match &args.config {
         Some(path) => (
             prescale_config::load_file(path).map_err(CliError::input)?,
             path.display().to_string(),
@@ -112,26 +117,18 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
             "embedded default".to_string(),
         ),
     };
-    config.proxy.listen = args.proxy_listen;
-    config.admin.listen = args.admin_listen;
-    if let Some(n) = args.backends {
-        config.planner.baseline_instances = n;
-    }
-    let state = args
-        .state_dir
-        .unwrap_or_else(|| std::env::temp_dir().join("prescale-up"));
-    attach_local_forecaster(&mut config, &state).map_err(CliError::runtime)?;
-    if let Some(forecaster) = config.forecaster.as_mut() {
-        match args.keda {
-            Some(addr) => forecaster.keda_listen = Some(addr),
-            None => {
-                forecaster
-                    .keda_listen
-                    .get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
-            }
-        }
-    }
-    prescale_config::check(&config, &origin).map_err(CliError::input)?;
+    let overrides = UpOverrides {
+        proxy_listen: args.proxy_listen,
+        admin_listen: args.admin_listen,
+        backends: args.backends,
+        state: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("prescale-up")),
+        keda: args.keda,
+        origin,
+    };
+    let config = overrides.apply(config).map_err(CliError::input)?;
     if let Some(history) = &args.history {
         seed_history(&config, history, &clock)?;
     }
@@ -141,7 +138,46 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
         stop_instances_on_exit: true,
         print_decisions: true,
     };
-    run_node(config, Some(banner), options)
+    let source = ConfigSource {
+        path: args.config.clone(),
+        prepare: Box::new(move |config| overrides.apply(config)),
+    };
+    run_node(config, Some(banner), options, source)
+}
+
+/// What `up`'s command line changes in the config it runs, applied again to a reloaded file.
+struct UpOverrides {
+    proxy_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    backends: Option<u32>,
+    state: PathBuf,
+    keda: Option<SocketAddr>,
+    origin: String,
+}
+
+impl UpOverrides {
+    /// The listeners, the baseline and the in-process forecaster (with its certificates and
+    /// export) set on `config`, then the whole checked.
+    fn apply(&self, mut config: Config) -> anyhow::Result<Config> {
+        config.proxy.listen = self.proxy_listen;
+        config.admin.listen = self.admin_listen;
+        if let Some(n) = self.backends {
+            config.planner.baseline_instances = n;
+        }
+        attach_local_forecaster(&mut config, &self.state)?;
+        if let Some(forecaster) = config.forecaster.as_mut() {
+            match self.keda {
+                Some(addr) => forecaster.keda_listen = Some(addr),
+                None => {
+                    forecaster
+                        .keda_listen
+                        .get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
+                }
+            }
+        }
+        prescale_config::check(&config, &self.origin)?;
+        Ok(config)
+    }
 }
 
 /// Writes the trace's minutes into the store as past demand of the default profile of the
@@ -344,6 +380,7 @@ fn run_node(
     config: Config,
     banner: Option<Banner>,
     options: crate::live_cmd::LiveOptions,
+    source: ConfigSource,
 ) -> Result<(), CliError> {
     let plane = Arc::new(DataPlane::with_clock(&config, options.clock).map_err(CliError::input)?);
     let control = tokio::runtime::Builder::new_multi_thread()
@@ -352,8 +389,13 @@ fn run_node(
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
+    let stop = StopSignals::watch(&control).map_err(CliError::runtime)?;
     watch_reopen_signal(&control, Arc::clone(&plane)).map_err(CliError::runtime)?;
+    let source = Arc::new(source);
+    crate::reload_cmd::watch_reload_signal(&control, Arc::clone(&source), Arc::clone(&plane))
+        .map_err(CliError::runtime)?;
     let mut handlers = plane.admin_handlers();
+    handlers.push(crate::reload_cmd::handler(source, Arc::clone(&plane)));
     let mut metrics = vec![plane.metrics_source()];
     let mut readiness = vec![plane.readiness(), listener_readiness(config.proxy.listen)];
 
@@ -472,9 +514,7 @@ fn run_node(
         let _ = std::io::stdout().flush();
     }
 
-    control
-        .block_on(wait_for_signal())
-        .map_err(CliError::runtime)?;
+    control.block_on(stop.wait());
     tracing::info!("shutting down: draining in-flight requests");
     let left = proxy.drain();
     if left > 0 {
@@ -581,15 +621,31 @@ fn watch_reopen_signal(
     Ok(())
 }
 
-pub async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, watched from before anything listens: a stop asked for while the node is
+/// still starting is carried out, gracefully, once it has started (without the handlers the
+/// signal's default action would kill the process).
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn watch(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _guard = runtime.enter();
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Until one of them arrives (or has arrived since [`StopSignals::watch`]).
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Ready once the proxy listener accepts connections (pingora binds it on its own thread, after

@@ -402,14 +402,17 @@ fn scheduled_events_through_the_admin_api_drive_the_forecast_and_survive_a_resta
         dir.path().join("up-again.log"),
     );
     assert_eq!(listed(admin), vec![sale_stored]);
-    // The level the rebuilt brain starts from differs a little (the minutes `up` was down are
-    // missing data); the 24-hour point, after the event, is the reference without it.
+    // The 24-hour point, after the event, is the reference without it. The level it carries
+    // moves while the event runs: a fleet's total learns each minute of a running event
+    // divided by its factor, and this load does not follow the event, so the longer the
+    // restart takes (the rebuild replays days of minutes, many node minutes at 60x) the closer
+    // the level comes to `before / 4`. It never leaves that range.
     let after_restart = wait_for(
         admin,
         &again,
         "the restarted forecaster to apply the stored event",
         Duration::from_secs(15),
-        |p, day| (p / day - 4.0).abs() < 0.5 && (p / before - 4.0).abs() < 1.2,
+        |p, day| (p / day - 4.0).abs() < 0.5 && day > 0.2 * before && day < 1.2 * before,
     );
     let shown = plan_events(admin);
     assert_eq!(shown.len(), 1, "{shown:?}");

@@ -982,7 +982,7 @@ fn systemd_units_containers_and_the_image_use_flags_the_binary_has() {
         assert!(commands >= 2, "{file}: no ExecStart");
         assert!(
             unit_values(&unit, "ExecReload").is_empty(),
-            "{file}: prescale has no reload"
+            "{file}: the config is a credential copied at start: a reload would read the old copy"
         );
         assert_eq!(unit_values(&unit, "Restart"), ["on-failure"], "{file}");
 

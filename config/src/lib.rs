@@ -15,7 +15,7 @@ pub use error::{ConfigError, KeyPath, KeySegment, Problem};
 pub use load::{check, load_brain_file, load_file, parse_str, BrainConfig};
 pub use schema::*;
 pub use secret::Secret;
-pub use validate::{is_name, BUILTIN_PROFILES};
+pub use validate::{backend_host, is_name, BUILTIN_PROFILES};
 
 /// The configuration `prescale up` runs with when given no file: one region, one fleet whose
 /// backends the forecaster's process provisioner starts (demo backends, this executable).

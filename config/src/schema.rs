@@ -24,6 +24,9 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(default)]
     pub geo: GeoConfig,
+    /// DNS for the backends of fleets with `resolve = true`.
+    #[serde(default)]
+    pub resolver: ResolverConfig,
     /// At least one region.
     pub regions: Vec<RegionConfig>,
     /// At least one fleet in the node's region.
@@ -469,6 +472,13 @@ pub struct FleetConfig {
     /// request is answered 503. 0 = no limit.
     #[serde(default)]
     pub max_connections_per_backend: u32,
+    /// How the proxy speaks to the backends: HTTP/1.1 or HTTP/2, in cleartext or over TLS.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Re-resolve the names in `backends` every `resolver.refresh_secs` through `[resolver]`,
+    /// each address a backend; `false`: names are resolved once, at startup (every address).
+    #[serde(default)]
+    pub resolve: bool,
     /// The latency SLO requests of this fleet must meet (milliseconds, at
     /// `latency_slo_quantile`); what `capacity_rps` means and what `learn_capacity` learns against.
     #[serde(default)]
@@ -494,6 +504,106 @@ pub struct FleetConfig {
     /// use per request, against these; absent: on requests per second alone.
     #[serde(default)]
     pub instance_resources: Option<InstanceResources>,
+}
+
+/// DNS for backends given by name (`[resolver]`), used by fleets with `resolve = true`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// Name servers, `ip` (port 53) or `ip:port`, asked over UDP (TCP for long answers); empty:
+    /// those of `/etc/resolv.conf`.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// Seconds between re-resolutions of every name; an answer is not kept longer than this,
+    /// whatever its TTL.
+    #[serde(default = "default_resolver_refresh_secs")]
+    pub refresh_secs: u64,
+    /// Milliseconds one query may take before it is sent again (twice at most per server).
+    #[serde(default = "default_resolver_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            refresh_secs: default_resolver_refresh_secs(),
+            timeout_ms: default_resolver_timeout_ms(),
+        }
+    }
+}
+
+fn default_resolver_refresh_secs() -> u64 {
+    30
+}
+
+fn default_resolver_timeout_ms() -> u64 {
+    2000
+}
+
+impl ResolverConfig {
+    /// The name servers as socket addresses (port 53 when none is given); `None` for an entry
+    /// that is neither form.
+    pub fn nameserver_addrs(&self) -> Vec<Option<std::net::SocketAddr>> {
+        self.nameservers
+            .iter()
+            .map(|entry| {
+                entry.parse::<std::net::SocketAddr>().ok().or_else(|| {
+                    entry
+                        .parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(|ip| std::net::SocketAddr::new(ip, 53))
+                })
+            })
+            .collect()
+    }
+}
+
+/// How the proxy connects to a fleet's backends (`[fleets.upstream]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the backends; absent: cleartext.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// The HTTP version the proxy speaks to a fleet's backends.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS too).
+    #[default]
+    Http1,
+    /// HTTP/2 only: h2 over TLS, or h2c with prior knowledge in cleartext (gRPC backends).
+    Http2,
+    /// HTTP/2 when the backend offers it by ALPN, else HTTP/1.1 (needs `tls`).
+    Auto,
+}
+
+/// TLS from the proxy to a fleet's backends.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// Name sent as SNI and checked against the backend's certificate; absent: the host part of
+    /// each backend (its name, or its IP address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM file of the CA certificates backends' certificates must chain to; absent: the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Check the backend's certificate and name (`false` accepts any certificate: testing only).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// PEM certificate chain presented to backends that ask for one (with `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 /// Resources of one instance of a fleet (see `FleetConfig::instance_resources`).

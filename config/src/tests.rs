@@ -554,3 +554,142 @@ fn client_limits_default_to_none_and_are_checked() {
     let p = only_problem(&format!("[proxy]\nkeepalive_requests = 0\n{MINIMAL}"));
     assert_eq!(p.key.to_string(), "proxy.keepalive_requests", "{p}");
 }
+
+/// MINIMAL's fleet with `backends` and an `upstream` inline table.
+fn with_upstream(backends: &str, upstream: &str) -> String {
+    MINIMAL.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        &format!("backends = {backends}\nupstream = {upstream}"),
+    )
+}
+
+#[test]
+fn upstream_protocols_and_tls_are_checked() {
+    let c = parse_str(MINIMAL, "t").expect("valid");
+    assert_eq!(c.fleets[0].upstream, UpstreamConfig::default());
+    assert_eq!(c.fleets[0].upstream.protocol, UpstreamProtocol::Http1);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let cert = write(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+    );
+    let key = write(
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
+    );
+    let named = r#"["api.internal:443", "10.0.0.5:443", "[::1]:443"]"#;
+    let c = parse_str(
+        &with_upstream(
+            named,
+            &format!(
+                "{{ protocol = \"auto\", tls = {{ ca_file = \"{cert}\", client_cert = \"{cert}\", client_key = \"{key}\" }} }}"
+            ),
+        ),
+        "t",
+    )
+    .expect("valid: names and addresses are server names");
+    let tls = c.fleets[0].upstream.tls.as_ref().expect("tls");
+    assert!(tls.verify);
+    assert_eq!(tls.server_name, None);
+    // h2c with prior knowledge needs no TLS.
+    parse_str(&with_upstream(named, "{ protocol = \"http2\" }"), "t").expect("h2c");
+
+    for (upstream, key, says) in [
+        (
+            "{ protocol = \"auto\" }".to_string(),
+            "fleets[0].upstream.protocol",
+            "needs [fleets.upstream.tls]",
+        ),
+        (
+            "{ tls = { server_name = \"\" } }".to_string(),
+            "fleets[0].upstream.tls.server_name",
+            "is empty",
+        ),
+        (
+            "{ tls = { server_name = \"bad name\" } }".to_string(),
+            "fleets[0].upstream.tls.server_name",
+            "not a DNS name",
+        ),
+        (
+            format!("{{ tls = {{ client_cert = \"{cert}\" }} }}"),
+            "fleets[0].upstream.tls.client_key",
+            "required with upstream.tls.client_cert",
+        ),
+        (
+            format!("{{ tls = {{ client_key = \"{key}\" }} }}"),
+            "fleets[0].upstream.tls.client_cert",
+            "required with upstream.tls.client_key",
+        ),
+        (
+            format!("{{ tls = {{ ca_file = \"{cert}\", verify = false }} }}"),
+            "fleets[0].upstream.tls.ca_file",
+            "no effect with verify = false",
+        ),
+        (
+            format!("{{ tls = {{ ca_file = \"{key}\" }} }}"),
+            "fleets[0].upstream.tls.ca_file",
+            "holds no certificate",
+        ),
+        (
+            "{ tls = { ca_file = \"nowhere.pem\" } }".to_string(),
+            "fleets[0].upstream.tls.ca_file",
+            "nowhere.pem",
+        ),
+        (
+            "{ protocol = \"http3\" }".to_string(),
+            "fleets[0].upstream.protocol",
+            "http3",
+        ),
+    ] {
+        let p = only_problem(&with_upstream(named, &upstream));
+        assert_eq!(p.key.to_string(), key, "{upstream}: {p}");
+        assert!(p.message.contains(says), "{upstream}: {p}");
+    }
+}
+
+#[test]
+fn resolver_and_resolving_fleets_are_checked() {
+    let c = parse_str(MINIMAL, "t").expect("valid");
+    assert_eq!(c.resolver, ResolverConfig::default());
+    assert!(!c.fleets[0].resolve);
+    let named = MINIMAL.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        "backends = [\"api.internal:8080\", \"10.0.0.9:8080\"]\nresolve = true",
+    );
+    let with_resolver = |table: &str| format!("{named}\n[resolver]\n{table}\n");
+    let c = parse_str(
+        &with_resolver("nameservers = [\"10.0.0.2\", \"[::1]:5353\"]\nrefresh_secs = 5"),
+        "t",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.resolver.nameserver_addrs(),
+        [
+            Some("10.0.0.2:53".parse().expect("addr")),
+            Some("[::1]:5353".parse().expect("addr"))
+        ]
+    );
+    for (table, key) in [
+        (
+            "nameservers = [\"dns.internal\"]",
+            "resolver.nameservers[0]",
+        ),
+        ("refresh_secs = 0", "resolver.refresh_secs"),
+        ("timeout_ms = 0", "resolver.timeout_ms"),
+    ] {
+        let p = only_problem(&with_resolver(table));
+        assert_eq!(p.key.to_string(), key, "{table}: {p}");
+    }
+    let p = only_problem(&MINIMAL.replace(
+        "backends = [\"127.0.0.1:9001\"]",
+        "backends = [\"127.0.0.1:9001\"]\nresolve = true",
+    ));
+    assert_eq!(p.key.to_string(), "fleets[0].resolve", "{p}");
+    assert!(p.message.contains("nothing to re-resolve"), "{p}");
+}

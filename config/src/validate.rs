@@ -8,7 +8,7 @@ use std::path::Path;
 use rustls_pki_types::pem::{Error as PemError, SectionKind};
 
 use crate::error::{KeyPath, Problem};
-use crate::schema::{Config, IdentitySource};
+use crate::schema::{Config, FleetConfig, IdentitySource, UpstreamProtocol};
 
 /// Profiles that exist without being configured.
 pub const BUILTIN_PROFILES: [&str; 2] = ["new", "default"];
@@ -25,6 +25,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     v.proxy_tls(config);
     v.identity(config);
     v.fleets(config);
+    v.resolver(config);
     v.routes_and_profiles(config);
     v.profiling(config);
     v.learning(config);
@@ -501,6 +502,7 @@ impl Validator {
                     );
                 }
             }
+            self.upstream(&at, fleet);
             if fleet.retries > 10 {
                 self.problem(
                     at.key("retries"),
@@ -934,13 +936,23 @@ impl Validator {
             }
             return;
         }
+        self.pem_pair(at, &pair, |other| {
+            format!("required with forecaster.{other}: the scaler's TLS needs a certificate and its key")
+        });
+    }
+
+    /// A certificate and its key given together: both or neither (`missing` says why one is
+    /// required, given the other's key), each a readable PEM file of its kind.
+    fn pem_pair(
+        &mut self,
+        at: &KeyPath,
+        pair: &[(&str, &Option<std::path::PathBuf>, PemContent); 2],
+        missing: impl Fn(&str) -> String,
+    ) {
         for (i, (key, path, content)) in pair.iter().enumerate() {
             let (other, other_path, _) = &pair[1 - i];
             match path {
-                None if other_path.is_some() => self.problem(
-                    at.key(key),
-                    format!("required with forecaster.{other}: the scaler's TLS needs a certificate and its key"),
-                ),
+                None if other_path.is_some() => self.problem(at.key(key), missing(other)),
                 None => {}
                 Some(path) => {
                     if let Err(message) = check_pem_file(path, *content) {
@@ -949,6 +961,107 @@ impl Validator {
                 }
             }
         }
+    }
+
+    /// `[resolver]` and each fleet's `resolve`: name servers that are addresses, sane intervals,
+    /// and names to resolve where `resolve` is on.
+    fn resolver(&mut self, config: &Config) {
+        let at = KeyPath::root().key("resolver");
+        let resolver = &config.resolver;
+        for (i, (entry, addr)) in resolver
+            .nameservers
+            .iter()
+            .zip(resolver.nameserver_addrs())
+            .enumerate()
+        {
+            if addr.is_none() {
+                self.problem(
+                    at.key("nameservers").index(i),
+                    format!("`{entry}` is not an IP address or ip:port (e.g. \"10.0.0.2\" or \"10.0.0.2:53\")"),
+                );
+            }
+        }
+        if !(1..=3600).contains(&resolver.refresh_secs) {
+            self.problem(at.key("refresh_secs"), "expected 1 to 3600 seconds");
+        }
+        if !(1..=60_000).contains(&resolver.timeout_ms) {
+            self.problem(at.key("timeout_ms"), "expected 1 to 60000 ms");
+        }
+        for (i, fleet) in config.fleets.iter().enumerate() {
+            if !fleet.resolve {
+                continue;
+            }
+            let key = KeyPath::root().key("fleets").index(i).key("resolve");
+            if fleet
+                .provisioner
+                .as_ref()
+                .is_some_and(|p| p.supplies_backends())
+            {
+                self.problem(
+                    key,
+                    "a process provisioner's backends are the addresses it starts; there is no name to resolve",
+                );
+            } else if !fleet.backends.iter().any(|b| {
+                check_host_port(b).is_ok() && backend_host(b).parse::<std::net::IpAddr>().is_err()
+            }) {
+                self.problem(
+                    key,
+                    "no backend is given by name (\"host:port\" with a DNS name), so there is nothing to re-resolve",
+                );
+            }
+        }
+    }
+
+    /// `[fleets.upstream]`: a protocol the transport can carry, TLS files that hold what their
+    /// key says, and a name to verify each backend's certificate against.
+    fn upstream(&mut self, fleet_at: &KeyPath, fleet: &FleetConfig) {
+        let upstream = &fleet.upstream;
+        let at = fleet_at.key("upstream");
+        let Some(tls) = &upstream.tls else {
+            if upstream.protocol == UpstreamProtocol::Auto {
+                self.problem(
+                    at.key("protocol"),
+                    "`auto` picks HTTP/2 or HTTP/1.1 by ALPN, which needs [fleets.upstream.tls]; for cleartext HTTP/2 (h2c) use \"http2\"",
+                );
+            }
+            return;
+        };
+        let at = at.key("tls");
+        match &tls.server_name {
+            Some(name) => {
+                if let Err(why) = check_server_name(name) {
+                    self.problem(at.key("server_name"), format!("`{name}` {why}"));
+                }
+            }
+            None => {
+                for (j, backend) in fleet.backends.iter().enumerate() {
+                    let host = backend_host(backend);
+                    if check_host_port(backend).is_ok() && check_server_name(host).is_err() {
+                        self.problem(
+                            fleet_at.key("backends").index(j),
+                            format!("`{host}` cannot be checked against a certificate (not a DNS name or IP address); set upstream.tls.server_name"),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(ca) = &tls.ca_file {
+            if !tls.verify {
+                self.problem(
+                    at.key("ca_file"),
+                    "has no effect with verify = false (no certificate is checked); remove one of them",
+                );
+            } else if let Err(message) = check_pem_file(ca, PemContent::Certificate) {
+                self.problem(at.key("ca_file"), message);
+            }
+        }
+        let pair = [
+            ("client_cert", &tls.client_cert, PemContent::Certificate),
+            ("client_key", &tls.client_key, PemContent::PrivateKey),
+        ];
+        self.pem_pair(&at, &pair, |other| {
+            format!("required with upstream.tls.{other}: a client certificate needs its key, and a key its certificate")
+        });
     }
 
     fn profiling(&mut self, config: &Config) {
@@ -1357,6 +1470,23 @@ fn is_header_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The host part of a `host:port` backend, without an IPv6 address's brackets.
+pub fn backend_host(value: &str) -> &str {
+    let host = value.rsplit_once(':').map_or(value, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Whether `name` can be sent as SNI and checked against a certificate: a DNS name or an IP
+/// address, as rustls takes it.
+fn check_server_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    rustls_pki_types::ServerName::try_from(name)
+        .map(|_| ())
+        .map_err(|_| "is not a DNS name or an IP address")
 }
 
 fn check_host_port(value: &str) -> Result<(), &'static str> {

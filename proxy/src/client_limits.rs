@@ -18,7 +18,7 @@
 //!   time has passed): memory follows clients active within the last `(burst + 1) / rate` s.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,8 @@ impl ClientKey {
 /// Open connections per peer address.
 #[derive(Debug)]
 pub struct ConnectionLimiter {
-    per_client: u32,
+    /// 0: no limit (connections are not counted). A reload may change it.
+    per_client: AtomicU32,
     open: Arc<DashMap<ClientKey, u32>>,
     refused: AtomicU64,
 }
@@ -67,30 +68,43 @@ impl Drop for ConnectionSlot {
 }
 
 impl ConnectionLimiter {
-    /// `None` when `per_client` is 0 (no limit).
-    pub fn new(per_client: u32) -> Option<Self> {
-        (per_client > 0).then(|| ConnectionLimiter {
-            per_client,
+    /// `per_client` 0: no limit.
+    pub fn new(per_client: u32) -> Self {
+        ConnectionLimiter {
+            per_client: AtomicU32::new(per_client),
             open: Arc::new(DashMap::new()),
             refused: AtomicU64::new(0),
-        })
+        }
     }
 
-    /// Counts a new connection from `peer`, or refuses it (counted) when the peer already has
-    /// `per_client` open.
-    pub fn open(&self, peer: IpAddr) -> Option<ConnectionSlot> {
+    /// A new limit (a reload). Connections opened while there was none are not counted.
+    pub fn set_limit(&self, per_client: u32) {
+        self.per_client.store(per_client, Ordering::Relaxed);
+    }
+
+    pub fn is_limited(&self) -> bool {
+        self.per_client.load(Ordering::Relaxed) > 0
+    }
+
+    /// Counts a new connection from `peer` (`Ok(None)`: no limit, nothing counted), or refuses
+    /// it (counted) when the peer already has the limit open.
+    pub fn open(&self, peer: IpAddr) -> Result<Option<ConnectionSlot>, Refused> {
+        let per_client = self.per_client.load(Ordering::Relaxed);
+        if per_client == 0 {
+            return Ok(None);
+        }
         let key = ClientKey::of(peer);
         let mut count = self.open.entry(key).or_insert(0);
-        if *count >= self.per_client {
+        if *count >= per_client {
             drop(count);
             self.refused.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return Err(Refused);
         }
         *count += 1;
-        Some(ConnectionSlot {
+        Ok(Some(ConnectionSlot {
             key,
             open: Arc::clone(&self.open),
-        })
+        }))
     }
 
     /// Connections refused since start.
@@ -104,6 +118,10 @@ impl ConnectionLimiter {
     }
 }
 
+/// A connection refused: its client has the limit open already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused;
+
 /// How long a refused client should wait before its next request is admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryAfter {
@@ -113,10 +131,11 @@ pub struct RetryAfter {
 /// A request rate per client address (GCRA).
 #[derive(Debug)]
 pub struct RateLimiter {
-    /// Microseconds of allowance one request takes (1 / rate).
-    interval_us: u64,
+    /// Microseconds of allowance one request takes (1 / rate); 0: no limit. A reload may change
+    /// it and the tolerance (each request reads both; clients keep their arrival times).
+    interval_us: AtomicU64,
     /// How far ahead of its rate a client may be (burst × interval).
-    tolerance_us: u64,
+    tolerance_us: AtomicU64,
     /// Per client: the theoretical arrival time (µs since `epoch`) of its next request.
     arrivals: Arc<DashMap<ClientKey, AtomicU64>>,
     epoch: Instant,
@@ -127,29 +146,43 @@ pub struct RateLimiter {
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 impl RateLimiter {
-    /// `None` when `per_sec` is 0 (no limit). Starts a thread that drops idle clients' entries
-    /// while the limiter lives.
-    pub fn start(per_sec: f64, burst: u32) -> std::io::Result<Option<Arc<Self>>> {
-        if per_sec <= 0.0 || !per_sec.is_finite() {
-            return Ok(None);
-        }
+    /// `per_sec` 0: no limit. Starts a thread that drops idle clients' entries while the
+    /// limiter lives.
+    pub fn start(per_sec: f64, burst: u32) -> std::io::Result<Arc<Self>> {
         let limiter = Arc::new(Self::new(per_sec, burst));
         let weak = Arc::downgrade(&limiter);
         std::thread::Builder::new()
             .name("client-rate-sweep".into())
             .spawn(move || sweep_while_alive(weak))?;
-        Ok(Some(limiter))
+        Ok(limiter)
     }
 
     fn new(per_sec: f64, burst: u32) -> Self {
-        let interval_us = ((1e6 / per_sec).round() as u64).max(1);
-        RateLimiter {
-            interval_us,
-            tolerance_us: interval_us * u64::from(burst),
+        let limiter = RateLimiter {
+            interval_us: AtomicU64::new(0),
+            tolerance_us: AtomicU64::new(0),
             arrivals: Arc::new(DashMap::new()),
             epoch: Instant::now(),
             limited: AtomicU64::new(0),
-        }
+        };
+        limiter.set_rate(per_sec, burst);
+        limiter
+    }
+
+    /// A new rate and burst (a reload); `per_sec` 0 (or not finite): no limit.
+    pub fn set_rate(&self, per_sec: f64, burst: u32) {
+        let interval_us = if per_sec > 0.0 && per_sec.is_finite() {
+            ((1e6 / per_sec).round() as u64).max(1)
+        } else {
+            0
+        };
+        self.tolerance_us
+            .store(interval_us * u64::from(burst), Ordering::Relaxed);
+        self.interval_us.store(interval_us, Ordering::Relaxed);
+    }
+
+    pub fn is_limited(&self) -> bool {
+        self.interval_us.load(Ordering::Relaxed) > 0
     }
 
     fn now_us(&self) -> u64 {
@@ -162,19 +195,24 @@ impl RateLimiter {
     }
 
     fn allow_at(&self, key: ClientKey, now_us: u64) -> Result<(), RetryAfter> {
+        let interval_us = self.interval_us.load(Ordering::Relaxed);
+        if interval_us == 0 {
+            return Ok(());
+        }
+        let tolerance_us = self.tolerance_us.load(Ordering::Relaxed);
         let check = |arrival: &AtomicU64| {
             let mut seen = arrival.load(Ordering::Relaxed);
             loop {
                 let due = seen.max(now_us);
-                if due - now_us > self.tolerance_us {
-                    let wait_us = due - now_us - self.tolerance_us;
+                if due - now_us > tolerance_us {
+                    let wait_us = due - now_us - tolerance_us;
                     return Err(RetryAfter {
                         secs: wait_us.div_ceil(1_000_000).clamp(1, u64::from(u32::MAX)) as u32,
                     });
                 }
                 match arrival.compare_exchange_weak(
                     seen,
-                    due + self.interval_us,
+                    due + interval_us,
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
@@ -247,17 +285,32 @@ mod tests {
 
     #[test]
     fn connections_count_until_their_slot_drops() {
-        let limiter = ConnectionLimiter::new(2).expect("limit");
-        let a = limiter.open(ip("192.0.2.1")).expect("first");
-        let b = limiter.open(ip("192.0.2.1")).expect("second");
-        assert!(limiter.open(ip("192.0.2.1")).is_none());
-        assert!(limiter.open(ip("192.0.2.2")).is_some(), "another client");
+        let limiter = ConnectionLimiter::new(2);
+        let open = |peer: &str| limiter.open(ip(peer));
+        let a = open("192.0.2.1").expect("first").expect("counted");
+        let b = open("192.0.2.1").expect("second").expect("counted");
+        assert_eq!(open("192.0.2.1").err(), Some(Refused));
+        assert!(open("192.0.2.2").is_ok(), "another client");
         assert_eq!(limiter.refused(), 1);
         drop(a);
-        let c = limiter.open(ip("192.0.2.1")).expect("room again");
+        let c = open("192.0.2.1").expect("room again");
         drop((b, c));
         assert_eq!(limiter.clients(), 0, "no entry without an open connection");
-        assert!(ConnectionLimiter::new(0).is_none());
+
+        // A reload: a higher limit makes room, 0 counts nothing.
+        let a = open("192.0.2.1").expect("first");
+        let b = open("192.0.2.1").expect("second");
+        limiter.set_limit(3);
+        let c = open("192.0.2.1").expect("room under the new limit");
+        assert_eq!(open("192.0.2.1").err(), Some(Refused));
+        limiter.set_limit(0);
+        assert!(!limiter.is_limited());
+        assert!(
+            matches!(open("192.0.2.1"), Ok(None)),
+            "no limit: not counted"
+        );
+        drop((a, b, c));
+        assert_eq!(limiter.clients(), 0);
     }
 
     #[test]
@@ -297,6 +350,20 @@ mod tests {
             .count();
         // 50/s × 2 s + 5 + 1 = 106 at most; and the limiter is not stricter than its rate.
         assert!((100..=106).contains(&admitted), "{admitted}");
+    }
+
+    #[test]
+    fn a_new_rate_applies_to_the_next_request_and_zero_is_no_limit() {
+        let limiter = RateLimiter::new(0.0, 0);
+        let key = ClientKey::of(ip("192.0.2.4"));
+        assert!(!limiter.is_limited());
+        assert!((0..100).all(|_| limiter.allow_at(key, 0).is_ok()));
+        limiter.set_rate(1.0, 0);
+        assert_eq!(limiter.allow_at(key, 0), Ok(()));
+        assert_eq!(limiter.allow_at(key, 0), Err(RetryAfter { secs: 1 }));
+        limiter.set_rate(0.0, 0);
+        assert_eq!(limiter.allow_at(key, 0), Ok(()));
+        assert_eq!(limiter.limited(), 1, "the count survives a change");
     }
 
     #[test]

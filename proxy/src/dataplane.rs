@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,14 @@ pub enum SettingSource {
     Default,
 }
 
+/// Every registered profile's fleet, priority and routing, built before it is installed.
+pub(crate) struct RoutingTable {
+    routes: Vec<FleetIdx>,
+    priorities: Vec<u8>,
+    routing: Vec<ProfileRouting>,
+    fallbacks: Vec<FleetFallback>,
+}
+
 /// A persona fleet the node's region does not have: the profile went to the default fleet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetFallback {
@@ -134,7 +142,8 @@ pub struct ClientTimeouts {
 pub struct DataPlane {
     pub node_id: String,
     pub region: String,
-    identity: IdentityResolver,
+    /// `[identity]`'s secret, sources and length limit (replaced whole by a reload).
+    identity: ArcSwap<IdentityResolver>,
     client_ips: ClientIpResolver,
     pub geo: GeoResolver,
     features: Option<FeatureTable>,
@@ -148,7 +157,12 @@ pub struct DataPlane {
     /// Every profile's fleet, priority and revenue with where each came from (admin output and
     /// grant tables; rebuilt with `routes` and `priorities`).
     routing: ArcSwap<Vec<ProfileRouting>>,
-    config: Arc<Config>,
+    /// The running config (a reload swaps it; routing reads `routes` and `profiles` from it).
+    config: ArcSwap<Config>,
+    /// Serialises reloads, and route rebuilds against them.
+    reload_lock: Mutex<()>,
+    /// Reloads applied and refused since start.
+    pub reloads: crate::reload::ReloadCounters,
     max_header_bytes: usize,
     pub tls: bool,
     /// Which client fields a backend never gets (`proxy.underscores_in_headers`).
@@ -157,19 +171,20 @@ pub struct DataPlane {
     pub added_fields: AddedFields,
     /// `proxy.access_log` (`None`: off; nothing is copied for it on the request path).
     pub access_log: Option<AccessLog>,
-    /// `proxy.client_limits.connections` (`None`: no limit).
-    pub client_connections: Option<ConnectionLimiter>,
-    /// `proxy.client_limits.requests_per_sec` and `burst` (`None`: no limit).
-    client_rate: Option<Arc<RateLimiter>>,
-    /// `proxy.client_limits.status`.
-    pub client_limit_status: u16,
-    /// `proxy.keepalive_requests`.
-    pub keepalive_requests: u32,
+    /// `proxy.client_limits.connections` (0: no limit; a reload may change it).
+    pub client_connections: ConnectionLimiter,
+    /// `proxy.client_limits.requests_per_sec` and `burst` (0: no limit; a reload may change
+    /// them).
+    client_rate: Arc<RateLimiter>,
+    /// `proxy.client_limits.status` (a reload may change it).
+    client_limit_status: AtomicU16,
+    /// `proxy.keepalive_requests` (a reload may change it; connections read it per request).
+    keepalive_requests: AtomicU32,
     /// How long a write to a client, and a read of its request body, may wait
     /// (`proxy.send_timeout_secs`, `proxy.body_timeout_secs`).
     pub client_timeouts: ClientTimeouts,
-    /// `identity.new_users_per_client_per_sec` (`None`: no limit).
-    new_users: Option<NewUserLimiter>,
+    /// `identity.new_users_per_client_per_sec` (0: no limit; a reload may change it).
+    new_users: NewUserLimiter,
     rate_samples: Mutex<VecDeque<(Instant, MeterSnapshot)>>,
     /// The request path's time (features).
     clock: CoarseClock,
@@ -187,10 +202,10 @@ impl std::fmt::Debug for DataPlane {
         f.debug_struct("DataPlane")
             .field("node_id", &self.node_id)
             .field("region", &self.region)
-            .field("identity", &self.identity)
+            .field("identity", &**self.identity.load())
             .field("tls", &self.tls)
             .field("max_header_bytes", &self.max_header_bytes)
-            .field("config", &self.config)
+            .field("config", &**self.config.load())
             .finish_non_exhaustive()
     }
 }
@@ -265,7 +280,7 @@ impl DataPlane {
         let config = Arc::new(config.clone());
         let plane = DataPlane {
             node_id: config.node.id.clone(),
-            identity: IdentityResolver::new(&config.identity)?,
+            identity: ArcSwap::from_pointee(IdentityResolver::new(&config.identity)?),
             client_ips: ClientIpResolver::new(&config.network),
             geo,
             features: config
@@ -287,8 +302,8 @@ impl DataPlane {
             access_log,
             client_connections: ConnectionLimiter::new(config.proxy.client_limits.connections),
             client_rate,
-            client_limit_status: config.proxy.client_limits.status,
-            keepalive_requests: config.proxy.keepalive_requests,
+            client_limit_status: AtomicU16::new(config.proxy.client_limits.status),
+            keepalive_requests: AtomicU32::new(config.proxy.keepalive_requests),
             new_users: NewUserLimiter::new(config.identity.new_users_per_client_per_sec),
             client_timeouts: ClientTimeouts {
                 send: Duration::from_secs(config.proxy.send_timeout_secs),
@@ -299,7 +314,9 @@ impl DataPlane {
             rejected_early: Default::default(),
             plan: Mutex::new(None),
             region,
-            config,
+            config: ArcSwap::new(config),
+            reload_lock: Mutex::new(()),
+            reloads: Default::default(),
         };
         // No model yet: no persona settings, so nothing falls back.
         plane.rebuild_routes()?;
@@ -314,12 +331,22 @@ impl DataPlane {
     /// [`FleetFallback`] for the caller to log); else the defaults. `anomalous` has no centroid:
     /// the region's default fleet and the default priority unless the config names it.
     fn rebuild_routes(&self) -> Result<Vec<FleetFallback>, ProxyError> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let table = self.routing_table(&self.config.load())?;
+        Ok(self.store_routing(table))
+    }
+
+    /// The routing of every registered profile under `config` (see
+    /// [`DataPlane::rebuild_routes`]), computed without installing it.
+    pub(crate) fn routing_table(&self, config: &Config) -> Result<RoutingTable, ProxyError> {
         let names = self.assigner.registry().names();
         let model = self.assigner.model();
-        let mut routes = Vec::with_capacity(names.len());
-        let mut priorities = Vec::with_capacity(names.len());
-        let mut routing = Vec::with_capacity(names.len());
-        let mut fallbacks = Vec::new();
+        let mut table = RoutingTable {
+            routes: Vec::with_capacity(names.len()),
+            priorities: Vec::with_capacity(names.len()),
+            routing: Vec::with_capacity(names.len()),
+            fallbacks: Vec::new(),
+        };
         for name in names.iter() {
             let persona = model.as_ref().and_then(|m| {
                 m.model
@@ -328,20 +355,26 @@ impl DataPlane {
                     .find(|c| *c.name == **name)
                     .and_then(|c| c.settings.as_ref())
             });
-            let resolved = self.route_profile(name, persona, &mut fallbacks)?;
-            routes.push(resolved.fleet);
-            priorities.push(resolved.priority);
-            routing.push(resolved);
+            let resolved = self.route_profile(config, name, persona, &mut table.fallbacks)?;
+            table.routes.push(resolved.fleet);
+            table.priorities.push(resolved.priority);
+            table.routing.push(resolved);
         }
-        self.routes.store(Arc::new(routes));
-        self.priorities.store(Arc::new(priorities));
-        self.routing.store(Arc::new(routing));
-        Ok(fallbacks)
+        Ok(table)
+    }
+
+    /// Installs a routing table; returns its fallbacks, for the caller to log.
+    pub(crate) fn store_routing(&self, table: RoutingTable) -> Vec<FleetFallback> {
+        self.routes.store(Arc::new(table.routes));
+        self.priorities.store(Arc::new(table.priorities));
+        self.routing.store(Arc::new(table.routing));
+        table.fallbacks
     }
 
     /// One profile's row of [`DataPlane::rebuild_routes`].
     fn route_profile(
         &self,
+        config: &Config,
         name: &str,
         persona: Option<&ProfileSettings>,
         fallbacks: &mut Vec<FleetFallback>,
@@ -351,12 +384,11 @@ impl DataPlane {
             reason: format!("no fleet for profile `{name}` in region `{}`", self.region),
         };
         // Without a route naming the profile this is the region's default fleet.
-        let configured_fleet = self
-            .config
+        let configured_fleet = config
             .fleet_for(&self.region, name)
             .and_then(|f| self.fleets.index_of(&f.name))
             .ok_or_else(no_fleet)?;
-        let routed = self.config.routes.iter().any(|r| {
+        let routed = config.routes.iter().any(|r| {
             r.profile == name
                 && r.region
                     .as_deref()
@@ -380,7 +412,7 @@ impl DataPlane {
                 None => (configured_fleet, SettingSource::Default),
             }
         };
-        let configured = self.config.profiles.iter().find(|p| p.name == name);
+        let configured = config.profiles.iter().find(|p| p.name == name);
         let (priority, revenue_weight_milli, source) = match (configured, persona) {
             (Some(p), _) => (
                 p.priority,
@@ -542,6 +574,50 @@ impl DataPlane {
         ip.is_some_and(|ip| self.client_ips.is_trusted(ip))
     }
 
+    /// `proxy.keepalive_requests`: requests one client connection carries before it is closed.
+    pub fn keepalive_requests(&self) -> u32 {
+        self.keepalive_requests.load(Ordering::Relaxed)
+    }
+
+    /// `proxy.client_limits.status`: the status of a request refused by a client limit.
+    pub fn client_limit_status(&self) -> u16 {
+        self.client_limit_status.load(Ordering::Relaxed)
+    }
+
+    /// Held by a reload from its check to its last swap.
+    pub(crate) fn reload_lock(&self) -> &Mutex<()> {
+        &self.reload_lock
+    }
+
+    pub(crate) fn replace_identity(&self, identity: IdentityResolver) {
+        self.identity.store(Arc::new(identity));
+    }
+
+    pub(crate) fn replace_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
+    }
+
+    pub(crate) fn set_limits(
+        &self,
+        keepalive_requests: u32,
+        client: &prescale_config::ClientLimitsConfig,
+        new_users_per_sec: u32,
+    ) {
+        self.keepalive_requests
+            .store(keepalive_requests, Ordering::Relaxed);
+        self.client_limit_status
+            .store(client.status, Ordering::Relaxed);
+        self.client_connections.set_limit(client.connections);
+        self.client_rate
+            .set_rate(client.requests_per_sec, client.burst);
+        self.new_users.set_per_sec(new_users_per_sec);
+    }
+
+    /// The config running now (the one started with, or the last reload applied).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     /// `proxy.max_header_bytes`: larger header blocks are answered 431.
     pub fn max_header_bytes(&self) -> usize {
         self.max_header_bytes
@@ -564,19 +640,18 @@ impl DataPlane {
             .client_ips
             .client_ip(peer, headers)
             .map_err(|e| Rejection::early(e.status(), "malformed X-Forwarded-For\n"))?;
-        if let Some(rate) = &self.client_rate {
-            if let Err(wait) = rate.allow(client_ip) {
-                return Err(Rejection {
-                    retry_after_secs: Some(wait.secs),
-                    ..Rejection::early(
-                        self.client_limit_status,
-                        "too many requests from this client address; retry later\n",
-                    )
-                });
-            }
+        if let Err(wait) = self.client_rate.allow(client_ip) {
+            return Err(Rejection {
+                retry_after_secs: Some(wait.secs),
+                ..Rejection::early(
+                    self.client_limit_status(),
+                    "too many requests from this client address; retry later\n",
+                )
+            });
         }
         let mut user = self
             .identity
+            .load()
             .resolve(headers, client_ip)
             .map_err(|e| Rejection::early(e.status(), identity_message(e.status())))?;
         if let Some(table) = &self.features {
@@ -601,10 +676,11 @@ impl DataPlane {
                         &facts,
                     )
                 };
-                let address_user = || self.identity.client_ip_key(client_ip);
-                let admit_new = || match &self.new_users {
-                    Some(limiter) => user == address_user() || limiter.allow(client_ip, now),
-                    None => true,
+                let address_user = || self.identity.load().client_ip_key(client_ip);
+                let admit_new = || {
+                    self.new_users.per_sec() == 0
+                        || user == address_user()
+                        || self.new_users.allow(client_ip, now)
                 };
                 match table.on_request_if_admitted(user, now, traits, admit_new, assign) {
                     Some(outcome) => outcome.profile,
@@ -640,7 +716,7 @@ impl DataPlane {
                 });
             }
         }
-        let per_backend = fleet.config.max_in_flight_per_backend;
+        let per_backend = fleet.max_in_flight_per_backend();
         if per_backend > 0 {
             let priority = self
                 .priorities
@@ -914,7 +990,7 @@ impl DataPlane {
                 "/api/v1/profiles" => Some(admin::json(&plane.profiles_report())),
                 "/api/v1/users/lookup" => Some(crate::lookup::respond(
                     &crate::lookup::LookupContext {
-                        identity: &plane.identity,
+                        identity: &plane.identity.load(),
                         table: plane.features.as_ref(),
                         assigner: &plane.assigner,
                         now_secs: plane.now_secs(),
@@ -1082,7 +1158,8 @@ impl DataPlane {
             out.push_str("# TYPE prescale_user_table_capacity gauge\n");
             let _ = writeln!(out, "prescale_user_table_capacity {}", table.capacity());
         }
-        if let Some(limiter) = &self.new_users {
+        if self.new_users.per_sec() > 0 || self.new_users.limited() > 0 {
+            let limiter = &self.new_users;
             out.push_str("# HELP prescale_new_users_limited_total Requests whose new user was not taken into the per-user table because its client address had brought in identity.new_users_per_client_per_sec new users this second (served as the address's user).\n");
             out.push_str("# TYPE prescale_new_users_limited_total counter\n");
             let _ = writeln!(
@@ -1100,20 +1177,43 @@ impl DataPlane {
                 "prescale_rejected_requests_total{{status=\"{label}\"}} {n}"
             );
         }
+        out.push_str("# HELP prescale_config_reloads_total Config reloads (SIGHUP, POST /api/v1/reload) by result (refused: the running config stayed).\n");
+        out.push_str("# TYPE prescale_config_reloads_total counter\n");
+        for (result, counter) in [
+            ("applied", &self.reloads.applied),
+            ("refused", &self.reloads.refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "prescale_config_reloads_total{{result=\"{result}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP prescale_config_last_reload_timestamp_seconds Unix time of the last reload applied (0: none since start).\n");
+        out.push_str("# TYPE prescale_config_last_reload_timestamp_seconds gauge\n");
+        let _ = writeln!(
+            out,
+            "prescale_config_last_reload_timestamp_seconds {}",
+            self.reloads.last_applied_secs.load(Ordering::Relaxed)
+        );
         if let Some(log) = &self.access_log {
             log.write_metrics(out);
         }
-        if self.client_connections.is_some() || self.client_rate.is_some() {
+        let connections = &self.client_connections;
+        let rate = &self.client_rate;
+        let show_connections = connections.is_limited() || connections.refused() > 0;
+        let show_rate = rate.is_limited() || rate.limited() > 0;
+        if show_connections || show_rate {
             out.push_str("# HELP prescale_client_limited_total Requests (limit=\"requests\") and connections (limit=\"connections\") refused by proxy.client_limits.\n");
             out.push_str("# TYPE prescale_client_limited_total counter\n");
-            if let Some(connections) = &self.client_connections {
+            if show_connections {
                 let _ = writeln!(
                     out,
                     "prescale_client_limited_total{{limit=\"connections\"}} {}",
                     connections.refused()
                 );
             }
-            if let Some(rate) = &self.client_rate {
+            if show_rate {
                 let _ = writeln!(
                     out,
                     "prescale_client_limited_total{{limit=\"requests\"}} {}",
@@ -1122,14 +1222,14 @@ impl DataPlane {
             }
             out.push_str("# HELP prescale_client_limit_clients Client addresses the limits hold state for (with an open connection; with a request rate debt).\n");
             out.push_str("# TYPE prescale_client_limit_clients gauge\n");
-            if let Some(connections) = &self.client_connections {
+            if show_connections {
                 let _ = writeln!(
                     out,
                     "prescale_client_limit_clients{{limit=\"connections\"}} {}",
                     connections.clients()
                 );
             }
-            if let Some(rate) = &self.client_rate {
+            if show_rate {
                 let _ = writeln!(
                     out,
                     "prescale_client_limit_clients{{limit=\"requests\"}} {}",
@@ -1184,6 +1284,23 @@ impl DataPlane {
                     "prescale_backend_healthy{{fleet=\"{}\",backend=\"{}\"}} {up}",
                     fleet.name, backend.addr
                 );
+            }
+        }
+        if self.fleets.iter().any(|f| f.config.resolve) {
+            out.push_str("# HELP prescale_backend_resolutions_total Rounds of re-resolving a fleet's backend names (resolve = true), by result: failed when a name did not resolve and kept its last addresses.\n");
+            out.push_str("# TYPE prescale_backend_resolutions_total counter\n");
+            for fleet in self.fleets.iter().filter(|f| f.config.resolve) {
+                for (result, counter) in [
+                    ("succeeded", &fleet.dns.succeeded),
+                    ("failed", &fleet.dns.failed),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "prescale_backend_resolutions_total{{fleet=\"{}\",result=\"{result}\"}} {}",
+                        fleet.name,
+                        counter.load(std::sync::atomic::Ordering::Relaxed)
+                    );
+                }
             }
         }
         out.push_str("# HELP prescale_grant_shed_total Requests shed because their profile's grant (and every lower-revenue one) was used up while the fleet's cap binds.\n");

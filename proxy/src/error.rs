@@ -46,6 +46,9 @@ pub enum ProxyError {
     /// TLS material for the proxy listener that cannot be used.
     #[error("proxy.tls: {reason}")]
     Tls { reason: String },
+    /// A fleet's `upstream` settings (its TLS files) that cannot be used.
+    #[error("fleet `{fleet}`: {reason}")]
+    Upstream { fleet: String, reason: String },
     /// The access log's file cannot be opened, or its writer started.
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::AccessLogError),

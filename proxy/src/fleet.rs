@@ -5,8 +5,8 @@
 //! provisioner, or with a remote one (`exec`, `webhook`, `kubernetes`: the instances sit behind
 //! the configured addresses), keeps the set built from its config (every backend Ready) forever;
 //! a fleet of the `process` provisioner starts empty and takes the backends each plan lists ([`Fleet::apply_backends`]: a new
-//! set when the backends or which of them are Ready changed, else phases updated in place). Also here: active health checks (pingora's HTTP check, run per
-//! backend, with the fleet's thresholds), passive ejection, per-backend and per-fleet in-flight
+//! set when the backends or which of them are Ready changed, else phases updated in place). Also here: active health checks (`probe`: a GET over each
+//! backend's own peer, with the fleet's thresholds), passive ejection, per-backend and per-fleet in-flight
 //! counts, and the tried set of a request.
 //!
 //! Invariants:
@@ -32,11 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use pingora::lb::health_check::{HealthCheck, HttpHealthCheck};
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, RoundRobin};
 use pingora::lb::Backend;
 use pingora::upstreams::peer::HttpPeer;
-use prescale_config::{FleetConfig, LoadBalancing, TimeoutConfig};
+use prescale_config::{FleetConfig, LoadBalancing};
 use prescale_gossip::{BackendPhase, PlannedBackend};
 use serde::Serialize;
 
@@ -44,6 +43,12 @@ use crate::error::ProxyError;
 use crate::grants::{GrantTable, ShedCounters};
 use crate::plan::{FleetOutcome, PhaseCounts, PlanError, SetChange};
 use crate::upstream_pool::IdleConnections;
+
+mod probe;
+mod upstream;
+
+use probe::HealthProbe;
+pub use upstream::Upstream;
 
 /// Idle keep-alive connections kept per backend (beyond that, released connections close).
 pub const IDLE_CONNECTIONS_PER_BACKEND: usize = 512;
@@ -350,13 +355,17 @@ impl BackendSet {
 /// One fleet of the node's region.
 pub struct Fleet {
     pub name: String,
+    /// The fleet's config as at start: a reload changes its backends and `FleetLimits`, not
+    /// this copy.
     pub config: FleetConfig,
     set: ArcSwap<BackendSet>,
     epoch: Instant,
     in_flight: Arc<AtomicU32>,
     /// Per backend, for its idle connections.
     worker_threads: usize,
-    checker: Arc<HttpHealthCheck>,
+    /// How its backends are spoken to (protocol, TLS), shared by every backend's peer.
+    upstream: Upstream,
+    probe: Arc<HealthProbe>,
     /// Serialises set replacements (plans), never taken on the request path.
     apply_lock: Mutex<()>,
     /// Version of the last plan applied to this fleet ([`NEVER`]: none).
@@ -367,6 +376,62 @@ pub struct Fleet {
     grants: arc_swap::ArcSwapOption<GrantTable>,
     /// Requests shed by grant, per profile.
     pub grant_shed: ShedCounters,
+    /// Re-resolutions of its backend names (`resolve = true`).
+    pub dns: DnsCounters,
+    /// The settings a reload may change, read per request.
+    limits: FleetLimits,
+}
+
+/// A fleet's settings that a config reload may change (`prescale_proxy::reload`); the rest of
+/// `Fleet::config` is fixed at start.
+#[derive(Debug)]
+struct FleetLimits {
+    retries: AtomicU32,
+    eject_after_failures: AtomicU32,
+    eject_secs: AtomicU64,
+    max_in_flight_per_backend: AtomicU32,
+    max_connections_per_backend: AtomicU32,
+}
+
+impl FleetLimits {
+    fn of(config: &FleetConfig) -> Self {
+        let limits = FleetLimits {
+            retries: AtomicU32::new(0),
+            eject_after_failures: AtomicU32::new(0),
+            eject_secs: AtomicU64::new(0),
+            max_in_flight_per_backend: AtomicU32::new(0),
+            max_connections_per_backend: AtomicU32::new(0),
+        };
+        limits.set(config);
+        limits
+    }
+
+    fn set(&self, config: &FleetConfig) {
+        self.retries.store(config.retries, Ordering::Relaxed);
+        self.eject_after_failures
+            .store(config.eject_after_failures, Ordering::Relaxed);
+        self.eject_secs.store(config.eject_secs, Ordering::Relaxed);
+        self.max_in_flight_per_backend
+            .store(config.max_in_flight_per_backend, Ordering::Relaxed);
+        self.max_connections_per_backend
+            .store(config.max_connections_per_backend, Ordering::Relaxed);
+    }
+}
+
+/// One backend of a fleet whose names were resolved: its address and the name it came from
+/// (its TLS server name), `None` for one given as an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedBackend {
+    pub addr: SocketAddr,
+    pub host: Option<String>,
+}
+
+/// Re-resolutions of a fleet's backend names, by outcome (all its names in one round).
+#[derive(Debug, Default)]
+pub struct DnsCounters {
+    pub succeeded: AtomicU64,
+    /// A name did not resolve (its last addresses were kept).
+    pub failed: AtomicU64,
 }
 
 /// Outcome of one attempt on a backend, for passive health.
@@ -389,41 +454,37 @@ impl Fleet {
             epoch: Instant::now(),
             in_flight: Arc::new(AtomicU32::new(0)),
             worker_threads,
-            checker: Arc::new(health_check(config)),
+            upstream: Upstream::load(config)?,
+            probe: Arc::new(HealthProbe::new(config)),
             apply_lock: Mutex::new(()),
             plan_version: AtomicU64::new(NEVER),
             warned_static_plan: AtomicBool::new(false),
             grants: arc_swap::ArcSwapOption::empty(),
             grant_shed: ShedCounters::default(),
+            dns: DnsCounters::default(),
+            limits: FleetLimits::of(config),
         };
         if !fleet.is_provisioned() {
             let now = unix_ms();
-            let mut seen = HashSet::new();
-            let mut backends = Vec::with_capacity(config.backends.len());
-            for backend in &config.backends {
-                let addr = resolve(backend).map_err(|source| ProxyError::Backend {
-                    fleet: config.name.clone(),
-                    backend: backend.clone(),
-                    source,
-                })?;
-                if !seen.insert(addr) {
-                    tracing::warn!(fleet = %config.name, %backend, %addr, "backend resolves to an address listed before; kept once");
-                    continue;
-                }
-                let state = fleet.new_backend(addr);
-                state.set_phase(BackendPhase::Ready, now);
-                backends.push(Arc::new(state));
-            }
+            let backends = static_backends(config)?
+                .into_iter()
+                .map(|backend| {
+                    let state = fleet.new_backend(backend.addr, backend.host.as_deref());
+                    state.set_phase(BackendPhase::Ready, now);
+                    Arc::new(state)
+                })
+                .collect();
             fleet.set = ArcSwap::from_pointee(BackendSet::build(backends, config.load_balancing));
         }
         Ok(fleet)
     }
 
-    fn new_backend(&self, addr: SocketAddr) -> BackendState {
+    /// `host`: the backend's name in the config (its TLS server name); `None` for a planned one.
+    fn new_backend(&self, addr: SocketAddr, host: Option<&str>) -> BackendState {
         BackendState {
             id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
             addr,
-            peer: backend_peer(addr, &self.config.timeouts),
+            peer: self.upstream.peer(addr, host, &self.config.timeouts),
             idle: IdleConnections::new(
                 IDLE_CONNECTIONS_PER_BACKEND,
                 self.worker_threads,
@@ -449,6 +510,11 @@ impl Fleet {
         }
     }
 
+    /// Requests to this fleet's backends need the general path (TLS or HTTP/2 upstream).
+    pub fn general_path_only(&self) -> bool {
+        self.upstream.general_path_only()
+    }
+
     /// Whether the fleet's backends come from plans (its provisioner starts them) rather than
     /// the config.
     pub fn is_provisioned(&self) -> bool {
@@ -468,11 +534,31 @@ impl Fleet {
         }
         let now_ms = self.now_ms();
         let key = user_key.to_le_bytes();
-        let cap = self.config.max_connections_per_backend;
+        let cap = self
+            .limits
+            .max_connections_per_backend
+            .load(Ordering::Relaxed);
         match &set.selection {
             Selection::RoundRobin(s) => set.pick(s.iter(&key), tried, now_ms, cap),
             Selection::Consistent(s) => set.pick(s.iter(&key), tried, now_ms, cap),
         }
+    }
+
+    /// `retries`: further attempts a request may make after its first fails.
+    pub fn retries(&self) -> u32 {
+        self.limits.retries.load(Ordering::Relaxed)
+    }
+
+    /// `max_in_flight_per_backend` (0: no limit).
+    pub fn max_in_flight_per_backend(&self) -> u32 {
+        self.limits
+            .max_in_flight_per_backend
+            .load(Ordering::Relaxed)
+    }
+
+    /// Takes the reloadable settings of `config` (a reload of this fleet's config).
+    pub fn set_limits(&self, config: &FleetConfig) {
+        self.limits.set(config);
     }
 
     /// The current set (for reports: requests use [`Fleet::select`]).
@@ -495,11 +581,12 @@ impl Fleet {
             Attempt::Failed => {
                 backend.failures.fetch_add(1, Ordering::Relaxed);
                 let failures = backend.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if failures >= self.config.eject_after_failures {
-                    let until = self.now_ms() + self.config.eject_secs * 1000;
+                if failures >= self.limits.eject_after_failures.load(Ordering::Relaxed) {
+                    let seconds = self.limits.eject_secs.load(Ordering::Relaxed);
+                    let until = self.now_ms() + seconds * 1000;
                     backend.ejected_until_ms.store(until, Ordering::Relaxed);
                     backend.consecutive_failures.store(0, Ordering::Relaxed);
-                    tracing::warn!(fleet = %self.name, backend = %backend.addr, seconds = self.config.eject_secs, "backend ejected after consecutive failures");
+                    tracing::warn!(fleet = %self.name, backend = %backend.addr, seconds, "backend ejected after consecutive failures");
                 }
             }
         }
@@ -546,9 +633,9 @@ impl Fleet {
         let mut checks = tokio::task::JoinSet::new();
         for backend in set.backends.iter().filter(|b| b.is_ready()) {
             let backend = Arc::clone(backend);
-            let checker = Arc::clone(&self.checker);
+            let probe = Arc::clone(&self.probe);
             checks.spawn(async move {
-                let result = checker.check(&backend.target).await;
+                let result = probe.check(&backend.peer).await;
                 (backend, result)
             });
         }
@@ -609,43 +696,92 @@ impl Fleet {
             }
             parsed.push((addr, backend));
         }
+        let change = self.replace_set(
+            parsed,
+            |existing, planned| {
+                let was_ready = existing.is_ready();
+                existing.set_phase(planned.phase, planned.since_ms);
+                was_ready != existing.is_ready()
+            },
+            |addr, planned| {
+                let state = self.new_backend(addr, None);
+                state.set_phase(planned.phase, planned.since_ms);
+                state
+            },
+        );
+        Ok(change)
+    }
+
+    /// Replaces a static fleet's set with `resolved`, its backends as the names in its config
+    /// resolve now (every address, and the addresses given as such). A backend whose address
+    /// persists keeps its state; new ones start Ready and healthy; the others leave the set
+    /// (requests in flight on them finish). The set stays when nothing changed.
+    pub fn replace_resolved(&self, resolved: &[ResolvedBackend]) -> SetChange {
+        let now = unix_ms();
+        let mut seen = HashSet::with_capacity(resolved.len());
+        let unique = resolved
+            .iter()
+            .filter(|backend| seen.insert(backend.addr))
+            .map(|backend| (backend.addr, backend));
+        self.replace_set(
+            unique,
+            |_, _| false,
+            |addr, backend| {
+                let state = self.new_backend(addr, backend.host.as_deref());
+                state.set_phase(BackendPhase::Ready, now);
+                tracing::info!(fleet = %self.name, backend = %addr, name = backend.host.as_deref().unwrap_or("-"), "backend joined the fleet");
+                state
+            },
+        )
+    }
+
+    /// Makes the set the backends at `entries` (unique addresses) under the apply lock: one
+    /// already in the set is kept, with `keep` applied to it (true when that changed whether it
+    /// is Ready); a new one is made by `create`; the rest leave. The set (and its ring) stays
+    /// when no backend came or went and none changed Ready-ness.
+    fn replace_set<T>(
+        &self,
+        entries: impl IntoIterator<Item = (SocketAddr, T)>,
+        mut keep: impl FnMut(&BackendState, &T) -> bool,
+        mut create: impl FnMut(SocketAddr, &T) -> BackendState,
+    ) -> SetChange {
         let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.set.load_full();
-        let mut next = Vec::with_capacity(parsed.len());
+        let mut next = Vec::new();
+        let mut listed = HashSet::new();
         let mut change = SetChange::default();
-        // Whether a kept backend entered or left Ready (the selection is built from Ready ones).
         let mut selection_changed = false;
-        for (addr, backend) in parsed {
+        for (addr, entry) in entries {
+            listed.insert(addr);
             let state = match current.get(&addr) {
                 Some(existing) => {
                     change.kept += 1;
-                    let was_ready = existing.is_ready();
-                    existing.set_phase(backend.phase, backend.since_ms);
-                    selection_changed |= was_ready != existing.is_ready();
+                    selection_changed |= keep(existing, &entry);
                     Arc::clone(existing)
                 }
                 None => {
                     change.added += 1;
-                    let state = self.new_backend(addr);
-                    state.set_phase(backend.phase, backend.since_ms);
-                    Arc::new(state)
+                    Arc::new(create(addr, &entry))
                 }
             };
             next.push(state);
         }
         change.removed = current.len() - change.kept;
         if change.added == 0 && change.removed == 0 && !selection_changed {
-            // The same backends, Ready as before: the set (and its ring) stays.
-            return Ok(change);
+            return change;
         }
-        for gone in current.backends.iter().filter(|b| !seen.contains(&b.addr)) {
+        for gone in current
+            .backends
+            .iter()
+            .filter(|b| !listed.contains(&b.addr))
+        {
             tracing::info!(fleet = %self.name, backend = %gone.addr, in_flight = gone.in_flight.load(Ordering::Relaxed), "backend left the fleet");
         }
         self.set.store(Arc::new(BackendSet::build(
             next,
             self.config.load_balancing,
         )));
-        Ok(change)
+        change
     }
 
     /// Applies this fleet's part of plan `version`: a provisioned fleet takes `backends` when
@@ -796,34 +932,47 @@ pub struct BackendStatus {
     pub failures: u64,
 }
 
-fn health_check(config: &FleetConfig) -> HttpHealthCheck {
-    let mut check = HttpHealthCheck::new("localhost", false);
-    check.consecutive_success = config.health_check.healthy_threshold;
-    check.consecutive_failure = config.health_check.unhealthy_threshold;
-    let timeout = Duration::from_millis(config.health_check.timeout_ms);
-    check.peer_template.options.connection_timeout = Some(timeout);
-    check.peer_template.options.read_timeout = Some(timeout);
-    // The path was validated to start with '/', so building the request header cannot fail;
-    // if it ever did, the default `/` probe is kept and the problem logged.
-    match pingora::http::RequestHeader::build("GET", config.health_check.path.as_bytes(), None) {
-        Ok(mut req) => {
-            if req.append_header("Host", "localhost").is_ok() {
-                check.req = req;
-            }
+/// Every address `backend` (`host:port`) stands for, by the system's resolver, in its order.
+/// The backends of a fleet whose config lists them, by the system's resolver now: every address
+/// of each name, each address once (later repeats are logged and skipped). Names of a
+/// `resolve = true` fleet are left to `backend_names` (only its addresses are here).
+pub fn static_backends(config: &FleetConfig) -> Result<Vec<ResolvedBackend>, ProxyError> {
+    let mut seen = HashSet::new();
+    let mut backends = Vec::with_capacity(config.backends.len());
+    for backend in &config.backends {
+        let host = prescale_config::backend_host(backend);
+        if config.resolve && host.parse::<std::net::IpAddr>().is_err() {
+            continue;
         }
-        Err(e) => {
-            tracing::error!(fleet = %config.name, error = %e, "invalid health check path; probing / instead")
+        let addrs = resolve(backend).map_err(|source| ProxyError::Backend {
+            fleet: config.name.clone(),
+            backend: backend.clone(),
+            source,
+        })?;
+        for addr in addrs {
+            if !seen.insert(addr) {
+                tracing::warn!(fleet = %config.name, %backend, %addr, "backend resolves to an address listed before; kept once");
+                continue;
+            }
+            backends.push(ResolvedBackend {
+                addr,
+                host: Some(host.to_string()),
+            });
         }
     }
-    check
+    Ok(backends)
 }
 
-fn resolve(backend: &str) -> std::io::Result<SocketAddr> {
+fn resolve(backend: &str) -> std::io::Result<Vec<SocketAddr>> {
     use std::net::ToSocketAddrs;
-    backend
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+    let addrs: Vec<SocketAddr> = backend.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address",
+        ));
+    }
+    Ok(addrs)
 }
 
 fn unix_ms() -> u64 {
@@ -869,17 +1018,6 @@ impl Fleets {
     pub fn is_empty(&self) -> bool {
         self.fleets.is_empty()
     }
-}
-
-/// The pingora peer of a backend: plain HTTP/1.1 with the fleet's timeouts; pooled connections
-/// idle for a minute at most.
-fn backend_peer(addr: SocketAddr, timeouts: &TimeoutConfig) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
-    peer.options.read_timeout = Some(Duration::from_millis(timeouts.read_ms));
-    peer.options.write_timeout = Some(Duration::from_millis(timeouts.write_ms));
-    peer.options.idle_timeout = Some(Duration::from_millis(timeouts.idle_ms));
-    peer
 }
 
 #[cfg(test)]

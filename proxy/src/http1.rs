@@ -8,7 +8,9 @@
 //! unchanged. Every other request (chunked or larger bodies among them), and HTTP/2 (TLS ALPN
 //! `h2`, or the h2c preface when enabled), is handed to pingora-proxy's general path
 //! (`service`) with the bytes already read put back in front (`Rewind`); once that request is
-//! done the connection comes back here.
+//! done the connection comes back here. So is a direct-path request admitted to a fleet whose
+//! backends speak TLS or HTTP/2: it goes with its admission ([`take_direct_admission`]), so
+//! that it is admitted once.
 //!
 //! Why: pingora's HTTP/1 sessions build an `http::HeaderMap` and several owned copies of each
 //! head, and pingora-proxy runs each request through a state machine of channels and phases. On
@@ -41,6 +43,7 @@
 //!   (else 431), on both paths: the general path is handed only complete heads;
 //! - every write to the client waits at most `proxy.send_timeout_secs`.
 
+use std::cell::Cell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
@@ -169,15 +172,13 @@ impl ServerApp for FrontDoor {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Held for the connection's life: its place in the peer's connection count.
-        let _slot = match (&self.plane.client_connections, peer_ip(&stream)) {
-            (Some(limiter), Some(peer)) => match limiter.open(peer) {
-                Some(slot) => Some(slot),
-                None => {
-                    self.refuse_connection(stream).await;
-                    return None;
-                }
-            },
-            _ => None,
+        let _slot = match peer_ip(&stream).map(|peer| self.plane.client_connections.open(peer)) {
+            Some(Err(_refused)) => {
+                self.refuse_connection(stream).await;
+                return None;
+            }
+            Some(Ok(slot)) => slot,
+            None => None,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.general, stream, shutdown).await;
@@ -218,6 +219,8 @@ enum Parsed {
     TooLarge,
     /// The general path takes this request.
     General,
+    /// The general path takes this request, admitted here to a fleet only it can reach.
+    GeneralAdmitted(Admitted),
     /// Answered here (`head_len` bytes of `input` were the request).
     Rejected {
         head_len: usize,
@@ -234,6 +237,18 @@ enum Parsed {
         client_close: bool,
         noted: Noted,
     },
+}
+
+tokio::task_local! {
+    /// The admission of the request the direct path is handing to the general path, if it made
+    /// one: admission has effects (rate limits, the user's features), so it happens once.
+    static DIRECT_ADMISSION: Cell<Option<Admitted>>;
+}
+
+/// The admission the direct path made for the request the general path is now serving (taken:
+/// a second call returns `None`).
+pub(crate) fn take_direct_admission() -> Option<Admitted> {
+    DIRECT_ADMISSION.try_with(Cell::take).ok().flatten()
 }
 
 /// What the direct path needs to know of an admitted request.
@@ -369,10 +384,14 @@ impl FrontDoor {
                     ctx.finish(&self.plane, None, 0, 0);
                     return;
                 }
-                Parsed::Partial | Parsed::General => {
+                Parsed::Partial | Parsed::General | Parsed::GeneralAdmitted(_) => {
+                    let admitted = match parsed {
+                        Parsed::GeneralAdmitted(admitted) => Some(admitted),
+                        _ => None,
+                    };
                     served = served.saturating_add(1);
-                    let last = served >= self.plane.keepalive_requests;
-                    match self.hand_over(conn, &shutdown, last).await {
+                    let last = served >= self.plane.keepalive_requests();
+                    match self.hand_over(conn, &shutdown, last, admitted).await {
                         Some(back) => conn = back,
                         None => return,
                     }
@@ -408,7 +427,7 @@ impl FrontDoor {
                     served = served.saturating_add(1);
                     let close = client_close
                         || *shutdown.borrow()
-                        || served >= self.plane.keepalive_requests;
+                        || served >= self.plane.keepalive_requests();
                     let ctx = noted.into_ctx(conn.peer_ip);
                     if !self
                         .forward(&mut conn, ctx, &admitted, request, close)
@@ -532,6 +551,9 @@ impl FrontDoor {
                 head_only,
                 noted,
             },
+            Ok(admitted) if self.plane.fleets.get(admitted.fleet).general_path_only() => {
+                Parsed::GeneralAdmitted(admitted)
+            }
             Ok(admitted) => {
                 let request = UpstreamRequest {
                     method: method.as_str(),
@@ -630,7 +652,7 @@ impl FrontDoor {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return;
         }
-        let status = self.plane.client_limit_status;
+        let status = self.plane.client_limit_status();
         let reason = StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
@@ -663,12 +685,13 @@ impl FrontDoor {
 
     /// Gives the connection, with what was read of it, to the general path for one request;
     /// returns it (and what that path left unread) when it may carry another (`last`: it may
-    /// not).
+    /// not). `admitted`: the request was admitted here already.
     async fn hand_over(
         &self,
         mut conn: Connection,
         shutdown: &ShutdownWatch,
         last: bool,
+        admitted: Option<Admitted>,
     ) -> Option<Connection> {
         let input = std::mem::take(&mut conn.input);
         let mut session = ServerSession::new_http1(Box::new(Rewind::new(conn.stream, input)));
@@ -677,7 +700,12 @@ impl FrontDoor {
         } else {
             Some(self.keepalive.as_secs())
         });
-        let reused = self.general.process_new_http(session, shutdown).await?;
+        let reused = DIRECT_ADMISSION
+            .scope(
+                Cell::new(admitted),
+                self.general.process_new_http(session, shutdown),
+            )
+            .await?;
         let (stream, _settings) = reused.consume();
         let rewind = stream.into_any().downcast::<Rewind>().ok()?;
         (conn.stream, conn.input) = rewind.into_parts();

@@ -12,6 +12,7 @@
 
 pub mod access_log;
 pub mod admin;
+mod backend_names;
 mod chunked;
 pub mod client_ip;
 pub mod client_limits;
@@ -33,6 +34,7 @@ pub mod meters;
 pub mod new_users;
 pub mod plan;
 pub mod profiles;
+pub mod reload;
 pub mod request_head;
 pub mod request_id;
 pub mod server;

@@ -13,13 +13,14 @@
 //! and a collision only makes the limit stricter); `limited` counts every refusal.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Budget slots (a power of two).
 pub const SLOTS: usize = 4096;
 
 pub struct NewUserLimiter {
-    per_sec: u32,
+    /// 0: no limit. A reload may change it.
+    per_sec: AtomicU32,
     /// Per slot: node second (high 32 bits), new users admitted in it (low 32).
     slots: Box<[AtomicU64]>,
     limited: AtomicU64,
@@ -28,25 +29,34 @@ pub struct NewUserLimiter {
 impl std::fmt::Debug for NewUserLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NewUserLimiter")
-            .field("per_sec", &self.per_sec)
+            .field("per_sec", &self.per_sec())
             .field("limited", &self.limited())
             .finish_non_exhaustive()
     }
 }
 
 impl NewUserLimiter {
-    /// `None` when `per_sec` is 0 (no limit).
-    pub fn new(per_sec: u32) -> Option<Self> {
-        (per_sec > 0).then(|| NewUserLimiter {
-            per_sec,
+    /// `per_sec` 0: no limit.
+    pub fn new(per_sec: u32) -> Self {
+        NewUserLimiter {
+            per_sec: AtomicU32::new(per_sec),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             limited: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// A new limit (a reload).
+    pub fn set_per_sec(&self, per_sec: u32) {
+        self.per_sec.store(per_sec, Ordering::Relaxed);
     }
 
     /// Whether `client` may bring in one more new user at node second `now_secs` (and counts it
     /// when it may).
     pub fn allow(&self, client: IpAddr, now_secs: u64) -> bool {
+        let per_sec = self.per_sec();
+        if per_sec == 0 {
+            return true;
+        }
         let slot = &self.slots[slot_of(client)];
         let second = now_secs & 0xffff_ffff;
         let mut current = slot.load(Ordering::Relaxed);
@@ -54,7 +64,7 @@ impl NewUserLimiter {
             let (at, count) = (current >> 32, current & 0xffff_ffff);
             let next = if at != second {
                 second << 32 | 1
-            } else if count < u64::from(self.per_sec) {
+            } else if count < u64::from(per_sec) {
                 current + 1
             } else {
                 self.limited.fetch_add(1, Ordering::Relaxed);
@@ -73,7 +83,7 @@ impl NewUserLimiter {
     }
 
     pub fn per_sec(&self) -> u32 {
-        self.per_sec
+        self.per_sec.load(Ordering::Relaxed)
     }
 }
 
@@ -95,7 +105,7 @@ mod tests {
 
     #[test]
     fn each_client_gets_its_budget_every_second() {
-        let limiter = NewUserLimiter::new(3).expect("a limit");
+        let limiter = NewUserLimiter::new(3);
         let a: IpAddr = "203.0.113.7".parse().unwrap();
         let b: IpAddr = "198.51.100.1".parse().unwrap();
         assert_ne!(slot_of(a), slot_of(b));
@@ -107,12 +117,18 @@ mod tests {
         assert!(limiter.allow(b, 100), "another client has its own budget");
         assert!(limiter.allow(a, 101), "a new second, a new budget");
         assert_eq!(limiter.limited(), 2);
-        assert!(NewUserLimiter::new(0).is_none());
+        let unlimited = NewUserLimiter::new(0);
+        assert!((0..10).all(|_| unlimited.allow(a, 100)));
+        limiter.set_per_sec(0);
+        assert!(
+            (0..10).all(|_| limiter.allow(a, 100)),
+            "a reload took the limit off"
+        );
     }
 
     #[test]
     fn an_ipv6_subscriber_is_one_client() {
-        let limiter = NewUserLimiter::new(2).expect("a limit");
+        let limiter = NewUserLimiter::new(2);
         let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let rotated: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         assert_eq!(slot_of(first), slot_of(rotated));
@@ -125,7 +141,7 @@ mod tests {
 
     #[test]
     fn concurrent_clients_never_exceed_the_budget() {
-        let limiter = std::sync::Arc::new(NewUserLimiter::new(1_000).expect("a limit"));
+        let limiter = std::sync::Arc::new(NewUserLimiter::new(1_000));
         let client: IpAddr = "192.0.2.1".parse().unwrap();
         let admitted: u32 = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)

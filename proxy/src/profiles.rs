@@ -21,7 +21,9 @@
 //!   registered when the first model with an `anomaly_distance` is installed and keeps its index;
 //! - only a model that passed [`ProfileModel::validate`] and is not older than the current one is
 //!   ever installed; readers see either the old or the new model, never a mix;
-//! - assignment takes no lock and does not allocate.
+//! - assignment takes no lock and does not allocate;
+//! - the rules are replaced whole (a config reload): one assignment sees the old rules or the
+//!   new ones, never a mix.
 
 use std::sync::{Arc, Mutex};
 
@@ -321,6 +323,7 @@ impl<H: ?Sized> Clone for RequestFacts<'_, H> {
 
 impl<H: ?Sized> Copy for RequestFacts<'_, H> {}
 
+#[derive(Debug)]
 struct CompiledRule {
     profile: ProfileIdx,
     path_prefix: Option<String>,
@@ -372,17 +375,23 @@ pub struct ProfileAssigner {
     registry: Arc<ProfileRegistry>,
     model: ArcSwapOption<CompiledModel>,
     install: Mutex<()>,
+    /// The config's `[assignment]`, replaced whole by a reload.
+    rules: ArcSwap<AssignmentRules>,
+}
+
+/// `[assignment]` compiled: the rules, the default profile and the new-user threshold.
+#[derive(Debug)]
+pub struct AssignmentRules {
     rules: Vec<CompiledRule>,
     default_profile: ProfileIdx,
     new_user_min_requests: u32,
 }
 
-impl ProfileAssigner {
-    /// An assigner with the config's rules and no model yet. Rule and default profile names are
-    /// registered in `registry`.
-    pub fn new(
+impl AssignmentRules {
+    /// Compiles `config`, registering its rule and default profile names in `registry`.
+    pub fn compile(
         config: &AssignmentConfig,
-        registry: Arc<ProfileRegistry>,
+        registry: &ProfileRegistry,
     ) -> Result<Self, RuleError> {
         let mut rules = Vec::with_capacity(config.rules.len());
         for (index, rule) in config.rules.iter().enumerate() {
@@ -417,14 +426,34 @@ impl ProfileAssigner {
             });
         }
         let default_profile = registry.register(&config.default_profile)?;
-        Ok(ProfileAssigner {
-            registry,
-            model: ArcSwapOption::empty(),
-            install: Mutex::new(()),
+        Ok(AssignmentRules {
             rules,
             default_profile,
             new_user_min_requests: config.new_user_min_requests,
         })
+    }
+}
+
+impl ProfileAssigner {
+    /// An assigner with the config's rules and no model yet. Rule and default profile names are
+    /// registered in `registry`.
+    pub fn new(
+        config: &AssignmentConfig,
+        registry: Arc<ProfileRegistry>,
+    ) -> Result<Self, RuleError> {
+        let rules = AssignmentRules::compile(config, &registry)?;
+        Ok(ProfileAssigner {
+            registry,
+            model: ArcSwapOption::empty(),
+            install: Mutex::new(()),
+            rules: ArcSwap::from_pointee(rules),
+        })
+    }
+
+    /// Replaces the `[assignment]` rules (a reload); requests see the new ones from their next
+    /// assignment on.
+    pub fn replace_rules(&self, rules: AssignmentRules) {
+        self.rules.store(Arc::new(rules));
     }
 
     /// The profile for a request of a user with `requests` requests so far (this one included)
@@ -454,10 +483,11 @@ impl ProfileAssigner {
             profile,
             by_model: false,
         };
-        if requests < self.new_user_min_requests {
+        let rules = self.rules.load();
+        if requests < rules.new_user_min_requests {
             return by_rules(ProfileIdx::NEW);
         }
-        if let Some(rule) = self.rules.iter().find(|rule| rule.matches(request)) {
+        if let Some(rule) = rules.rules.iter().find(|rule| rule.matches(request)) {
             return by_rules(rule.profile);
         }
         if let Some(profile) = model_answer_this_second {
@@ -475,7 +505,7 @@ impl ProfileAssigner {
                 };
             }
         }
-        by_rules(self.default_profile)
+        by_rules(rules.default_profile)
     }
 
     /// Validates `model` and, unless it is older than the installed one, installs it atomically.
@@ -536,10 +566,12 @@ impl ProfileAssigner {
         &self,
         request: &RequestFacts<'_, impl HeaderLookup + ?Sized>,
     ) -> ProfileIdx {
-        self.rules
+        let rules = self.rules.load();
+        rules
+            .rules
             .iter()
             .find(|rule| rule.matches(request))
-            .map_or(self.default_profile, |rule| rule.profile)
+            .map_or(rules.default_profile, |rule| rule.profile)
     }
 
     /// The installed model, if any.
@@ -556,7 +588,7 @@ impl ProfileAssigner {
     }
 
     pub fn default_profile(&self) -> ProfileIdx {
-        self.default_profile
+        self.rules.load().default_profile
     }
 
     /// The name of a profile index (`"unknown"` for one the registry never gave out).

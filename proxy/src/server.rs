@@ -21,6 +21,7 @@ use prescale_config::{Config, TlsConfig};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminRoutes};
+use crate::backend_names::BackendNames;
 use crate::dataplane::DataPlane;
 use crate::error::ProxyError;
 use crate::http1::FrontDoor;
@@ -98,6 +99,11 @@ pub fn start_proxy(
                 tokio::time::sleep(fleet.health_interval()).await;
             }
         });
+    }
+
+    // Names are resolved before the listener opens (the pingora thread, below).
+    if let Some(names) = BackendNames::new(&config.resolver, &plane.fleets) {
+        names.start(control);
     }
 
     let sampled = Arc::clone(&plane);

@@ -201,7 +201,7 @@ impl RequestCtx {
         if let Some(backend) = self.backend() {
             fleet.record(backend, Attempt::Failed);
         }
-        self.attempts <= fleet.config.retries
+        self.attempts <= fleet.retries()
     }
 }
 
@@ -383,9 +383,12 @@ impl ProxyHttp for ProxyService {
         };
         let request = session.req_header();
         let routed_path = path.as_deref().unwrap_or_else(|| request.uri.path());
-        let admission = self
-            .plane
-            .admit(&request.method, routed_path, &request.headers, peer_ip);
+        let admission = match crate::http1::take_direct_admission() {
+            Some(admitted) => Ok(admitted),
+            None => self
+                .plane
+                .admit(&request.method, routed_path, &request.headers, peer_ip),
+        };
         ctx.normalized_path = path;
         match admission {
             Ok(admitted) => {
