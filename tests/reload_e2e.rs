@@ -1,7 +1,8 @@
 //! Reloading the config of a running `prescale proxy`: SIGHUP during a load moves a fleet to
 //! other backends with every response of the load a success, on the client connections it
 //! already had; `POST /api/v1/reload` applies new routes and assignment rules, and a client
-//! request rate limit that a second reload takes off again; invalid files,
+//! request rate limit that a second reload takes off again, and a fleet's shorter read timeout
+//! (504 for a slow answer); invalid files,
 //! configs that change keys needing a restart, and an invalid file on SIGHUP are refused, naming
 //! the problem, and the running config stays.
 
@@ -198,6 +199,30 @@ fleet = "api"
     assert_eq!(reload(admin).status, 200);
     assert_eq!(get(proxy, "/", &[]).status, 200);
 
+    // A fleet's read timeout, shortened: a slow answer from its backend becomes 504.
+    let slow = "/reports/daily?sleep_ms=600";
+    let user = [("x-user-id", "slow")];
+    assert_eq!(get(proxy, slow, &user).status, 200);
+    write(
+        &file,
+        &routed.replace(
+            &format!("backends = [\"{c}\"]"),
+            &format!("backends = [\"{c}\"]\ntimeouts = {{ read_ms = 150 }}"),
+        ),
+    );
+    let shortened = reload(admin);
+    assert_eq!(shortened.status, 200, "{}", shortened.text());
+    assert_eq!(
+        shortened.json()["changed"],
+        serde_json::json!(["fleets[api].timeouts"])
+    );
+    let timed_out = get(proxy, slow, &user);
+    assert_eq!(timed_out.status, 504, "{}", timed_out.text());
+    assert_eq!(served_by(proxy, "/reports/daily"), "c");
+    write(&file, &routed);
+    assert_eq!(reload(admin).status, 200);
+    assert_eq!(get(proxy, slow, &user).status, 200);
+
     // Refused, each naming why; routing stays as the last reload left it.
     let unchanged = |what: &str| {
         assert_eq!(served_by(proxy, "/reports/daily"), "c", "after {what}");
@@ -263,7 +288,7 @@ fleet = "api"
             "prescale_config_reloads_total",
             &[("result", "applied")]
         ),
-        4.0
+        6.0
     );
     assert_eq!(
         metric_sum(

@@ -1,8 +1,9 @@
 //! Upstreams as operators write them, through the real binary: backends by name over TLS
 //! (SNI, verification against a CA bundle, a client certificate, a refused certificate of
-//! another CA, and the same kind of certificate reached with `verify = false`), HTTP/2 to backends (by ALPN over TLS, h2c by prior knowledge), gRPC end to end
-//! (unary calls, error statuses in trailers, a server stream) to an h2c and a TLS backend, and
-//! backend names re-resolved through a name server of the test's own whose answers change.
+//! another CA, and the same kind of certificate reached with `verify = false`), HTTP/2 to
+//! backends (by ALPN over TLS, h2c by prior knowledge), gRPC end to end (unary calls, error
+//! statuses in trailers, a server stream) to an h2c and a TLS backend, and backend names
+//! re-resolved through a name server of the test's own whose answers change.
 
 mod common;
 

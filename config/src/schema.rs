@@ -760,7 +760,7 @@ pub enum LoadBalancing {
     ConsistentHash,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// HTTP path probed with GET; a 2xx answer is healthy.
@@ -806,7 +806,7 @@ fn default_two() -> usize {
     2
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutConfig {
     #[serde(default = "default_connect_ms")]

@@ -53,11 +53,11 @@ impl BackendNames {
     pub fn new(config: &ResolverConfig, fleets: &Fleets) -> Option<Self> {
         let named: Vec<NamedFleet> = fleets
             .iter()
-            .filter(|fleet| fleet.config.resolve)
+            .filter(|fleet| fleet.config().resolve)
             .map(|fleet| NamedFleet {
                 fleet: Arc::clone(fleet),
                 entries: fleet
-                    .config
+                    .config()
                     .backends
                     .iter()
                     .filter_map(|b| entry(b))

@@ -1286,10 +1286,10 @@ impl DataPlane {
                 );
             }
         }
-        if self.fleets.iter().any(|f| f.config.resolve) {
+        if self.fleets.iter().any(|f| f.config().resolve) {
             out.push_str("# HELP prescale_backend_resolutions_total Rounds of re-resolving a fleet's backend names (resolve = true), by result: failed when a name did not resolve and kept its last addresses.\n");
             out.push_str("# TYPE prescale_backend_resolutions_total counter\n");
-            for fleet in self.fleets.iter().filter(|f| f.config.resolve) {
+            for fleet in self.fleets.iter().filter(|f| f.config().resolve) {
                 for (result, counter) in [
                     ("succeeded", &fleet.dns.succeeded),
                     ("failed", &fleet.dns.failed),

@@ -122,6 +122,8 @@ pub struct BackendState {
     pub peer: HttpPeer,
     /// Keep-alive connections of the direct path waiting for a request.
     pub idle: IdleConnections,
+    /// The name the config gave it (its TLS server name); `None` for a planned backend.
+    host: Option<String>,
     /// The backend as the health check probes it.
     target: Backend,
     phase: AtomicU8,
@@ -134,9 +136,11 @@ pub struct BackendState {
     /// Consecutive passed checks while unhealthy / failed checks while healthy.
     check_successes: AtomicU32,
     check_failures: AtomicU32,
-    pub in_flight: AtomicU32,
-    pub requests: AtomicU64,
-    pub failures: AtomicU64,
+    /// Shared with the backend's successor when a reload rebuilds it ([`Fleet::reconfigure`]),
+    /// so requests begun before count on after.
+    pub in_flight: Arc<AtomicU32>,
+    pub requests: Arc<AtomicU64>,
+    pub failures: Arc<AtomicU64>,
     /// Consecutive failed requests (passive health).
     consecutive_failures: AtomicU32,
     /// Milliseconds since the fleet's epoch until which the backend is ejected (0 = not ejected).
@@ -355,9 +359,8 @@ impl BackendSet {
 /// One fleet of the node's region.
 pub struct Fleet {
     pub name: String,
-    /// The fleet's config as at start: a reload changes its backends and `FleetLimits`, not
-    /// this copy.
-    pub config: FleetConfig,
+    /// The fleet's config as last applied (at start, then by each reload).
+    config: ArcSwap<FleetConfig>,
     set: ArcSwap<BackendSet>,
     epoch: Instant,
     in_flight: Arc<AtomicU32>,
@@ -365,8 +368,8 @@ pub struct Fleet {
     worker_threads: usize,
     /// How its backends are spoken to (protocol, TLS), shared by every backend's peer.
     upstream: Upstream,
-    probe: Arc<HealthProbe>,
-    /// Serialises set replacements (plans), never taken on the request path.
+    probe: ArcSwap<HealthProbe>,
+    /// Serialises set replacements (plans, reloads), never taken on the request path.
     apply_lock: Mutex<()>,
     /// Version of the last plan applied to this fleet ([`NEVER`]: none).
     plan_version: AtomicU64,
@@ -449,13 +452,13 @@ impl Fleet {
     pub fn new(config: &FleetConfig, worker_threads: usize) -> Result<Self, ProxyError> {
         let mut fleet = Fleet {
             name: config.name.clone(),
-            config: config.clone(),
+            config: ArcSwap::from_pointee(config.clone()),
             set: ArcSwap::from_pointee(BackendSet::build(Vec::new(), config.load_balancing)),
             epoch: Instant::now(),
             in_flight: Arc::new(AtomicU32::new(0)),
             worker_threads,
             upstream: Upstream::load(config)?,
-            probe: Arc::new(HealthProbe::new(config)),
+            probe: ArcSwap::from_pointee(HealthProbe::new(config)),
             apply_lock: Mutex::new(()),
             plan_version: AtomicU64::new(NEVER),
             warned_static_plan: AtomicBool::new(false),
@@ -481,15 +484,17 @@ impl Fleet {
 
     /// `host`: the backend's name in the config (its TLS server name); `None` for a planned one.
     fn new_backend(&self, addr: SocketAddr, host: Option<&str>) -> BackendState {
+        let config = self.config.load();
         BackendState {
             id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
             addr,
-            peer: self.upstream.peer(addr, host, &self.config.timeouts),
+            peer: self.upstream.peer(addr, host, &config.timeouts),
             idle: IdleConnections::new(
                 IDLE_CONNECTIONS_PER_BACKEND,
                 self.worker_threads,
-                Duration::from_millis(self.config.timeouts.idle_ms),
+                Duration::from_millis(config.timeouts.idle_ms),
             ),
+            host: host.map(str::to_string),
             target: Backend {
                 addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
                 weight: 1,
@@ -501,11 +506,45 @@ impl Fleet {
             healthy: AtomicBool::new(true),
             check_successes: AtomicU32::new(0),
             check_failures: AtomicU32::new(0),
-            in_flight: AtomicU32::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            requests: Arc::new(AtomicU64::new(0)),
+            failures: Arc::new(AtomicU64::new(0)),
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            fleet_in_flight: Arc::clone(&self.in_flight),
+        }
+    }
+
+    /// `old` as the fleet's current settings build it (new timeouts in its peer and idle
+    /// pool): the same identity, phase, health, ejection and counters (in-flight, requests and
+    /// failures shared with `old`, whose requests finish on their connections); no idle
+    /// connection is carried over.
+    fn successor(&self, config: &FleetConfig, old: &BackendState) -> BackendState {
+        let relaxed = Ordering::Relaxed;
+        BackendState {
+            id: old.id,
+            addr: old.addr,
+            peer: self
+                .upstream
+                .peer(old.addr, old.host.as_deref(), &config.timeouts),
+            idle: IdleConnections::new(
+                IDLE_CONNECTIONS_PER_BACKEND,
+                self.worker_threads,
+                Duration::from_millis(config.timeouts.idle_ms),
+            ),
+            host: old.host.clone(),
+            target: old.target.clone(),
+            phase: AtomicU8::new(old.phase.load(relaxed)),
+            since_ms: AtomicU64::new(old.since_ms.load(relaxed)),
+            ready_since_ms: AtomicU64::new(old.ready_since_ms.load(relaxed)),
+            healthy: AtomicBool::new(old.healthy.load(relaxed)),
+            check_successes: AtomicU32::new(old.check_successes.load(relaxed)),
+            check_failures: AtomicU32::new(old.check_failures.load(relaxed)),
+            in_flight: Arc::clone(&old.in_flight),
+            requests: Arc::clone(&old.requests),
+            failures: Arc::clone(&old.failures),
+            consecutive_failures: AtomicU32::new(old.consecutive_failures.load(relaxed)),
+            ejected_until_ms: AtomicU64::new(old.ejected_until_ms.load(relaxed)),
             fleet_in_flight: Arc::clone(&self.in_flight),
         }
     }
@@ -519,6 +558,7 @@ impl Fleet {
     /// the config.
     pub fn is_provisioned(&self) -> bool {
         self.config
+            .load()
             .provisioner
             .as_ref()
             .is_some_and(|p| p.supplies_backends())
@@ -554,11 +594,6 @@ impl Fleet {
         self.limits
             .max_in_flight_per_backend
             .load(Ordering::Relaxed)
-    }
-
-    /// Takes the reloadable settings of `config` (a reload of this fleet's config).
-    pub fn set_limits(&self, config: &FleetConfig) {
-        self.limits.set(config);
     }
 
     /// The current set (for reports: requests use [`Fleet::select`]).
@@ -633,14 +668,15 @@ impl Fleet {
         let mut checks = tokio::task::JoinSet::new();
         for backend in set.backends.iter().filter(|b| b.is_ready()) {
             let backend = Arc::clone(backend);
-            let probe = Arc::clone(&self.probe);
+            let probe = self.probe.load_full();
             checks.spawn(async move {
                 let result = probe.check(&backend.peer).await;
                 (backend, result)
             });
         }
         drop(set);
-        let thresholds = &self.config.health_check;
+        let config = self.config.load_full();
+        let thresholds = &config.health_check;
         while let Some(joined) = checks.join_next().await {
             let (backend, result) = match joined {
                 Ok(done) => done,
@@ -668,7 +704,7 @@ impl Fleet {
     }
 
     pub fn health_interval(&self) -> Duration {
-        Duration::from_millis(self.config.health_check.interval_ms)
+        Duration::from_millis(self.config.load().health_check.interval_ms)
     }
 
     /// Replaces a provisioned fleet's set with `planned` (its complete list of backends). A
@@ -779,9 +815,52 @@ impl Fleet {
         }
         self.set.store(Arc::new(BackendSet::build(
             next,
-            self.config.load_balancing,
+            self.config.load().load_balancing,
         )));
         change
+    }
+
+    /// The fleet's config as last applied.
+    pub fn config(&self) -> Arc<FleetConfig> {
+        self.config.load_full()
+    }
+
+    /// Takes a reload's config for this fleet (its name, region, provisioner, upstream and
+    /// backend source unchanged, as `reload` checks): its limits, then, when they differ, the
+    /// health check (from the next round), and the timeouts and load balancing, for which every
+    /// backend is rebuilt as its successor (same state and counters, new peer and idle pool) in
+    /// a new set. Returns the settings that changed, as the config names them.
+    pub fn reconfigure(&self, next: &FleetConfig) -> Vec<&'static str> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let was = self.config.load_full();
+        let mut changed = Vec::new();
+        self.limits.set(next);
+        if was.health_check != next.health_check {
+            self.probe.store(Arc::new(HealthProbe::new(next)));
+            changed.push("health_check");
+        }
+        let timeouts = was.timeouts != next.timeouts;
+        if timeouts {
+            changed.push("timeouts");
+        }
+        if was.load_balancing != next.load_balancing {
+            changed.push("load_balancing");
+        }
+        self.config.store(Arc::new(next.clone()));
+        if timeouts || was.load_balancing != next.load_balancing {
+            let current = self.set.load_full();
+            let backends = current
+                .backends
+                .iter()
+                .map(|old| match timeouts {
+                    true => Arc::new(self.successor(next, old)),
+                    false => Arc::clone(old),
+                })
+                .collect();
+            self.set
+                .store(Arc::new(BackendSet::build(backends, next.load_balancing)));
+        }
+        changed
     }
 
     /// Applies this fleet's part of plan `version`: a provisioned fleet takes `backends` when
@@ -834,11 +913,12 @@ impl Fleet {
 
     pub fn status(&self) -> FleetStatus {
         let set = self.set.load();
+        let config = self.config.load();
         let now_ms = self.now_ms();
         FleetStatus {
             name: self.name.clone(),
-            region: self.config.region.clone(),
-            load_balancing: match self.config.load_balancing {
+            region: config.region.clone(),
+            load_balancing: match config.load_balancing {
                 LoadBalancing::RoundRobin => "round_robin",
                 LoadBalancing::ConsistentHash => "consistent_hash",
             },

@@ -11,12 +11,16 @@
 //! - a fleet's `retries`, `eject_after_failures`, `eject_secs`, `max_in_flight_per_backend` and
 //!   `max_connections_per_backend` (read per request; a backend ejected stays so for the time it
 //!   was given);
+//! - a fleet's `health_check` (from its next round) and its `timeouts` and `load_balancing`:
+//!   every backend is rebuilt with its state and counters (`Fleet::reconfigure`); requests under
+//!   way finish with the timeouts they started with, and idle upstream connections close;
 //! - `proxy.keepalive_requests`, `proxy.client_limits` (connections, rate, burst, status) and
 //!   `identity.new_users_per_client_per_sec`: the limiters keep their state and counters (a
 //!   connection opened while there was no connection limit is not counted by a new one).
 //!
-//! Any other difference (listeners, TLS, threads, regions, GeoIP, a fleet added, removed or with
-//! other settings, the mesh, the forecaster...) refuses the whole reload with the keys that
+//! Any other difference (listeners, TLS, threads, regions, GeoIP, a fleet added or removed, a
+//! fleet's `upstream`, provisioner, `resolve` or planning keys, the mesh, the forecaster...)
+//! refuses the whole reload with the keys that
 //! differ: they need a restart.
 //!
 //! Invariants: a reload is all or nothing — everything it installs (identity resolver, rules,
@@ -52,17 +56,23 @@ pub const RELOADABLE: &[&str] = &[
     "fleets[].eject_secs",
     "fleets[].max_in_flight_per_backend",
     "fleets[].max_connections_per_backend",
+    "fleets[].timeouts",
+    "fleets[].health_check",
+    "fleets[].load_balancing",
     "proxy.keepalive_requests",
     "proxy.client_limits",
 ];
 
-/// A fleet's keys that a reload applies to the fleet as it runs (`Fleet::set_limits`).
-const FLEET_LIMITS: &[&str] = &[
+/// A fleet's keys that a reload applies to the fleet as it runs (`Fleet::reconfigure`).
+const FLEET_RELOADABLE: &[&str] = &[
     "retries",
     "eject_after_failures",
     "eject_secs",
     "max_in_flight_per_backend",
     "max_connections_per_backend",
+    "timeouts",
+    "health_check",
+    "load_balancing",
 ];
 
 /// Reloads since start, by outcome.
@@ -210,9 +220,16 @@ impl DataPlane {
                     f.max_connections_per_backend,
                 )
             };
-            if limits(was) != limits(now) {
-                fleet.set_limits(now);
+            if same(was, now) {
+                continue;
+            }
+            let limits_changed = limits(was) != limits(now);
+            let settings = fleet.reconfigure(now);
+            if limits_changed {
                 changed.push(format!("fleets[{}] limits", fleet.name));
+            }
+            for setting in settings {
+                changed.push(format!("fleets[{}].{setting}", fleet.name));
             }
         }
         for (fleet, resolved) in backends {
@@ -275,7 +292,7 @@ pub fn restart_keys(running: &Config, next: &Config) -> Vec<String> {
                 let Some(object) = fleet.as_object_mut() else {
                     continue;
                 };
-                for reloadable in FLEET_LIMITS {
+                for reloadable in FLEET_RELOADABLE {
                     object.remove(*reloadable);
                 }
                 if static_fleets.contains(&key) {

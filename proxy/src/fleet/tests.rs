@@ -95,7 +95,7 @@ fn applying_a_plan_adds_keeps_and_removes_backends() {
     let dropped = state_of(&fleet, b);
     // History on `a`: a request, a failure, an ejection.
     drop(Arc::clone(&kept).begin());
-    for _ in 0..fleet.config.eject_after_failures {
+    for _ in 0..fleet.config().eject_after_failures {
         fleet.record(&kept, Attempt::Failed);
     }
     assert!(fleet.is_ejected(&kept));
@@ -123,7 +123,7 @@ fn applying_a_plan_adds_keeps_and_removes_backends() {
     assert_eq!(after.requests.load(Ordering::Relaxed), 1);
     assert_eq!(
         after.failures.load(Ordering::Relaxed),
-        u64::from(fleet.config.eject_after_failures)
+        u64::from(fleet.config().eject_after_failures)
     );
     assert!(fleet.is_ejected(&after), "ejection survives the swap");
     assert_eq!(after.phase(), BackendPhase::Draining);
@@ -339,13 +339,13 @@ fn passive_failures_eject_and_successes_reset_the_count() {
     let all = addresses(2);
     let fleet = Fleet::new(&fleet_config("round_robin", &all, false), 1).expect("fleet");
     let first = state_of(&fleet, &all[0]);
-    for _ in 1..fleet.config.eject_after_failures {
+    for _ in 1..fleet.config().eject_after_failures {
         fleet.record(&first, Attempt::Failed);
     }
     fleet.record(&first, Attempt::Succeeded);
     fleet.record(&first, Attempt::Failed);
     assert!(!fleet.is_ejected(&first));
-    for _ in 1..fleet.config.eject_after_failures {
+    for _ in 1..fleet.config().eject_after_failures {
         fleet.record(&first, Attempt::Failed);
     }
     assert!(fleet.is_ejected(&first));

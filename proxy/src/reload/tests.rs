@@ -80,11 +80,15 @@ fn other_keys_are_named_as_needing_a_restart() {
     let running = parse(BASE);
     let next = parse(&BASE.replace("127.0.0.1:8080", "127.0.0.1:8081").replace(
         "backends = [\"127.0.0.1:2\"]",
-        "backends = [\"127.0.0.1:2\"]\nretries = 3\ntimeouts = { connect_ms = 300 }",
+        "backends = [\"127.0.0.1:2\"]\nretries = 3\ntimeouts = { connect_ms = 300 }\nupstream = { protocol = \"http2\" }\ncapacity_rps = 11",
     ));
     assert_eq!(
         restart_keys(&running, &next),
-        vec!["fleets[batch@eu].timeouts.connect_ms", "proxy.listen"]
+        vec![
+            "fleets[batch@eu].capacity_rps",
+            "fleets[batch@eu].upstream.protocol",
+            "proxy.listen"
+        ]
     );
     let added = with("[[fleets]]\nname = \"gpu\"\nregion = \"eu\"\nbackends = [\"127.0.0.1:5\"]");
     assert_eq!(
@@ -214,4 +218,55 @@ fn a_reload_changes_a_fleets_retries_and_caps() {
     assert_eq!(outcome.changed, vec!["fleets[batch] limits"]);
     assert_eq!(batch.retries(), 7);
     assert_eq!(batch.max_in_flight_per_backend(), 4);
+}
+
+#[test]
+fn a_reload_rebuilds_a_fleets_backends_with_new_timeouts_keeping_their_state() {
+    let plane = DataPlane::new(&parse(BASE)).expect("data plane");
+    let batch = plane
+        .fleets
+        .get(plane.fleets.index_of("batch").expect("batch"));
+    let old = Arc::clone(&batch.backends().backends()[0]);
+    let guard = Arc::clone(&old).begin();
+    assert_eq!(old.in_flight.load(Ordering::Relaxed), 1);
+    let next = parse(&BASE.replace(
+        "backends = [\"127.0.0.1:2\"]",
+        "backends = [\"127.0.0.1:2\"]\ntimeouts = { read_ms = 1234 }\nload_balancing = \"consistent_hash\"\nhealth_check = { path = \"/ready\" }",
+    ));
+    let outcome = plane.reload(&next).expect("applied");
+    assert_eq!(
+        outcome.changed,
+        vec![
+            "fleets[batch].health_check",
+            "fleets[batch].timeouts",
+            "fleets[batch].load_balancing"
+        ]
+    );
+    let new = Arc::clone(&batch.backends().backends()[0]);
+    assert!(!Arc::ptr_eq(&old, &new));
+    assert_eq!(new.id(), old.id(), "the same backend to the tried set");
+    assert_eq!(new.addr, old.addr);
+    assert!(new.is_ready() && new.is_healthy());
+    assert_eq!(
+        new.peer.options.read_timeout,
+        Some(std::time::Duration::from_millis(1234))
+    );
+    assert_eq!(
+        new.in_flight.load(Ordering::Relaxed),
+        1,
+        "shared in-flight count"
+    );
+    assert_eq!(new.requests.load(Ordering::Relaxed), 1);
+    drop(guard);
+    assert_eq!(new.in_flight.load(Ordering::Relaxed), 0);
+    assert_eq!(batch.status().load_balancing, "consistent_hash");
+    assert_eq!(batch.config().health_check.path, "/ready");
+    assert_eq!(batch.available(), 1);
+
+    // Nothing differs: nothing is rebuilt.
+    assert_eq!(
+        plane.reload(&next).expect("applied").changed,
+        Vec::<String>::new()
+    );
+    assert!(Arc::ptr_eq(&new, &batch.backends().backends()[0]));
 }
