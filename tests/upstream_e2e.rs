@@ -506,8 +506,12 @@ impl ExternalScaler for EchoScaler {
     }
 }
 
-/// Serves an [`EchoScaler`] on a loopback port, over TLS when `tls` holds a certificate and key.
-async fn grpc_backend(tag: &'static str, tls: Option<(&str, &str)>) -> SocketAddr {
+/// Serves an [`EchoScaler`] and the gRPC health protocol on a loopback port, over TLS when
+/// `tls` holds a certificate and key; the reporter sets what the health service answers.
+async fn grpc_backend(
+    tag: &'static str,
+    tls: Option<(&str, &str)>,
+) -> (SocketAddr, tonic_health::server::HealthReporter) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -521,12 +525,63 @@ async fn grpc_backend(tag: &'static str, tls: Option<(&str, &str)>) -> SocketAdd
             )
             .expect("server TLS");
     }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    let service = WithHealth {
+        health,
+        scaler: ExternalScalerServer::new(EchoScaler { tag }),
+    };
     tokio::spawn(builder.serve_with_incoming(
-        ExternalScalerServer::new(EchoScaler { tag }),
+        service,
         tonic::transport::server::TcpIncoming::from(listener),
     ));
-    addr
+    (addr, reporter)
 }
+
+/// The health service's calls to `health`, every other call to `scaler` (tonic's own router is
+/// behind a feature the workspace does not build).
+#[derive(Clone)]
+struct WithHealth<H> {
+    health: H,
+    scaler: ExternalScalerServer<EchoScaler>,
+}
+
+type GrpcRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type GrpcResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<H> tonic::codegen::Service<GrpcRequest> for WithHealth<H>
+where
+    H: tonic::codegen::Service<
+        GrpcRequest,
+        Response = GrpcResponse,
+        Error = std::convert::Infallible,
+        Future = tonic::codegen::BoxFuture<GrpcResponse, std::convert::Infallible>,
+    >,
+{
+    type Response = GrpcResponse;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<GrpcResponse, std::convert::Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Both generated servers are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: GrpcRequest) -> Self::Future {
+        match request.uri().path().starts_with("/grpc.health.v1.Health/") {
+            true => self.health.call(request),
+            false => self.scaler.call(request),
+        }
+    }
+}
+
+/// The service name the backends' health service reports on.
+const GRPC_SERVICE: &str = "externalscaler.ExternalScaler";
 
 fn object(name: &str) -> ScaledObjectRef {
     ScaledObjectRef {
@@ -545,8 +600,10 @@ fn grpc_passes_through_to_h2c_and_tls_backends() {
     let runtime = runtime();
     let (cleartext, secure) = runtime.block_on(async {
         (
-            grpc_backend("h2c", None).await,
-            grpc_backend("tls", Some((&server.cert_pem, &server.key_pem))).await,
+            grpc_backend("h2c", None).await.0,
+            grpc_backend("tls", Some((&server.cert_pem, &server.key_pem)))
+                .await
+                .0,
         )
     });
     // gRPC backends answer a plain GET of the health path with an HTTP 200 carrying a gRPC
@@ -840,4 +897,72 @@ timeout_ms = 500
     assert!(zone.queries.load(std::sync::atomic::Ordering::Relaxed) >= 4);
     let log = std::fs::read_to_string(&node.log).unwrap_or_default();
     assert!(log.contains("backend name did not resolve"), "{log}");
+}
+
+#[test]
+fn grpc_health_checks_follow_what_the_backend_reports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime();
+    let (backend, reporter) = runtime.block_on(grpc_backend("h2c", None));
+    let fleets = format!(
+        r#"
+[[fleets]]
+name = "web"
+region = "eu"
+backends = ["{backend}"]
+upstream = {{ protocol = "http2" }}
+health_check = {{ grpc_service = "{GRPC_SERVICE}", interval_ms = 100, timeout_ms = 500, unhealthy_threshold = 1 }}
+"#
+    );
+    let node = start_proxy(dir.path(), "h2c = true", &fleets);
+    let healthy = || {
+        let metrics = get(node.admin, "/metrics", &[]).text();
+        metric_sum(&metrics, "prescale_backend_healthy", &[("fleet", "web")])
+    };
+    let call = || {
+        runtime.block_on(async {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.proxy))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect to the proxy");
+            ExternalScalerClient::new(channel)
+                .is_active(tonic::Request::new(object("web")))
+                .await
+        })
+    };
+    assert_eq!(healthy(), 1.0);
+    assert!(call().expect("IsActive while serving").into_inner().result);
+
+    runtime.block_on(
+        reporter.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::NotServing),
+    );
+    wait_until(
+        "NOT_SERVING to mark the backend unhealthy",
+        Duration::from_secs(10),
+        || healthy() == 0.0,
+    );
+    // The proxy's 503 reaches the gRPC client as a status it can read.
+    let refused = call().expect_err("no healthy backend");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().starts_with("no backend of the fleet"),
+        "{refused:?}"
+    );
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(log.contains("NOT_SERVING"), "{log}");
+
+    runtime
+        .block_on(reporter.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving));
+    wait_until(
+        "SERVING to mark it healthy again",
+        Duration::from_secs(10),
+        || healthy() == 1.0,
+    );
+    assert!(
+        call()
+            .expect("IsActive once serving again")
+            .into_inner()
+            .result
+    );
 }

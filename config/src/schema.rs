@@ -763,9 +763,14 @@ pub enum LoadBalancing {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// HTTP path probed with GET; a 2xx answer is healthy.
+    /// HTTP path probed with GET; a 2xx answer is healthy. Not used with `grpc_service`.
     #[serde(default = "default_health_path")]
     pub path: String,
+    /// Check with the gRPC health protocol instead (`grpc.health.v1.Health/Check` for this
+    /// service; "" asks about the server as a whole): healthy when it answers SERVING. Needs
+    /// `upstream.protocol = "http2"`.
+    #[serde(default)]
+    pub grpc_service: Option<String>,
     #[serde(default = "default_health_interval_ms")]
     pub interval_ms: u64,
     #[serde(default = "default_health_timeout_ms")]
@@ -782,6 +787,7 @@ impl Default for HealthCheckConfig {
     fn default() -> Self {
         HealthCheckConfig {
             path: default_health_path(),
+            grpc_service: None,
             interval_ms: default_health_interval_ms(),
             timeout_ms: default_health_timeout_ms(),
             healthy_threshold: 1,

@@ -693,3 +693,46 @@ fn resolver_and_resolving_fleets_are_checked() {
     assert_eq!(p.key.to_string(), "fleets[0].resolve", "{p}");
     assert!(p.message.contains("nothing to re-resolve"), "{p}");
 }
+
+#[test]
+fn a_grpc_health_check_needs_http2_and_a_plain_service_name() {
+    let grpc = |upstream: &str, service: &str| {
+        MINIMAL.replace(
+            "backends = [\"127.0.0.1:9001\"]",
+            &format!(
+                "backends = [\"127.0.0.1:9001\"]\n{upstream}\nhealth_check = {{ grpc_service = \"{service}\" }}"
+            ),
+        )
+    };
+    let c = parse_str(
+        &grpc("upstream = { protocol = \"http2\" }", "shop.Cart"),
+        "t",
+    )
+    .expect("valid: h2c to gRPC backends");
+    assert_eq!(
+        c.fleets[0].health_check.grpc_service.as_deref(),
+        Some("shop.Cart")
+    );
+    assert_eq!(
+        parse_str(MINIMAL, "t").expect("valid").fleets[0]
+            .health_check
+            .grpc_service,
+        None
+    );
+    let p = only_problem(&grpc("", ""));
+    assert_eq!(
+        p.key.to_string(),
+        "fleets[0].health_check.grpc_service",
+        "{p}"
+    );
+    assert!(p.to_string().contains("HTTP/2"), "{p}");
+    let p = only_problem(&grpc(
+        "upstream = { protocol = \"http2\" }",
+        "bad\\u0001name",
+    ));
+    assert_eq!(
+        p.key.to_string(),
+        "fleets[0].health_check.grpc_service",
+        "{p}"
+    );
+}

@@ -463,6 +463,20 @@ impl Validator {
                 }
             }
             let hc = &fleet.health_check;
+            if let Some(service) = &hc.grpc_service {
+                if fleet.upstream.protocol != UpstreamProtocol::Http2 {
+                    self.problem(
+                        at.key("health_check").key("grpc_service"),
+                        "the gRPC health protocol needs HTTP/2 to the backends: set upstream = { protocol = \"http2\" } (h2c, or h2 with tls)",
+                    );
+                }
+                if service.len() > 1024 || service.chars().any(char::is_control) {
+                    self.problem(
+                        at.key("health_check").key("grpc_service"),
+                        "expected a service name of at most 1024 bytes without control characters",
+                    );
+                }
+            }
             if !hc.path.starts_with('/') {
                 self.problem(
                     at.key("health_check").key("path"),

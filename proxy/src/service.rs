@@ -656,8 +656,31 @@ pub(crate) struct Answer<'a> {
     pub(crate) request_id: Option<&'a RequestId>,
 }
 
+/// Writes `answer` to the client: a plain-text response, or for a gRPC request
+/// (`content-type: application/grpc…`) a trailers-only gRPC response (HTTP 200, `grpc-status`
+/// as Envoy maps the HTTP status, the message in `grpc-message`), which gRPC clients read as a
+/// status instead of failing to decode a text body.
 async fn respond(session: &mut Session, answer: Answer<'_>) -> Result<()> {
     let message = answer.message;
+    let grpc = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let mut header = ResponseHeader::build(200, Some(6))?;
+        header.insert_header("content-type", "application/grpc")?;
+        header.insert_header("grpc-status", grpc_status(answer.status).to_string())?;
+        header.insert_header("grpc-message", grpc_message(message.trim_end()))?;
+        if let Some(seconds) = answer.retry_after {
+            header.insert_header("retry-after", seconds.to_string())?;
+        }
+        if let Some(id) = answer.request_id {
+            header.insert_header(REQUEST_ID, id.as_str())?;
+        }
+        session.set_keepalive(None);
+        return session.write_response_header(Box::new(header), true).await;
+    }
     let mut header = ResponseHeader::build(answer.status, Some(5))?;
     header.insert_header("content-type", "text/plain; charset=utf-8")?;
     header.insert_header("content-length", message.len().to_string())?;
@@ -678,6 +701,31 @@ async fn respond(session: &mut Session, answer: Answer<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The gRPC status code for a response the proxy gives itself with HTTP `status` (the gRPC
+/// project's HTTP mapping, as Envoy applies it to its own replies).
+fn grpc_status(status: u16) -> u8 {
+    match status {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `message` as `grpc-message` carries it: percent-encoded outside printable ASCII, and `%`.
+fn grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        match byte {
+            b' '..=b'~' if byte != b'%' => out.push(char::from(byte)),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
 /// The backend's hop-by-hop fields stay with its connection, as on the direct path: `Keep-Alive`
 /// and every field `Connection` names (RFC 9110 §7.6.1). `Connection` itself is pingora's to
 /// write for the client's connection. Not applied to a 101, whose `Upgrade` must reach the client.
@@ -695,4 +743,23 @@ fn strip_hop_by_hop(response: &mut ResponseHeader) {
         response.remove_header(name.as_str());
     }
     response.remove_header("keep-alive");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_own_answers_map_to_grpc_statuses_with_encoded_messages() {
+        assert_eq!(grpc_status(503), 14);
+        assert_eq!(grpc_status(429), 14);
+        assert_eq!(grpc_status(504), 14);
+        assert_eq!(grpc_status(400), 13);
+        assert_eq!(grpc_status(408), 2);
+        assert_eq!(
+            grpc_message("no backend (none healthy)"),
+            "no backend (none healthy)"
+        );
+        assert_eq!(grpc_message("100% é"), "100%25 %C3%A9");
+    }
 }
