@@ -8,6 +8,14 @@
 #        BODIES="1024 65536" (the default) also measures POST with a body of each size (bytes),
 #        nginx against prescale (profiling on); BODIES="" skips them. One line per size:
 #        post_SIZE: ... ratio_rps=X ratio_p99=Y cpu_per_request_ratio=Z
+#        MODES="tls h2 h2c" (the default) also measures, nginx against prescale (profiling on):
+#          tls  GET over HTTPS (TLS 1.3, keep-alive, HTTP/1.1), wrk
+#          h2   GET over HTTP/2 with TLS (h2 by ALPN), h2load, CONNECTIONS/5 connections × 10
+#               streams (10 × 10 at the default)
+#          h2c  GET over cleartext HTTP/2 (prior knowledge), h2load, as h2
+#        one line per mode: MODE: ... ratio_rps=X ratio_p99=Y cpu_per_request_ratio=Z (h2load
+#        reports no percentiles: its modes print ratio_mean_latency instead of ratio_p99);
+#        MODES="" skips them
 # The last line is exactly: ratio_rps=X ratio_p99=Y profiling_cost=Z (plain GET)
 #   ratio_rps      = prescale (profiling on) req/s ÷ nginx req/s
 #   ratio_p99      = prescale (profiling on) p99   ÷ nginx p99
@@ -26,11 +34,14 @@ CONNECTIONS=${CONNECTIONS:-50}
 ROUNDS=${ROUNDS:-3}
 ACCESS_LOG=${ACCESS_LOG:-0}
 BODIES=${BODIES-1024 65536}
+MODES=${MODES-tls h2 h2c}
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+case " $MODES " in *" h2"*) command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client) ;; esac
+case " $MODES " in *" tls "*|*" h2 "*) command -v openssl >/dev/null 2>&1 || need+=(openssl) ;; esac
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -78,7 +89,16 @@ BACKEND_PORT=$(free_port)
 spawn_pinned 0 "$work/backend.log" "$PRESCALE" backend --listen "127.0.0.1:$BACKEND_PORT" --fixed-body --threads 1
 wait_port "$BACKEND_PORT"
 
+# A self-signed certificate for the TLS modes (both proxies serve the same one).
+if [ -n "$MODES" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+fi
+
 NGINX_PORT=$(free_port)
+NGINX_TLS_PORT=$(free_port)
+NGINX_H2C_PORT=$(free_port)
 mkdir -p "$work/nginx/logs"
 cat >"$work/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -100,18 +120,47 @@ http {
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
+$(if [ -n "$MODES" ]; then cat <<TLS
+  server {
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.3;
+    # nginx's keepalive_requests (1000) also caps an HTTP/2 connection, after which h2load stops
+    # using it; prescale caps HTTP/1.1 only. Both get 1,000,000 on the TLS and h2c listeners.
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_H2C_PORT http2;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+TLS
+fi)
 }
 EOF
 spawn_pinned 1 "$work/nginx.log" "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf"
 wait_port "$NGINX_PORT"
 
-start_prescale() { # $1 = profiling true|false; sets STARTED_PORT
-  local port admin
+start_prescale() { # $1 = profiling true|false, $2 = name, $3 = more [proxy] lines; sets STARTED_PORT
+  local port admin name=${2:-$1}
   port=$(free_port); admin=$(free_port)
-  cat >"$work/prescale-$1.toml" <<EOF
+  cat >"$work/prescale-$name.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$port"
 threads = 1
+${3:-}
 [admin]
 listen = "127.0.0.1:$admin"
 [identity]
@@ -126,14 +175,20 @@ backends = ["127.0.0.1:$BACKEND_PORT"]
 enabled = $1
 EOF
   if [ "$ACCESS_LOG" = 1 ]; then
-    printf '[proxy.access_log]\npath = "%s"\n' "$work/prescale-$1.access.log" >>"$work/prescale-$1.toml"
+    printf '[proxy.access_log]\npath = "%s"\n' "$work/prescale-$name.access.log" >>"$work/prescale-$name.toml"
   fi
-  PRESCALE_LOG=warn spawn_pinned 1 "$work/prescale-$1.log" "$PRESCALE" proxy --config "$work/prescale-$1.toml"
+  PRESCALE_LOG=warn spawn_pinned 1 "$work/prescale-$name.log" "$PRESCALE" proxy --config "$work/prescale-$name.toml"
   wait_port "$port"
   STARTED_PORT=$port
 }
 start_prescale true; PRESCALE_ON_PORT=$STARTED_PORT
 start_prescale false; PRESCALE_OFF_PORT=$STARTED_PORT
+if [ -n "$MODES" ]; then
+  start_prescale true tls "tls = { cert = \"$work/cert.pem\", key = \"$work/key.pem\" }
+keepalive_requests = 1000000"; PRESCALE_TLS_PORT=$STARTED_PORT
+  start_prescale true h2c "h2c = true
+keepalive_requests = 1000000"; PRESCALE_H2C_PORT=$STARTED_PORT
+fi
 
 # 100,000 distinct users, so the per-user table does real work.
 cat >"$work/users.lua" <<'EOF'
@@ -147,10 +202,10 @@ EOF
 cpu1_jiffies() { awk '/^cpu1 /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
 
 # wrk prints e.g. "Requests/sec:  12345.67" and, with --latency, "99%    1.23ms".
-run_wrk() { # $1 = port, $2 = wrk script (default users.lua) → "rps p99_ms cpu_us_per_request cpu_busy_share"
+run_wrk() { # $1 = port, $2 = wrk script (default users.lua), $3 = scheme (default http) → "rps p99_ms cpu_us_per_request cpu_busy_share"
   local out before after
   before=$(cpu1_jiffies)
-  out=$(pin 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "${2:-$work/users.lua}" "http://127.0.0.1:$1/" 2>&1)
+  out=$(pin 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "${2:-$work/users.lua}" "${3:-http}://127.0.0.1:$1/" 2>&1)
   after=$(cpu1_jiffies)
   python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
@@ -168,6 +223,38 @@ if errors:
 cpu_us = (busy1 - busy0) / ticks * 1e6 / max(requests, 1)
 busy_share = (busy1 - busy0) / max(total1 - total0, 1)
 print(rps, float(m.group(1)) * scale, cpu_us, busy_share)
+PY
+}
+
+# h2load prints e.g. "finished in 10.00s, 12345.67 req/s, ..." and a "time for request:" row of
+# min, max, mean, sd; it has no percentiles, so the mean stands in for the p99 of wrk's modes. It
+# sends one set of headers: every request is the same user (wrk's modes spread 100,000 users).
+run_h2load() { # $1 = port, $2 = scheme (https: h2 by ALPN; http: h2c) → "rps mean_ms cpu_us_per_request cpu_busy_share"
+  local out before after connections=$(( CONNECTIONS / 5 > 0 ? CONNECTIONS / 5 : 1 ))
+  before=$(cpu1_jiffies)
+  out=$(pin 0 h2load -t1 -c"$connections" -m10 -D"${DURATION%s}" --warm-up-time=1 \
+    -H "X-User-Id: user-42" "$2://127.0.0.1:$1/" 2>&1)
+  after=$(cpu1_jiffies)
+  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+import re, sys
+text = sys.argv[1]
+busy0, total0 = map(int, sys.argv[2].split())
+busy1, total1 = map(int, sys.argv[3].split())
+ticks = int(sys.argv[4])
+m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", text)
+if not m:
+    sys.exit("h2load printed no result:\n" + text)
+requests, failed = int(m.group(1)), int(m.group(2))
+if failed:
+    sys.stderr.write(f"warning: {failed} failed requests\n")
+if requests == 0:
+    sys.exit("h2load completed no request:\n" + text)
+rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text).group(1))
+t = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\s", text)
+scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[t.group(2)]
+cpu_us = (busy1 - busy0) / ticks * 1e6 / max(requests, 1)
+busy_share = (busy1 - busy0) / max(total1 - total0, 1)
+print(rps, float(t.group(1)) * scale, cpu_us, busy_share)
 PY
 }
 
@@ -216,6 +303,34 @@ ratio = lambda a, b: med(x / y for x, y in zip(a, b))
 print(f"post_{size}: nginx {med(n_rps):.0f} req/s {med(n_cpu):.1f} us/request | prescale "
       f"{med(p_rps):.0f} req/s {med(p_cpu):.1f} us/request | ratio_rps={ratio(p_rps, n_rps):.3f} "
       f"ratio_p99={ratio(p_p99, n_p99):.3f} cpu_per_request_ratio={ratio(p_cpu, n_cpu):.3f}")
+PY
+done
+
+# TLS and HTTP/2 from the client: nginx, then prescale (profiling on), in each round.
+for mode in $MODES; do
+  case $mode in
+    tls) n_port=$NGINX_TLS_PORT; p_port=$PRESCALE_TLS_PORT; run() { run_wrk "$1" "$work/users.lua" https; }; latency=p99 ;;
+    h2) n_port=$NGINX_TLS_PORT; p_port=$PRESCALE_TLS_PORT; run() { run_h2load "$1" https; }; latency=mean_latency ;;
+    h2c) n_port=$NGINX_H2C_PORT; p_port=$PRESCALE_H2C_PORT; run() { run_h2load "$1" http; }; latency=mean_latency ;;
+    *) echo "unknown mode '$mode' in MODES (tls, h2, h2c)" >&2; exit 2 ;;
+  esac
+  # (A failed run stops the script: each result is taken in an assignment, under set -e.)
+  result=$(run "$n_port"); result=$(run "$p_port") # warm-up (handshakes, pools)
+  mn_rps=(); mn_lat=(); mn_cpu=(); mp_rps=(); mp_lat=(); mp_cpu=()
+  for round in $(seq 1 "$ROUNDS"); do
+    result=$(run "$n_port"); read -r r l c _ <<<"$result"; mn_rps+=("$r"); mn_lat+=("$l"); mn_cpu+=("$c")
+    result=$(run "$p_port"); read -r r l c _ <<<"$result"; mp_rps+=("$r"); mp_lat+=("$l"); mp_cpu+=("$c")
+    echo "$mode round $round: nginx ${mn_rps[-1]} req/s $latency ${mn_lat[-1]} ms | prescale ${mp_rps[-1]} req/s $latency ${mp_lat[-1]} ms" >&2
+  done
+  python3 - "$mode" "$latency" "${mn_rps[*]}" "${mn_lat[*]}" "${mn_cpu[*]}" "${mp_rps[*]}" "${mp_lat[*]}" "${mp_cpu[*]}" <<'PY'
+import statistics, sys
+mode, latency = sys.argv[1:3]
+n_rps, n_lat, n_cpu, p_rps, p_lat, p_cpu = [list(map(float, a.split())) for a in sys.argv[3:]]
+med = statistics.median
+ratio = lambda a, b: med(x / y for x, y in zip(a, b))
+print(f"{mode}: nginx {med(n_rps):.0f} req/s {med(n_cpu):.1f} us/request | prescale "
+      f"{med(p_rps):.0f} req/s {med(p_cpu):.1f} us/request | ratio_rps={ratio(p_rps, n_rps):.3f} "
+      f"ratio_{latency}={ratio(p_lat, n_lat):.3f} cpu_per_request_ratio={ratio(p_cpu, n_cpu):.3f}")
 PY
 done
 
