@@ -278,6 +278,21 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "round $round: nginx ${n_rps[-1]} req/s p99 ${n_p99[-1]} ms | prescale ${on_rps[-1]} req/s p99 ${on_p99[-1]} ms | prescale (profiling off) ${off_rps[-1]} req/s p99 ${off_p99[-1]} ms" >&2
 done
 
+# One mode's line: $1 = name, $2 = latency's name (p99, mean_latency), then nginx's req/s,
+# latencies and CPU per request, and prescale's, each a space-separated list over the rounds.
+summarize() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+name, latency = sys.argv[1:3]
+n_rps, n_lat, n_cpu, p_rps, p_lat, p_cpu = [list(map(float, a.split())) for a in sys.argv[3:]]
+med = statistics.median
+ratio = lambda a, b: med(x / y for x, y in zip(a, b))
+print(f"{name}: nginx {med(n_rps):.0f} req/s {med(n_cpu):.1f} us/request | prescale "
+      f"{med(p_rps):.0f} req/s {med(p_cpu):.1f} us/request | ratio_rps={ratio(p_rps, n_rps):.3f} "
+      f"ratio_{latency}={ratio(p_lat, n_lat):.3f} cpu_per_request_ratio={ratio(p_cpu, n_cpu):.3f}")
+PY
+}
+
 # POST with a body of each size: nginx, then prescale (profiling on), in each round.
 for size in $BODIES; do
   cat >"$work/post-$size.lua" <<EOF
@@ -294,16 +309,7 @@ EOF
     read -r r p c _ < <(run_wrk "$PRESCALE_ON_PORT" "$work/post-$size.lua"); pp_rps+=("$r"); pp_p99+=("$p"); pp_cpu+=("$c")
     echo "post $size B round $round: nginx ${pn_rps[-1]} req/s | prescale ${pp_rps[-1]} req/s" >&2
   done
-  python3 - "$size" "${pn_rps[*]}" "${pn_p99[*]}" "${pn_cpu[*]}" "${pp_rps[*]}" "${pp_p99[*]}" "${pp_cpu[*]}" <<'PY'
-import statistics, sys
-size = sys.argv[1]
-n_rps, n_p99, n_cpu, p_rps, p_p99, p_cpu = [list(map(float, a.split())) for a in sys.argv[2:]]
-med = statistics.median
-ratio = lambda a, b: med(x / y for x, y in zip(a, b))
-print(f"post_{size}: nginx {med(n_rps):.0f} req/s {med(n_cpu):.1f} us/request | prescale "
-      f"{med(p_rps):.0f} req/s {med(p_cpu):.1f} us/request | ratio_rps={ratio(p_rps, n_rps):.3f} "
-      f"ratio_p99={ratio(p_p99, n_p99):.3f} cpu_per_request_ratio={ratio(p_cpu, n_cpu):.3f}")
-PY
+  summarize "post_$size" p99 "${pn_rps[*]}" "${pn_p99[*]}" "${pn_cpu[*]}" "${pp_rps[*]}" "${pp_p99[*]}" "${pp_cpu[*]}"
 done
 
 # TLS and HTTP/2 from the client: nginx, then prescale (profiling on), in each round.
@@ -322,16 +328,7 @@ for mode in $MODES; do
     result=$(run "$p_port"); read -r r l c _ <<<"$result"; mp_rps+=("$r"); mp_lat+=("$l"); mp_cpu+=("$c")
     echo "$mode round $round: nginx ${mn_rps[-1]} req/s $latency ${mn_lat[-1]} ms | prescale ${mp_rps[-1]} req/s $latency ${mp_lat[-1]} ms" >&2
   done
-  python3 - "$mode" "$latency" "${mn_rps[*]}" "${mn_lat[*]}" "${mn_cpu[*]}" "${mp_rps[*]}" "${mp_lat[*]}" "${mp_cpu[*]}" <<'PY'
-import statistics, sys
-mode, latency = sys.argv[1:3]
-n_rps, n_lat, n_cpu, p_rps, p_lat, p_cpu = [list(map(float, a.split())) for a in sys.argv[3:]]
-med = statistics.median
-ratio = lambda a, b: med(x / y for x, y in zip(a, b))
-print(f"{mode}: nginx {med(n_rps):.0f} req/s {med(n_cpu):.1f} us/request | prescale "
-      f"{med(p_rps):.0f} req/s {med(p_cpu):.1f} us/request | ratio_rps={ratio(p_rps, n_rps):.3f} "
-      f"ratio_{latency}={ratio(p_lat, n_lat):.3f} cpu_per_request_ratio={ratio(p_cpu, n_cpu):.3f}")
-PY
+  summarize "$mode" "$latency" "${mn_rps[*]}" "${mn_lat[*]}" "${mn_cpu[*]}" "${mp_rps[*]}" "${mp_lat[*]}" "${mp_cpu[*]}"
 done
 
 python3 - "${n_rps[*]}" "${n_p99[*]}" "${on_rps[*]}" "${on_p99[*]}" "${off_rps[*]}" "${off_p99[*]}" \

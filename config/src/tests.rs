@@ -228,22 +228,35 @@ fn keda_listen_is_optional() {
     assert_eq!(p.key.to_string(), "forecaster.keda_listen", "{p}");
 }
 
-#[test]
-fn keda_tls_needs_both_files_and_keda_listen() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Paths of a PEM certificate and a PEM key file, each one stub block (what validation checks:
+/// the files exist and hold the sections their keys name).
+struct StubPems {
+    cert: String,
+    key: String,
+}
+
+fn stub_pems(dir: &std::path::Path) -> StubPems {
     let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         std::fs::write(&path, text).expect("write");
         path.display().to_string()
     };
-    let cert = write(
-        "cert.pem",
-        "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
-    );
-    let key = write(
-        "key.pem",
-        "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
-    );
+    StubPems {
+        cert: write(
+            "cert.pem",
+            "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+        ),
+        key: write(
+            "key.pem",
+            "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
+        ),
+    }
+}
+
+#[test]
+fn keda_tls_needs_both_files_and_keda_listen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let StubPems { cert, key } = stub_pems(dir.path());
     let listen = "keda_listen = \"127.0.0.1:7500\"\n";
     let both = format!("{listen}keda_tls_cert = \"{cert}\"\nkeda_tls_key = \"{key}\"\n");
     let c = parse_str(&with_forecaster(&both), "t").expect("valid with both files");
@@ -570,19 +583,7 @@ fn upstream_protocols_and_tls_are_checked() {
     assert_eq!(c.fleets[0].upstream.protocol, UpstreamProtocol::Http1);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path.display().to_string()
-    };
-    let cert = write(
-        "cert.pem",
-        "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
-    );
-    let key = write(
-        "key.pem",
-        "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n",
-    );
+    let StubPems { cert, key } = stub_pems(dir.path());
     let named = r#"["api.internal:443", "10.0.0.5:443", "[::1]:443"]"#;
     let c = parse_str(
         &with_upstream(
