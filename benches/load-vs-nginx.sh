@@ -201,18 +201,25 @@ EOF
 # Busy and total jiffies of CPU 1, where only the proxy under test runs.
 cpu1_jiffies() { awk '/^cpu1 /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8 }' /proc/stat; }
 
+# The head of both load tools' parsers: argv is the tool's output, CPU 1's jiffies before and
+# after, and the clock tick; cpu(requests) gives CPU microseconds per request and CPU 1's busy
+# share. (Expanded into an unquoted here-document: it holds no $ or backquote.)
+CPU_PY='import re, sys
+text = sys.argv[1]
+busy0, total0 = map(int, sys.argv[2].split())
+busy1, total1 = map(int, sys.argv[3].split())
+ticks = int(sys.argv[4])
+def cpu(requests):
+    return ((busy1 - busy0) / ticks * 1e6 / max(requests, 1), (busy1 - busy0) / max(total1 - total0, 1))'
+
 # wrk prints e.g. "Requests/sec:  12345.67" and, with --latency, "99%    1.23ms".
 run_wrk() { # $1 = port, $2 = wrk script (default users.lua), $3 = scheme (default http) → "rps p99_ms cpu_us_per_request cpu_busy_share"
   local out before after
   before=$(cpu1_jiffies)
   out=$(pin 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "${2:-$work/users.lua}" "${3:-http}://127.0.0.1:$1/" 2>&1)
   after=$(cpu1_jiffies)
-  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
-import re, sys
-text = sys.argv[1]
-busy0, total0 = map(int, sys.argv[2].split())
-busy1, total1 = map(int, sys.argv[3].split())
-ticks = int(sys.argv[4])
+  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<PY
+$CPU_PY
 requests = int(re.search(r"(\d+) requests in", text).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
@@ -220,9 +227,7 @@ scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if errors:
     sys.stderr.write(f"warning: {errors.group(1)} non-2xx responses\n")
-cpu_us = (busy1 - busy0) / ticks * 1e6 / max(requests, 1)
-busy_share = (busy1 - busy0) / max(total1 - total0, 1)
-print(rps, float(m.group(1)) * scale, cpu_us, busy_share)
+print(rps, float(m.group(1)) * scale, *cpu(requests))
 PY
 }
 
@@ -235,12 +240,8 @@ run_h2load() { # $1 = port, $2 = scheme (https: h2 by ALPN; http: h2c) → "rps 
   out=$(pin 0 h2load -t1 -c"$connections" -m10 -D"${DURATION%s}" --warm-up-time=1 \
     -H "X-User-Id: user-42" "$2://127.0.0.1:$1/" 2>&1)
   after=$(cpu1_jiffies)
-  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
-import re, sys
-text = sys.argv[1]
-busy0, total0 = map(int, sys.argv[2].split())
-busy1, total1 = map(int, sys.argv[3].split())
-ticks = int(sys.argv[4])
+  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<PY
+$CPU_PY
 m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", text)
 if not m:
     sys.exit("h2load printed no result:\n" + text)
@@ -252,9 +253,7 @@ if requests == 0:
 rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text).group(1))
 t = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\s", text)
 scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[t.group(2)]
-cpu_us = (busy1 - busy0) / ticks * 1e6 / max(requests, 1)
-busy_share = (busy1 - busy0) / max(total1 - total0, 1)
-print(rps, float(t.group(1)) * scale, cpu_us, busy_share)
+print(rps, float(t.group(1)) * scale, *cpu(requests))
 PY
 }
 

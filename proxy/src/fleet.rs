@@ -665,10 +665,12 @@ impl Fleet {
         for backend in set.backends.iter() {
             backend.idle.reap(now_ms);
         }
+        // One probe for the whole round, even if a reload replaces it meanwhile.
+        let round_probe = self.probe.load_full();
         let mut checks = tokio::task::JoinSet::new();
         for backend in set.backends.iter().filter(|b| b.is_ready()) {
             let backend = Arc::clone(backend);
-            let probe = self.probe.load_full();
+            let probe = Arc::clone(&round_probe);
             checks.spawn(async move {
                 let result = probe.check(&backend.peer).await;
                 (backend, result)
