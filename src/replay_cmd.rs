@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long)]
     empty_history: bool,
     /// Instead of one run per policy: the cost / violation frontier of the predictive policy over
-    /// `[planner] slo_target` (0.9-0.995, its other settings from --config) against the reactive
+    /// `[planner] slo_target` (0.9-0.999, its other settings from --config) against the reactive
     /// (HPA) policy over its target utilization (0.5-0.9), and which HPA points it dominates.
     #[arg(long, conflicts_with_all = ["policy", "target_utilization", "empty_history"])]
     sweep: bool,

@@ -462,6 +462,14 @@ fn a_region_keeps_serving_through_surges_killed_backends_and_a_killed_forecaster
         reasons.iter().any(|r| r.contains("reactive guard")),
         "{reasons:?}"
     );
+    // The SLO tail's feedback loop has scored the minutes it has seen, against the 1 % target.
+    let view = fleet_view(fc_admin);
+    let tail = &view["tail"];
+    assert!(tail["minutes"].as_u64().unwrap_or(0) > 0, "{view}");
+    let target = tail["target_miss_share"].as_f64().unwrap_or(0.0);
+    assert!((target - 0.01).abs() < 1e-9, "{view}");
+    let scale = tail["scale"].as_f64().unwrap_or(0.0);
+    assert!((0.1..=4.0).contains(&scale), "{view}");
 
     // Back to the baseline; then one of its backends is killed behind the forecaster's back:
     // it is replaced, and the proxies route to the replacement.

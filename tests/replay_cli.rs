@@ -545,7 +545,7 @@ fn a_sweep_is_the_frontier_of_single_runs_and_names_what_dominates_hpa() {
     let config = write_trace(
         dir.path(),
         "brain.toml",
-        "[planner]\nscale_down_threshold = 0.9\n",
+        "[planner]\nscale_down_band = 0.25\n",
     );
     let config_arg = config.to_str().expect("utf-8 path");
     let plot = dir.path().join("frontier.svg");
@@ -575,7 +575,7 @@ fn a_sweep_is_the_frontier_of_single_runs_and_names_what_dominates_hpa() {
             .find(|p| p["policy"] == policy && p["value"].as_f64() == Some(value))
             .unwrap_or_else(|| panic!("no {policy} {value} in {points:?}"))
     };
-    assert_eq!(points.len(), 12, "{points:?}");
+    assert_eq!(points.len(), 14, "{points:?}");
     assert_eq!(sweep["minutes"], 2880);
 
     let single = |extra: &[&str], name: &str| {
@@ -593,7 +593,7 @@ fn a_sweep_is_the_frontier_of_single_runs_and_names_what_dominates_hpa() {
     let slo_98 = write_trace(
         dir.path(),
         "slo-98.toml",
-        "[planner]\nscale_down_threshold = 0.9\nslo_target = 0.98\n",
+        "[planner]\nscale_down_band = 0.25\nslo_target = 0.98\n",
     );
     let checks = [
         (

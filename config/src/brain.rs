@@ -48,8 +48,9 @@ pub struct PlannerConfig {
     pub margin: f64,
     /// Instances always on per fleet, whatever the forecast says.
     pub baseline_instances: u32,
-    /// Scale down only when the plan needs less than this share of the current fleet.
-    pub scale_down_threshold: f64,
+    /// Share of the SLO tail (bound − point) kept above the bound when scaling down, so that a
+    /// bound wobbling by less than that does not flap the fleet (0 = scale down to the bound).
+    pub scale_down_band: f64,
     /// Minutes the plan must stay below the threshold (looking ahead) before scaling down.
     pub stabilization_minutes: u32,
     /// Seconds an instance drains (stops receiving new requests) before it is removed.
@@ -66,7 +67,7 @@ impl Default for PlannerConfig {
             slo_target: 0.99,
             margin: 0.0,
             baseline_instances: 1,
-            scale_down_threshold: 0.75,
+            scale_down_band: 0.5,
             stabilization_minutes: 3,
             drain_seconds: 30,
             reactive_guard_utilization: 0.9,
@@ -132,10 +133,10 @@ impl PlannerConfig {
                 self.margin
             ));
         }
-        if !(self.scale_down_threshold > 0.0 && self.scale_down_threshold <= 1.0) {
+        if !(self.scale_down_band >= 0.0 && self.scale_down_band <= 4.0) {
             out.push(format!(
-                "planner.scale_down_threshold = {}: expected a share in (0, 1], e.g. 0.75",
-                self.scale_down_threshold
+                "planner.scale_down_band = {}: expected a share of the SLO tail from 0 to 4, e.g. 0.25",
+                self.scale_down_band
             ));
         }
         if !(self.reactive_guard_utilization > 0.0 && self.reactive_guard_utilization <= 1.0) {
@@ -177,12 +178,12 @@ mod tests {
     #[test]
     fn out_of_range_values_name_the_key() {
         let planner = PlannerConfig {
-            scale_down_threshold: 1.5,
+            scale_down_band: -0.5,
             ..PlannerConfig::default()
         };
         let problems = planner.problems();
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].starts_with("planner.scale_down_threshold"));
+        assert!(problems[0].starts_with("planner.scale_down_band"));
         let forecast = ForecastConfig {
             seasonal_bucket_minutes: 7,
             ..ForecastConfig::default()

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::forecast::{ForecastPoint, SeriesForecaster};
 use crate::planner::capacity::{CapacityEstimate, CapacityLearner, CapacitySource, LatencySlo};
+use crate::planner::tail::{TailControl, TailReport};
 use crate::planner::{
     self, allocate_under_cap, CapacityModel, PlanInput, ProfileNeed, Step, Tiers,
 };
@@ -221,6 +222,9 @@ pub struct FleetStatus {
     pub grants: Vec<ProfileGrant>,
     /// Which forecast sized the fleet: its total's, or the sum of its profiles'.
     pub sizing: Sizing,
+    /// The feedback loop on the SLO tail: its factor, and the share of recent minutes over
+    /// capacity against the target.
+    pub tail: TailReport,
     pub reason: String,
 }
 
@@ -274,6 +278,8 @@ struct FleetState {
     sizing_scored: u32,
     /// Recent minutes' per-resource demand of a fleet sized on its binding resource.
     binding: BTreeMap<i64, BindingMinute>,
+    /// The feedback loop that keeps the realized share of minutes over capacity near the SLO.
+    tail: TailControl,
 }
 
 impl FleetState {
@@ -448,6 +454,7 @@ impl Brain {
                 sizing_error: [0.0; 2],
                 sizing_scored: 0,
                 binding: BTreeMap::new(),
+                tail: TailControl::new(self.planner_config.slo_target),
             },
         );
     }
@@ -918,12 +925,12 @@ impl Brain {
     ) -> Option<Decision> {
         let config = self.planner_config.clone();
         let state = self.fleets.get_mut(key)?;
-        state.total.update(now_minute);
         let capacity = state.capacity();
         let mut spec = state.spec.clone();
         spec.capacity.rps_per_instance = capacity.rps_per_instance;
         let origin = state.total.origin(now_minute);
         let last_observed = origin.and_then(|o| state.total.series().get(o));
+        let previous_observed = origin.and_then(|o| state.total.series().get(o - 1));
         // A surprise: the last minute beat its SLO bound by a quarter of the bound's width twice
         // in a row, or far beyond it. One minute over the bound, or a run of minutes grazing it,
         // is the expected tail of noise, not a surprise.
@@ -944,6 +951,22 @@ impl Brain {
                 0.0
             }
         };
+        // A surprise is the reactive guard's to answer: neither the calibrated intervals nor the
+        // tail the plan sizes for are widened for it (its errors would keep every bound wide for
+        // the calibration window after the surge has passed).
+        match (origin, last_observed) {
+            (Some(o), Some(_)) if anomaly_excess > 0.0 => state.total.mark_surprise(o),
+            (Some(o), Some(obs)) => {
+                state.tail.observe(
+                    o,
+                    obs,
+                    capacity.rps_per_instance * 60.0,
+                    spec.capacity.lead_minutes(),
+                );
+            }
+            _ => {}
+        }
+        state.total.update(now_minute);
         let window = spec.capacity.lead_minutes() + config.stabilization_minutes as i64;
         let mut path = Vec::with_capacity(window as usize + 1);
         if let Some(origin) = origin {
@@ -980,17 +1003,26 @@ impl Brain {
             }
         }
         let state = self.fleets.get_mut(key)?;
+        // Surprises are judged against the calibrated surprise bound (a fixed quantile, so that
+        // a low `slo_target` does not make every noisy minute a surprise); the plan sizes for the
+        // tail the feedback loop has scaled.
+        let calibrated_now = path.first().map(|p| (p.minute, p.point, p.surprise_upper));
+        let tail_scale = state.tail.scale();
+        for p in &mut path {
+            p.slo_upper = p.point + tail_scale * (p.slo_upper - p.point).max(0.0);
+        }
         let cap = spec.cap();
         let input = PlanInput {
             current: state.running,
             path: &path,
             last_observed,
+            previous_observed,
             anomaly_excess,
             cap,
             down_held_minutes: state.down_held_minutes,
         };
         let plan = planner::plan_fleet(&config, &spec.capacity, &input);
-        state.last_bound = path.first().map(|p| (p.minute, p.point, p.slo_upper));
+        state.last_bound = calibrated_now;
         let lead = spec.capacity.lead_minutes() as usize;
         let capped = cap.is_some_and(|c| {
             plan.tiers
@@ -1028,6 +1060,16 @@ impl Brain {
         if let Some((resource, factor)) = state.binding_resource() {
             reason.push_str(&format!(
                 "; sized on {resource}: the last minute's demand is {factor:.2}× its requests in what an instance offers"
+            ));
+        }
+        let tail = state.tail.report();
+        if tail.minutes > 0 {
+            reason.push_str(&format!(
+                "; SLO tail ×{:.2} ({} of the last {} min over capacity, target {})",
+                tail.scale,
+                percent(tail.realized_miss_share),
+                tail.minutes,
+                percent(tail.target_miss_share),
             ));
         }
         if let CapacitySource::Learned { why } = &capacity.source {
@@ -1068,7 +1110,6 @@ impl Brain {
             }
             Step::ScaleDown { from, to } => {
                 state.running = to;
-                state.down_held_minutes = 0;
                 state
                     .draining
                     .push((from - to, now + config.drain_seconds as i64));
@@ -1079,6 +1120,7 @@ impl Brain {
                 })
             }
         };
+        state.tail.record_tick(now_minute, state.running);
         let draining = state.draining.iter().map(|d| d.0).sum();
         state.status = Some(FleetStatus {
             at: now,
@@ -1090,6 +1132,7 @@ impl Brain {
             shed_order: shed_order.clone(),
             grants,
             sizing: state.sizing(method),
+            tail,
             reason: reason.clone(),
         });
         decision.map(|action| Decision {
@@ -1212,7 +1255,7 @@ impl Brain {
         let mut path = Vec::with_capacity(window as usize + 1);
         for k in 0..=window {
             let target = now_minute + k;
-            let (mut point, mut up, mut down, mut slo) = (0.0, 0.0, 0.0, 0.0);
+            let (mut point, mut up, mut down, mut slo, mut surprise) = (0.0, 0.0, 0.0, 0.0, 0.0);
             let mut model = None;
             for key in &keys {
                 let Some(p) = self.series_forecast(key, now, target) else {
@@ -1222,6 +1265,7 @@ impl Brain {
                 up += (p.upper - p.point).powi(2);
                 down += (p.point - p.lower).powi(2);
                 slo += (p.slo_upper - p.point).powi(2);
+                surprise += (p.surprise_upper - p.point).powi(2);
                 model.get_or_insert(p.model);
             }
             let model = model?;
@@ -1232,6 +1276,7 @@ impl Brain {
                 lower: (point - down.sqrt()).max(0.0),
                 upper,
                 slo_upper: (point + slo.sqrt()).max(upper),
+                surprise_upper: (point + surprise.sqrt()).max(upper),
                 model,
             });
         }
@@ -1296,6 +1341,12 @@ fn largest_remainders(weights: &[f64], total: u32) -> Vec<u32> {
     counts
 }
 
+/// A share as a percentage with up to two decimals: `0.0125` → `1.25 %`.
+fn percent(share: f64) -> String {
+    let text = format!("{:.2}", share * 100.0);
+    format!("{} %", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
 fn in_event(event: &ScheduledEvent, minute: i64) -> bool {
     let start = event.start.div_euclid(60);
     let end = event.end.div_euclid(60);
@@ -1311,6 +1362,7 @@ fn scale_point(p: ForecastPoint, factor: f64) -> ForecastPoint {
         lower: p.lower * factor,
         upper: p.upper * factor,
         slo_upper: p.slo_upper * factor,
+        surprise_upper: p.surprise_upper * factor,
         ..p
     }
 }

@@ -246,6 +246,9 @@ pub struct FleetView {
     /// Which forecast sized the fleet (its total's or the sum of its profiles'), and how each
     /// has done at the lead time.
     pub sizing: Option<prescale_brain::brain::Sizing>,
+    /// The feedback loop on the SLO tail: its factor, and the share of the last day's minutes
+    /// over capacity against the target.
+    pub tail: Option<prescale_brain::planner::tail::TailReport>,
     pub warm_pools: Vec<WarmPool>,
     pub capacity: Option<CapacityEstimate>,
     pub shed_order: Vec<String>,
@@ -1346,6 +1349,7 @@ impl LiveDriver {
                 planned: status.map(|s| s.running).unwrap_or(fleet.floor),
                 tiers: status.map(|s| s.tiers),
                 sizing: status.map(|s| s.sizing.clone()),
+                tail: status.map(|s| s.tail),
                 warm_pools: status.map(|s| s.warm_pools.clone()).unwrap_or_default(),
                 capacity: status.map(|s| s.capacity.clone()),
                 shed_order: status.map(|s| s.shed_order.clone()).unwrap_or_default(),

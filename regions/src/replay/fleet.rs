@@ -1,5 +1,5 @@
 //! The simulated fleet of the replay: instances that are requested, become ready a cold start
-//! later, may drain, and are stopped; cost is counted from request to stop.
+//! later, and are stopped; cost is counted from request to stop.
 
 /// One simulated instance (times in seconds from the start of the trace).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -13,7 +13,6 @@ struct Instance {
 pub struct SimFleet {
     cold_start: f64,
     running: Vec<Instance>,
-    draining: Vec<Instance>,
     cost_seconds: f64,
 }
 
@@ -23,7 +22,6 @@ impl SimFleet {
         Self {
             cold_start,
             running: Vec::new(),
-            draining: Vec::new(),
             cost_seconds: 0.0,
         }
     }
@@ -35,17 +33,12 @@ impl SimFleet {
         fleet
     }
 
-    /// Instances running or booting (not draining).
+    /// Instances running or booting.
     pub fn count(&self) -> usize {
         self.running.len()
     }
 
-    /// Instances draining (still costing, no longer serving).
-    pub fn draining(&self) -> usize {
-        self.draining.len()
-    }
-
-    /// Instances ready to serve at time `t` (draining ones excluded).
+    /// Instances ready to serve at time `t`.
     pub fn ready_at(&self, t: f64) -> usize {
         self.running.iter().filter(|i| i.ready <= t).count()
     }
@@ -66,24 +59,8 @@ impl SimFleet {
         }
     }
 
-    /// Move `count` instances (booting ones first) out of service into draining at time `t`.
-    pub fn drain(&mut self, count: usize) {
-        let count = count.min(self.running.len());
-        let drained = self.take_newest(count);
-        self.draining.extend(drained);
-    }
-
-    /// Stop up to `count` draining instances (the first drained first) at time `t`.
-    pub fn remove_drained(&mut self, count: usize, t: f64) {
-        let count = count.min(self.draining.len());
-        for stopped in self.draining.drain(..count) {
-            self.cost_seconds += (t - stopped.requested).max(0.0);
-        }
-    }
-
     /// Stop everything at time `t` and return the total cost in instance-minutes.
     pub fn close(mut self, t: f64) -> f64 {
-        self.remove_drained(usize::MAX, t);
         let n = self.running.len();
         self.scale_to(0, t);
         debug_assert_eq!(self.running.len(), 0, "closed {n}");
@@ -110,15 +87,5 @@ mod tests {
         assert_eq!(fleet.ready_at(120.0), 2);
         fleet.scale_to(1, 180.0);
         assert_eq!(fleet.close(600.0), (180.0 + 600.0) / 60.0);
-    }
-
-    #[test]
-    fn draining_instances_cost_but_do_not_serve() {
-        let mut fleet = SimFleet::warm(60.0, 3);
-        fleet.drain(1);
-        assert_eq!(fleet.ready_at(0.0), 2);
-        assert_eq!(fleet.draining(), 1);
-        fleet.remove_drained(1, 30.0);
-        assert_eq!(fleet.close(60.0), (90.0 + 120.0 + 120.0) / 60.0);
     }
 }

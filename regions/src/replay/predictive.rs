@@ -106,10 +106,15 @@ pub fn run(trace: &Trace, settings: &ReplaySettings, mut progress: impl FnMut(us
     }
 }
 
+/// Apply a decision to the simulated fleet. A drained instance stops at once, as the reactive
+/// policy's do: the replay contract charges no policy for draining (an HPA's pods also take their
+/// termination grace period), so the policies are scored alike.
 fn apply(fleet: &mut SimFleet, decision: &Decision, t: f64) {
     match decision.action {
         Action::ScaleUp { to, .. } => fleet.scale_to(to as usize, t),
-        Action::Drain { count, .. } => fleet.drain(count as usize),
-        Action::Remove { count } => fleet.remove_drained(count as usize, t),
+        Action::Drain { count, .. } => {
+            fleet.scale_to(fleet.count().saturating_sub(count as usize), t)
+        }
+        Action::Remove { .. } => {}
     }
 }

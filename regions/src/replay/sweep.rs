@@ -17,7 +17,7 @@ use crate::trace::Trace;
 use super::{oracle, predictive, reactive, score, PolicyRun, ReplaySettings};
 
 /// The predictive points: `[planner] slo_target`, from cheap to safe.
-pub const SLO_TARGETS: [f64; 7] = [0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995];
+pub const SLO_TARGETS: [f64; 9] = [0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999];
 /// The reactive points: HPA's target utilization, from safe to cheap.
 pub const TARGET_UTILIZATIONS: [f64; 5] = [0.5, 0.6, 0.7, 0.8, 0.9];
 

@@ -21,7 +21,13 @@ pub struct ErrorQuantiles {
     pub upper: f64,
     /// The SLO quantile (e.g. the 99.9th percentile).
     pub slo: f64,
+    /// The [`SURPRISE_QUANTILE`], whatever the SLO: what a surprise is judged against.
+    pub surprise: f64,
 }
+
+/// The quantile of errors beyond which a minute is a surprise (fixed, so that a low
+/// `slo_target` does not make every noisy minute one).
+pub const SURPRISE_QUANTILE: f64 = 0.99;
 
 impl ErrorQuantiles {
     /// Wide bounds for a series with too little error history to calibrate.
@@ -30,6 +36,7 @@ impl ErrorQuantiles {
         lower: -0.5,
         upper: 0.5,
         slo: 1.0,
+        surprise: 1.0,
     };
 
     /// The unit errors of a forecast of `point` are measured in.
@@ -95,6 +102,7 @@ impl ErrorWindow {
             lower: quantile(&sorted, tail),
             upper,
             slo: quantile(&sorted, slo),
+            surprise: quantile(&sorted, SURPRISE_QUANTILE),
         }
     }
 

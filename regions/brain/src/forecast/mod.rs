@@ -48,6 +48,8 @@ const MIN_SCORED: u32 = 60;
 const ERROR_SMOOTHING: f64 = 1.0 / 1440.0;
 /// Days of history the seasonal model is fitted on.
 const MSTL_MAX_DAYS: i64 = 14;
+/// Surprise minutes remembered (a forecast is scored at most a day after it is made).
+const MAX_SURPRISES: usize = 1440;
 
 /// How the error quantiles of the tracked horizons combine for one horizon: between two tracked
 /// horizons, the bounds at both, weighted by the log of the horizon (rounding up would size a
@@ -140,6 +142,10 @@ pub struct ForecastPoint {
     pub upper: f64,
     /// The bound recent errors exceeded in only `1 - slo_target` of minutes.
     pub slo_upper: f64,
+    /// The bound recent errors exceeded in only 1 % of minutes, whatever the SLO: demand beyond
+    /// it is a surprise (internal: the planner's guard judges by it).
+    #[serde(skip)]
+    pub surprise_upper: f64,
     /// The model that made it.
     pub model: Model,
 }
@@ -199,6 +205,8 @@ pub struct SeriesForecaster {
     model_scored: [u32; MODELS],
     last_recorded_origin: Option<i64>,
     refits: u64,
+    /// Minutes marked as surprises (newest last): their errors are not calibrated on.
+    surprises: VecDeque<i64>,
 }
 
 impl SeriesForecaster {
@@ -226,12 +234,29 @@ impl SeriesForecaster {
             model_scored: [0; MODELS],
             last_recorded_origin: None,
             refits: 0,
+            surprises: VecDeque::new(),
         }
     }
 
     /// Add `requests` observed in `minute`.
     pub fn observe(&mut self, minute: i64, requests: f64) {
         self.series.add(minute, requests);
+    }
+
+    /// Mark `minute` as a surprise (demand far beyond its bound, which the planner's reactive
+    /// guard answers): forecasts of it are still scored for the model choice, but their errors
+    /// do not enter the calibration windows, so one surge does not widen the intervals for the
+    /// whole window. Call before [`update`] scores the minute.
+    ///
+    /// [`update`]: SeriesForecaster::update
+    pub fn mark_surprise(&mut self, minute: i64) {
+        if self.surprises.back().is_some_and(|&m| m >= minute) {
+            return;
+        }
+        if self.surprises.len() == MAX_SURPRISES {
+            self.surprises.pop_front();
+        }
+        self.surprises.push_back(minute);
     }
 
     /// The observed series.
@@ -320,10 +345,15 @@ impl SeriesForecaster {
         }
         let bounds = |q: ErrorQuantiles| {
             let scale = q.scale(point);
-            (q.lower * scale, q.upper * scale, q.slo * scale)
+            (
+                q.lower * scale,
+                q.upper * scale,
+                q.slo * scale,
+                q.surprise * scale,
+            )
         };
-        let (l0, u0, s0) = bounds(self.quantiles[below]);
-        let (l1, u1, s1) = bounds(self.quantiles[above]);
+        let (l0, u0, s0, r0) = bounds(self.quantiles[below]);
+        let (l1, u1, s1, r1) = bounds(self.quantiles[above]);
         let mix = |a: f64, b: f64| a + (b - a) * weight;
         let upper = (point + mix(u0, u1)).max(point);
         ForecastPoint {
@@ -332,6 +362,7 @@ impl SeriesForecaster {
             lower: (point + mix(l0, l1)).clamp(0.0, point),
             upper,
             slo_upper: (point + mix(s0, s1)).max(0.0),
+            surprise_upper: (point + mix(r0, r1)).max(upper),
             model,
         }
     }
@@ -487,7 +518,9 @@ impl SeriesForecaster {
             let Some(actual) = self.series.get(p.target) else {
                 continue;
             };
-            self.errors[p.horizon as usize].push(p.point as f64, actual);
+            if self.surprises.binary_search(&p.target).is_err() {
+                self.errors[p.horizon as usize].push(p.point as f64, actual);
+            }
             if let Some(candidates) = p.candidates {
                 for (i, c) in candidates.iter().enumerate() {
                     if c.is_nan() {

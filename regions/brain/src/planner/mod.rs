@@ -13,6 +13,7 @@
 
 pub mod allocation;
 pub mod capacity;
+pub mod tail;
 
 use prescale_config::brain::PlannerConfig;
 use serde::Serialize;
@@ -72,6 +73,8 @@ pub struct PlanInput<'a> {
     pub path: &'a [ForecastPoint],
     /// Requests in the last complete minute, if observed.
     pub last_observed: Option<f64>,
+    /// Requests in the minute before it, if observed (how fast a surprise is rising).
+    pub previous_observed: Option<f64>,
     /// How far the last minute beat its own SLO bound, in requests (0 when it did not).
     pub anomaly_excess: f64,
     /// Most instances the fleet may run (instance cap and budget), if bounded.
@@ -131,15 +134,23 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
             reason,
         };
     };
-    let predictive = capacity.instances_for(at_lead.upper * margin);
+    let predictive = capacity.instances_for(at_lead.upper.min(at_lead.slo_upper) * margin);
     let burst = need(at_lead).saturating_sub(predictive);
-    // The reactive guard acts on a surprise: the last minute beat its own SLO bound.
-    let guard = match input.last_observed {
+    // The reactive guard acts on a surprise: the last minute beat its own SLO bound. A surge
+    // that is still rising will be higher by the time new instances serve, so the rise of the
+    // last minute is carried on over the lead time (at most to twice the last minute: a single
+    // spike must not buy a fleet for a surge that is not coming).
+    let lead_minutes = capacity.lead_minutes() as f64;
+    let guard_demand = match input.last_observed {
         Some(obs) if input.anomaly_excess > 0.0 => {
-            capacity.instances_for(obs / config.reactive_guard_utilization)
+            let rise = input.previous_observed.map_or(0.0, |p| (obs - p).max(0.0));
+            Some((obs + rise * lead_minutes).min(2.0 * obs))
         }
-        _ => 0,
+        _ => None,
     };
+    let guard = guard_demand.map_or(0, |demand| {
+        capacity.instances_for(demand / config.reactive_guard_utilization)
+    });
     let wanted = baseline.max(predictive + burst).max(guard);
     let total_up = wanted.min(cap);
     let need_now = input.path.first().map_or(0, need);
@@ -164,9 +175,19 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
 
     if total_up > input.current {
         let driver = if guard >= predictive + burst && guard >= baseline {
+            let observed = input.last_observed.unwrap_or(0.0);
+            let ahead = guard_demand.unwrap_or(observed);
+            let rising = if ahead > observed {
+                format!(
+                    ", rising to {:.1} req/s within {lead_minutes} min,",
+                    ahead / 60.0
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "observed {:.1} req/s > {:.0} % of capacity {:.1} req/s (reactive guard)",
-                input.last_observed.unwrap_or(0.0) / 60.0,
+                "observed {:.1} req/s{rising} > {:.0} % of capacity {:.1} req/s (reactive guard)",
+                observed / 60.0,
                 config.reactive_guard_utilization * 100.0,
                 capacity_rpm(input.current) / 60.0
             )
@@ -202,40 +223,40 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
         };
     }
 
-    let keep = input
-        .path
-        .iter()
-        .map(need)
-        .max()
-        .unwrap_or(0)
-        .max(guard)
-        .max(baseline)
-        .min(cap);
-    let (peak_index, peak_point) = input
+    // Scale-down keeps a band above the SLO bound, a share of the bound's own tail, so that a
+    // bound wobbling by less than that does not take the fleet straight back up: the hysteresis
+    // is sized by the forecast's uncertainty, not by a share of the fleet (which, on top of the
+    // SLO bound, would count the headroom twice).
+    let (peak_index, peak_bound, peak_tail) = input
         .path
         .iter()
         .enumerate()
-        .map(|(i, p)| (i, p.slo_upper + input.anomaly_excess))
+        .map(|(i, p)| {
+            (
+                i,
+                p.slo_upper + input.anomaly_excess,
+                (p.slo_upper - p.point).max(0.0),
+            )
+        })
         .max_by(|a, b| a.1.total_cmp(&b.1))
-        .unwrap_or((0, 0.0));
-    // Also below the guard utilization of one instance fewer: with few instances the threshold
-    // share alone leaves no band between scaling up (plan above capacity) and scaling down, and a
-    // plan wobbling around an instance boundary would flap.
-    let fewer = input.current.saturating_sub(1);
-    let threshold_rpm = (config.scale_down_threshold * capacity_rpm(input.current))
-        .min(config.reactive_guard_utilization * capacity_rpm(fewer));
-    let down_condition = keep < input.current && peak_point < threshold_rpm;
-    let threshold_text = || {
+        .unwrap_or((0, 0.0, 0.0));
+    let band = config.scale_down_band * peak_tail;
+    let keep = capacity
+        .instances_for((peak_bound + band) * margin)
+        .max(guard)
+        .max(baseline)
+        .min(cap);
+    let down_condition = keep < input.current;
+    let peak = input.path.get(peak_index);
+    let keep_text = || {
+        let peak = peak.map_or(String::new(), |p| describe(p, peak_bound, &slo_label));
         format!(
-        "{:.1} req/s (the lower of {:.0} % of capacity {:.1} req/s and {:.0} % of {fewer} instances)",
-        threshold_rpm / 60.0,
-        config.scale_down_threshold * 100.0,
-        capacity_rpm(input.current) / 60.0,
-        config.reactive_guard_utilization * 100.0,
-    )
+            "{peak} (peak of the next {} min) + band {:.1} req/s needs {keep}",
+            input.path.len(),
+            band / 60.0,
+        )
     };
     if down_condition && input.down_held_minutes + 1 >= config.stabilization_minutes as i64 {
-        let peak = &input.path[peak_index];
         return Plan {
             tiers: Tiers {
                 total: keep,
@@ -248,21 +269,18 @@ pub fn plan_fleet(config: &PlannerConfig, capacity: &CapacityModel, input: &Plan
             },
             down_condition,
             reason: format!(
-                "scale-down {}→{}: {} (peak of the next {} min) < {} for {} min; {} needs {keep}",
+                "scale-down {}→{}: {} for {} min",
                 input.current,
                 keep,
-                describe(peak, peak_point, &slo_label),
-                input.path.len(),
-                threshold_text(),
+                keep_text(),
                 config.stabilization_minutes,
-                slo_label,
             ),
         };
     }
     let why = if down_condition {
         format!(
-            "below {} for {} of {} min before scaling down",
-            threshold_text(),
+            "{} for {} of {} min before scaling down",
+            keep_text(),
             input.down_held_minutes + 1,
             config.stabilization_minutes
         )
@@ -316,6 +334,7 @@ mod tests {
                 lower: rpm * 0.9,
                 upper: rpm * 1.1,
                 slo_upper: rpm * 1.2,
+                surprise_upper: rpm * 1.2,
                 model: Model::Profile,
             })
             .collect()
@@ -326,6 +345,7 @@ mod tests {
             current,
             path,
             last_observed: None,
+            previous_observed: None,
             anomaly_excess: 0.0,
             cap: None,
             down_held_minutes: 0,
@@ -360,33 +380,38 @@ mod tests {
     }
 
     #[test]
-    fn small_fleets_keep_an_instance_wide_band_before_scaling_down() {
-        // 2.9 req/s is below 75 % of 4 instances (3.0) but above 90 % of 3 (2.7): scaling
-        // down would put the fleet right back at the boundary it just crossed.
-        let path = flat(2.9 * 60.0 / 1.2, 13);
+    fn scale_down_keeps_a_band_of_the_tail_above_the_bound() {
+        // 10 req/s forecast, SLO bound 12 req/s: the tail is 2 req/s and the band half
+        // of it, so scaling down lands on 13 req/s (13 instances), not on the bound (12).
+        let path = flat(600.0, 13);
         let config = PlannerConfig::default();
-        let mut i = input(4, &path);
-        i.down_held_minutes = 100;
-        let plan = plan_fleet(&config, &capacity(), &i);
-        assert_eq!(plan.step, Step::Hold, "{}", plan.reason);
-        assert!(!plan.down_condition);
-        let path = flat(2.6 * 60.0 / 1.2, 13);
-        let mut i = input(4, &path);
+        let mut i = input(20, &path);
         i.down_held_minutes = 100;
         let plan = plan_fleet(&config, &capacity(), &i);
         assert_eq!(
             plan.step,
-            Step::ScaleDown { from: 4, to: 3 },
+            Step::ScaleDown { from: 20, to: 13 },
             "{}",
             plan.reason
         );
         assert!(
-            plan.reason.contains(
-                "2.7 req/s (the lower of 75 % of capacity 4.0 req/s and 90 % of 3 instances)"
-            ),
+            plan.reason.contains("+ band 1.0 req/s needs 13 for 3 min"),
             "{}",
             plan.reason
         );
+        // At 13 the bound (12 instances' worth) is within the band: the fleet holds.
+        let mut i = input(13, &path);
+        i.down_held_minutes = 100;
+        let plan = plan_fleet(&config, &capacity(), &i);
+        assert_eq!(plan.step, Step::Hold, "{}", plan.reason);
+        assert!(!plan.down_condition);
+        // Without a band it would go down to the bound.
+        let no_band = PlannerConfig {
+            scale_down_band: 0.0,
+            ..PlannerConfig::default()
+        };
+        let plan = plan_fleet(&no_band, &capacity(), &i);
+        assert_eq!(plan.step, Step::ScaleDown { from: 13, to: 12 });
     }
 
     #[test]
