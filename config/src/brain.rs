@@ -135,7 +135,7 @@ impl PlannerConfig {
         }
         if !(self.scale_down_band >= 0.0 && self.scale_down_band <= 4.0) {
             out.push(format!(
-                "planner.scale_down_band = {}: expected a share of the SLO tail from 0 to 4, e.g. 0.25",
+                "planner.scale_down_band = {}: expected a share of the SLO tail from 0 to 4, e.g. 0.5",
                 self.scale_down_band
             ));
         }

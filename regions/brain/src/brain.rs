@@ -264,7 +264,7 @@ struct FleetState {
     running: u32,
     draining: Vec<(u32, UnixSeconds)>,
     down_held_minutes: i64,
-    /// The forecast made for the running minute at the last tick: (minute, point, SLO bound).
+    /// The forecast made for the running minute at the last tick: (minute, point, surprise bound).
     last_bound: Option<(i64, f64, f64)>,
     /// Consecutive observed minutes above their SLO bound.
     above_bound_streak: u32,
@@ -931,9 +931,9 @@ impl Brain {
         let origin = state.total.origin(now_minute);
         let last_observed = origin.and_then(|o| state.total.series().get(o));
         let previous_observed = origin.and_then(|o| state.total.series().get(o - 1));
-        // A surprise: the last minute beat its SLO bound by a quarter of the bound's width twice
-        // in a row, or far beyond it. One minute over the bound, or a run of minutes grazing it,
-        // is the expected tail of noise, not a surprise.
+        // A surprise: the last minute beat its surprise bound by a quarter of the bound's width
+        // twice in a row, or far beyond it. One minute over the bound, or a run of minutes grazing
+        // it, is the expected tail of noise, not a surprise.
         let anomaly_excess = match (state.last_bound, origin, last_observed) {
             (Some((minute, point, bound)), Some(o), Some(obs))
                 if minute == o && obs > bound + 0.25 * (bound - point).max(0.0) =>
@@ -1343,8 +1343,7 @@ fn largest_remainders(weights: &[f64], total: u32) -> Vec<u32> {
 
 /// A share as a percentage with up to two decimals: `0.0125` → `1.25 %`.
 fn percent(share: f64) -> String {
-    let text = format!("{:.2}", share * 100.0);
-    format!("{} %", text.trim_end_matches('0').trim_end_matches('.'))
+    format!("{} %", planner::trim_percent(share * 100.0))
 }
 
 fn in_event(event: &ScheduledEvent, minute: i64) -> bool {

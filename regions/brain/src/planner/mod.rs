@@ -2,14 +2,15 @@
 //! current size to a tiered plan and one scaling step with a human-readable reason.
 //!
 //! Tiers: `baseline` (always on), `predictive` (the interval's upper bound at the cold-start lead
-//! time, plus the margin), `burst` (the extra the recent forecast errors' SLO tail and any anomaly
-//! ask for), `guard` (the reactive guard: observed load at the guard utilization, so a surprise
-//! never waits for the model) and `warm_pool` (instances started now for arrivals expected within
-//! the lead time, beyond what the current minute needs). Scale-up is immediate; scale-down only
-//! when the SLO bound over the lead time plus the stabilization window stays below the threshold
-//! share of the capacity of one instance fewer (a band at least an instance wide, so small
-//! fleets do not flap on an instance boundary), after it has done so for the stabilization
-//! window, never below the baseline, and by draining first.
+//! time, or the SLO bound if lower, plus the margin), `burst` (the extra the SLO bound and any
+//! anomaly ask for), `guard` (the reactive guard: observed load, carried on over the lead time
+//! while it rises, at the guard utilization, so a surprise never waits for the model) and
+//! `warm_pool` (instances started now for arrivals expected within the lead time, beyond what
+//! the current minute needs). Scale-up is immediate; scale-down goes to what the peak SLO bound
+//! over the lead time plus the stabilization window needs plus `scale_down_band` times that
+//! bound's tail (the hysteresis, sized by the forecast's uncertainty), once fewer instances have
+//! sufficed for the stabilization window, never below the baseline, and by draining first. The
+//! SLO bounds arrive already scaled by the tail's feedback loop ([`tail`]).
 
 pub mod allocation;
 pub mod capacity;
@@ -308,7 +309,7 @@ pub fn clock(minute: i64) -> String {
     format!("{:02}:{:02}", of_day / 60, of_day % 60)
 }
 
-fn trim_percent(p: f64) -> String {
+pub(crate) fn trim_percent(p: f64) -> String {
     let text = format!("{p:.2}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
