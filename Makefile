@@ -14,6 +14,7 @@ up: deps
 	cargo run --release -- up
 
 # The suite, then every fuzz target for a few seconds from its corpus (scripts/fuzz-smoke.sh).
+# A clean build gains nothing from incremental state, which would add gigabytes to target/.
 test: test-deps
-	cargo test --workspace --lib --bins --tests --no-fail-fast
+	CARGO_INCREMENTAL=$${CARGO_INCREMENTAL:-0} cargo test --workspace --lib --bins --tests --no-fail-fast
 	scripts/fuzz-smoke.sh
