@@ -421,7 +421,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         .enable_all()
         .build()
         .context("cannot start the forecaster runtime")?;
-    let stop = crate::node_cmd::StopSignals::watch(&control).map_err(CliError::runtime)?;
+    let mut stop = crate::node_cmd::StopSignals::watch(&control).map_err(CliError::runtime)?;
     let options = crate::live_cmd::LiveOptions {
         clock: crate::node_cmd::node_clock(args.speedup)?,
         stop_instances_on_exit: false,

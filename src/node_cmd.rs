@@ -12,7 +12,8 @@ use prescale_config::Config;
 use prescale_gossip::{NodeClock, SenderConfig, SketchSender};
 use prescale_proxy::admin::AdminRoutes;
 use prescale_proxy::dataplane::DataPlane;
-use prescale_proxy::server::{start_admin, start_proxy};
+use prescale_proxy::handover::Handover;
+use prescale_proxy::server::{start_admin, start_proxy, ListenerSource, RunningProxy, StopKind};
 
 use crate::exit::CliError;
 use crate::reload_cmd::ConfigSource;
@@ -27,6 +28,11 @@ pub struct ProxyArgs {
     /// of a region must use the same factor.
     #[arg(long, value_name = "X", default_value_t = 1.0)]
     speedup: f64,
+    /// Take the proxy listener over from the node running this config (a binary upgrade):
+    /// start this, then send the running one SIGQUIT within 5 s; the admin listener, membership
+    /// and export start once it has drained and exited (README: "Binary upgrade").
+    #[arg(long)]
+    upgrade: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,7 +103,12 @@ pub fn proxy(args: ProxyArgs) -> Result<(), CliError> {
         path: Some(args.config),
         prepare: Box::new(Ok),
     };
-    run_node(config, None, options, source)
+    let listener = if args.upgrade {
+        ListenerSource::RunningProcess
+    } else {
+        ListenerSource::Bind
+    };
+    run_node(config, None, options, source, listener)
 }
 
 /// The node clock for `--speedup X`.
@@ -142,7 +153,7 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
         path: args.config.clone(),
         prepare: Box::new(move |config| overrides.apply(config)),
     };
-    run_node(config, Some(banner), options, source)
+    run_node(config, Some(banner), options, source, ListenerSource::Bind)
 }
 
 /// What `up`'s command line changes in the config it runs, applied again to a reloaded file.
@@ -375,13 +386,22 @@ fn identity_hint(sources: &[prescale_config::IdentitySource]) -> String {
 }
 
 /// Runs proxy + admin (+ the sketch exporter, + an in-process forecaster for `up`) until
-/// SIGTERM/SIGINT, then drains.
+/// SIGTERM/SIGINT, then drains; on SIGQUIT hands the listener to a process started with
+/// `--upgrade` first. Holds the node's instance lock throughout; with
+/// [`ListenerSource::RunningProcess`] it serves on the received listener at once and starts
+/// everything else once the old process has exited (its lock is free).
 fn run_node(
     config: Config,
     banner: Option<Banner>,
     options: crate::live_cmd::LiveOptions,
     source: ConfigSource,
+    listener: ListenerSource,
 ) -> Result<(), CliError> {
+    let handover = Handover::for_config(&config).map_err(CliError::input)?;
+    let mut instance_lock = match listener {
+        ListenerSource::Bind => Some(handover.try_lock().map_err(CliError::input)?),
+        ListenerSource::RunningProcess => None,
+    };
     let plane = Arc::new(DataPlane::with_clock(&config, options.clock).map_err(CliError::input)?);
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -389,7 +409,43 @@ fn run_node(
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
-    let stop = StopSignals::watch(&control).map_err(CliError::runtime)?;
+    let mut stop = StopSignals::watch(&control).map_err(CliError::runtime)?;
+    let mut quit = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _guard = control.enter();
+        signal(SignalKind::quit()).context("cannot watch SIGQUIT")?
+    };
+    let mut proxy = None;
+    if listener == ListenerSource::RunningProcess {
+        let mut taken_over = start_proxy(
+            &config,
+            Arc::clone(&plane),
+            control.handle(),
+            listener,
+            &handover,
+        )
+        .map_err(CliError::input)?;
+        let waited = control.block_on(async {
+            tokio::select! {
+                lock = handover.wait_for_lock(Duration::from_secs(10)) => Some(lock),
+                _ = stop.wait() => None,
+            }
+        });
+        match waited {
+            Some(lock) => {
+                instance_lock = Some(lock.map_err(CliError::input)?);
+                tracing::info!(
+                    "the old process has exited; starting the admin listener and the rest"
+                );
+            }
+            None => {
+                tracing::info!("stopped before the old process exited: draining");
+                finish_draining(&mut taken_over, StopKind::Terminate);
+                return Ok(());
+            }
+        }
+        proxy = Some(taken_over);
+    }
     watch_reopen_signal(&control, Arc::clone(&plane)).map_err(CliError::runtime)?;
     let source = Arc::new(source);
     crate::reload_cmd::watch_reload_signal(&control, Arc::clone(&source), Arc::clone(&plane))
@@ -506,23 +562,46 @@ fn run_node(
     };
     let admin_addr = start_admin(config.admin.listen, routes, control.handle(), admin_stop_rx)
         .map_err(CliError::input)?;
-    let mut proxy =
-        start_proxy(&config, Arc::clone(&plane), control.handle()).map_err(CliError::input)?;
+    let mut proxy = match proxy {
+        Some(proxy) => proxy,
+        None => start_proxy(
+            &config,
+            Arc::clone(&plane),
+            control.handle(),
+            listener,
+            &handover,
+        )
+        .map_err(CliError::input)?,
+    };
     tracing::info!(proxy = %config.proxy.listen, admin = %admin_addr, node = %config.node.id, "prescale node running");
     if let Some(banner) = banner {
         println!("{}", banner(keda.as_ref()));
         let _ = std::io::stdout().flush();
     }
 
-    control.block_on(stop.wait());
-    tracing::info!("shutting down: draining in-flight requests");
-    let left = proxy.drain();
-    if left > 0 {
-        tracing::warn!(
-            in_flight = left,
-            "grace period over with requests still in flight"
-        );
+    let how = control.block_on(async {
+        loop {
+            tokio::select! {
+                _ = stop.wait() => return StopKind::Terminate,
+                _ = quit.recv() => {
+                    if new_process_waits(&handover).await {
+                        return StopKind::Upgrade;
+                    }
+                    tracing::error!(
+                        socket = %handover.socket().display(),
+                        "SIGQUIT: no process waits for the listener on the hand-over socket \
+                         (start the new binary with `prescale proxy --upgrade` first); still serving"
+                    );
+                }
+            }
+        }
+    });
+    if how == StopKind::Upgrade {
+        tracing::info!(socket = %handover.socket().display(), "SIGQUIT: handing the listener over, then draining");
+    } else {
+        tracing::info!("shutting down: draining in-flight requests");
     }
+    finish_draining(&mut proxy, how);
     if let Some(log) = &plane.access_log {
         // Every request has ended: its line is queued; write them all before exiting.
         log.close(Duration::from_secs(5));
@@ -543,7 +622,32 @@ fn run_node(
     let _ = stop_admin.send(true);
     control.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("stopped");
+    // Released last: a process taking over starts its admin listener and the rest after this.
+    drop(instance_lock);
     Ok(())
+}
+
+/// Drains `proxy` (`how` it stops), warning when the grace period ends first.
+fn finish_draining(proxy: &mut RunningProxy, how: StopKind) {
+    let left = proxy.drain(how);
+    if left > 0 {
+        tracing::warn!(
+            in_flight = left,
+            "grace period over with requests still in flight"
+        );
+    }
+}
+
+/// Whether a process started with `--upgrade` waits on the hand-over socket, allowing it 5 s to
+/// bind it (it may have been started just before the signal).
+async fn new_process_waits(handover: &Handover) -> bool {
+    for _ in 0..50 {
+        if handover.has_waiting_process() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 fn sender_metrics(sender: Arc<SketchSender>) -> prescale_proxy::admin::MetricsSource {
@@ -640,7 +744,7 @@ impl StopSignals {
     }
 
     /// Until one of them arrives (or has arrived since [`StopSignals::watch`]).
-    pub async fn wait(mut self) {
+    pub async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

@@ -147,6 +147,12 @@ pub struct ProxyConfig {
     /// Per-client-address limits (absent: none).
     #[serde(default)]
     pub client_limits: ClientLimitsConfig,
+    /// The Unix socket on which a new binary started with `--upgrade` takes the proxy listener
+    /// over from this one (on SIGQUIT), and beside it `PATH.lock`, held while a node runs.
+    /// Absent: `prescale-HOST-PORT.upgrade` (the proxy listener's) in a directory only this
+    /// user may enter, `$XDG_RUNTIME_DIR` or the temp directory's `prescale-UID`.
+    #[serde(default)]
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 /// `[proxy.client_limits]`: what one client address may take (IPv6 by its /64, which one
@@ -249,6 +255,7 @@ impl Default for ProxyConfig {
             access_log: None,
             keepalive_requests: default_keepalive_requests(),
             client_limits: ClientLimitsConfig::default(),
+            upgrade_socket: None,
         }
     }
 }

@@ -568,6 +568,28 @@ fn client_limits_default_to_none_and_are_checked() {
     assert_eq!(p.key.to_string(), "proxy.keepalive_requests", "{p}");
 }
 
+#[test]
+fn the_upgrade_socket_is_an_absolute_path_short_enough_for_a_unix_socket() {
+    let c = parse_str(MINIMAL, "test.toml").expect("valid");
+    assert_eq!(c.proxy.upgrade_socket, None);
+    let set = format!("[proxy]\nupgrade_socket = \"/run/prescale/upgrade.sock\"\n{MINIMAL}");
+    let c = parse_str(&set, "test.toml").expect("valid");
+    assert_eq!(
+        c.proxy.upgrade_socket.as_deref(),
+        Some(std::path::Path::new("/run/prescale/upgrade.sock"))
+    );
+    let long = format!("/run/{}.sock", "x".repeat(110));
+    for (value, says) in [
+        ("upgrade.sock".to_string(), "not an absolute path"),
+        (long, "at most 107"),
+        ("/".to_string(), "is a directory"),
+    ] {
+        let p = only_problem(&format!("[proxy]\nupgrade_socket = \"{value}\"\n{MINIMAL}"));
+        assert_eq!(p.key.to_string(), "proxy.upgrade_socket", "{p}");
+        assert!(p.to_string().contains(says), "{value}: {p}");
+    }
+}
+
 /// MINIMAL's fleet with `backends` and an `upstream` inline table.
 fn with_upstream(backends: &str, upstream: &str) -> String {
     MINIMAL.replace(

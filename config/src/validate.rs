@@ -15,6 +15,8 @@ pub const BUILTIN_PROFILES: [&str; 2] = ["new", "default"];
 
 /// Most lines `proxy.access_log.buffer_lines` may hold (each waiting line is a small allocation).
 const MAX_ACCESS_LOG_BUFFER_LINES: usize = 1 << 20;
+/// Longest `proxy.upgrade_socket`: a Unix socket path (`sun_path`) has 107 bytes and a NUL.
+const MAX_UPGRADE_SOCKET_LEN: usize = 107;
 
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut v = Validator {
@@ -305,6 +307,30 @@ impl Validator {
                     limits.status
                 ),
             );
+        }
+        if let Some(socket) = &config.proxy.upgrade_socket {
+            let at = root.key("proxy").key("upgrade_socket");
+            // sun_path holds 108 bytes with its terminating NUL; `.lock` is added beside it.
+            let len = socket.as_os_str().len();
+            if !socket.is_absolute() {
+                self.problem(at, format!("{} is not an absolute path", socket.display()));
+            } else if len > MAX_UPGRADE_SOCKET_LEN {
+                self.problem(
+                    at,
+                    format!(
+                        "{} is {len} bytes long; a Unix socket path may have at most {MAX_UPGRADE_SOCKET_LEN}",
+                        socket.display()
+                    ),
+                );
+            } else if socket.is_dir() {
+                self.problem(
+                    at,
+                    format!(
+                        "{} is a directory; expected a socket path",
+                        socket.display()
+                    ),
+                );
+            }
         }
         if config.proxy.threads > 1024 {
             self.problem(

@@ -52,6 +52,9 @@ pub enum ProxyError {
     /// The access log's file cannot be opened, or its writer started.
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::AccessLogError),
+    /// The binary upgrade's socket or instance lock cannot be used.
+    #[error(transparent)]
+    Handover(#[from] crate::handover::HandoverError),
     /// A runtime or thread the proxy needs could not be started.
     #[error("cannot start {what}: {reason}")]
     Startup { what: &'static str, reason: String },

@@ -91,6 +91,8 @@ const DIRECT_BODY_LIMIT: usize = 64 * 1024;
 /// How long a refused connection's bytes are read and dropped after its answer (as nginx's
 /// lingering close), and how many at most.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long a connection accepted before a shutdown may take to send its first request.
+const FIRST_REQUEST_AT_SHUTDOWN: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 /// Longest response head accepted from a backend.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
@@ -330,7 +332,7 @@ impl FrontDoor {
             let parsed = loop {
                 if need_bytes
                     && !conn
-                        .read_request_bytes(&mut shutdown, &self.plane, self.keepalive)
+                        .read_request_bytes(&mut shutdown, &self.plane, self.keepalive, first)
                         .await
                 {
                     return;
@@ -974,35 +976,51 @@ impl Connection {
     /// (nothing buffered) ends when the server shuts down or after `keepalive`; a head begun must
     /// be complete within `keepalive`. Returns false when the connection is done: closed, broken,
     /// idle too long, too slow to send a head, or shutting down.
+    ///
+    /// A connection's `first` request is not cut short by a shutdown: the client connected while
+    /// the listener was open (during a binary upgrade, to this process rather than the new one)
+    /// and sends its request next; it gets [`FIRST_REQUEST_AT_SHUTDOWN`] to arrive.
     async fn read_request_bytes(
         &mut self,
         shutdown: &mut ShutdownWatch,
         plane: &DataPlane,
         keepalive: Duration,
+        first: bool,
     ) -> bool {
         if self.input.capacity() - self.input.len() < 1024 {
             self.input.reserve(4096);
         }
         let waiting_for_new_request = self.input.is_empty();
-        if waiting_for_new_request && *shutdown.borrow() {
+        let stopping = *shutdown.borrow();
+        if waiting_for_new_request && stopping && !first {
             return false;
         }
-        let limit = if waiting_for_new_request {
-            keepalive
-        } else {
+        let limit = if !waiting_for_new_request {
             // The rest of a head shares the deadline of its first bytes (no trickling forever).
             let spent = plane.now_secs().saturating_sub(self.head_started_secs);
             match keepalive.as_secs().checked_sub(spent) {
                 Some(left) if left > 0 => Duration::from_secs(left),
                 _ => return false,
             }
+        } else if stopping {
+            keepalive.min(FIRST_REQUEST_AT_SHUTDOWN)
+        } else {
+            keepalive
         };
         let read = fast_timeout(limit, self.stream.read_buf(&mut self.input));
-        let result = if waiting_for_new_request {
-            tokio::select! {
+        let result = if waiting_for_new_request && !stopping {
+            let raced = tokio::select! {
                 biased;
-                result = read => result,
-                _ = shutdown.changed() => return false,
+                result = read => Some(result),
+                _ = shutdown.changed() => None,
+            };
+            match raced {
+                Some(result) => result,
+                None if first => {
+                    let limit = keepalive.min(FIRST_REQUEST_AT_SHUTDOWN);
+                    fast_timeout(limit, self.stream.read_buf(&mut self.input)).await
+                }
+                None => return false,
             }
         } else {
             read.await

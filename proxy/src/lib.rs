@@ -25,6 +25,7 @@ pub mod fields;
 pub mod fleet;
 pub mod geo;
 pub mod grants;
+pub mod handover;
 mod hints;
 mod http1;
 pub mod identity;

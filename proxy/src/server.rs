@@ -4,8 +4,11 @@
 //!
 //! Shutdown order: stop accepting on the proxy listener, wait until in-flight requests finish
 //! (bounded by `proxy.shutdown_grace_secs`), then stop the control tasks and the admin listener.
+//! A binary upgrade ([`StopKind::Upgrade`], [`ListenerSource::RunningProcess`]) first hands the
+//! listener to the new process ([`crate::handover`]), then stops the same way.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::connectors::ConnectorOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use pingora::tls::{version, ServerConfig};
 use prescale_config::{Config, TlsConfig};
@@ -24,15 +27,38 @@ use crate::admin::{self, AdminRoutes};
 use crate::backend_names::BackendNames;
 use crate::dataplane::DataPlane;
 use crate::error::ProxyError;
+use crate::handover::Handover;
 use crate::http1::FrontDoor;
 use crate::service::ProxyService;
 
 /// A running proxy: pingora thread + control runtime.
 pub struct RunningProxy {
     pub plane: Arc<DataPlane>,
-    pingora_stop: watch::Sender<bool>,
+    pingora_stop: watch::Sender<Option<StopKind>>,
     pingora_thread: Option<JoinHandle<()>>,
+    /// Set once pingora has stopped accepting (its shutdown has started).
+    listener_closed: Arc<AtomicBool>,
     grace: Duration,
+}
+
+/// How the proxy stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// Stop accepting, drain (SIGTERM, SIGINT).
+    Terminate,
+    /// Send the listener to the process waiting on the hand-over socket, accept beside it for
+    /// pingora's close timeout (5 s), then stop accepting and drain (SIGQUIT).
+    Upgrade,
+}
+
+/// Where the proxy listener comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerSource {
+    /// Bound by this process.
+    Bind,
+    /// Received from the running process on the hand-over socket (`--upgrade`); the process
+    /// exits when none arrives within pingora's 5 attempts a second apart.
+    RunningProcess,
 }
 
 /// The proxy's worker threads: `proxy.threads`, or one per core when it is 0.
@@ -46,14 +72,19 @@ pub fn worker_threads(config: &Config) -> usize {
     }
 }
 
-/// Starts the proxy listener for `plane` (on its own threads). Health checks run on `control`.
+/// Starts the proxy listener for `plane` (on its own threads), bound here or taken from the
+/// running process by way of `handover`. Health checks run on `control`.
 pub fn start_proxy(
     config: &Config,
     plane: Arc<DataPlane>,
     control: &tokio::runtime::Handle,
+    listener: ListenerSource,
+    handover: &Handover,
 ) -> Result<RunningProxy, ProxyError> {
-    // Fail early, with a clear message, when the port is taken (pingora would panic later).
-    check_bindable(config.proxy.listen, "proxy")?;
+    if listener == ListenerSource::Bind {
+        // Fail early, with a clear message, when the port is taken (pingora would panic later).
+        check_bindable(config.proxy.listen, "proxy")?;
+    }
 
     let threads = worker_threads(config);
     let conf = ServerConf {
@@ -64,10 +95,25 @@ pub fn start_proxy(
         grace_period_seconds: Some(config.proxy.shutdown_grace_secs),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
+        upgrade_sock: handover.socket_text()?,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let opt = Opt {
+        upgrade: listener == ListenerSource::RunningProcess,
+        ..Opt::default()
+    };
+    if opt.upgrade {
+        tracing::info!(
+            socket = %handover.socket().display(),
+            "waiting for the running process's listener (send it SIGQUIT)"
+        );
+    }
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Run by pingora before the listener starts, once it knows the listener's address: the
+    // listening sockets received from the old process that no service claims are closed (one
+    // left open would queue connections nobody accepts).
+    let bootstrap = server.bootstrap_as_a_service();
+    let mut phases = server.watch_execution_phase();
 
     // pingora-proxy's general path, behind the front door that serves plain HTTP/1.1 itself.
     let mut general =
@@ -89,7 +135,20 @@ pub fn start_proxy(
         Some(tls) => proxy.add_tls_with_settings(&addr, None, tls_settings(tls)?),
         None => proxy.add_tcp(&addr),
     }
-    server.add_service(proxy);
+    server.add_service(proxy).add_dependency(&bootstrap);
+
+    let listener_closed = Arc::new(AtomicBool::new(false));
+    let closed = Arc::clone(&listener_closed);
+    control.spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match phases.recv().await {
+                Ok(ExecutionPhase::ShutdownStarted) | Err(RecvError::Closed) => break,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+            }
+        }
+        closed.store(true, Ordering::Release);
+    });
 
     for fleet in plane.fleets.iter() {
         let fleet = Arc::clone(fleet);
@@ -115,7 +174,7 @@ pub fn start_proxy(
         }
     });
 
-    let (pingora_stop, stop_rx) = watch::channel(false);
+    let (pingora_stop, stop_rx) = watch::channel(None);
     let thread = std::thread::Builder::new()
         .name("pingora".into())
         .spawn(move || {
@@ -131,19 +190,32 @@ pub fn start_proxy(
         plane,
         pingora_stop,
         pingora_thread: Some(thread),
+        listener_closed,
         grace: Duration::from_secs(config.proxy.shutdown_grace_secs),
     })
 }
 
+/// The longest an upgrade may take to send the listener and stop accepting: pingora's 5 connect
+/// attempts a second apart, then its 5 s close timeout, with a margin.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(15);
+
 impl RunningProxy {
-    /// Stops accepting, then waits until in-flight requests are done or the grace period ends.
-    /// Returns the number of requests still in flight when it gave up (0 = clean).
-    pub fn drain(&mut self) -> u32 {
-        let _ = self.pingora_stop.send(true);
+    /// Stops accepting (after handing the listener over, for [`StopKind::Upgrade`]), then waits
+    /// until in-flight requests are done or the grace period ends. Returns the number of
+    /// requests still in flight when it gave up (0 = clean).
+    pub fn drain(&mut self, how: StopKind) -> u32 {
+        let _ = self.pingora_stop.send(Some(how));
+        // While the listener is being handed over this process still accepts: requests it takes
+        // meanwhile are drained like the others.
+        let handover_deadline = Instant::now() + HANDOVER_LIMIT;
+        while !self.listener_closed.load(Ordering::Acquire) && Instant::now() < handover_deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let deadline = Instant::now() + self.grace;
         // pingora stops its listeners as soon as it sees the signal; give it a moment before the
-        // first count so a request accepted just before still shows as in flight.
-        std::thread::sleep(Duration::from_millis(100));
+        // first count so a request accepted just before (its head still on the way) shows as in
+        // flight.
+        std::thread::sleep(Duration::from_millis(200));
         loop {
             let in_flight = self.plane.in_flight_requests();
             if in_flight == 0 || Instant::now() >= deadline {
@@ -277,14 +349,20 @@ fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), ProxyError
         .map_err(|source| ProxyError::Listen { what, addr, source })
 }
 
-struct StopWatch(watch::Receiver<bool>);
+struct StopWatch(watch::Receiver<Option<StopKind>>);
 
 #[async_trait]
 impl ShutdownSignalWatch for StopWatch {
     async fn recv(&self) -> ShutdownSignal {
         let mut rx = self.0.clone();
         // A closed channel means the owner is gone: shut down as well.
-        let _ = rx.wait_for(|stop| *stop).await;
-        ShutdownSignal::GracefulTerminate
+        let how = match rx.wait_for(Option::is_some).await {
+            Ok(how) => *how,
+            Err(_) => None,
+        };
+        match how {
+            Some(StopKind::Upgrade) => ShutdownSignal::GracefulUpgrade,
+            Some(StopKind::Terminate) | None => ShutdownSignal::GracefulTerminate,
+        }
     }
 }
