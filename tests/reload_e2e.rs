@@ -2,7 +2,8 @@
 //! other backends with every response of the load a success, on the client connections it
 //! already had; `POST /api/v1/reload` applies new routes and assignment rules, and a client
 //! request rate limit that a second reload takes off again, and a fleet's shorter read timeout
-//! (504 for a slow answer); invalid files,
+//! (504 for a slow answer), and a fleet's upstream protocol (HTTP/2, then HTTP/1.1 again);
+//! invalid files,
 //! configs that change keys needing a restart, and an invalid file on SIGHUP are refused, naming
 //! the problem, and the running config stays.
 
@@ -223,6 +224,28 @@ fleet = "api"
     assert_eq!(reload(admin).status, 200);
     assert_eq!(get(proxy, slow, &user).status, 200);
 
+    // A fleet's upstream protocol: its backend is spoken to over HTTP/2 (h2c), then HTTP/1.1
+    // again, the backend answering throughout.
+    let version = || get(proxy, "/reports/daily", &user).json()["version"].clone();
+    assert_eq!(version(), "HTTP/1.1");
+    write(
+        &file,
+        &routed.replace(
+            &format!("backends = [\"{c}\"]"),
+            &format!("backends = [\"{c}\"]\nupstream = {{ protocol = \"http2\" }}"),
+        ),
+    );
+    let spoken = reload(admin);
+    assert_eq!(spoken.status, 200, "{}", spoken.text());
+    assert_eq!(
+        spoken.json()["changed"],
+        serde_json::json!(["fleets[api].upstream"])
+    );
+    assert_eq!(version(), "HTTP/2");
+    write(&file, &routed);
+    assert_eq!(reload(admin).status, 200);
+    assert_eq!(version(), "HTTP/1.1");
+
     // Refused, each naming why; routing stays as the last reload left it.
     let unchanged = |what: &str| {
         assert_eq!(served_by(proxy, "/reports/daily"), "c", "after {what}");
@@ -288,7 +311,7 @@ fleet = "api"
             "prescale_config_reloads_total",
             &[("result", "applied")]
         ),
-        6.0
+        8.0
     );
     assert_eq!(
         metric_sum(

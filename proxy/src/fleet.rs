@@ -367,7 +367,9 @@ pub struct Fleet {
     /// Per backend, for its idle connections.
     worker_threads: usize,
     /// How its backends are spoken to (protocol, TLS), shared by every backend's peer.
-    upstream: Upstream,
+    upstream: ArcSwap<Upstream>,
+    /// `upstream.general_path_only()`, read per request by the front door.
+    general_path_only: AtomicBool,
     probe: ArcSwap<HealthProbe>,
     /// Serialises set replacements (plans, reloads), never taken on the request path.
     apply_lock: Mutex<()>,
@@ -457,7 +459,8 @@ impl Fleet {
             epoch: Instant::now(),
             in_flight: Arc::new(AtomicU32::new(0)),
             worker_threads,
-            upstream: Upstream::load(config)?,
+            general_path_only: AtomicBool::new(false),
+            upstream: ArcSwap::from_pointee(Upstream::load(config)?),
             probe: ArcSwap::from_pointee(HealthProbe::new(config)),
             apply_lock: Mutex::new(()),
             plan_version: AtomicU64::new(NEVER),
@@ -467,6 +470,7 @@ impl Fleet {
             dns: DnsCounters::default(),
             limits: FleetLimits::of(config),
         };
+        fleet.general_path_only = AtomicBool::new(fleet.upstream.load().general_path_only());
         if !fleet.is_provisioned() {
             let now = unix_ms();
             let backends = static_backends(config)?
@@ -488,7 +492,7 @@ impl Fleet {
         BackendState {
             id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
             addr,
-            peer: self.upstream.peer(addr, host, &config.timeouts),
+            peer: self.upstream.load().peer(addr, host, &config.timeouts),
             idle: IdleConnections::new(
                 IDLE_CONNECTIONS_PER_BACKEND,
                 self.worker_threads,
@@ -526,6 +530,7 @@ impl Fleet {
             addr: old.addr,
             peer: self
                 .upstream
+                .load()
                 .peer(old.addr, old.host.as_deref(), &config.timeouts),
             idle: IdleConnections::new(
                 IDLE_CONNECTIONS_PER_BACKEND,
@@ -551,7 +556,7 @@ impl Fleet {
 
     /// Requests to this fleet's backends need the general path (TLS or HTTP/2 upstream).
     pub fn general_path_only(&self) -> bool {
-        self.upstream.general_path_only()
+        self.general_path_only.load(Ordering::Relaxed)
     }
 
     /// Whether the fleet's backends come from plans (its provisioner starts them) rather than
@@ -827,16 +832,30 @@ impl Fleet {
         self.config.load_full()
     }
 
-    /// Takes a reload's config for this fleet (its name, region, provisioner, upstream and
-    /// backend source unchanged, as `reload` checks): its limits, then, when they differ, the
-    /// health check (from the next round), and the timeouts and load balancing, for which every
-    /// backend is rebuilt as its successor (same state and counters, new peer and idle pool) in
-    /// a new set. Returns the settings that changed, as the config names them.
-    pub fn reconfigure(&self, next: &FleetConfig) -> Vec<&'static str> {
+    /// Takes a reload's config for this fleet (its name, region, provisioner and backend
+    /// source unchanged, as `reload` checks): its limits, then, when they differ, the health
+    /// check (from the next round), and the timeouts, load balancing and `upstream` (loaded by
+    /// the caller from `next`, so that a file that cannot be used refuses the reload before
+    /// anything changed), for which every backend is rebuilt as its successor (same state and
+    /// counters, new peer and idle pool) in a new set. Returns the settings that changed, as the
+    /// config names them.
+    pub fn reconfigure(&self, next: &FleetConfig, upstream: Option<Upstream>) -> Vec<&'static str> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let was = self.config.load_full();
         let mut changed = Vec::new();
         self.limits.set(next);
+        let upstream_changed = upstream.is_some();
+        if let Some(upstream) = upstream {
+            // Before the new peers exist: a request that sees the new peers also takes the
+            // path they need; one that still sees the old set may take the general path for a
+            // cleartext backend, which serves it too.
+            self.general_path_only.store(
+                self.general_path_only() || upstream.general_path_only(),
+                Ordering::Relaxed,
+            );
+            self.upstream.store(Arc::new(upstream));
+            changed.push("upstream");
+        }
         if was.health_check != next.health_check {
             self.probe.store(Arc::new(HealthProbe::new(next)));
             changed.push("health_check");
@@ -849,18 +868,23 @@ impl Fleet {
             changed.push("load_balancing");
         }
         self.config.store(Arc::new(next.clone()));
-        if timeouts || was.load_balancing != next.load_balancing {
+        let rebuild = timeouts || upstream_changed;
+        if rebuild || was.load_balancing != next.load_balancing {
             let current = self.set.load_full();
             let backends = current
                 .backends
                 .iter()
-                .map(|old| match timeouts {
+                .map(|old| match rebuild {
                     true => Arc::new(self.successor(next, old)),
                     false => Arc::clone(old),
                 })
                 .collect();
             self.set
                 .store(Arc::new(BackendSet::build(backends, next.load_balancing)));
+        }
+        if upstream_changed {
+            self.general_path_only
+                .store(self.upstream.load().general_path_only(), Ordering::Relaxed);
         }
         changed
     }

@@ -11,15 +11,16 @@
 //! - a fleet's `retries`, `eject_after_failures`, `eject_secs`, `max_in_flight_per_backend` and
 //!   `max_connections_per_backend` (read per request; a backend ejected stays so for the time it
 //!   was given);
-//! - a fleet's `health_check` (from its next round) and its `timeouts` and `load_balancing`:
-//!   every backend is rebuilt with its state and counters (`Fleet::reconfigure`); requests under
-//!   way finish with the timeouts they started with, and idle upstream connections close;
+//! - a fleet's `health_check` (from its next round) and its `timeouts`, `load_balancing` and
+//!   `upstream` (protocol and TLS, its files loaded before anything is swapped): every backend
+//!   is rebuilt with its state and counters (`Fleet::reconfigure`); requests under way finish
+//!   with the timeouts and connections they started with, and idle upstream connections close;
 //! - `proxy.keepalive_requests`, `proxy.client_limits` (connections, rate, burst, status) and
 //!   `identity.new_users_per_client_per_sec`: the limiters keep their state and counters (a
 //!   connection opened while there was no connection limit is not counted by a new one).
 //!
 //! Any other difference (listeners, TLS, threads, regions, GeoIP, a fleet added or removed, a
-//! fleet's `upstream`, provisioner, `resolve` or planning keys, the mesh, the forecaster...)
+//! fleet's provisioner, `resolve` or planning keys, the mesh, the forecaster...)
 //! refuses the whole reload with the keys that
 //! differ: they need a restart.
 //!
@@ -37,7 +38,7 @@ use serde_json::Value;
 
 use crate::dataplane::DataPlane;
 use crate::error::ProxyError;
-use crate::fleet::{static_backends, ResolvedBackend};
+use crate::fleet::{static_backends, ResolvedBackend, Upstream};
 use crate::identity::IdentityResolver;
 use crate::profiles::{AssignmentRules, RuleError};
 
@@ -59,6 +60,7 @@ pub const RELOADABLE: &[&str] = &[
     "fleets[].timeouts",
     "fleets[].health_check",
     "fleets[].load_balancing",
+    "fleets[].upstream",
     "proxy.keepalive_requests",
     "proxy.client_limits",
 ];
@@ -73,6 +75,7 @@ const FLEET_RELOADABLE: &[&str] = &[
     "timeouts",
     "health_check",
     "load_balancing",
+    "upstream",
 ];
 
 /// Reloads since start, by outcome.
@@ -162,6 +165,7 @@ impl DataPlane {
         };
         let table = self.routing_table(next)?;
         let mut backends: Vec<(Arc<crate::fleet::Fleet>, Vec<ResolvedBackend>)> = Vec::new();
+        let mut upstreams: Vec<(String, Upstream)> = Vec::new();
         for fleet in self.fleets.iter() {
             let Some(config) = next
                 .fleets
@@ -176,6 +180,9 @@ impl DataPlane {
                 .find(|f| f.name == fleet.name && f.region == self.region);
             if was.is_some_and(|was| was.backends != config.backends) && !fleet.is_provisioned() {
                 backends.push((Arc::clone(fleet), static_backends(config)?));
+            }
+            if was.is_some_and(|was| !same(&was.upstream, &config.upstream)) {
+                upstreams.push((fleet.name.clone(), Upstream::load(config)?));
             }
         }
 
@@ -224,7 +231,11 @@ impl DataPlane {
                 continue;
             }
             let limits_changed = limits(was) != limits(now);
-            let settings = fleet.reconfigure(now);
+            let upstream = upstreams
+                .iter()
+                .position(|(name, _)| *name == fleet.name)
+                .map(|i| upstreams.swap_remove(i).1);
+            let settings = fleet.reconfigure(now, upstream);
             if limits_changed {
                 changed.push(format!("fleets[{}] limits", fleet.name));
             }

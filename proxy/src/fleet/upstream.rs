@@ -1,7 +1,8 @@
 //! How the proxy connects to one fleet's backends (`[fleets.upstream]`): the HTTP version
 //! (HTTP/1.1; HTTP/2 as h2 over TLS or h2c by prior knowledge; or either by ALPN) and TLS (the
-//! server name sent as SNI and verified, the CA roots, a client certificate). Read once at
-//! startup into [`Upstream`], from which every backend's pingora peer is built.
+//! server name sent as SNI and verified, the CA roots, a client certificate). Read at startup,
+//! and by a reload that changes it, into [`Upstream`], from which every backend's pingora peer
+//! is built.
 //!
 //! Invariants:
 //! - certificate verification is off only when the config says `verify = false`: the server

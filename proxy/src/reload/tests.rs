@@ -84,11 +84,7 @@ fn other_keys_are_named_as_needing_a_restart() {
     ));
     assert_eq!(
         restart_keys(&running, &next),
-        vec![
-            "fleets[batch@eu].capacity_rps",
-            "fleets[batch@eu].upstream.protocol",
-            "proxy.listen"
-        ]
+        vec!["fleets[batch@eu].capacity_rps", "proxy.listen"]
     );
     let added = with("[[fleets]]\nname = \"gpu\"\nregion = \"eu\"\nbackends = [\"127.0.0.1:5\"]");
     assert_eq!(
@@ -269,4 +265,40 @@ fn a_reload_rebuilds_a_fleets_backends_with_new_timeouts_keeping_their_state() {
         Vec::<String>::new()
     );
     assert!(Arc::ptr_eq(&new, &batch.backends().backends()[0]));
+}
+
+#[test]
+fn a_reload_changes_how_a_fleets_backends_are_spoken_to() {
+    let plane = DataPlane::new(&parse(BASE)).expect("data plane");
+    let batch = plane
+        .fleets
+        .get(plane.fleets.index_of("batch").expect("batch"));
+    let old = Arc::clone(&batch.backends().backends()[0]);
+    assert!(!batch.general_path_only());
+    let h2c = parse(&BASE.replace(
+        "backends = [\"127.0.0.1:2\"]",
+        "backends = [\"127.0.0.1:2\"]\nupstream = { protocol = \"http2\" }",
+    ));
+    let outcome = plane.reload(&h2c).expect("applied");
+    assert_eq!(outcome.changed, vec!["fleets[batch].upstream"]);
+    assert!(
+        batch.general_path_only(),
+        "HTTP/2 backends take the general path"
+    );
+    let new = Arc::clone(&batch.backends().backends()[0]);
+    assert!(!Arc::ptr_eq(&old, &new));
+    assert_eq!(new.id(), old.id());
+    assert!(new.is_ready());
+    assert_eq!(new.peer.options.alpn, pingora::protocols::tls::ALPN::H2);
+
+    // Back to HTTP/1.1: the direct path again.
+    assert_eq!(
+        plane.reload(&parse(BASE)).expect("applied").changed,
+        vec!["fleets[batch].upstream"]
+    );
+    assert!(!batch.general_path_only());
+    assert_eq!(
+        batch.backends().backends()[0].peer.options.alpn,
+        pingora::protocols::tls::ALPN::H1
+    );
 }
