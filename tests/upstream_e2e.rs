@@ -897,6 +897,28 @@ timeout_ms = 500
     assert!(zone.queries.load(std::sync::atomic::Ordering::Relaxed) >= 4);
     let log = std::fs::read_to_string(&node.log).unwrap_or_default();
     assert!(log.contains("backend name did not resolve"), "{log}");
+
+    // A reload puts an address and another name (not resolving) in place of the name: the
+    // name's addresses leave.
+    let path = dir.path().join("prescale.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let by_address = text.replace(
+        &format!("backends = [\"api.prescale.test:{port}\"]"),
+        &format!("backends = [\"127.0.0.2:{port}\", \"other.prescale.test:{port}\"]"),
+    );
+    assert_ne!(by_address, text);
+    std::fs::write(&path, by_address).expect("write config");
+    let r = request(node.admin, "POST", "/api/v1/reload", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["changed"],
+        serde_json::json!(["fleets[web].backends: resolving"])
+    );
+    wait_until(
+        "the reloaded address to be the only one serving",
+        Duration::from_secs(10),
+        || answered_by(node.proxy, 6) == ["two".to_string()].into(),
+    );
 }
 
 #[test]

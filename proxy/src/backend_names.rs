@@ -10,7 +10,9 @@
 //! - a backend whose address persists keeps its state (health, ejection, idle connections);
 //! - an answer is never used longer than `refresh_secs`, whatever its TTL;
 //! - the first round runs before the proxy listener opens ([`BackendNames::start`] waits for
-//!   it), so a proxy does not start out answering 503 for want of a lookup.
+//!   it), so a proxy does not start out answering 503 for want of a lookup;
+//! - each round reads the fleet's `backends` as last applied, so a reload that changes them
+//!   takes effect with the round it starts at once ([`Fleets::resolve_names_now`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,10 +37,9 @@ enum Entry {
     Name { host: String, port: u16 },
 }
 
-/// A resolving fleet, its entries and what each name last resolved to.
+/// A resolving fleet and what each of its names last resolved to.
 struct NamedFleet {
     fleet: Arc<Fleet>,
-    entries: Vec<Entry>,
     last: HashMap<String, Vec<IpAddr>>,
 }
 
@@ -46,6 +47,7 @@ struct NamedFleet {
 pub struct BackendNames {
     config: ResolverConfig,
     fleets: Vec<NamedFleet>,
+    names_changed: Arc<tokio::sync::Notify>,
 }
 
 impl BackendNames {
@@ -56,18 +58,13 @@ impl BackendNames {
             .filter(|fleet| fleet.config().resolve)
             .map(|fleet| NamedFleet {
                 fleet: Arc::clone(fleet),
-                entries: fleet
-                    .config()
-                    .backends
-                    .iter()
-                    .filter_map(|b| entry(b))
-                    .collect(),
                 last: HashMap::new(),
             })
             .collect();
         (!named.is_empty()).then(|| BackendNames {
             config: config.clone(),
             fleets: named,
+            names_changed: fleets.names_changed(),
         })
     }
 
@@ -106,7 +103,10 @@ impl BackendNames {
             if let Some(done) = first_done.take() {
                 let _ = done.send(());
             }
-            tokio::time::sleep(refresh).await;
+            tokio::select! {
+                _ = tokio::time::sleep(refresh) => {}
+                _ = self.names_changed.notified() => {}
+            }
         }
     }
 
@@ -147,7 +147,20 @@ async fn refresh_fleet(resolver: &TokioResolver, named: &mut NamedFleet) {
     let fleet_name = named.fleet.name.clone();
     let mut failed = false;
     let mut resolved = Vec::new();
-    for entry in &named.entries {
+    let entries: Vec<Entry> = named
+        .fleet
+        .config()
+        .backends
+        .iter()
+        .filter_map(|b| entry(b))
+        .collect();
+    // Names a reload took out are forgotten (one put back later is looked up afresh).
+    named.last.retain(|name, _| {
+        entries
+            .iter()
+            .any(|e| matches!(e, Entry::Name { host, .. } if host == name))
+    });
+    for entry in &entries {
         match entry {
             Entry::Address(addr) => resolved.push(ResolvedBackend {
                 addr: *addr,

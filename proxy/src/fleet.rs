@@ -1091,6 +1091,9 @@ fn unix_ms() -> u64 {
 /// All fleets of the node's region.
 pub struct Fleets {
     fleets: Vec<Arc<Fleet>>,
+    /// Told when a reload changed the `backends` of a fleet with `resolve = true`: the
+    /// re-resolution loop ([`crate::backend_names`]) starts a round at once.
+    names_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Fleets {
@@ -1099,7 +1102,20 @@ impl Fleets {
             .iter()
             .map(|c| Fleet::new(c, worker_threads).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Fleets { fleets })
+        Ok(Fleets {
+            fleets,
+            names_changed: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// What [`Fleets::resolve_names_now`] wakes.
+    pub fn names_changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.names_changed)
+    }
+
+    /// Asks the re-resolution loop for a round now (a resolving fleet's names changed).
+    pub fn resolve_names_now(&self) {
+        self.names_changed.notify_one();
     }
 
     pub fn get(&self, index: FleetIdx) -> &Arc<Fleet> {

@@ -6,8 +6,9 @@
 //! - `[assignment]` (rules, default profile, new-user threshold);
 //! - `[identity]` `secret`, `sources` and `max_len`;
 //! - the `backends` of a fleet whose backends come from the config (no provisioner that supplies
-//!   them, no `resolve = true`): a backend whose address stays keeps its state and connections,
-//!   a new one starts Ready, one that leaves gets no new request and finishes those it has;
+//!   them): a backend whose address stays keeps its state and connections, a new one starts
+//!   Ready, one that leaves gets no new request and finishes those it has; with
+//!   `resolve = true`, the names are resolved in a round started at once;
 //! - a fleet's `retries`, `eject_after_failures`, `eject_secs`, `max_in_flight_per_backend` and
 //!   `max_connections_per_backend` (read per request; a backend ejected stays so for the time it
 //!   was given);
@@ -51,7 +52,7 @@ pub const RELOADABLE: &[&str] = &[
     "identity.sources",
     "identity.max_len",
     "identity.new_users_per_client_per_sec",
-    "fleets[].backends (fleets whose backends come from the config)",
+    "fleets[].backends (fleets whose backends come from the config, addresses or names)",
     "fleets[].retries",
     "fleets[].eject_after_failures",
     "fleets[].eject_secs",
@@ -166,6 +167,8 @@ impl DataPlane {
         let table = self.routing_table(next)?;
         let mut backends: Vec<(Arc<crate::fleet::Fleet>, Vec<ResolvedBackend>)> = Vec::new();
         let mut upstreams: Vec<(String, Upstream)> = Vec::new();
+        // Fleets with `resolve = true` whose names changed: resolved by the next round.
+        let mut names: Vec<String> = Vec::new();
         for fleet in self.fleets.iter() {
             let Some(config) = next
                 .fleets
@@ -178,7 +181,10 @@ impl DataPlane {
                 .fleets
                 .iter()
                 .find(|f| f.name == fleet.name && f.region == self.region);
-            if was.is_some_and(|was| was.backends != config.backends) && !fleet.is_provisioned() {
+            let new_backends = was.is_some_and(|was| was.backends != config.backends);
+            if new_backends && config.resolve {
+                names.push(fleet.name.clone());
+            } else if new_backends && !fleet.is_provisioned() {
                 backends.push((Arc::clone(fleet), static_backends(config)?));
             }
             if was.is_some_and(|was| !same(&was.upstream, &config.upstream)) {
@@ -243,6 +249,12 @@ impl DataPlane {
                 changed.push(format!("fleets[{}].{setting}", fleet.name));
             }
         }
+        if !names.is_empty() {
+            self.fleets.resolve_names_now();
+            for name in names {
+                changed.push(format!("fleets[{name}].backends: resolving"));
+            }
+        }
         for (fleet, resolved) in backends {
             let change = fleet.replace_resolved(&resolved);
             changed.push(format!(
@@ -280,16 +292,15 @@ fn same<T: Serialize>(a: &T, b: &T) -> bool {
 pub fn restart_keys(running: &Config, next: &Config) -> Vec<String> {
     let mut before = comparable(running);
     let mut after = comparable(next);
-    // A static fleet's backends may change; matched by name and region.
+    // The backends of a fleet that has them from the config (addresses, or names resolved)
+    // may change; matched by name and region.
     let static_fleets: Vec<(String, String)> = running
         .fleets
         .iter()
         .filter(|f| {
-            !f.resolve
-                && !f
-                    .provisioner
-                    .as_ref()
-                    .is_some_and(|p| p.supplies_backends())
+            !f.provisioner
+                .as_ref()
+                .is_some_and(|p| p.supplies_backends())
         })
         .map(|f| (f.name.clone(), f.region.clone()))
         .collect();
