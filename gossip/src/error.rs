@@ -41,6 +41,13 @@ pub enum Error {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// Another process (or another spool in this one) holds the spool directory.
+    #[error(
+        "spool {} is in use by another sender (it holds {}); each node needs a spool directory of its own",
+        dir.display(),
+        lock.display()
+    )]
+    SpoolInUse { dir: PathBuf, lock: PathBuf },
     /// Certificates or keys could not be generated, loaded or used.
     #[error("tls: {0}")]
     Tls(String),

@@ -15,6 +15,11 @@
 //! used before is below that, and the receiver (which takes a sequence above the last it stored
 //! as new) stores the new sketches rather than acknowledging them as duplicates.
 //!
+//! One sender at a time: the spool holds an advisory `flock` on `DIR/lock` while open, and a
+//! second open of the directory (another node configured with the same `spool_dir`, whose
+//! sequences and acknowledgements would interleave with this one's) is refused with
+//! [`Error::SpoolInUse`].
+//!
 //! Invariants: at most `capacity` sketches are held; when a new one arrives at capacity, the
 //! oldest is deleted and counted in [`Spool::dropped`] (never silently); sketches leave the spool
 //! in sequence order, only when acknowledged ([`Spool::remove`]); nothing read from the
@@ -31,6 +36,7 @@ use crate::error::{Error, Result};
 
 const SUFFIX: &str = ".sketch";
 const NEXT_SEQUENCE: &str = "next-sequence";
+const LOCK: &str = "lock";
 /// Longest `next-sequence` content read: a `u64` in decimal, with room for leading zeros and
 /// whitespace (a longer file is damage, and starts a new epoch).
 pub(crate) const MAX_NEXT_SEQUENCE_LEN: u64 = 4096;
@@ -46,6 +52,8 @@ pub struct Spool {
     next: u64,
     dropped: u64,
     corrupt: u64,
+    /// Held while the spool is open (see the module docs).
+    _lock: fs::File,
 }
 
 impl Spool {
@@ -68,6 +76,25 @@ impl Spool {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
+        let lock_path = dir.join(LOCK);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("opening spool lock", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::SpoolInUse {
+                    dir: dir.to_path_buf(),
+                    lock: lock_path,
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("locking spool", &lock_path, e))
+            }
+        }
         let mut spool = Self {
             dir: dir.to_path_buf(),
             capacity,
@@ -76,6 +103,7 @@ impl Spool {
             next: 1,
             dropped: 0,
             corrupt: 0,
+            _lock: lock,
         };
         let entries = fs::read_dir(dir).map_err(|e| Error::io("listing spool", dir, e))?;
         for entry in entries {
@@ -298,6 +326,20 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_sender_holds_a_spool_directory_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Spool::open(dir.path(), 10).unwrap();
+        let seq = first.append(|_| Ok(vec![1; 4])).unwrap();
+        let refused = Spool::open(dir.path(), 10).unwrap_err();
+        assert!(matches!(refused, Error::SpoolInUse { .. }), "{refused}");
+        assert!(refused.to_string().contains("a spool directory of its own"));
+        drop(first);
+        let mut again = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(again.oldest().unwrap(), Some((seq, vec![1; 4])));
+        assert_eq!(again.corrupt(), 0, "the lock file is not a sketch");
+    }
 
     #[test]
     fn oversized_files_are_damage_never_read_whole() {
