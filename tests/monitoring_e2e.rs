@@ -827,6 +827,11 @@ fn kubernetes_configs_pass_check_config_and_the_manifests_agree_with_them() {
         under_a_mount(proxy_container, toml_str(&proxy, "export", "spool_dir")),
         "the spool is on no volume"
     );
+    // The root file system is read-only: the instance lock needs a volume too.
+    assert!(
+        under_a_mount(proxy_container, toml_str(&proxy, "proxy", "upgrade_socket")),
+        "proxy.upgrade_socket is on no volume"
+    );
     let forecaster_container = &seq(&stateful["spec"]["template"]["spec"]["containers"])[0];
     let database = toml_str(&forecaster, "forecaster", "database");
     let claims = seq(&stateful["spec"]["volumeClaimTemplates"]);
