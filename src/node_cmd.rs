@@ -441,6 +441,9 @@ fn run_node(
             None => {
                 tracing::info!("stopped before the old process exited: draining");
                 finish_draining(&mut taken_over, StopKind::Terminate);
+                if let Some(log) = &plane.access_log {
+                    log.close(Duration::from_secs(5));
+                }
                 return Ok(());
             }
         }
