@@ -988,3 +988,63 @@ health_check = {{ grpc_service = "{GRPC_SERVICE}", interval_ms = 100, timeout_ms
             .result
     );
 }
+
+/// `proxy.keepalive_requests` holds for HTTP/2 clients too: after that many streams a
+/// connection gets a GOAWAY (streams accepted finish), and the next request needs a new
+/// connection, which is served.
+#[test]
+fn an_http2_client_connection_carries_keepalive_requests_streams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime();
+    let backend = loopback_addr();
+    runtime.block_on(named_backend(backend, "one"));
+    let fleets = format!(
+        r#"
+[[fleets]]
+name = "web"
+region = "eu"
+backends = ["{backend}"]
+"#
+    );
+    let node = start_proxy(dir.path(), "h2c = true\nkeepalive_requests = 3", &fleets);
+    let proxy = node.proxy;
+    let outcomes = runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2c handshake");
+        let connection = tokio::spawn(connection);
+        let mut outcomes = Vec::new();
+        for _ in 0..6 {
+            let request = http::Request::get(format!("http://{proxy}/x"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let outcome = match sender.ready().await {
+                Err(e) => Err(e.to_string()),
+                Ok(()) => sender
+                    .send_request(request)
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .map_err(|e| e.to_string()),
+            };
+            outcomes.push(outcome);
+        }
+        // The proxy closes the connection once its streams are done.
+        let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+        (outcomes, closed.is_ok())
+    });
+    let (outcomes, closed) = outcomes;
+    assert_eq!(outcomes[..3], [Ok(200), Ok(200), Ok(200)], "{outcomes:?}");
+    assert!(
+        outcomes[3..].iter().all(Result::is_err),
+        "streams beyond the limit on one connection: {outcomes:?}"
+    );
+    assert!(closed, "the connection stayed open");
+    let (status, version, _) = h2c_get(proxy, "/x", "u");
+    assert_eq!((status, version), (200, http::Version::HTTP_2));
+}

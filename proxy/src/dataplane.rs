@@ -178,8 +178,9 @@ pub struct DataPlane {
     client_rate: Arc<RateLimiter>,
     /// `proxy.client_limits.status` (a reload may change it).
     client_limit_status: AtomicU16,
-    /// `proxy.keepalive_requests` (a reload may change it; connections read it per request).
-    keepalive_requests: AtomicU32,
+    /// `proxy.keepalive_requests` (a reload may change it; connections read it per request, and
+    /// pingora's HTTP/2 server per stream).
+    keepalive_requests: Arc<AtomicU32>,
     /// How long a write to a client, and a read of its request body, may wait
     /// (`proxy.send_timeout_secs`, `proxy.body_timeout_secs`).
     pub client_timeouts: ClientTimeouts,
@@ -303,7 +304,7 @@ impl DataPlane {
             client_connections: ConnectionLimiter::new(config.proxy.client_limits.connections),
             client_rate,
             client_limit_status: AtomicU16::new(config.proxy.client_limits.status),
-            keepalive_requests: AtomicU32::new(config.proxy.keepalive_requests),
+            keepalive_requests: Arc::new(AtomicU32::new(config.proxy.keepalive_requests)),
             new_users: NewUserLimiter::new(config.identity.new_users_per_client_per_sec),
             client_timeouts: ClientTimeouts {
                 send: Duration::from_secs(config.proxy.send_timeout_secs),
@@ -577,6 +578,11 @@ impl DataPlane {
     /// `proxy.keepalive_requests`: requests one client connection carries before it is closed.
     pub fn keepalive_requests(&self) -> u32 {
         self.keepalive_requests.load(Ordering::Relaxed)
+    }
+
+    /// The same value, shared with pingora's HTTP/2 server (streams per client connection).
+    pub fn keepalive_requests_shared(&self) -> Arc<AtomicU32> {
+        Arc::clone(&self.keepalive_requests)
     }
 
     /// `proxy.client_limits.status`: the status of a request refused by a client limit.

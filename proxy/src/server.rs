@@ -121,6 +121,8 @@ pub fn start_proxy(
     let h2c = config.proxy.tls.is_none() && config.proxy.h2c;
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = h2c;
+    // HTTP/2 client connections carry `proxy.keepalive_requests` streams, then get a GOAWAY.
+    options.h2_max_requests = Some(plane.keepalive_requests_shared());
     general.server_options = Some(options);
     let front_door = FrontDoor::new(
         general,

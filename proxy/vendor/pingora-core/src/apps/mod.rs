@@ -89,6 +89,12 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// prescale: requests (streams) one downstream HTTP/2 connection carries; after the last
+    /// one is accepted the connection is shut down gracefully (GOAWAY), as nginx's
+    /// `keepalive_requests` does for HTTP/2. Read at every accepted stream, so it may change
+    /// while connections are open; 0 or `None`: no limit.
+    pub h2_max_requests: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -321,11 +327,15 @@ where
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
+            let h2_max_requests = self
+                .server_options()
+                .and_then(|o| o.h2_max_requests.clone());
+            server::accept_downstream_sessions_limited(
                 h2_conn,
                 digest,
                 shutdown.clone(),
                 h2_idle_timeout,
+                h2_max_requests,
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();

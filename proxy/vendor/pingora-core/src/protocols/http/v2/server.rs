@@ -130,16 +130,36 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
+// prescale: the crate's own tests drive the loop without a limit; the app uses
+// `accept_downstream_sessions_limited`.
+#[cfg(test)]
 pub(crate) async fn accept_downstream_sessions<F>(
+    conn: H2Connection<Stream>,
+    digest: Arc<Digest>,
+    shutdown: ShutdownWatch,
+    idle_timeout: Option<Duration>,
+    on_session: F,
+) where
+    F: FnMut(HttpSession, StreamGuard),
+{
+    accept_downstream_sessions_limited(conn, digest, shutdown, idle_timeout, None, on_session)
+        .await
+}
+
+/// prescale: [`accept_downstream_sessions`] that shuts the connection down gracefully once it
+/// has accepted `max_requests` sessions (read at each one; 0: no limit).
+pub(crate) async fn accept_downstream_sessions_limited<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
+    max_requests: Option<Arc<std::sync::atomic::AtomicU32>>,
     mut on_session: F,
 ) where
     F: FnMut(HttpSession, StreamGuard),
 {
     let mut shutdown_initiated = false;
+    let mut accepted: u32 = 0;
     // Per-connection budget for malformed streams (see MAX_MALFORMED_STREAMS_PER_CONN).
     let mut malformed_streams = 0usize;
     // In-flight sessions, decremented by the `StreamGuard` given to `on_session`.
@@ -193,6 +213,16 @@ pub(crate) async fn accept_downstream_sessions<F>(
             Ok(Some(H2Accept::Rejected)) => continue,
             Ok(Some(H2Accept::Session(session))) => {
                 on_session(session, active.start_session());
+                accepted = accepted.saturating_add(1);
+                let limit = max_requests
+                    .as_ref()
+                    .map_or(0, |limit| limit.load(Ordering::Relaxed));
+                if limit > 0 && accepted >= limit && !shutdown_initiated {
+                    // GOAWAY: streams already accepted finish; the client opens a new
+                    // connection for its next request.
+                    conn.graceful_shutdown();
+                    shutdown_initiated = true;
+                }
             }
         }
     }
