@@ -83,6 +83,19 @@ default_fleet = "web"
     }
 }
 
+/// Replaces `from` with `to` in the running proxy's config file (`start_proxy`'s, in `dir`),
+/// reloads it, and returns what the reload says changed.
+fn reload_replacing(dir: &Path, admin: SocketAddr, from: &str, to: &str) -> serde_json::Value {
+    let path = dir.join("prescale.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let next = text.replace(from, to);
+    assert_ne!(next, text, "the config has no {from:?}");
+    std::fs::write(&path, next).expect("write config");
+    let r = request(admin, "POST", "/api/v1/reload", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["changed"].clone()
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write PEM");
@@ -369,18 +382,13 @@ rules = [{{ path_prefix = "/legacy", profile = "legacy" }}, {{ path_prefix = "/f
 
     // The rate limit lifted by a reload; then `verify = false` reaches a backend whose
     // certificate no trusted CA issued (the same kind of certificate `fake` was refused for).
-    let path = dir.path().join("prescale.toml");
-    let text = std::fs::read_to_string(&path).expect("config");
-    let lifted = text.replace(
-        "client_limits = { requests_per_sec = 0.001, burst = 3 }",
-        "",
-    );
-    assert_ne!(lifted, text);
-    std::fs::write(&path, lifted).expect("write config");
-    let r = request(node.admin, "POST", "/api/v1/reload", &[], b"");
-    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        r.json()["changed"],
+        reload_replacing(
+            dir.path(),
+            node.admin,
+            "client_limits = { requests_per_sec = 0.001, burst = 3 }",
+            ""
+        ),
         serde_json::json!(["proxy.client_limits"])
     );
     let r = get(node.proxy, "/unchecked/x", &[]);
@@ -900,18 +908,13 @@ timeout_ms = 500
 
     // A reload puts an address and another name (not resolving) in place of the name: the
     // name's addresses leave.
-    let path = dir.path().join("prescale.toml");
-    let text = std::fs::read_to_string(&path).expect("config");
-    let by_address = text.replace(
-        &format!("backends = [\"api.prescale.test:{port}\"]"),
-        &format!("backends = [\"127.0.0.2:{port}\", \"other.prescale.test:{port}\"]"),
-    );
-    assert_ne!(by_address, text);
-    std::fs::write(&path, by_address).expect("write config");
-    let r = request(node.admin, "POST", "/api/v1/reload", &[], b"");
-    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        r.json()["changed"],
+        reload_replacing(
+            dir.path(),
+            node.admin,
+            &format!("backends = [\"api.prescale.test:{port}\"]"),
+            &format!("backends = [\"127.0.0.2:{port}\", \"other.prescale.test:{port}\"]"),
+        ),
         serde_json::json!(["fleets[web].backends: resolving"])
     );
     wait_until(
